@@ -1,0 +1,2 @@
+//! The lvs-operator node agent.
+pub mod ipvs;
