@@ -1,1 +1,33 @@
+//! The IPVS generic-netlink family.
+//!
+//! Layers, bottom up:
+//! - attribute enums per kernel object ([`IpvsServiceAttr`], [`IpvsDestAttr`],
+//!   [`IpvsDaemonAttr`], [`IpvsStatsAttr`]) and the message ([`IpvsMessage`]):
+//!   byte-exact `Nla`/`Parseable`/`Emitable` implementations of
+//!   `include/uapi/linux/ip_vs.h`, keeping unknown attributes as raw ones;
+//! - the model ([`Service`], [`Destination`], [`SyncDaemon`], ...) and changes as
+//!   values ([`IpvsOp`]);
+//! - the request handle ([`IpvsHandle`]): requests, dumps and pipelined batches.
 
+mod daemon;
+mod destination;
+mod error;
+mod handle;
+mod message;
+mod nla;
+mod ops;
+mod service;
+mod stats;
+
+pub use daemon::{IpvsDaemonAttr, SyncDaemon, SyncState};
+pub use destination::{
+    Destination, DestinationEntry, ForwardMethod, IpvsDestAttr, Tunnel, TunnelChecksum, TunnelType,
+};
+pub use error::{IpvsError, KernelError};
+pub use handle::{BatchReport, IpvsHandle};
+pub use message::{IPVS_GENL_NAME, IPVS_GENL_VERSION, IpvsAttr, IpvsCmd, IpvsMessage};
+pub use ops::{Info, IpvsOp, Timeouts};
+pub use service::{
+    AddressFamily, IpvsServiceAttr, Netmask, Protocol, Service, ServiceEntry, ServiceFlags, ServiceKey,
+};
+pub use stats::{IpvsStatsAttr, Stats};

@@ -1,0 +1,453 @@
+//! The request handle: one generic-netlink socket speaking the IPVS family.
+//!
+//! This is a small purpose-built transport rather than `genetlink`/`netlink-proto`:
+//! programming tens of thousands of objects is dominated by per-request overhead,
+//! so batches pack many requests into one `send` and ask the kernel to acknowledge
+//! only failures plus the last request of each chunk (the kernel always reports
+//! errors, and processes a socket's requests in order, so that final acknowledgement
+//! proves the whole chunk done). Replies are matched to requests by sequence number.
+
+use std::io;
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload, ParseableParametrized,
+};
+use netlink_packet_generic::{
+    GenlMessage,
+    ctrl::{GenlCtrl, GenlCtrlCmd, nlas::GenlCtrlAttrs},
+};
+use netlink_sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket, protocols::NETLINK_GENERIC};
+use tokio::sync::Mutex;
+
+use super::{
+    daemon::SyncDaemon,
+    destination::DestinationEntry,
+    error::{IpvsError, KernelError, Subject},
+    message::{IPVS_GENL_NAME, IpvsAttr, IpvsCmd, IpvsMessage},
+    ops::{Info, IpvsOp, Timeouts},
+    service::{ServiceEntry, ServiceKey},
+};
+
+/// `GENL_ID_CTRL`: the fixed id of the generic-netlink controller family.
+const GENL_ID_CTRL: u16 = 0x10;
+/// Requests per batch chunk. Bounded so that, even if every request of a chunk
+/// fails, the error messages fit the socket's receive buffer.
+const CHUNK_REQUESTS: usize = 128;
+/// Receive buffer asked of the kernel (it caps the request at `rmem_max`).
+const RECEIVE_BUFFER: usize = 4 << 20;
+/// Large enough for the biggest dump datagram the kernel builds (32 KiB).
+const DATAGRAM: usize = 64 << 10;
+const ENOBUFS: i32 = 105;
+
+/// The outcome of a batch: how many requests ran, and which of them failed.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    pub requests: usize,
+    /// (index into the batch, error); the other requests succeeded.
+    pub failures: Vec<(usize, IpvsError)>,
+}
+
+impl BatchReport {
+    pub fn is_success(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// The first failure as an error, with the count of the others.
+    pub fn into_result(self) -> Result<usize, IpvsError> {
+        let others = self.failures.len().saturating_sub(1);
+        match self.failures.into_iter().next() {
+            None => Ok(self.requests),
+            Some((_, IpvsError::Kernel { op, error })) if others > 0 => Err(IpvsError::Kernel {
+                op: format!("{op} (and {others} more failed requests)"),
+                error,
+            }),
+            Some((_, error)) => Err(error),
+        }
+    }
+}
+
+/// A handle on the IPVS table of the network namespace it was opened in.
+/// Requests are serialised on one socket (the kernel serialises them anyway).
+pub struct IpvsHandle {
+    connection: Mutex<Connection>,
+    family_id: u16,
+}
+
+impl IpvsHandle {
+    /// Opens a socket in the current network namespace and resolves the IPVS family
+    /// (asking for it also makes the kernel load `ip_vs` when it can).
+    pub async fn connect() -> Result<Self, IpvsError> {
+        let mut connection = Connection::open().map_err(|source| IpvsError::Io { op: "open netlink socket".into(), source })?;
+        let family_id = connection.resolve_family().await?;
+        Ok(IpvsHandle { connection: Mutex::new(connection), family_id })
+    }
+
+    /// Applies one change and waits for the kernel's answer.
+    pub async fn apply(&self, op: &IpvsOp) -> Result<(), IpvsError> {
+        self.apply_batch(std::slice::from_ref(op)).await.into_result().map(drop)
+    }
+
+    /// Applies many changes, pipelined. Every request is attempted, in order; the
+    /// report names each one that failed.
+    pub async fn apply_batch(&self, ops: &[IpvsOp]) -> BatchReport {
+        let mut connection = self.connection.lock().await;
+        let mut report = BatchReport { requests: ops.len(), failures: Vec::new() };
+        for (chunk_index, chunk) in ops.chunks(CHUNK_REQUESTS).enumerate() {
+            let base = chunk_index * CHUNK_REQUESTS;
+            if let Err(failures) = connection.run_chunk(self.family_id, chunk).await {
+                report.failures.extend(failures.into_iter().map(|(i, e)| (base + i, e)));
+            }
+        }
+        report
+    }
+
+    pub async fn info(&self) -> Result<Info, IpvsError> {
+        let op = "get IPVS info";
+        let mut info = Info { version: 0, connection_table_size: 0 };
+        for message in self.request(op, IpvsMessage::new(IpvsCmd::GetInfo, vec![]), Subject::Other).await? {
+            for attr in message.attrs {
+                match attr {
+                    IpvsAttr::Version(v) => info.version = v,
+                    IpvsAttr::ConnectionTableSize(v) => info.connection_table_size = v,
+                    _ => {}
+                }
+            }
+        }
+        Ok(info)
+    }
+
+    pub async fn timeouts(&self) -> Result<Timeouts, IpvsError> {
+        let op = "get timeouts";
+        let mut timeouts = Timeouts::default();
+        for message in self.request(op, IpvsMessage::new(IpvsCmd::GetConfig, vec![]), Subject::Other).await? {
+            for attr in message.attrs {
+                match attr {
+                    IpvsAttr::TimeoutTcp(v) => timeouts.tcp = v,
+                    IpvsAttr::TimeoutTcpFin(v) => timeouts.tcp_fin = v,
+                    IpvsAttr::TimeoutUdp(v) => timeouts.udp = v,
+                    _ => {}
+                }
+            }
+        }
+        Ok(timeouts)
+    }
+
+    /// Every service of this network namespace, in the kernel's (hash) order.
+    pub async fn services(&self) -> Result<Vec<ServiceEntry>, IpvsError> {
+        let op = "list services";
+        let request = IpvsMessage::new(IpvsCmd::GetService, vec![]);
+        let messages = self.dump(op, request).await?;
+        messages.iter().flat_map(service_attrs).map(|attrs| decode(op, ServiceEntry::from_attrs(attrs))).collect()
+    }
+
+    /// One service; [`KernelError::NoSuchService`] when it does not exist.
+    pub async fn service(&self, key: &ServiceKey) -> Result<ServiceEntry, IpvsError> {
+        let op = format!("get service {key}");
+        let request = IpvsMessage::new(IpvsCmd::GetService, vec![IpvsAttr::Service(key.to_attrs())]);
+        let messages = self.request(&op, request, Subject::Other).await?;
+        let attrs = messages.iter().flat_map(service_attrs).next();
+        let attrs = attrs.ok_or_else(|| IpvsError::Decode { op: op.clone(), message: "no service in reply".into() })?;
+        decode(&op, ServiceEntry::from_attrs(attrs))
+    }
+
+    /// The destinations of one service. An unknown service gives an empty list
+    /// (the kernel's dump does not tell the two apart).
+    pub async fn destinations(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>, IpvsError> {
+        let op = format!("list destinations of {key}");
+        let request = IpvsMessage::new(IpvsCmd::GetDest, vec![IpvsAttr::Service(key.to_attrs())]);
+        let family = key.family().number();
+        let messages = self.dump(&op, request).await?;
+        messages
+            .iter()
+            .flat_map(|m| m.attrs.iter())
+            .filter_map(|attr| match attr {
+                IpvsAttr::Destination(attrs) => Some(attrs),
+                _ => None,
+            })
+            .map(|attrs| decode(&op, DestinationEntry::from_attrs(attrs, family)))
+            .collect()
+    }
+
+    /// The whole table: every service with its destinations.
+    pub async fn table(&self) -> Result<Vec<(ServiceEntry, Vec<DestinationEntry>)>, IpvsError> {
+        let services = self.services().await?;
+        let mut table = Vec::with_capacity(services.len());
+        for service in services {
+            let destinations = self.destinations(&service.service.key).await?;
+            table.push((service, destinations));
+        }
+        Ok(table)
+    }
+
+    /// The running sync daemons (at most one master and one backup).
+    pub async fn sync_daemons(&self) -> Result<Vec<SyncDaemon>, IpvsError> {
+        let op = "list sync daemons";
+        let messages = self.dump(op, IpvsMessage::new(IpvsCmd::GetDaemon, vec![])).await?;
+        Ok(messages
+            .iter()
+            .flat_map(|m| m.attrs.iter())
+            .filter_map(|attr| match attr {
+                IpvsAttr::Daemon(attrs) => SyncDaemon::from_attrs(attrs),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// A request answered by reply messages and an acknowledgement.
+    async fn request(&self, op: &str, message: IpvsMessage, subject: Subject<'_>) -> Result<Vec<IpvsMessage>, IpvsError> {
+        let mut connection = self.connection.lock().await;
+        connection.exchange(self.family_id, op, message, NLM_F_REQUEST | NLM_F_ACK, subject).await
+    }
+
+    /// A dump: reply messages until `NLMSG_DONE`.
+    async fn dump(&self, op: &str, message: IpvsMessage) -> Result<Vec<IpvsMessage>, IpvsError> {
+        let mut connection = self.connection.lock().await;
+        connection.exchange(self.family_id, op, message, NLM_F_REQUEST | NLM_F_DUMP, Subject::Other).await
+    }
+}
+
+fn service_attrs(message: &IpvsMessage) -> impl Iterator<Item = &[super::service::IpvsServiceAttr]> {
+    message.attrs.iter().filter_map(|attr| match attr {
+        IpvsAttr::Service(attrs) => Some(attrs.as_slice()),
+        _ => None,
+    })
+}
+
+fn decode<T>(op: &str, result: Result<T, netlink_packet_core::DecodeError>) -> Result<T, IpvsError> {
+    result.map_err(|e| IpvsError::Decode { op: op.to_string(), message: e.to_string() })
+}
+
+/// One reply message, classified by what it means for the request it answers.
+enum Reply<'a> {
+    /// An answer carrying data (a genl message of the family).
+    Data { message_type: u16, payload: &'a [u8] },
+    /// `NLMSG_ERROR` with 0: the acknowledgement.
+    Ack,
+    /// `NLMSG_ERROR` with an errno (positive here).
+    Error(i32),
+    /// `NLMSG_DONE`, possibly carrying the dump's error.
+    Done(i32),
+}
+
+struct Connection {
+    socket: TokioSocket,
+    next_sequence: u32,
+    datagram: Vec<u8>,
+    outgoing: Vec<u8>,
+}
+
+impl Connection {
+    fn open() -> io::Result<Self> {
+        let mut socket = TokioSocket::new(NETLINK_GENERIC)?;
+        let raw = socket.socket_mut();
+        raw.bind_auto()?;
+        raw.connect(&SocketAddr::new(0, 0))?;
+        // Best effort: a larger buffer only adds headroom for error messages.
+        let _ = raw.set_rx_buf_sz(RECEIVE_BUFFER);
+        // Errors need not echo the whole request; the header's sequence number
+        // is all we match on.
+        let _ = raw.set_cap_ack(true);
+        Ok(Connection { socket, next_sequence: 1, datagram: Vec::with_capacity(DATAGRAM), outgoing: Vec::new() })
+    }
+
+    fn sequence(&mut self) -> u32 {
+        let seq = self.next_sequence;
+        self.next_sequence = self.next_sequence.wrapping_add(1).max(1);
+        seq
+    }
+
+    /// Appends one message to `outgoing`, returning its sequence number.
+    fn encode<F>(&mut self, family_id: u16, flags: u16, payload: F) -> u32
+    where
+        F: netlink_packet_generic::GenlFamily + netlink_packet_core::Emitable + std::fmt::Debug,
+    {
+        let seq = self.sequence();
+        let mut genl = GenlMessage::from_payload(payload);
+        genl.set_resolved_family_id(family_id);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = seq;
+        let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(genl));
+        message.finalize();
+        let start = self.outgoing.len();
+        self.outgoing.resize(start + message.buffer_len(), 0);
+        message.serialize(&mut self.outgoing[start..]);
+        seq
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        let sent = self.socket.send(&self.outgoing).await;
+        self.outgoing.clear();
+        sent.map(drop)
+    }
+
+    async fn receive(&mut self) -> io::Result<()> {
+        self.datagram.clear();
+        self.socket.recv(&mut self.datagram).await
+    }
+
+    async fn resolve_family(&mut self) -> Result<u16, IpvsError> {
+        let op = "resolve generic netlink family IPVS";
+        let io = |source| IpvsError::Io { op: op.into(), source };
+        let request = GenlCtrl { cmd: GenlCtrlCmd::GetFamily, nlas: vec![GenlCtrlAttrs::FamilyName(IPVS_GENL_NAME.into())] };
+        let seq = self.encode(GENL_ID_CTRL, NLM_F_REQUEST | NLM_F_ACK, request);
+        self.flush().await.map_err(io)?;
+        let mut family_id = None;
+        loop {
+            self.receive().await.map_err(io)?;
+            for reply in replies(&self.datagram) {
+                let (reply_seq, reply) = reply.map_err(|message| IpvsError::Decode { op: op.into(), message })?;
+                if reply_seq != seq {
+                    continue;
+                }
+                match reply {
+                    Reply::Data { message_type, payload, .. } => {
+                        let genl = GenlMessage::<GenlCtrl>::parse_with_param(payload, message_type)
+                            .map_err(|e| IpvsError::Decode { op: op.into(), message: e.to_string() })?;
+                        family_id = genl.payload.nlas.iter().find_map(|nla| match nla {
+                            GenlCtrlAttrs::FamilyId(id) => Some(*id),
+                            _ => None,
+                        });
+                    }
+                    Reply::Ack | Reply::Done(0) => return family_id.ok_or(IpvsError::Unavailable),
+                    Reply::Error(2) | Reply::Done(2) => return Err(IpvsError::Unavailable),
+                    Reply::Error(errno) | Reply::Done(errno) => {
+                        return Err(IpvsError::Kernel { op: op.into(), error: KernelError::from_errno(errno, Subject::Other) });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one request and collects its data replies until the acknowledgement
+    /// (or, for dumps, `NLMSG_DONE`).
+    async fn exchange(
+        &mut self,
+        family_id: u16,
+        op: &str,
+        message: IpvsMessage,
+        flags: u16,
+        subject: Subject<'_>,
+    ) -> Result<Vec<IpvsMessage>, IpvsError> {
+        let io = |source| IpvsError::Io { op: op.into(), source };
+        let seq = self.encode(family_id, flags, message);
+        self.flush().await.map_err(io)?;
+        let mut messages = Vec::new();
+        loop {
+            self.receive().await.map_err(|e| lost_or_io(op, e))?;
+            for reply in replies(&self.datagram) {
+                let (reply_seq, reply) = reply.map_err(|message| IpvsError::Decode { op: op.into(), message })?;
+                if reply_seq != seq {
+                    continue; // left over from a request whose caller gave up
+                }
+                match reply {
+                    Reply::Data { message_type, payload } => {
+                        let genl = GenlMessage::<IpvsMessage>::parse_with_param(payload, message_type)
+                            .map_err(|e| IpvsError::Decode { op: op.into(), message: e.to_string() })?;
+                        messages.push(genl.payload);
+                    }
+                    Reply::Ack | Reply::Done(0) => return Ok(messages),
+                    Reply::Error(errno) | Reply::Done(errno) => {
+                        return Err(IpvsError::Kernel { op: op.into(), error: KernelError::from_errno(errno, subject) });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a chunk of requests in one datagram; only the last asks for an
+    /// acknowledgement. Returns the failures by index within the chunk.
+    async fn run_chunk(&mut self, family_id: u16, ops: &[IpvsOp]) -> Result<(), Vec<(usize, IpvsError)>> {
+        let Some(last_index) = ops.len().checked_sub(1) else { return Ok(()) };
+        let mut first_seq = 0;
+        for (i, op) in ops.iter().enumerate() {
+            let flags = if i == last_index { NLM_F_REQUEST | NLM_F_ACK } else { NLM_F_REQUEST };
+            let seq = self.encode(family_id, flags, op.to_message());
+            if i == 0 {
+                first_seq = seq;
+            }
+        }
+        let index_of = |seq: u32| seq.wrapping_sub(first_seq) as usize;
+        let whole_chunk_failed = |error: &dyn Fn(&IpvsOp) -> IpvsError| {
+            ops.iter().enumerate().map(|(i, op)| (i, error(op))).collect::<Vec<_>>()
+        };
+        if let Err(e) = self.flush().await {
+            let kind = e.kind();
+            return Err(whole_chunk_failed(&|op| IpvsError::Io { op: op.to_string(), source: io::Error::from(kind) }));
+        }
+        let mut failures = Vec::new();
+        loop {
+            if let Err(e) = self.receive().await {
+                // Anything not yet reported has an unknown outcome.
+                let reported: Vec<usize> = failures.iter().map(|(i, _)| *i).collect();
+                let kind = e.kind();
+                let lost = e.raw_os_error() == Some(ENOBUFS);
+                failures.extend(ops.iter().enumerate().filter(|(i, _)| !reported.contains(i)).map(|(i, op)| {
+                    let op = op.to_string();
+                    let error = if lost { IpvsError::Lost { op } } else { IpvsError::Io { op, source: io::Error::from(kind) } };
+                    (i, error)
+                }));
+                return Err(failures);
+            }
+            let mut done = false;
+            for reply in replies(&self.datagram) {
+                let Ok((seq, reply)) = reply else { continue };
+                let index = index_of(seq);
+                if index > last_index {
+                    continue;
+                }
+                match reply {
+                    Reply::Error(errno) => {
+                        let op = &ops[index];
+                        let error = KernelError::from_errno(errno, op.subject());
+                        failures.push((index, IpvsError::Kernel { op: op.to_string(), error }));
+                    }
+                    Reply::Ack | Reply::Data { .. } | Reply::Done(_) => {}
+                }
+                done |= index == last_index;
+            }
+            if done {
+                return if failures.is_empty() { Ok(()) } else { Err(failures) };
+            }
+        }
+    }
+}
+
+fn lost_or_io(op: &str, e: io::Error) -> IpvsError {
+    if e.raw_os_error() == Some(ENOBUFS) {
+        IpvsError::Lost { op: op.into() }
+    } else {
+        IpvsError::Io { op: op.into(), source: e }
+    }
+}
+
+/// Splits a datagram into its netlink messages: (sequence number, reply).
+fn replies(datagram: &[u8]) -> impl Iterator<Item = Result<(u32, Reply<'_>), String>> {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        if offset >= datagram.len() {
+            return None;
+        }
+        let buffer = match NetlinkBuffer::new_checked(&datagram[offset..]) {
+            Ok(buffer) => buffer,
+            Err(e) => {
+                offset = datagram.len();
+                return Some(Err(e.to_string()));
+            }
+        };
+        let length = buffer.length() as usize;
+        offset += length.div_ceil(4) * 4;
+        let payload = buffer.payload();
+        let code = || payload.get(..4).map_or(0, |b| -i32::from_ne_bytes(b.try_into().expect("4 bytes")));
+        let reply = match buffer.message_type() {
+            NLMSG_ERROR => match code() {
+                0 => Reply::Ack,
+                errno => Reply::Error(errno),
+            },
+            NLMSG_DONE => Reply::Done(code()),
+            message_type => Reply::Data { message_type, payload },
+        };
+        Some(Ok((buffer.sequence_number(), reply)))
+    })
+}
