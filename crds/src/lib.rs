@@ -1,1 +1,28 @@
-//! lvs-operator API types, validation and the pure translation to per-node state.
+//! lvs-operator's API: the `VirtualService` users write and the `LvsNode`
+//! per-node desired state the controller hands to the agents (group
+//! `lvs.dev`, version `v1alpha1`), plus the rules both are validated with.
+//!
+//! Pure: no IO, no clients. The CRDs need Kubernetes 1.31 or newer (their CEL
+//! rules use the IP library).
+
+pub mod lvs_node;
+pub mod validation;
+pub mod virtual_service;
+
+pub use lvs_node::{LvsNode, LvsNodeSpec, LvsNodeStatus, NODE_LABEL};
+pub use validation::{ValidationError, validate};
+pub use virtual_service::{VirtualService, VirtualServiceSpec, VirtualServiceStatus};
+
+/// API group of every kind in this crate.
+pub const GROUP: &str = "lvs.dev";
+
+/// The CRD files of `deploy/crds/`: file name and YAML text, as `crdgen`
+/// writes them.
+pub fn crd_files() -> [(&'static str, String); 2] {
+    use kube::CustomResourceExt;
+    let yaml = |crd| serde_yaml::to_string(&crd).expect("a CRD serializes to YAML");
+    [
+        ("virtualservices.lvs.dev.yaml", yaml(VirtualService::crd())),
+        ("lvsnodes.lvs.dev.yaml", yaml(LvsNode::crd())),
+    ]
+}
