@@ -1,2 +1,5 @@
-//! The lvs-operator node agent.
+//! The lvs-operator node agent: programs IPVS on directors and the VIP/ARP
+//! settings on real servers.
+
 pub mod ipvs;
+pub mod ipvsadm;

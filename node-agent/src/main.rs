@@ -1,1 +1,88 @@
-fn main() {}
+//! `lvs-agent`: the node agent's command line.
+
+use std::{io::Read, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lvs_agent::{
+    ipvs::IpvsHandle,
+    ipvsadm::{self, ListView},
+};
+
+#[derive(Parser)]
+#[command(name = "lvs-agent", version, about = "Declarative Linux Virtual Server: the node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the kernel's IPVS table exactly as `ipvsadm -S -n` does.
+    Save,
+    /// Print the IPVS table like `ipvsadm -L -n`.
+    List {
+        /// Totals of connections, packets and bytes (`ipvsadm -Ln --stats`).
+        #[arg(long, conflicts_with = "rate")]
+        stats: bool,
+        /// Per-second rates (`ipvsadm -Ln --rate`).
+        #[arg(long)]
+        rate: bool,
+    },
+    /// Apply ipvsadm rules (the `ipvsadm -R` input format) from FILE or standard
+    /// input, pipelined. Every rule is attempted; failures are listed.
+    Restore {
+        /// Rules file; standard input when absent.
+        file: Option<PathBuf>,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("lvs-agent: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Save => {
+            let handle = IpvsHandle::connect().await?;
+            print!("{}", ipvsadm::save(&handle.table().await?));
+        }
+        Command::List { stats, rate } => {
+            let handle = IpvsHandle::connect().await?;
+            let view = match (stats, rate) {
+                (true, _) => ListView::Stats,
+                (_, true) => ListView::Rate,
+                _ => ListView::Connections,
+            };
+            print!("{}", ipvsadm::list(&handle.info().await?, &handle.table().await?, view));
+        }
+        Command::Restore { file } => {
+            let text = match &file {
+                Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+                None => {
+                    let mut text = String::new();
+                    std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
+                    text
+                }
+            };
+            let ops = ipvsadm::parse_rules(&text)?;
+            let handle = IpvsHandle::connect().await?;
+            let report = handle.apply_batch(&ops).await;
+            for (_, error) in &report.failures {
+                eprintln!("lvs-agent: {error}");
+            }
+            if !report.is_success() {
+                eprintln!("lvs-agent: {} of {} rules failed", report.failures.len(), report.requests);
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,373 @@
+//! The kernel table in ipvsadm's text formats: `-S -n` rules and the `-L -n` views.
+//!
+//! Byte-for-byte compatibility is the point here (scripts parse these formats), so
+//! the field widths and oddities follow ipvsadm 1.31.
+
+use std::{
+    cmp::Ordering,
+    fmt::Write,
+    net::{IpAddr, SocketAddr},
+};
+
+use crate::ipvs::{
+    AddressFamily, Destination, DestinationEntry, ForwardMethod, Info, IpvsOp, Netmask, Protocol, Service,
+    ServiceEntry, ServiceFlags, ServiceKey, Stats, TunnelChecksum, TunnelType,
+};
+
+/// One service with its destinations, as dumped.
+pub type TableEntry = (ServiceEntry, Vec<DestinationEntry>);
+
+/// Which columns `list` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ListView {
+    /// Forwarding method, weight and connections (`ipvsadm -Ln`).
+    #[default]
+    Connections,
+    /// Totals (`ipvsadm -Ln --stats`).
+    Stats,
+    /// Per-second rates (`ipvsadm -Ln --rate`).
+    Rate,
+}
+
+/// `ipvsadm -S -n`: one `-A` line per service followed by its `-a` lines.
+pub fn save(table: &[TableEntry]) -> String {
+    let mut out = String::new();
+    for (service, destinations) in sorted(table) {
+        out.push_str(&service_rule("-A", &service.service));
+        out.push('\n');
+        for dest in destinations {
+            out.push_str(&destination_rule("-a", &service.service.key, &dest.destination, false));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `ipvsadm -L -n` (with `--stats` or `--rate` for the other views).
+pub fn list(info: &Info, table: &[TableEntry], view: ListView) -> String {
+    let mut out = format!(
+        "IP Virtual Server version {} (size={})\n",
+        info.version_string(),
+        info.connection_table_size
+    );
+    out.push_str(match view {
+        ListView::Connections => {
+            "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+        }
+        ListView::Stats => {
+            "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n  -> RemoteAddress:Port\n"
+        }
+        ListView::Rate => {
+            "Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS\n  -> RemoteAddress:Port\n"
+        }
+    });
+    for (service, destinations) in sorted(table) {
+        let name = list_service_name(&service.service.key);
+        match view {
+            ListView::Connections => {
+                let _ = writeln!(out, "{name} {}{}", service.service.scheduler, list_service_options(&service.service));
+            }
+            ListView::Stats => {
+                let _ = writeln!(out, "{name:<33}{}", totals(&service.stats));
+            }
+            ListView::Rate => {
+                let _ = writeln!(out, "{name:<33}{}", rates(&service.stats));
+            }
+        }
+        for dest in destinations {
+            let address = list_address(&dest.destination.address);
+            let d = &dest.destination;
+            let _ = match view {
+                ListView::Connections => writeln!(
+                    out,
+                    "  -> {address:<28} {:<7} {:<6} {:<10} {:<10}",
+                    forward_name(d.forward),
+                    d.weight as i32,
+                    dest.active_connections,
+                    dest.inactive_connections
+                ),
+                ListView::Stats => writeln!(out, "  -> {address:<28}{}", totals(&dest.stats)),
+                ListView::Rate => {
+                    let s = &dest.stats;
+                    writeln!(
+                        out,
+                        "  -> {address:<28} {:8} {:8} {:8}{}{}",
+                        s.connections_rate,
+                        s.packets_in_rate,
+                        s.packets_out_rate,
+                        large_number(s.bytes_in_rate),
+                        large_number(s.bytes_out_rate)
+                    )
+                }
+            };
+        }
+    }
+    out
+}
+
+/// The ipvsadm command line (without `ipvsadm`) that performs `op`, as `--dry-run`
+/// shows plans.
+pub fn op_rule(op: &IpvsOp) -> String {
+    match op {
+        IpvsOp::AddService(service) => service_rule("-A", service),
+        IpvsOp::EditService(service) => service_rule("-E", service),
+        IpvsOp::DeleteService(key) => format!("-D {}", rule_service_name(key)),
+        IpvsOp::AddDestination(key, dest) => destination_rule("-a", key, dest, true),
+        IpvsOp::EditDestination(key, dest) => destination_rule("-e", key, dest, true),
+        IpvsOp::DeleteDestination(key, address) => {
+            format!("-d {} -r {}", rule_service_name(key), rule_address(address))
+        }
+        IpvsOp::Zero(Some(key)) => format!("-Z {}", rule_service_name(key)),
+        IpvsOp::Zero(None) => "-Z".to_string(),
+        IpvsOp::Flush => "-C".to_string(),
+        IpvsOp::SetTimeouts(t) => format!("--set {} {} {}", t.tcp, t.tcp_fin, t.udp),
+        IpvsOp::StartSyncDaemon(d) => {
+            let mut line = format!("--start-daemon {} --mcast-interface {} --syncid {}", d.state.name(), d.interface, d.sync_id);
+            if let Some(len) = d.max_length {
+                let _ = write!(line, " --sync-maxlen {len}");
+            }
+            if let Some(group) = d.group {
+                let _ = write!(line, " --mcast-group {group}");
+            }
+            if let Some(port) = d.port {
+                let _ = write!(line, " --mcast-port {port}");
+            }
+            if let Some(ttl) = d.ttl {
+                let _ = write!(line, " --mcast-ttl {ttl}");
+            }
+            line
+        }
+        IpvsOp::StopSyncDaemon(state) => format!("--stop-daemon {}", state.name()),
+    }
+}
+
+/// Services in ipvsadm's order (fwmark, protocol, address, port), destinations by address and port.
+fn sorted(table: &[TableEntry]) -> Vec<(&ServiceEntry, Vec<&DestinationEntry>)> {
+    let mut services: Vec<_> = table
+        .iter()
+        .map(|(service, dests)| {
+            let mut dests: Vec<_> = dests.iter().collect();
+            dests.sort_by_key(|d| (address_bytes(&d.destination.address.ip()), d.destination.address.port()));
+            (service, dests)
+        })
+        .collect();
+    services.sort_by(|(a, _), (b, _)| compare_keys(&a.service.key, &b.service.key));
+    services
+}
+
+/// ipvsadm's order: fwmark, address family, protocol, address, port.
+fn compare_keys(a: &ServiceKey, b: &ServiceKey) -> Ordering {
+    let sort_key = |k: &ServiceKey| match k {
+        ServiceKey::Address { protocol, address } => {
+            (0, k.family(), protocol.number(), address_bytes(&address.ip()), address.port())
+        }
+        ServiceKey::Fwmark { family, mark } => (*mark, *family, 0, Vec::new(), 0),
+    };
+    sort_key(a).cmp(&sort_key(b))
+}
+
+fn address_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// `a.b.c.d:port` or `[v6]:port`, as ipvsadm prints numeric addresses.
+fn rule_address(address: &SocketAddr) -> String {
+    match address.ip() {
+        IpAddr::V4(ip) => format!("{ip}:{}", address.port()),
+        IpAddr::V6(ip) => format!("[{ip}]:{}", address.port()),
+    }
+}
+
+/// The `-L` views cut IPv4 addresses to their column (never reached in practice).
+fn list_address(address: &SocketAddr) -> String {
+    let mut text = rule_address(address);
+    if address.is_ipv4() {
+        text.truncate(28);
+    }
+    text
+}
+
+fn rule_service_name(key: &ServiceKey) -> String {
+    match key {
+        ServiceKey::Fwmark { family: AddressFamily::Ipv4, mark } => format!("-f {mark}"),
+        ServiceKey::Fwmark { family: AddressFamily::Ipv6, mark } => format!("-f {mark} -6"),
+        ServiceKey::Address { protocol, address } => {
+            let option = match protocol {
+                Protocol::Tcp => "-t",
+                Protocol::Udp => "-u",
+                Protocol::Sctp => "--sctp-service",
+                Protocol::Other(_) => "--xxx-service",
+            };
+            format!("{option} {}", rule_address(address))
+        }
+    }
+}
+
+fn list_service_name(key: &ServiceKey) -> String {
+    match key {
+        ServiceKey::Fwmark { family: AddressFamily::Ipv4, mark } => format!("FWM  {mark}"),
+        ServiceKey::Fwmark { family: AddressFamily::Ipv6, mark } => format!("FWM  {mark} IPv6"),
+        ServiceKey::Address { protocol, address } => {
+            let name = match protocol {
+                Protocol::Other(_) => "?".to_string(),
+                p => p.to_string(),
+            };
+            let mut text = format!("{name:<4} {}", rule_address(address));
+            if address.is_ipv4() {
+                text.truncate(33);
+            }
+            text
+        }
+    }
+}
+
+/// Scheduler flags by name, as ipvsadm prints them (`sh-port`, `flag-1`, ...).
+fn scheduler_flags(service: &Service) -> String {
+    let flags = service.flags;
+    let names: &[(u32, &str)] = match service.scheduler.as_str() {
+        "sh" => &[(ServiceFlags::SCHED1, "sh-fallback"), (ServiceFlags::SCHED2, "sh-port")],
+        "mh" => &[(ServiceFlags::SCHED1, "mh-fallback"), (ServiceFlags::SCHED2, "mh-port")],
+        _ => &[(ServiceFlags::SCHED1, "flag-1"), (ServiceFlags::SCHED2, "flag-2"), (ServiceFlags::SCHED3, "flag-3")],
+    };
+    names.iter().filter(|(bit, _)| flags.contains(*bit)).map(|(_, name)| *name).collect::<Vec<_>>().join(",")
+}
+
+fn has_scheduler_flags(service: &Service) -> bool {
+    service.flags.0 & (ServiceFlags::SCHED1 | ServiceFlags::SCHED2 | ServiceFlags::SCHED3) != 0
+}
+
+/// The netmask when it is not the per-host default.
+fn netmask_text(service: &Service) -> Option<String> {
+    match service.netmask {
+        Netmask::Ipv4(mask) if service.key.family() == AddressFamily::Ipv4 && !mask.is_broadcast() => {
+            Some(mask.to_string())
+        }
+        Netmask::Ipv6Prefix(prefix) if service.key.family() == AddressFamily::Ipv6 && prefix != 128 => {
+            Some(prefix.to_string())
+        }
+        _ => None,
+    }
+}
+
+fn service_rule(command: &str, service: &Service) -> String {
+    let mut line = format!("{command} {} -s {}", rule_service_name(&service.key), service.scheduler);
+    if service.is_persistent() {
+        let _ = write!(line, " -p {}", service.timeout);
+        if let Some(mask) = netmask_text(service) {
+            let _ = write!(line, " -M {mask}");
+        }
+    }
+    if let Some(pe) = &service.persistence_engine {
+        let _ = write!(line, " --pe {pe}");
+    }
+    if service.flags.contains(ServiceFlags::ONE_PACKET) {
+        line.push_str(" -o");
+    }
+    if has_scheduler_flags(service) {
+        let _ = write!(line, " -b {}", scheduler_flags(service));
+    }
+    line
+}
+
+fn list_service_options(service: &Service) -> String {
+    let mut text = String::new();
+    if has_scheduler_flags(service) {
+        let _ = write!(text, " ({})", scheduler_flags(service));
+    }
+    if service.is_persistent() {
+        let _ = write!(text, " persistent {}", service.timeout);
+        if let Some(mask) = netmask_text(service) {
+            let _ = write!(text, " mask {mask}");
+        }
+        if let Some(pe) = &service.persistence_engine {
+            let _ = write!(text, " pe {pe}");
+        }
+    }
+    if service.flags.contains(ServiceFlags::ONE_PACKET) {
+        text.push_str(" ops");
+    }
+    text
+}
+
+fn forward_switch(method: ForwardMethod) -> &'static str {
+    match method {
+        ForwardMethod::Masquerade => "-m",
+        ForwardMethod::Tunnel => "-i",
+        ForwardMethod::Local | ForwardMethod::DirectRoute => "-g",
+        // ipvsadm prints a NULL string here; glibc renders it so.
+        ForwardMethod::Bypass | ForwardMethod::Other(_) => "(null)",
+    }
+}
+
+fn forward_name(method: ForwardMethod) -> &'static str {
+    match method {
+        ForwardMethod::Masquerade => "Masq",
+        ForwardMethod::Local => "Local",
+        ForwardMethod::Tunnel => "Tunnel",
+        ForwardMethod::DirectRoute => "Route",
+        ForwardMethod::Bypass | ForwardMethod::Other(_) => "(null)",
+    }
+}
+
+fn checksum_option(checksum: TunnelChecksum) -> &'static str {
+    match checksum {
+        TunnelChecksum::None => "--tun-nocsum",
+        TunnelChecksum::Checksum => "--tun-csum",
+        TunnelChecksum::RemoteChecksum => "--tun-remcsum",
+        TunnelChecksum::Other(_) => "",
+    }
+}
+
+/// A `-a`/`-e` line. `-S` never prints thresholds; plans pass `with_thresholds`
+/// so that what they show is what they do.
+fn destination_rule(command: &str, key: &ServiceKey, dest: &Destination, with_thresholds: bool) -> String {
+    let mut line = format!(
+        "{command} {} -r {} {} -w {}",
+        rule_service_name(key),
+        rule_address(&dest.address),
+        forward_switch(dest.forward),
+        dest.weight as i32
+    );
+    if with_thresholds && (dest.upper_threshold != 0 || dest.lower_threshold != 0 || command == "-e") {
+        let _ = write!(line, " -x {} -y {}", dest.upper_threshold, dest.lower_threshold);
+    }
+    if dest.forward == ForwardMethod::Tunnel {
+        let tunnel = dest.tunnel;
+        match tunnel.kind {
+            TunnelType::Ipip => line.push_str(" --tun-type ipip"),
+            TunnelType::Gue => {
+                let _ = write!(line, " --tun-type gue --tun-port {} {}", tunnel.port, checksum_option(tunnel.checksum));
+            }
+            TunnelType::Gre => {
+                let _ = write!(line, " --tun-type gre {}", checksum_option(tunnel.checksum));
+            }
+            TunnelType::Other(_) => {}
+        }
+    }
+    line
+}
+
+/// ipvsadm's `print_largenum`: 9 columns, then K/M/G/T suffixes.
+fn large_number(n: u64) -> String {
+    match n {
+        0..100_000_000 => format!("{n:9}"),
+        100_000_000..1_000_000_000 => format!("{:8}K", n / 1_000),
+        1_000_000_000..100_000_000_000 => format!("{:8}M", n / 1_000_000),
+        100_000_000_000..100_000_000_000_000 => format!("{:8}G", n / 1_000_000_000),
+        _ => format!("{:8}T", n / 1_000_000_000_000),
+    }
+}
+
+fn totals(s: &Stats) -> String {
+    [s.connections, s.packets_in, s.packets_out, s.bytes_in, s.bytes_out].into_iter().map(large_number).collect()
+}
+
+fn rates(s: &Stats) -> String {
+    [s.connections_rate, s.packets_in_rate, s.packets_out_rate, s.bytes_in_rate, s.bytes_out_rate]
+        .into_iter()
+        .map(large_number)
+        .collect()
+}
