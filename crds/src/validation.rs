@@ -62,10 +62,14 @@ impl VirtualServiceSpec {
     }
 
     /// Address family of the service: the vip's, else (fwmark) the first
-    /// real server's, else IPv4. Assumes a valid spec.
+    /// real server's, else IPv4. Decided by the text, as the CRD's CEL rules
+    /// do, so that even an invalid spec gets the same answer on both sides.
     pub fn family(&self) -> AddressFamily {
         let address = self.vip.as_deref().or_else(|| self.real_servers.first().map(|r| r.address.as_str()));
-        address.and_then(parse_ip).map_or(AddressFamily::IPv4, AddressFamily::from)
+        match address {
+            Some(address) if address.contains(':') => AddressFamily::IPv6,
+            _ => AddressFamily::IPv4,
+        }
     }
 }
 
@@ -447,4 +451,71 @@ fn serde_name<T: serde::Serialize>(value: &T) -> String {
 
 fn forwarding_name(mode: Forwarding) -> String {
     serde_name(&mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> VirtualServiceSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn netmasks_become_prefix_lengths() {
+        use AddressFamily::{IPv4, IPv6};
+        assert_eq!(netmask_prefix_length("255.255.255.255", IPv4), Some(32));
+        assert_eq!(netmask_prefix_length("255.255.254.0", IPv4), Some(23));
+        assert_eq!(netmask_prefix_length("0.0.0.0", IPv4), Some(0));
+        assert_eq!(netmask_prefix_length("255.0.255.0", IPv4), None);
+        assert_eq!(netmask_prefix_length("24", IPv4), None);
+        assert_eq!(netmask_prefix_length("64", IPv6), Some(64));
+        assert_eq!(netmask_prefix_length("128", IPv6), Some(128));
+        for bad in ["0", "129", "064", "+64", "255.255.255.0"] {
+            assert_eq!(netmask_prefix_length(bad, IPv6), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn addresses_parse_as_kubernetes_isip_does() {
+        assert!(parse_ip("192.168.16.100").is_some());
+        assert!(parse_ip("2001:db8::1").is_some());
+        for bad in
+            ["192.168.016.100", "::ffff:192.168.16.100", "fe80::1%eth0", "192.168.16.100/32", " 192.168.16.1"]
+        {
+            assert_eq!(parse_ip(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn duplicate_real_servers_are_refused_in_rust_only() {
+        let errors = validate(&spec(
+            "{vip: 192.168.16.100, port: 80, realServers: [{address: 192.168.16.21}, {address: 192.168.16.21}]}",
+        ))
+        .unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].to_string(), r#"spec.realServers[1]: "192.168.16.21": duplicate real server"#);
+    }
+
+    #[test]
+    fn every_broken_rule_is_reported() {
+        let errors = validate(&spec(
+            "{vip: 10.0.0.300, port: 0, onePacket: true, tunnel: {}, realServers: [{address: 10.0.0.1, port: 8080}]}",
+        ))
+        .unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["spec.vip", "spec.port", "spec.onePacket", "spec.realServers[0].port", "spec.tunnel"]
+        );
+    }
+
+    #[test]
+    fn fwmark_services_take_the_real_servers_family() {
+        assert_eq!(
+            spec("{fwmark: 1, realServers: [{address: '2001:db8::1'}]}").family(),
+            AddressFamily::IPv6
+        );
+        assert_eq!(spec("{fwmark: 1, sorryServer: {address: 10.0.0.1}}").family(), AddressFamily::IPv4);
+    }
 }

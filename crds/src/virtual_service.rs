@@ -460,8 +460,7 @@ pub struct Directors {
         .message("timeoutSeconds must not exceed intervalSeconds")
         .field_path(".timeoutSeconds"),
     validation = Rule::new("self.type in ['HTTP', 'HTTPS'] || !(has(self.path) || has(self.host) || has(self.expectedStatus) || has(self.bodyContains))")
-        .message("path, host, expectedStatus and bodyContains are only allowed with type HTTP or HTTPS")
-        .field_path(".type"),
+        .message("path, host, expectedStatus and bodyContains are only allowed with type HTTP or HTTPS"),
     validation = Rule::new("self.type == 'UDP' || !has(self.payload)")
         .message("payload is only allowed with type UDP")
         .field_path(".payload")
