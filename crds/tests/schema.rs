@@ -60,7 +60,8 @@ fn check_structural(schema: &Value, path: &str, problems: &mut Vec<String>) {
                 _ => false,
             };
             // kube renders Option<enum> with a null member next to `nullable: true`.
-            if !fits && !(value.is_null() && schema["nullable"] == true) {
+            let nullable_null = value.is_null() && schema["nullable"] == true;
+            if !(fits || nullable_null) {
                 problems.push(format!("{path}: enum value {value} is not a {kind}"));
             }
         }
