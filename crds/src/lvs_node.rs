@@ -49,11 +49,13 @@ pub struct LvsNodeSpec {
     /// Index of this object among the node's chunks: 0 for `<node>`, n for
     /// `<node>-n`.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub chunk: u32,
 
     /// How many chunks the node's state has. The agent applies the state only
     /// when it holds all of them with the same revision.
     #[serde(default = "one")]
+    #[schemars(range(max = u32::MAX))]
     pub chunks: u32,
 
     /// Identifies the node's whole desired state (all chunks): chunks with
@@ -137,6 +139,7 @@ pub struct IpvsServiceKey {
 
     /// Firewall mark; absent for VIP services.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = u32::MAX))]
     pub fwmark: Option<u32>,
 }
 
@@ -175,6 +178,7 @@ pub struct IpvsService {
 
     /// Seconds a removed destination keeps weight 0 before it is deleted.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub drain_seconds: u32,
 
     /// Destination used while no other one is healthy.
@@ -187,6 +191,7 @@ pub struct IpvsService {
 #[serde(rename_all = "camelCase")]
 pub struct IpvsPersistence {
     /// Seconds a client stays with its destination.
+    #[schemars(range(max = u32::MAX))]
     pub timeout_seconds: u32,
 
     /// Prefix length of the client addresses that share a destination
@@ -216,11 +221,13 @@ pub struct Destination {
 
     /// Most active connections; 0: no limit.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub upper_threshold: u32,
 
     /// Active connections under which an overloaded destination takes new
     /// ones again; 0: the kernel's default.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub lower_threshold: u32,
 }
 
@@ -268,6 +275,7 @@ pub struct VrrpInstance {
     pub virtual_router_id: u8,
 
     /// Milliseconds between advertisements.
+    #[schemars(range(max = u32::MAX))]
     pub advert_interval_ms: u32,
 
     /// Whether a higher priority takes the VIP from a lower one.

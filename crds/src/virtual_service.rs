@@ -136,7 +136,7 @@ pub struct VirtualServiceSpec {
     /// instead of `vip` and `port`. The address family is the real servers'
     /// (IPv4 when there are none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub fwmark: Option<u32>,
 
     /// The port clients connect to; 0 means all ports and needs `persistence`.
@@ -212,6 +212,7 @@ pub struct VirtualServiceSpec {
     /// Seconds a removed real server keeps serving its established connections
     /// with weight 0 before it is deleted. Absent or 0: deleted at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = u32::MAX))]
     pub drain_seconds: Option<u32>,
 
     /// Where clients go when no real server is healthy.
@@ -356,7 +357,7 @@ pub enum TunnelChecksum {
 pub struct Persistence {
     /// Seconds a client stays with its real server after its last connection.
     #[serde(default = "default_persistence_timeout")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub timeout_seconds: u32,
 
     /// Clients whose addresses share this mask share a real server: a dotted
@@ -396,12 +397,13 @@ pub struct RealServer {
     /// Most active connections before the server takes no new ones (ipvsadm
     /// `-x`). Absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub upper_threshold: Option<u32>,
 
     /// Active connections under which an overloaded server takes new ones
     /// again (ipvsadm `-y`). Absent: three quarters of `upperThreshold`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = u32::MAX))]
     pub lower_threshold: Option<u32>,
 }
 
@@ -632,6 +634,7 @@ pub struct VirtualServiceStatus {
 
     /// Number of real servers the service resolved to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = u32::MAX))]
     pub real_server_count: Option<u32>,
 
     /// One row per director node.

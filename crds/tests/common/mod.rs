@@ -44,21 +44,36 @@ pub fn open_api_schema<K: CustomResourceExt>() -> Value {
     serde_json::to_value(schema.expect("the CRD has an openAPIV3Schema")).unwrap()
 }
 
+struct ApiServer {
+    schema: Value,
+    rules: kube_cel::CompiledSchema,
+    cel: kube_cel::Validator,
+}
+
+thread_local! {
+    // Compiling the rules takes far longer than evaluating them.
+    static API_SERVER: ApiServer = {
+        let schema = open_api_schema::<VirtualService>();
+        ApiServer { rules: kube_cel::compile_schema(&schema), schema, cel: kube_cel::Validator::new() }
+    };
+}
+
 /// Everything the emulated API server refuses in a VirtualService `spec`.
 pub fn server_errors(spec: &Value) -> Vec<ServerError> {
-    let schema = open_api_schema::<VirtualService>();
-    let mut errors = Vec::new();
-    openapi_errors(&schema["properties"]["spec"], spec, "spec", &mut errors);
-    let object = serde_json::json!({ "spec": spec });
-    if let Err(cel_errors) = kube_cel::Validator::new().validate(&schema, &object, None) {
-        errors.extend(cel_errors.iter().map(|e| ServerError {
-            by: Cel,
-            path: e.field_path.clone(),
-            message: format!("{:?}: {}", e.kind, e.message),
-            rule: (e.kind == kube_cel::ErrorKind::ValidationFailure).then(|| e.rule.clone()),
-        }));
-    }
-    errors
+    API_SERVER.with(|server| {
+        let mut errors = Vec::new();
+        openapi_errors(&server.schema["properties"]["spec"], spec, "spec", &mut errors);
+        let object = serde_json::json!({ "spec": spec });
+        if let Err(cel_errors) = server.cel.validate_compiled(&server.rules, &object, None) {
+            errors.extend(cel_errors.iter().map(|e| ServerError {
+                by: Cel,
+                path: e.field_path.clone(),
+                message: format!("{:?}: {}", e.kind, e.message),
+                rule: (e.kind == kube_cel::ErrorKind::ValidationFailure).then(|| e.rule.clone()),
+            }));
+        }
+        errors
+    })
 }
 
 use By::{Cel, Schema};
@@ -148,7 +163,12 @@ pub fn rust_errors(spec_yaml: &str) -> Vec<String> {
     let manifest = format!(
         "apiVersion: lvs.dev/v1alpha1\nkind: VirtualService\nmetadata: {{name: sample}}\nspec: {spec_yaml}\n"
     );
-    match serde_yaml::from_str::<VirtualService>(&manifest) {
+    rust_manifest_errors(&manifest)
+}
+
+/// What the Rust side says about a whole VirtualService manifest.
+pub fn rust_manifest_errors(manifest: &str) -> Vec<String> {
+    match serde_yaml::from_str::<VirtualService>(manifest) {
         Err(error) => vec![error.to_string()],
         Ok(service) => match validate(&service.spec) {
             Ok(()) => vec![],
