@@ -20,7 +20,9 @@ pub const GROUP: &str = "lvs.dev";
 /// writes them.
 pub fn crd_files() -> [(&'static str, String); 2] {
     use kube::CustomResourceExt;
-    let yaml = |crd| serde_yaml::to_string(&crd).expect("a CRD serializes to YAML");
+    const HEADER: &str = "# Generated from crds/ by `cargo run -p lvs-crds --bin crdgen -- --write`; do not edit.\n\
+                          # Needs Kubernetes 1.31 or newer: the CEL rules use the IP library (isIP).\n";
+    let yaml = |crd| HEADER.to_owned() + &serde_yaml::to_string(&crd).expect("a CRD serializes to YAML");
     [
         ("virtualservices.lvs.dev.yaml", yaml(VirtualService::crd())),
         ("lvsnodes.lvs.dev.yaml", yaml(LvsNode::crd())),

@@ -25,7 +25,10 @@ pub const MAX_REAL_SERVERS: usize = 1000;
 /// The desired state of one IPVS virtual service: where clients connect (a
 /// VIP and port, or a firewall mark), how connections are spread over the real
 /// servers, and which nodes direct the traffic.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+///
+/// `Default` gives an empty spec (neither vip nor fwmark), a starting point
+/// for struct-update syntax, not a valid spec.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "lvs.dev",
     version = "v1alpha1",
@@ -106,10 +109,10 @@ pub const MAX_REAL_SERVERS: usize = 1000;
          ((has(self.vip) ? self.vip.contains(':') : \
            has(self.realServers) && size(self.realServers) > 0 && self.realServers[0].address.contains(':')) \
           ? self.persistence.netmask.matches('^([1-9]|[1-9][0-9]|1[01][0-9]|12[0-8])$') \
-          : self.persistence.netmask.matches('^((255\\\\.){3}(255|254|252|248|240|224|192|128|0)\
-|(255\\\\.){2}(254|252|248|240|224|192|128|0)\\\\.0\
-|255\\\\.(254|252|248|240|224|192|128|0)\\\\.0\\\\.0\
-|(254|252|248|240|224|192|128|0)\\\\.0\\\\.0\\\\.0)$'))"
+          : self.persistence.netmask.matches('^((255[.]){3}(255|254|252|248|240|224|192|128|0)\
+|(255[.]){2}(254|252|248|240|224|192|128|0)[.]0\
+|255[.](254|252|248|240|224|192|128|0)[.]0[.]0\
+|(254|252|248|240|224|192|128|0)[.]0[.]0[.]0)$'))"
     )
         .message("persistence.netmask must be a dotted IPv4 netmask (e.g. 255.255.255.0) for IPv4, a prefix length 1-128 for IPv6")
         .field_path(".persistence.netmask"),
