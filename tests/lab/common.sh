@@ -30,6 +30,9 @@ LAB_APT_PACKAGES=(
 # to the command run in it failing), after git bisect's "cannot test" code.
 LAB_CANNOT_RUN=125
 
+# Print the comment block at the top of script $1 (its usage).
+lab_usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$1"; }
+
 lab_say() { printf 'lab: %s\n' "$*" >&2; }
 lab_die() {
 	printf 'lab: error: %s\n' "$*" >&2
