@@ -39,8 +39,9 @@ impl fmt::Display for ValidationError {
 
 impl std::error::Error for ValidationError {}
 
-/// Check a VirtualService spec against every rule of the API; all broken
-/// rules are reported, in field order.
+/// Check a VirtualService spec against every rule of the API; every broken
+/// rule is reported, e.g. `spec.realServers[1].port: 8080: DirectRouting
+/// cannot map ports (must equal spec.port 80)`.
 pub fn validate(spec: &VirtualServiceSpec) -> Result<(), Vec<ValidationError>> {
     let mut check = Checker::default();
     check.key(spec);
@@ -117,10 +118,11 @@ impl Checker {
         }
     }
 
-    /// Fails when `text` is longer than `max` bytes (or shorter than `min`);
+    /// Fails when `text` has fewer than `min` or more than `max` characters;
     /// schema minLength/maxLength in the CRD.
     fn length(&mut self, field: &str, text: &str, min: usize, max: usize) {
-        if text.len() < min || text.len() > max {
+        let length = text.chars().count();
+        if length < min || length > max {
             let message = format!("length must be {min}-{max}");
             self.fail(field, Some(quoted(text)), message);
         }
