@@ -4,6 +4,26 @@
 //!
 //! Pure: no IO, no clients. The CRDs need Kubernetes 1.31 or newer (their CEL
 //! rules use the IP library).
+//!
+//! ```
+//! use lvs_crds::VirtualService;
+//!
+//! let service: VirtualService = serde_yaml::from_str(
+//!     "apiVersion: lvs.dev/v1alpha1
+//! kind: VirtualService
+//! metadata: {name: web, namespace: default}
+//! spec:
+//!   vip: 192.168.16.100
+//!   port: 80
+//!   realServers: [{address: 192.168.16.21}, {address: 192.168.16.22, port: 8080}]",
+//! )?;
+//! let errors = service.spec.validate().unwrap_err();
+//! assert_eq!(
+//!     errors[0].to_string(),
+//!     "spec.realServers[1].port: 8080: DirectRouting cannot map ports (must equal spec.port 80)"
+//! );
+//! # Ok::<(), serde_yaml::Error>(())
+//! ```
 
 pub mod lvs_node;
 pub mod validation;
