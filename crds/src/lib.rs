@@ -31,7 +31,7 @@ pub mod validation;
 pub mod virtual_service;
 
 pub use lvs_node::{LvsNode, LvsNodeSpec, LvsNodeStatus, NODE_LABEL};
-pub use translate::{ClusterState, TranslateOptions, Translation, Verdict, translate};
+pub use translate::{ClusterState, TranslateOptions, Translation, Verdict, assemble, translate};
 pub use validation::{ValidationError, validate};
 pub use virtual_service::{VirtualService, VirtualServiceSpec, VirtualServiceStatus};
 

@@ -1,21 +1,73 @@
 //! The translation VirtualServices (+ Nodes, EndpointSlices) -> per-node
 //! [`LvsNode`] desired state. Pure: no IO, no clock, no randomness; the same
-//! input in any order gives byte-identical output.
+//! input in any order gives byte-identical output, so the controller writes
+//! nothing when nothing changed.
+//!
+//! - Verdicts: each VirtualService is checked in age order (creationTimestamp,
+//!   then namespace/name; objects without a timestamp count as the newest):
+//!   an invalid spec or a VIP outside the allowed CIDRs is refused; else it
+//!   claims its key, (vip, port, protocol) or (fwmark, family), and a key
+//!   already claimed by an older one is a conflict. The winner is therefore a
+//!   function of the set of VirtualServices alone, and never flaps.
+//! - Directors: the nodes matching `spec.directors.nodeSelector`; absent or
+//!   empty, the nodes labelled `lvs.dev/director: "true"` (an empty selector
+//!   would otherwise make every node a director). Each gets the IPVS service,
+//!   the VIP with its VRRP parameters (priority from the node annotation
+//!   `lvs.dev/vrrp-priority`, default 100) and the sysctl needs.
+//! - Destinations: static `realServers`, then the InternalIPs (of the
+//!   service's family) of the nodes matching `realServerSelector`, then the
+//!   ready endpoints of the `backendService`'s EndpointSlices; the first
+//!   source of an (address, port) wins, the list is sorted.
+//! - Real servers: with DirectRouting or Tunnel, a node one of whose
+//!   addresses is a destination (or the sorry server) of a VIP service gets
+//!   that VIP to bind. fwmark services have no VIP to bind.
+//! - Objects: a node's state is split into chunks (`<node>`, `<node>-1`, ...)
+//!   of at most `max_object_bytes` of JSON each, see [`TranslateOptions`].
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, hash_map::Entry},
+    io,
+    net::IpAddr,
+    ops::Range,
+};
 
 use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
+use serde::Serialize;
 
-use crate::{LvsNode, ValidationError, VirtualService};
+use crate::{
+    LvsNode, LvsNodeSpec, NODE_LABEL, ValidationError, VirtualService,
+    lvs_node::{
+        ConnectionSync, Destination, DirectorState, DirectorVip, IpvsPersistence, IpvsService,
+        IpvsServiceKey, RealServerMode, RealServerState, RealServerVip, ServiceOwner, VrrpInstance,
+    },
+    validation::{netmask_prefix_length, parse_ip},
+    virtual_service::{AddressFamily, BackendService, Forwarding, Protocol, VirtualServiceSpec},
+};
 
 /// Largest serialized size of one LvsNode object by default: 1 MiB (etcd
-/// refuses objects over 1.5 MiB; the rest is headroom for metadata and status).
+/// refuses objects over 1.5 MiB; the rest is headroom for status and
+/// managed fields).
 pub const DEFAULT_MAX_OBJECT_BYTES: usize = 1 << 20;
+
+/// Label that makes a node a director of the services that name no
+/// `directors.nodeSelector`.
+pub const DIRECTOR_LABEL: (&str, &str) = ("lvs.dev/director", "true");
+
+/// Node annotation with the node's VRRP priority, 1-254.
+pub const VRRP_PRIORITY_ANNOTATION: &str = "lvs.dev/vrrp-priority";
+
+/// VRRP priority of a node without a valid [`VRRP_PRIORITY_ANNOTATION`].
+pub const DEFAULT_VRRP_PRIORITY: u8 = 100;
+
+/// Label of an EndpointSlice naming its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Everything the translation reads.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
+    /// Unique by (namespace, name), as in a cluster.
     pub virtual_services: Vec<VirtualService>,
+    /// Unique by name.
     pub nodes: Vec<Node>,
     pub endpoint_slices: Vec<EndpointSlice>,
 }
@@ -25,7 +77,9 @@ pub struct ClusterState {
 pub struct TranslateOptions {
     /// VIPs must lie inside one of these (empty = any VIP allowed).
     pub allowed_vip_cidrs: Vec<ipnet::IpNet>,
-    /// Max serialized size (JSON) of one LvsNode object.
+    /// Max serialized size (JSON) of one LvsNode object. Only one service or
+    /// VIP larger than this on its own (tens of thousands of destinations)
+    /// can exceed it: it gets a chunk of its own.
     pub max_object_bytes: usize,
 }
 
@@ -86,7 +140,624 @@ impl Verdict {
 /// Resolve the cluster's VirtualServices into the LvsNode objects of every
 /// node, and judge each VirtualService.
 pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translation {
-    // Skeleton: the real translation follows.
-    let _ = (state, options);
-    Translation::default()
+    let nodes = NodeIndex::new(&state.nodes);
+    let backends = Backends::new(&state.endpoint_slices);
+    let (accepted, verdicts) = judge(&state.virtual_services, options);
+
+    let mut services: Vec<Resolved<'_>> =
+        accepted.into_iter().map(|vs| resolve(vs, &nodes, &backends)).collect();
+    // In key order once, so that every node's lists come out in key order.
+    services.sort_by(|a, b| a.service.key.cmp(&b.service.key));
+
+    let mut desired: BTreeMap<usize, NodeState<'_>> = BTreeMap::new();
+    for resolved in &services {
+        for &director in &resolved.directors {
+            let node = desired.entry(director).or_default();
+            node.services.push(resolved);
+            if let Some(vip) = resolved.director_vip(nodes.vrrp_priority(director)) {
+                node.director_vips.push(vip);
+            }
+        }
+        if let Some(vip) = &resolved.real_server_vip {
+            for real_server in nodes.owners_of(resolved.real_server_addresses()) {
+                desired.entry(real_server).or_default().real_server_vips.push(vip.clone());
+            }
+        }
+    }
+
+    let names = ChunkNames { node_names: nodes.nodes.iter().map(|n| node_name(n)).collect() };
+    let mut lvs_nodes: Vec<LvsNode> = desired
+        .into_iter()
+        .flat_map(|(node, state)| state.into_objects(nodes.name(node), options.max_object_bytes, &names))
+        .collect();
+    lvs_nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    Translation { lvs_nodes, verdicts }
+}
+
+/// (namespace, name) of an object.
+fn object_id(vs: &VirtualService) -> (String, String) {
+    (vs.metadata.namespace.clone().unwrap_or_default(), vs.metadata.name.clone().unwrap_or_default())
+}
+
+/// Verdicts in age order: each valid, allowed VirtualService claims its key
+/// unless an older one did.
+fn judge<'a>(
+    services: &'a [VirtualService],
+    options: &TranslateOptions,
+) -> (Vec<&'a VirtualService>, BTreeMap<(String, String), Verdict>) {
+    let mut by_age: Vec<(_, &VirtualService)> = services
+        .iter()
+        .map(|vs| {
+            let created = vs.metadata.creation_timestamp.as_ref();
+            ((created.is_none(), created, object_id(vs)), vs)
+        })
+        .collect();
+    by_age.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut claims: HashMap<IpvsServiceKey, (String, String)> = HashMap::new();
+    let mut accepted = Vec::new();
+    let mut verdicts = BTreeMap::new();
+    for ((_, _, id), vs) in by_age {
+        let spec = &vs.spec;
+        let verdict = if let Err(errors) = spec.validate() {
+            Verdict::Invalid(errors)
+        } else if let Some(vip) =
+            spec.vip.as_ref().filter(|vip| !vip_allowed(vip, &options.allowed_vip_cidrs))
+        {
+            Verdict::VipNotAllowed { vip: vip.clone() }
+        } else {
+            let key = service_key(spec);
+            match claims.entry(claim(&key)) {
+                Entry::Occupied(winner) => {
+                    Verdict::Conflict { winner: winner.get().clone(), key: describe(winner.key()) }
+                }
+                Entry::Vacant(free) => {
+                    free.insert(id.clone());
+                    accepted.push(vs);
+                    Verdict::Accepted
+                }
+            }
+        };
+        verdicts.insert(id, verdict);
+    }
+    (accepted, verdicts)
+}
+
+fn vip_allowed(vip: &str, allowed: &[ipnet::IpNet]) -> bool {
+    allowed.is_empty() || parse_ip(vip).is_some_and(|ip| allowed.iter().any(|net| net.contains(&ip)))
+}
+
+/// The kernel's key of a valid spec's service.
+fn service_key(spec: &VirtualServiceSpec) -> IpvsServiceKey {
+    IpvsServiceKey {
+        family: spec.family(),
+        address: spec.vip.as_deref().and_then(parse_ip),
+        port: spec.port.unwrap_or(0),
+        protocol: spec.protocol,
+        fwmark: spec.fwmark,
+    }
+}
+
+/// What two services may not share: the kernel tells fwmark services apart by
+/// (fwmark, family) alone.
+fn claim(key: &IpvsServiceKey) -> IpvsServiceKey {
+    match key.fwmark {
+        Some(_) => IpvsServiceKey { protocol: Protocol::default(), ..key.clone() },
+        None => key.clone(),
+    }
+}
+
+/// A claim as people read it: `TCP 192.168.16.100:80`, `fwmark 5 (IPv6)`.
+fn describe(claim: &IpvsServiceKey) -> String {
+    match (claim.fwmark, claim.address) {
+        (Some(mark), _) => format!("fwmark {mark} ({:?})", claim.family),
+        (None, Some(IpAddr::V6(vip))) => format!("{:?} [{vip}]:{}", claim.protocol, claim.port),
+        (None, Some(vip)) => format!("{:?} {vip}:{}", claim.protocol, claim.port),
+        (None, None) => format!("{:?} port {}", claim.protocol, claim.port),
+    }
+}
+
+fn node_name(node: &Node) -> &str {
+    node.metadata.name.as_deref().unwrap_or_default()
+}
+
+/// The nodes, sorted by name, with lookups by label and by address so that
+/// no VirtualService scans them all.
+struct NodeIndex<'a> {
+    nodes: Vec<&'a Node>,
+    /// Label key -> value -> nodes.
+    by_label: HashMap<&'a str, HashMap<&'a str, Vec<usize>>>,
+    by_address: HashMap<IpAddr, Vec<usize>>,
+    default_directors: Vec<usize>,
+}
+
+impl<'a> NodeIndex<'a> {
+    fn new(nodes: &'a [Node]) -> Self {
+        let mut nodes: Vec<&Node> = nodes.iter().collect();
+        nodes.sort_by_key(|node| node_name(node));
+        let mut by_label: HashMap<_, HashMap<_, Vec<usize>>> = HashMap::new();
+        let mut by_address: HashMap<_, Vec<usize>> = HashMap::new();
+        for (i, node) in nodes.iter().enumerate() {
+            for (key, value) in node.metadata.labels.iter().flatten() {
+                by_label.entry(key.as_str()).or_default().entry(value.as_str()).or_default().push(i);
+            }
+            let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+            for address in addresses.into_iter().flatten().filter_map(|a| parse_ip(&a.address)) {
+                let owners = by_address.entry(address).or_default();
+                // A node may list one address under several types.
+                if owners.last() != Some(&i) {
+                    owners.push(i);
+                }
+            }
+        }
+        let mut index = Self { nodes, by_label, by_address, default_directors: Vec::new() };
+        index.default_directors = index.carrying(DIRECTOR_LABEL.0, DIRECTOR_LABEL.1).to_vec();
+        index
+    }
+
+    fn name(&self, node: usize) -> &'a str {
+        node_name(self.nodes[node])
+    }
+
+    /// The nodes carrying the label `key: value`.
+    fn carrying(&self, key: &str, value: &str) -> &[usize] {
+        self.by_label.get(key).and_then(|values| values.get(value)).map_or(&[], Vec::as_slice)
+    }
+
+    /// The nodes carrying every label of `selector` (all nodes for an empty one).
+    fn select(&self, selector: &BTreeMap<String, String>) -> Vec<usize> {
+        let carrying = selector.iter().map(|(key, value)| self.carrying(key, value));
+        let Some(rarest) = carrying.min_by_key(|nodes| nodes.len()) else {
+            return (0..self.nodes.len()).collect();
+        };
+        let matches = |&&i: &&usize| {
+            let labels = self.nodes[i].metadata.labels.as_ref();
+            selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        };
+        rarest.iter().filter(matches).copied().collect()
+    }
+
+    fn directors(&self, spec: &VirtualServiceSpec) -> Vec<usize> {
+        match spec.directors.as_ref().map(|d| &d.node_selector).filter(|s| !s.is_empty()) {
+            Some(selector) => self.select(selector),
+            None => self.default_directors.clone(),
+        }
+    }
+
+    fn internal_ips(&self, node: usize, family: AddressFamily) -> impl Iterator<Item = IpAddr> + 'a {
+        let addresses = self.nodes[node].status.as_ref().and_then(|s| s.addresses.as_ref());
+        addresses
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP")
+            .filter_map(|a| parse_ip(&a.address))
+            .filter(move |ip| AddressFamily::from(*ip) == family)
+    }
+
+    fn vrrp_priority(&self, node: usize) -> u8 {
+        let annotations = self.nodes[node].metadata.annotations.as_ref();
+        annotations
+            .and_then(|a| a.get(VRRP_PRIORITY_ANNOTATION))
+            .and_then(|p| p.trim().parse().ok())
+            .filter(|p| (1..=254).contains(p))
+            .unwrap_or(DEFAULT_VRRP_PRIORITY)
+    }
+
+    /// The nodes having one of `addresses`, each once, sorted.
+    fn owners_of(&self, addresses: impl Iterator<Item = IpAddr>) -> Vec<usize> {
+        let mut owners: Vec<usize> =
+            addresses.filter_map(|a| self.by_address.get(&a)).flatten().copied().collect();
+        owners.sort_unstable();
+        owners.dedup();
+        owners
+    }
+}
+
+/// EndpointSlices by (namespace, Service name).
+struct Backends<'a> {
+    by_service: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> Backends<'a> {
+    fn new(slices: &'a [EndpointSlice]) -> Self {
+        let mut by_service: HashMap<_, Vec<_>> = HashMap::new();
+        for slice in slices {
+            let namespace = slice.metadata.namespace.as_deref().unwrap_or_default();
+            if let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+                by_service.entry((namespace, service.as_str())).or_default().push(slice);
+            }
+        }
+        Self { by_service }
+    }
+
+    /// (address, port) of every ready endpoint of `backend` in `namespace`.
+    fn endpoints(
+        &self,
+        namespace: &str,
+        backend: &BackendService,
+        family: AddressFamily,
+        protocol: Protocol,
+    ) -> Vec<(IpAddr, u16)> {
+        let slices = self.by_service.get(&(namespace, backend.name.as_str())).map_or(&[][..], Vec::as_slice);
+        let family_name = format!("{family:?}");
+        let mut endpoints = Vec::new();
+        for slice in slices.iter().filter(|s| s.address_type == family_name) {
+            let Some(port) = slice_port(slice, backend.port, protocol) else { continue };
+            let endpoints_of_slice = slice.endpoints.iter().flatten();
+            let ready =
+                endpoints_of_slice.filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false));
+            let addresses = ready.flat_map(|e| &e.addresses).filter_map(|a| parse_ip(a));
+            endpoints.extend(addresses.filter(|ip| AddressFamily::from(*ip) == family).map(|ip| (ip, port)));
+        }
+        endpoints
+    }
+}
+
+/// The port a slice's endpoints serve for the wanted port: the wanted one if
+/// the slice lists it (or lists "all ports", a port without number), else the
+/// slice's only port of the protocol.
+fn slice_port(slice: &EndpointSlice, wanted: Option<u16>, protocol: Protocol) -> Option<u16> {
+    let protocol = format!("{protocol:?}");
+    let ports = slice.ports.iter().flatten().filter(|p| p.protocol.as_deref().unwrap_or("TCP") == protocol);
+    let numbers: Vec<Option<u16>> = ports.map(|p| p.port.and_then(|n| u16::try_from(n).ok())).collect();
+    match wanted {
+        Some(port) => numbers.iter().any(|&n| n.is_none() || n == Some(port)).then_some(port),
+        None => match numbers[..] {
+            [Some(only)] => Some(only),
+            _ => None,
+        },
+    }
+}
+
+/// One accepted VirtualService, resolved.
+struct Resolved<'a> {
+    spec: &'a VirtualServiceSpec,
+    service: IpvsService,
+    /// Size and hash of `service`'s JSON, computed once for all directors.
+    fingerprint: Fingerprint,
+    directors: Vec<usize>,
+    /// The VIP its DirectRouting or Tunnel real servers bind.
+    real_server_vip: Option<RealServerVip>,
+}
+
+fn resolve<'a>(vs: &'a VirtualService, nodes: &NodeIndex<'_>, backends: &Backends<'_>) -> Resolved<'a> {
+    let spec = &vs.spec;
+    let family = spec.family();
+    let service_port = spec.port.unwrap_or(0);
+    let tunnel = (spec.forwarding == Forwarding::Tunnel).then(|| spec.tunnel.clone().unwrap_or_default());
+    let destination = |address, port, weight| Destination {
+        address,
+        port,
+        weight,
+        forwarding: spec.forwarding,
+        tunnel: tunnel.clone(),
+        upper_threshold: 0,
+        lower_threshold: 0,
+    };
+
+    let mut destinations: Vec<Destination> = spec
+        .real_servers
+        .iter()
+        .filter_map(|server| {
+            let mut d =
+                destination(parse_ip(&server.address)?, server.port.unwrap_or(service_port), server.weight);
+            d.upper_threshold = server.upper_threshold.unwrap_or(0);
+            d.lower_threshold = server.lower_threshold.unwrap_or(0);
+            Some(d)
+        })
+        .collect();
+    if let Some(selector) = &spec.real_server_selector {
+        let port = selector.port.unwrap_or(service_port);
+        for node in nodes.select(&selector.node_selector) {
+            destinations.extend(nodes.internal_ips(node, family).map(|ip| destination(ip, port, 1)));
+        }
+    }
+    if let Some(backend) = &spec.backend_service {
+        let namespace = vs.metadata.namespace.as_deref().unwrap_or_default();
+        let endpoints = backends.endpoints(namespace, backend, family, spec.protocol);
+        destinations.extend(endpoints.into_iter().map(|(ip, port)| destination(ip, port, 1)));
+    }
+    // Stable sort: of equal (address, port), the first source's entry stays.
+    destinations.sort_by_key(|d| (d.address, d.port));
+    destinations.dedup_by_key(|d| (d.address, d.port));
+
+    let sorry_server = spec.sorry_server.as_ref().and_then(|sorry| {
+        Some(destination(parse_ip(&sorry.address)?, sorry.port.unwrap_or(service_port), 1))
+    });
+    let persistence = spec.persistence.as_ref().map(|p| IpvsPersistence {
+        timeout_seconds: p.timeout_seconds,
+        prefix_length: p.netmask.as_deref().and_then(|m| netmask_prefix_length(m, family)).unwrap_or(
+            match family {
+                AddressFamily::IPv4 => 32,
+                AddressFamily::IPv6 => 128,
+            },
+        ),
+    });
+    let owner = ServiceOwner {
+        namespace: vs.metadata.namespace.clone().unwrap_or_default(),
+        name: vs.metadata.name.clone().unwrap_or_default(),
+        uid: vs.metadata.uid.clone().unwrap_or_default(),
+        generation: vs.metadata.generation.unwrap_or(0),
+    };
+    let key = service_key(spec);
+    let real_server_mode = match spec.forwarding {
+        Forwarding::DirectRouting => Some(RealServerMode::DirectRouting),
+        Forwarding::Tunnel => Some(RealServerMode::Tunnel),
+        Forwarding::Nat | Forwarding::FullNat => None,
+    };
+    let real_server_vip = key.address.zip(real_server_mode).map(|(address, mode)| RealServerVip {
+        address,
+        mode,
+        tunnel: tunnel.clone(),
+        owner: owner.clone(),
+    });
+    let service = IpvsService {
+        owner,
+        key,
+        scheduler: spec.scheduler,
+        scheduler_flags: spec.scheduler_flags.clone(),
+        persistence,
+        one_packet: spec.one_packet,
+        destinations,
+        health_check: spec.health_check.clone(),
+        drain_seconds: spec.drain_seconds.unwrap_or(0),
+        sorry_server,
+    };
+    Resolved {
+        spec,
+        fingerprint: Fingerprint::of(&service),
+        service,
+        directors: nodes.directors(spec),
+        real_server_vip,
+    }
+}
+
+impl Resolved<'_> {
+    /// The VIP a director with VRRP priority `priority` may hold.
+    fn director_vip(&self, priority: u8) -> Option<DirectorVip> {
+        Some(DirectorVip {
+            address: self.service.key.address?,
+            interface: self.spec.directors.as_ref().and_then(|d| d.interface.clone()),
+            vrrp: self.spec.failover.as_ref().map(|f| VrrpInstance {
+                virtual_router_id: f.vrrp.virtual_router_id,
+                advert_interval_ms: f.vrrp.advert_interval_ms,
+                preempt: f.vrrp.preempt,
+                priority,
+            }),
+        })
+    }
+
+    fn real_server_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.service.destinations.iter().chain(&self.service.sorry_server).map(|d| d.address)
+    }
+}
+
+/// What one node is to do, gathered before it is cut into objects.
+#[derive(Default)]
+struct NodeState<'a> {
+    /// In key order.
+    services: Vec<&'a Resolved<'a>>,
+    director_vips: Vec<DirectorVip>,
+    /// In key order of their services.
+    real_server_vips: Vec<RealServerVip>,
+}
+
+/// Serialized size of a list's key and brackets (`,"services":[]`), at most.
+const LIST_OVERHEAD: usize = 16;
+
+impl NodeState<'_> {
+    /// The director's settings that hold for the whole node; repeated in
+    /// every chunk, so any one chunk tells them.
+    fn director_settings(&self) -> Option<DirectorState> {
+        if self.services.is_empty() {
+            return None;
+        }
+        let forwardings = || self.services.iter().map(|s| s.spec.forwarding);
+        let synced = || self.services.iter().map(|s| s.spec).filter(|spec| spec.connection_sync);
+        let connection_sync = synced().next().map(|_| ConnectionSync {
+            // Empty: none of the synced services names the directors' interface.
+            interface: synced()
+                .find_map(|spec| spec.directors.as_ref()?.interface.clone())
+                .unwrap_or_default(),
+            // The VRRP router ID is unique among the directors' groups; so is then the sync ID.
+            sync_id: synced()
+                .find_map(|spec| Some(spec.failover.as_ref()?.vrrp.virtual_router_id))
+                .unwrap_or(0),
+        });
+        Some(DirectorState {
+            services: Vec::new(),
+            vips: Vec::new(),
+            connection_sync,
+            ip_forward: forwardings().any(|f| matches!(f, Forwarding::Nat | Forwarding::FullNat)),
+            full_nat_masquerade: forwardings().any(|f| f == Forwarding::FullNat),
+        })
+    }
+
+    /// The node's objects: every list cut into consecutive runs so that each
+    /// object's JSON stays within `max_bytes`.
+    fn into_objects(mut self, node: &str, max_bytes: usize, names: &ChunkNames<'_>) -> Vec<LvsNode> {
+        self.director_vips.sort_by(|a, b| director_vip_order(a).cmp(&director_vip_order(b)));
+        self.director_vips.dedup();
+        let director = self.director_settings();
+        let real_server = (!self.real_server_vips.is_empty()).then(RealServerState::default);
+
+        let vip_fingerprints: Vec<Fingerprint> = self.director_vips.iter().map(Fingerprint::of).collect();
+        let real_server_fingerprints: Vec<Fingerprint> =
+            self.real_server_vips.iter().map(Fingerprint::of).collect();
+        let items: Vec<Fingerprint> = (self.services.iter().map(|s| s.fingerprint))
+            .chain(vip_fingerprints)
+            .chain(real_server_fingerprints)
+            .collect();
+
+        // The revision covers the layout too: a different bound may cut the
+        // same state differently, and chunks of two layouts must not mix.
+        let mut revision = Fingerprint::default();
+        for number in [max_bytes, self.services.len(), self.director_vips.len(), self.real_server_vips.len()]
+        {
+            revision.add(&(number as u64).to_le_bytes());
+        }
+        serde_json::to_writer(&mut revision, &director).expect("a DirectorState serializes");
+        for item in &items {
+            revision.add(&item.hash.to_le_bytes());
+        }
+        let revision = format!("{:016x}", revision.hash);
+
+        let mut skeleton = LvsNodeSpec {
+            node: node.to_owned(),
+            chunk: u32::MAX,
+            chunks: u32::MAX,
+            revision,
+            director: director.clone(),
+            real_server: real_server.clone(),
+        };
+        let widest_name = format!("{node}-{}", u32::MAX);
+        let overhead =
+            Fingerprint::of(&lvs_node(&widest_name, node, skeleton.clone())).bytes + 3 * LIST_OVERHEAD;
+        let runs = pack(&items, max_bytes.saturating_sub(overhead));
+
+        let (services_end, vips_end) = (self.services.len(), self.services.len() + self.director_vips.len());
+        let chunks = runs.len() as u32;
+        skeleton.chunks = chunks;
+        runs.into_iter()
+            .zip(names.of(node))
+            .enumerate()
+            .map(|(chunk, (run, name))| {
+                let mut spec = LvsNodeSpec { chunk: chunk as u32, ..skeleton.clone() };
+                if let Some(director) = &mut spec.director {
+                    director.services = self.services[clamp(&run, 0, services_end)]
+                        .iter()
+                        .map(|s| s.service.clone())
+                        .collect();
+                    director.vips = self.director_vips[clamp(&run, services_end, vips_end)].to_vec();
+                }
+                if let Some(real_server) = &mut spec.real_server {
+                    real_server.vips = self.real_server_vips[clamp(&run, vips_end, items.len())].to_vec();
+                }
+                lvs_node(&name, node, spec)
+            })
+            .collect()
+    }
+}
+
+fn director_vip_order(vip: &DirectorVip) -> impl Ord + '_ {
+    let vrrp = vip.vrrp.as_ref().map(|v| (v.virtual_router_id, v.advert_interval_ms, v.preempt, v.priority));
+    (vip.address, &vip.interface, vrrp)
+}
+
+/// The part of `run` that falls into the list at `start..end` of the items,
+/// relative to that list.
+fn clamp(run: &Range<usize>, start: usize, end: usize) -> Range<usize> {
+    let from = run.start.clamp(start, end);
+    let to = run.end.clamp(start, end);
+    from - start..to - start
+}
+
+/// Cut items into consecutive runs of at most `budget` bytes (each item
+/// costs its size plus a comma); every run has at least one item, and there
+/// is at least one run.
+fn pack(items: &[Fingerprint], budget: usize) -> Vec<Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let cost = item.bytes + 1;
+        if i > start && used + cost > budget {
+            runs.push(start..i);
+            (start, used) = (i, 0);
+        }
+        used += cost;
+    }
+    runs.push(start..items.len());
+    runs
+}
+
+fn lvs_node(name: &str, node: &str, spec: LvsNodeSpec) -> LvsNode {
+    let mut object = LvsNode::new(name, spec);
+    object.metadata.labels = Some(BTreeMap::from([(NODE_LABEL.to_owned(), node.to_owned())]));
+    object
+}
+
+/// Names of a node's chunks: `<node>`, then `<node>-1`, `<node>-2`, ...,
+/// skipping any suffix that would make the name of another node (whose own
+/// first object bears its name).
+struct ChunkNames<'a> {
+    node_names: HashSet<&'a str>,
+}
+
+impl ChunkNames<'_> {
+    fn of<'n>(&'n self, node: &'n str) -> impl Iterator<Item = String> + 'n {
+        let rest = (1u64..)
+            .map(move |n| format!("{node}-{n}"))
+            .filter(|name| !self.node_names.contains(name.as_str()));
+        std::iter::once(node.to_owned()).chain(rest)
+    }
+}
+
+/// Length and FNV-1a hash of bytes written, e.g. a value's JSON: sizes the
+/// chunks and makes the revision without keeping the text.
+#[derive(Clone, Copy, Debug)]
+struct Fingerprint {
+    bytes: usize,
+    hash: u64,
+}
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        Self { bytes: 0, hash: 0xcbf2_9ce4_8422_2325 }
+    }
+}
+
+impl Fingerprint {
+    fn of(value: &impl Serialize) -> Self {
+        let mut fingerprint = Self::default();
+        serde_json::to_writer(&mut fingerprint, value).expect("API types serialize to JSON");
+        fingerprint
+    }
+
+    fn add(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.hash = (self.hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.bytes += bytes.len();
+    }
+}
+
+impl io::Write for Fingerprint {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.add(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A node's whole state from all its chunks, in any order: one spec with
+/// `chunk` 0 and `chunks` 1. `None` while chunks are missing or belong to
+/// different revisions (the controller writes them one by one).
+pub fn assemble<'a>(chunks: impl IntoIterator<Item = &'a LvsNodeSpec>) -> Option<LvsNodeSpec> {
+    let mut chunks: Vec<&LvsNodeSpec> = chunks.into_iter().collect();
+    chunks.sort_by_key(|chunk| chunk.chunk);
+    let first = *chunks.first()?;
+    let complete = chunks.len() == first.chunks as usize
+        && chunks.iter().enumerate().all(|(i, chunk)| {
+            chunk.chunk as usize == i
+                && chunk.chunks == first.chunks
+                && chunk.revision == first.revision
+                && chunk.node == first.node
+        });
+    if !complete {
+        return None;
+    }
+    let mut whole = LvsNodeSpec { chunk: 0, chunks: 1, ..first.clone() };
+    for chunk in &chunks[1..] {
+        if let (Some(whole), Some(part)) = (&mut whole.director, &chunk.director) {
+            whole.services.extend(part.services.iter().cloned());
+            whole.vips.extend(part.vips.iter().cloned());
+        }
+        if let (Some(whole), Some(part)) = (&mut whole.real_server, &chunk.real_server) {
+            whole.vips.extend(part.vips.iter().cloned());
+        }
+    }
+    Some(whole)
 }
