@@ -26,8 +26,14 @@ enum Command {
         #[arg(long, conflicts_with = "rate")]
         stats: bool,
         /// Per-second rates (`ipvsadm -Ln --rate`).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["timeout", "daemon"])]
         rate: bool,
+        /// The connection timeouts (`ipvsadm -L --timeout`).
+        #[arg(long, conflicts_with_all = ["stats", "daemon"])]
+        timeout: bool,
+        /// The connection-sync daemons (`ipvsadm -L --daemon`).
+        #[arg(long, conflicts_with = "stats")]
+        daemon: bool,
     },
     /// Apply ipvsadm rules (the `ipvsadm -R` input format) from FILE or standard
     /// input, pipelined. Every rule is attempted; failures are listed.
@@ -54,7 +60,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let handle = IpvsHandle::connect().await?;
             print!("{}", ipvsadm::save(&handle.table().await?));
         }
-        Command::List { stats, rate } => {
+        Command::List { timeout: true, .. } => {
+            print!("{}", ipvsadm::timeouts(&IpvsHandle::connect().await?.timeouts().await?));
+        }
+        Command::List { daemon: true, .. } => {
+            print!("{}", ipvsadm::daemons(&IpvsHandle::connect().await?.sync_daemons().await?));
+        }
+        Command::List { stats, rate, .. } => {
             let handle = IpvsHandle::connect().await?;
             let view = match (stats, rate) {
                 (true, _) => ListView::Stats,

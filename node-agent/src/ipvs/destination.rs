@@ -3,7 +3,7 @@
 use std::{fmt, net::SocketAddr};
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, Nla, NlaBuffer, Parseable, emit_u16, emit_u16_be, emit_u32, parse_u8, parse_u16,
+    DecodeError, DefaultNla, ErrorContext, Nla, NlaBuffer, NlasIterator, Parseable, emit_u16, emit_u16_be, emit_u32, parse_u8, parse_u16,
     parse_u16_be, parse_u32,
 };
 
@@ -327,40 +327,91 @@ pub struct DestinationEntry {
 impl DestinationEntry {
     /// `service_family` is used when the kernel omits `ADDR_FAMILY` (before 3.18).
     pub fn from_attrs(attrs: &[IpvsDestAttr], service_family: u16) -> Result<Self, DecodeError> {
-        let mut family = service_family;
-        let (mut address, mut port) = (None, None);
-        let mut destination = Destination::new(SocketAddr::from(([0, 0, 0, 0], 0)), ForwardMethod::Masquerade, 0);
-        let mut entry_conns = (0, 0, 0);
-        let (mut stats32, mut stats64) = (None, None);
-        for attr in attrs {
-            use IpvsDestAttr as A;
-            match attr {
-                A::Address(bytes) => address = Some(bytes.as_slice()),
-                A::Port(v) => port = Some(*v),
-                A::ForwardMethod(v) => destination.forward = ForwardMethod::from_number(*v),
-                A::Weight(v) => destination.weight = *v,
-                A::UpperThreshold(v) => destination.upper_threshold = *v,
-                A::LowerThreshold(v) => destination.lower_threshold = *v,
-                A::ActiveConns(v) => entry_conns.0 = *v,
-                A::InactiveConns(v) => entry_conns.1 = *v,
-                A::PersistentConns(v) => entry_conns.2 = *v,
-                A::Stats(s) => stats32 = Some(s),
-                A::AddressFamily(v) if *v != 0 => family = *v,
-                A::Stats64(s) => stats64 = Some(s),
-                A::TunnelType(v) => destination.tunnel.kind = TunnelType::from_number(*v),
-                A::TunnelPort(v) => destination.tunnel.port = *v,
-                A::TunnelFlags(v) => destination.tunnel.checksum = TunnelChecksum::from_number(*v),
-                A::AddressFamily(_) | A::Other(_) => {}
+        let mut entry = EntryBuilder::new(service_family);
+        attrs.iter().cloned().for_each(|attr| entry.apply(attr));
+        entry.finish()
+    }
+
+    /// Decodes an `IPVS_CMD_ATTR_DEST` nest straight from the wire. Dumps of large
+    /// tables go through here: counters are read without collecting attribute lists.
+    pub(crate) fn decode(nest: &[u8], service_family: u16) -> Result<Self, DecodeError> {
+        let mut entry = EntryBuilder::new(service_family);
+        // The legacy STATS nest precedes STATS64; read it only if STATS64 never comes.
+        let mut legacy_stats = None;
+        for nla in NlasIterator::new(nest) {
+            let nla = nla.context("invalid IPVS attributes")?;
+            match nla.kind() {
+                IPVS_DEST_ATTR_STATS64 => entry.stats = Some(Stats::decode(nla.value())?),
+                IPVS_DEST_ATTR_STATS => legacy_stats = Some(nla),
+                _ => entry.apply(IpvsDestAttr::parse(&nla)?),
             }
         }
-        let ip = address_from_bytes(family, address.ok_or("IPVS destination without address")?)?;
-        destination.address = SocketAddr::new(ip, port.ok_or("IPVS destination without port")?);
+        if let (None, Some(nla)) = (&entry.stats, legacy_stats) {
+            entry.stats = Some(Stats::decode(nla.value())?);
+        }
+        entry.finish()
+    }
+}
+
+/// Collects a destination's attributes; STATS64 wins over the legacy STATS.
+struct EntryBuilder {
+    family: u16,
+    address: Option<Vec<u8>>,
+    port: Option<u16>,
+    destination: Destination,
+    connections: (u32, u32, u32),
+    stats: Option<Stats>,
+    has_stats64: bool,
+}
+
+impl EntryBuilder {
+    fn new(family: u16) -> Self {
+        EntryBuilder {
+            family,
+            address: None,
+            port: None,
+            destination: Destination::new(SocketAddr::from(([0, 0, 0, 0], 0)), ForwardMethod::Masquerade, 0),
+            connections: (0, 0, 0),
+            stats: None,
+            has_stats64: false,
+        }
+    }
+
+    fn apply(&mut self, attr: IpvsDestAttr) {
+        use IpvsDestAttr as A;
+        let d = &mut self.destination;
+        match attr {
+            A::Address(bytes) => self.address = Some(bytes),
+            A::Port(v) => self.port = Some(v),
+            A::ForwardMethod(v) => d.forward = ForwardMethod::from_number(v),
+            A::Weight(v) => d.weight = v,
+            A::UpperThreshold(v) => d.upper_threshold = v,
+            A::LowerThreshold(v) => d.lower_threshold = v,
+            A::ActiveConns(v) => self.connections.0 = v,
+            A::InactiveConns(v) => self.connections.1 = v,
+            A::PersistentConns(v) => self.connections.2 = v,
+            A::Stats(s) if !self.has_stats64 => self.stats = Some(Stats::from_attrs(&s)),
+            A::Stats64(s) => {
+                self.stats = Some(Stats::from_attrs(&s));
+                self.has_stats64 = true;
+            }
+            A::AddressFamily(v) if v != 0 => self.family = v,
+            A::TunnelType(v) => d.tunnel.kind = TunnelType::from_number(v),
+            A::TunnelPort(v) => d.tunnel.port = v,
+            A::TunnelFlags(v) => d.tunnel.checksum = TunnelChecksum::from_number(v),
+            A::Stats(_) | A::AddressFamily(_) | A::Other(_) => {}
+        }
+    }
+
+    fn finish(mut self) -> Result<DestinationEntry, DecodeError> {
+        let ip = address_from_bytes(self.family, self.address.as_deref().ok_or("IPVS destination without address")?)?;
+        self.destination.address = SocketAddr::new(ip, self.port.ok_or("IPVS destination without port")?);
         Ok(DestinationEntry {
-            destination,
-            active_connections: entry_conns.0,
-            inactive_connections: entry_conns.1,
-            persistent_connections: entry_conns.2,
-            stats: Stats::from_attrs(stats64.or(stats32).map_or(&[][..], |s| s.as_slice())),
+            destination: self.destination,
+            active_connections: self.connections.0,
+            inactive_connections: self.connections.1,
+            persistent_connections: self.connections.2,
+            stats: self.stats.unwrap_or_default(),
         })
     }
 }

@@ -10,11 +10,11 @@
 use std::io;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
+    DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
     NetlinkMessage, NetlinkPayload, ParseableParametrized,
 };
 use netlink_packet_generic::{
-    GenlMessage,
+    GenlHeader, GenlMessage,
     ctrl::{GenlCtrl, GenlCtrlCmd, nlas::GenlCtrlAttrs},
 };
 use netlink_sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket, protocols::NETLINK_GENERIC};
@@ -24,7 +24,7 @@ use super::{
     daemon::SyncDaemon,
     destination::DestinationEntry,
     error::{IpvsError, KernelError, Subject},
-    message::{IPVS_GENL_NAME, IpvsAttr, IpvsCmd, IpvsMessage},
+    message::{GENL_HDRLEN, IPVS_GENL_NAME, IpvsAttr, IpvsCmd, IpvsMessage, Nest, nests},
     ops::{Info, IpvsOp, Timeouts},
     service::{ServiceEntry, ServiceKey},
 };
@@ -36,8 +36,10 @@ const GENL_ID_CTRL: u16 = 0x10;
 const CHUNK_REQUESTS: usize = 128;
 /// Receive buffer asked of the kernel (it caps the request at `rmem_max`).
 const RECEIVE_BUFFER: usize = 4 << 20;
-/// Large enough for the biggest dump datagram the kernel builds (32 KiB).
-const DATAGRAM: usize = 64 << 10;
+/// Receive buffer size. The kernel sizes dump datagrams after the largest buffer a
+/// socket has offered (up to 32 KiB); small ones are far cheaper for the many short
+/// destination dumps, while staying above `NLMSG_GOODSIZE` (a page).
+const DATAGRAM: usize = 8 << 10;
 const ENOBUFS: i32 = 105;
 
 /// The outcome of a batch: how many requests ran, and which of them failed.
@@ -135,10 +137,16 @@ impl IpvsHandle {
 
     /// Every service of this network namespace, in the kernel's (hash) order.
     pub async fn services(&self) -> Result<Vec<ServiceEntry>, IpvsError> {
-        let op = "list services";
+        let mut services = Vec::new();
         let request = IpvsMessage::new(IpvsCmd::GetService, vec![]);
-        let messages = self.dump(op, request).await?;
-        messages.iter().flat_map(service_attrs).map(|attrs| decode(op, ServiceEntry::from_attrs(attrs))).collect()
+        self.dump("list services", request, |payload| {
+            for nest in nests(payload, Nest::Service) {
+                services.push(ServiceEntry::decode(nest?)?);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(services)
     }
 
     /// One service; [`KernelError::NoSuchService`] when it does not exist.
@@ -146,27 +154,28 @@ impl IpvsHandle {
         let op = format!("get service {key}");
         let request = IpvsMessage::new(IpvsCmd::GetService, vec![IpvsAttr::Service(key.to_attrs())]);
         let messages = self.request(&op, request, Subject::Other).await?;
-        let attrs = messages.iter().flat_map(service_attrs).next();
+        let attrs = messages.into_iter().flat_map(|m| m.attrs).find_map(|attr| match attr {
+            IpvsAttr::Service(attrs) => Some(attrs),
+            _ => None,
+        });
         let attrs = attrs.ok_or_else(|| IpvsError::Decode { op: op.clone(), message: "no service in reply".into() })?;
-        decode(&op, ServiceEntry::from_attrs(attrs))
+        decode(&op, ServiceEntry::from_attrs(&attrs))
     }
 
     /// The destinations of one service. An unknown service gives an empty list
     /// (the kernel's dump does not tell the two apart).
     pub async fn destinations(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>, IpvsError> {
-        let op = format!("list destinations of {key}");
-        let request = IpvsMessage::new(IpvsCmd::GetDest, vec![IpvsAttr::Service(key.to_attrs())]);
+        let mut destinations = Vec::new();
         let family = key.family().number();
-        let messages = self.dump(&op, request).await?;
-        messages
-            .iter()
-            .flat_map(|m| m.attrs.iter())
-            .filter_map(|attr| match attr {
-                IpvsAttr::Destination(attrs) => Some(attrs),
-                _ => None,
-            })
-            .map(|attrs| decode(&op, DestinationEntry::from_attrs(attrs, family)))
-            .collect()
+        let request = IpvsMessage::new(IpvsCmd::GetDest, vec![IpvsAttr::Service(key.to_attrs())]);
+        self.dump(&format!("list destinations of {key}"), request, |payload| {
+            for nest in nests(payload, Nest::Destination) {
+                destinations.push(DestinationEntry::decode(nest?, family)?);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(destinations)
     }
 
     /// The whole table: every service with its destinations.
@@ -182,39 +191,52 @@ impl IpvsHandle {
 
     /// The running sync daemons (at most one master and one backup).
     pub async fn sync_daemons(&self) -> Result<Vec<SyncDaemon>, IpvsError> {
-        let op = "list sync daemons";
-        let messages = self.dump(op, IpvsMessage::new(IpvsCmd::GetDaemon, vec![])).await?;
-        Ok(messages
-            .iter()
-            .flat_map(|m| m.attrs.iter())
-            .filter_map(|attr| match attr {
-                IpvsAttr::Daemon(attrs) => SyncDaemon::from_attrs(attrs),
+        let mut daemons = Vec::new();
+        self.dump("list sync daemons", IpvsMessage::new(IpvsCmd::GetDaemon, vec![]), |payload| {
+            daemons.extend(parse_message(payload)?.attrs.into_iter().filter_map(|attr| match attr {
+                IpvsAttr::Daemon(attrs) => SyncDaemon::from_attrs(&attrs),
                 _ => None,
-            })
-            .collect())
+            }));
+            Ok(())
+        })
+        .await?;
+        Ok(daemons)
     }
 
     /// A request answered by reply messages and an acknowledgement.
     async fn request(&self, op: &str, message: IpvsMessage, subject: Subject<'_>) -> Result<Vec<IpvsMessage>, IpvsError> {
+        let mut replies = Vec::new();
         let mut connection = self.connection.lock().await;
-        connection.exchange(self.family_id, op, message, NLM_F_REQUEST | NLM_F_ACK, subject).await
+        let flags = NLM_F_REQUEST | NLM_F_ACK;
+        connection
+            .exchange(self.family_id, op, message, flags, subject, |payload| {
+                replies.push(parse_message(payload)?);
+                Ok(())
+            })
+            .await?;
+        Ok(replies)
     }
 
-    /// A dump: reply messages until `NLMSG_DONE`.
-    async fn dump(&self, op: &str, message: IpvsMessage) -> Result<Vec<IpvsMessage>, IpvsError> {
+    /// A dump: each reply message's generic-netlink payload goes to `on_reply`,
+    /// until `NLMSG_DONE`.
+    async fn dump(
+        &self,
+        op: &str,
+        message: IpvsMessage,
+        on_reply: impl FnMut(&[u8]) -> Result<(), DecodeError>,
+    ) -> Result<(), IpvsError> {
         let mut connection = self.connection.lock().await;
-        connection.exchange(self.family_id, op, message, NLM_F_REQUEST | NLM_F_DUMP, Subject::Other).await
+        let flags = NLM_F_REQUEST | NLM_F_DUMP;
+        connection.exchange(self.family_id, op, message, flags, Subject::Other, on_reply).await
     }
 }
 
-fn service_attrs(message: &IpvsMessage) -> impl Iterator<Item = &[super::service::IpvsServiceAttr]> {
-    message.attrs.iter().filter_map(|attr| match attr {
-        IpvsAttr::Service(attrs) => Some(attrs.as_slice()),
-        _ => None,
-    })
+fn parse_message(genl_payload: &[u8]) -> Result<IpvsMessage, DecodeError> {
+    let header = GenlHeader::parse(genl_payload)?;
+    IpvsMessage::parse_with_param(&genl_payload[GENL_HDRLEN..], header)
 }
 
-fn decode<T>(op: &str, result: Result<T, netlink_packet_core::DecodeError>) -> Result<T, IpvsError> {
+fn decode<T>(op: &str, result: Result<T, DecodeError>) -> Result<T, IpvsError> {
     result.map_err(|e| IpvsError::Decode { op: op.to_string(), message: e.to_string() })
 }
 
@@ -248,7 +270,8 @@ impl Connection {
         // Errors need not echo the whole request; the header's sequence number
         // is all we match on.
         let _ = raw.set_cap_ack(true);
-        Ok(Connection { socket, next_sequence: 1, datagram: Vec::with_capacity(DATAGRAM), outgoing: Vec::new() })
+        let size = std::env::var("LVS_DATAGRAM").ok().and_then(|v| v.parse().ok()).unwrap_or(DATAGRAM);
+        Ok(Connection { socket, next_sequence: 1, datagram: Vec::with_capacity(size), outgoing: Vec::new() })
     }
 
     fn sequence(&mut self) -> u32 {
@@ -320,8 +343,8 @@ impl Connection {
         }
     }
 
-    /// Sends one request and collects its data replies until the acknowledgement
-    /// (or, for dumps, `NLMSG_DONE`).
+    /// Sends one request and hands each data reply's generic-netlink payload to
+    /// `on_reply`, until the acknowledgement (or, for dumps, `NLMSG_DONE`).
     async fn exchange(
         &mut self,
         family_id: u16,
@@ -329,11 +352,10 @@ impl Connection {
         message: IpvsMessage,
         flags: u16,
         subject: Subject<'_>,
-    ) -> Result<Vec<IpvsMessage>, IpvsError> {
-        let io = |source| IpvsError::Io { op: op.into(), source };
+        mut on_reply: impl FnMut(&[u8]) -> Result<(), DecodeError>,
+    ) -> Result<(), IpvsError> {
         let seq = self.encode(family_id, flags, message);
-        self.flush().await.map_err(io)?;
-        let mut messages = Vec::new();
+        self.flush().await.map_err(|source| IpvsError::Io { op: op.into(), source })?;
         loop {
             self.receive().await.map_err(|e| lost_or_io(op, e))?;
             for reply in replies(&self.datagram) {
@@ -342,12 +364,8 @@ impl Connection {
                     continue; // left over from a request whose caller gave up
                 }
                 match reply {
-                    Reply::Data { message_type, payload } => {
-                        let genl = GenlMessage::<IpvsMessage>::parse_with_param(payload, message_type)
-                            .map_err(|e| IpvsError::Decode { op: op.into(), message: e.to_string() })?;
-                        messages.push(genl.payload);
-                    }
-                    Reply::Ack | Reply::Done(0) => return Ok(messages),
+                    Reply::Data { payload, .. } => decode(op, on_reply(payload))?,
+                    Reply::Ack | Reply::Done(0) => return Ok(()),
                     Reply::Error(errno) | Reply::Done(errno) => {
                         return Err(IpvsError::Kernel { op: op.into(), error: KernelError::from_errno(errno, subject) });
                     }

@@ -1,7 +1,7 @@
 //! The IPVS generic-netlink message: command + top-level attributes.
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, Emitable, ErrorContext, Nla, NlaBuffer, NlasIterator, Parseable, ParseableParametrized,
+    DecodeError, DefaultNla, Emitable, ErrorContext, NLA_HEADER_SIZE, Nla, NlaBuffer, NlasIterator, Parseable, ParseableParametrized,
     emit_u32, parse_u32,
 };
 use netlink_packet_generic::{GenlFamily, GenlHeader};
@@ -258,4 +258,32 @@ impl ParseableParametrized<[u8], GenlHeader> for IpvsMessage {
             .context("invalid IPVS message attributes")?;
         Ok(IpvsMessage { cmd, attrs })
     }
+}
+
+/// Top-level nests that dumps carry, one object per message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Nest {
+    Service,
+    Destination,
+}
+
+/// `GENL_HDRLEN`: the generic-netlink header before the attributes.
+pub(crate) const GENL_HDRLEN: usize = 4;
+
+/// The undecoded payloads of one kind of top-level nest in a generic-netlink
+/// payload (header included), for decoders that read them in place.
+pub(crate) fn nests(genl_payload: &[u8], nest: Nest) -> impl Iterator<Item = Result<&[u8], DecodeError>> {
+    let kind = match nest {
+        Nest::Service => IPVS_CMD_ATTR_SERVICE,
+        Nest::Destination => IPVS_CMD_ATTR_DEST,
+    };
+    let body = genl_payload.get(GENL_HDRLEN..).unwrap_or_default();
+    NlasIterator::new(body).filter_map(move |nla| match nla {
+        Ok(nla) if nla.kind() == kind => {
+            let length = usize::from(nla.length());
+            Some(Ok(&nla.into_inner()[NLA_HEADER_SIZE..length]))
+        }
+        Ok(_) => None,
+        Err(e) => Some(Err(e)),
+    })
 }

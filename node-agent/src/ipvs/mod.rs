@@ -31,3 +31,6 @@ pub use service::{
     AddressFamily, IpvsServiceAttr, Netmask, Protocol, Service, ServiceEntry, ServiceFlags, ServiceKey,
 };
 pub use stats::{IpvsStatsAttr, Stats};
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@ use std::{
 };
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, Nla, NlaBuffer, Parseable, emit_u16, emit_u16_be, emit_u32, parse_string,
+    DecodeError, DefaultNla, ErrorContext, Nla, NlaBuffer, NlasIterator, Parseable, emit_u16, emit_u16_be, emit_u32, parse_string,
     parse_u16, parse_u16_be, parse_u32,
 };
 
@@ -389,51 +389,97 @@ pub struct ServiceEntry {
 
 impl ServiceEntry {
     pub fn from_attrs(attrs: &[IpvsServiceAttr]) -> Result<Self, DecodeError> {
-        let mut family = None;
-        let (mut protocol, mut address, mut port, mut fwmark) = (None, None, None, None);
-        let mut scheduler = String::new();
-        let (mut flags, mut timeout, mut netmask, mut pe) = (0, 0, None, None);
-        let (mut stats32, mut stats64) = (None, None);
-        for attr in attrs {
-            use IpvsServiceAttr as A;
-            match attr {
-                A::AddressFamily(v) => family = Some(AddressFamily::from_number(*v)?),
-                A::Protocol(v) => protocol = Some(Protocol::from_number(*v)),
-                A::Address(bytes) => address = Some(bytes.as_slice()),
-                A::Port(v) => port = Some(*v),
-                A::Fwmark(v) => fwmark = Some(*v),
-                A::Scheduler(s) => scheduler = s.clone(),
-                A::Flags { flags: f, .. } => flags = *f & !ServiceFlags::HASHED,
-                A::Timeout(v) => timeout = *v,
-                A::Netmask(bytes) => netmask = Some(*bytes),
-                A::Stats(s) => stats32 = Some(s),
-                A::PersistenceEngine(s) if !s.is_empty() => pe = Some(s.clone()),
-                A::Stats64(s) => stats64 = Some(s),
-                A::PersistenceEngine(_) | A::Other(_) => {}
+        let mut entry = EntryBuilder::default();
+        attrs.iter().cloned().for_each(|attr| entry.apply(attr));
+        entry.finish()
+    }
+
+    /// Decodes an `IPVS_CMD_ATTR_SERVICE` nest straight from the wire (see
+    /// `DestinationEntry::decode`).
+    pub(crate) fn decode(nest: &[u8]) -> Result<Self, DecodeError> {
+        let mut entry = EntryBuilder::default();
+        // The legacy STATS nest precedes STATS64; read it only if STATS64 never comes.
+        let mut legacy_stats = None;
+        for nla in NlasIterator::new(nest) {
+            let nla = nla.context("invalid IPVS attributes")?;
+            match nla.kind() {
+                IPVS_SVC_ATTR_STATS64 => entry.stats = Some(Stats::decode(nla.value())?),
+                IPVS_SVC_ATTR_STATS => legacy_stats = Some(nla),
+                _ => entry.apply(IpvsServiceAttr::parse(&nla)?),
             }
         }
-        let family = family.ok_or("IPVS service without IPVS_SVC_ATTR_AF")?;
-        let key = match fwmark {
+        if let (None, Some(nla)) = (&entry.stats, legacy_stats) {
+            entry.stats = Some(Stats::decode(nla.value())?);
+        }
+        entry.finish()
+    }
+}
+
+/// Collects a service's attributes; STATS64 wins over the legacy STATS.
+#[derive(Default)]
+struct EntryBuilder {
+    family: Option<u16>,
+    protocol: Option<u16>,
+    address: Option<Vec<u8>>,
+    port: Option<u16>,
+    fwmark: Option<u32>,
+    scheduler: String,
+    flags: u32,
+    timeout: u32,
+    netmask: Option<[u8; 4]>,
+    persistence_engine: Option<String>,
+    stats: Option<Stats>,
+    has_stats64: bool,
+}
+
+impl EntryBuilder {
+    fn apply(&mut self, attr: IpvsServiceAttr) {
+        use IpvsServiceAttr as A;
+        match attr {
+            A::AddressFamily(v) => self.family = Some(v),
+            A::Protocol(v) => self.protocol = Some(v),
+            A::Address(bytes) => self.address = Some(bytes),
+            A::Port(v) => self.port = Some(v),
+            A::Fwmark(v) => self.fwmark = Some(v),
+            A::Scheduler(s) => self.scheduler = s,
+            A::Flags { flags, .. } => self.flags = flags & !ServiceFlags::HASHED,
+            A::Timeout(v) => self.timeout = v,
+            A::Netmask(bytes) => self.netmask = Some(bytes),
+            A::PersistenceEngine(s) if !s.is_empty() => self.persistence_engine = Some(s),
+            A::Stats(s) if !self.has_stats64 => self.stats = Some(Stats::from_attrs(&s)),
+            A::Stats64(s) => {
+                self.stats = Some(Stats::from_attrs(&s));
+                self.has_stats64 = true;
+            }
+            A::PersistenceEngine(_) | A::Stats(_) | A::Other(_) => {}
+        }
+    }
+
+    fn finish(self) -> Result<ServiceEntry, DecodeError> {
+        let family = AddressFamily::from_number(self.family.ok_or("IPVS service without IPVS_SVC_ATTR_AF")?)?;
+        let key = match self.fwmark {
             Some(mark) if mark != 0 => ServiceKey::Fwmark { family, mark },
             _ => {
-                let ip = address_from_bytes(family.number(), address.ok_or("IPVS service without address")?)?;
+                let address = self.address.as_deref().ok_or("IPVS service without address")?;
                 ServiceKey::Address {
-                    protocol: protocol.ok_or("IPVS service without protocol")?,
-                    address: SocketAddr::new(ip, port.ok_or("IPVS service without port")?),
+                    protocol: Protocol::from_number(self.protocol.ok_or("IPVS service without protocol")?),
+                    address: SocketAddr::new(
+                        address_from_bytes(family.number(), address)?,
+                        self.port.ok_or("IPVS service without port")?,
+                    ),
                 }
             }
         };
-        let netmask = netmask.map_or(Netmask::host(family), |b| Netmask::from_wire(family, b));
         Ok(ServiceEntry {
             service: Service {
                 key,
-                scheduler,
-                flags: ServiceFlags(flags),
-                timeout,
-                netmask,
-                persistence_engine: pe,
+                scheduler: self.scheduler,
+                flags: ServiceFlags(self.flags),
+                timeout: self.timeout,
+                netmask: self.netmask.map_or(Netmask::host(family), |b| Netmask::from_wire(family, b)),
+                persistence_engine: self.persistence_engine,
             },
-            stats: Stats::from_attrs(stats64.or(stats32).map_or(&[][..], |s| s.as_slice())),
+            stats: self.stats.unwrap_or_default(),
         })
     }
 }

@@ -5,7 +5,9 @@
 //! (all u64). [`IpvsStatsAttr`] holds every counter as u64; [`Width`] says how a
 //! container lays them out on the wire.
 
-use netlink_packet_core::{DecodeError, DefaultNla, Emitable, Nla, NlaBuffer, Parseable, emit_u32, emit_u64};
+use netlink_packet_core::{
+    DecodeError, DefaultNla, Emitable, ErrorContext, Nla, NlaBuffer, NlasIterator, Parseable, emit_u32, emit_u64,
+};
 
 use super::nla::parse_nlas;
 
@@ -186,22 +188,33 @@ pub struct Stats {
 impl Stats {
     pub(crate) fn from_attrs(attrs: &[IpvsStatsAttr]) -> Self {
         let mut stats = Stats::default();
-        for attr in attrs {
-            use IpvsStatsAttr::*;
-            match *attr {
-                Conns(v) => stats.connections = v,
-                InPkts(v) => stats.packets_in = v,
-                OutPkts(v) => stats.packets_out = v,
-                InBytes(v) => stats.bytes_in = v,
-                OutBytes(v) => stats.bytes_out = v,
-                Cps(v) => stats.connections_rate = v,
-                InPps(v) => stats.packets_in_rate = v,
-                OutPps(v) => stats.packets_out_rate = v,
-                InBps(v) => stats.bytes_in_rate = v,
-                OutBps(v) => stats.bytes_out_rate = v,
-                Pad(_) | Other(_) => {}
-            }
-        }
+        attrs.iter().for_each(|attr| stats.apply(attr));
         stats
+    }
+
+    /// Reads a stats nest without collecting its attributes.
+    pub(crate) fn decode(nest: &[u8]) -> Result<Self, DecodeError> {
+        let mut stats = Stats::default();
+        for nla in NlasIterator::new(nest) {
+            stats.apply(&IpvsStatsAttr::parse(&nla.context("invalid IPVS stats attributes")?)?);
+        }
+        Ok(stats)
+    }
+
+    fn apply(&mut self, attr: &IpvsStatsAttr) {
+        use IpvsStatsAttr::*;
+        match *attr {
+            Conns(v) => self.connections = v,
+            InPkts(v) => self.packets_in = v,
+            OutPkts(v) => self.packets_out = v,
+            InBytes(v) => self.bytes_in = v,
+            OutBytes(v) => self.bytes_out = v,
+            Cps(v) => self.connections_rate = v,
+            InPps(v) => self.packets_in_rate = v,
+            OutPps(v) => self.packets_out_rate = v,
+            InBps(v) => self.bytes_in_rate = v,
+            OutBps(v) => self.bytes_out_rate = v,
+            Pad(_) | Other(_) => {}
+        }
     }
 }

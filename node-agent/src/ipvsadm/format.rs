@@ -11,7 +11,7 @@ use std::{
 
 use crate::ipvs::{
     AddressFamily, Destination, DestinationEntry, ForwardMethod, Info, IpvsOp, Netmask, Protocol, Service,
-    ServiceEntry, ServiceFlags, ServiceKey, Stats, TunnelChecksum, TunnelType,
+    ServiceEntry, ServiceFlags, ServiceKey, Stats, SyncDaemon, SyncState, Timeouts, TunnelChecksum, TunnelType,
 };
 
 /// One service with its destinations, as dumped.
@@ -31,12 +31,13 @@ pub enum ListView {
 
 /// `ipvsadm -S -n`: one `-A` line per service followed by its `-a` lines.
 pub fn save(table: &[TableEntry]) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(table.iter().map(|(_, d)| 48 * (d.len() + 1)).sum());
     for (service, destinations) in sorted(table) {
         out.push_str(&service_rule("-A", &service.service));
         out.push('\n');
+        let name = rule_service_name(&service.service.key);
         for dest in destinations {
-            out.push_str(&destination_rule("-a", &service.service.key, &dest.destination, false));
+            write_destination_rule(&mut out, "-a", &name, &dest.destination, false);
             out.push('\n');
         }
     }
@@ -105,6 +106,36 @@ pub fn list(info: &Info, table: &[TableEntry], view: ListView) -> String {
     out
 }
 
+/// `ipvsadm -L --timeout`.
+pub fn timeouts(t: &Timeouts) -> String {
+    format!("Timeout (tcp tcpfin udp): {} {} {}\n", t.tcp, t.tcp_fin, t.udp)
+}
+
+/// `ipvsadm -L --daemon`.
+pub fn daemons(daemons: &[SyncDaemon]) -> String {
+    let mut out = String::new();
+    // ipvsadm lists the master first.
+    for state in [SyncState::Master, SyncState::Backup] {
+        for d in daemons.iter().filter(|d| d.state == state) {
+            let _ = write!(out, "{} sync daemon (mcast={}, syncid={}", state.name(), d.interface, d.sync_id);
+            if let Some(len) = d.max_length.filter(|l| *l != 0) {
+                let _ = write!(out, ", maxlen={len}");
+            }
+            if let Some(group) = d.group {
+                let _ = write!(out, ", group={group}");
+            }
+            if let Some(port) = d.port.filter(|p| *p != 0) {
+                let _ = write!(out, ", port={port}");
+            }
+            if let Some(ttl) = d.ttl.filter(|t| *t != 0) {
+                let _ = write!(out, ", ttl={ttl}");
+            }
+            out.push_str(")\n");
+        }
+    }
+    out
+}
+
 /// The ipvsadm command line (without `ipvsadm`) that performs `op`, as `--dry-run`
 /// shows plans.
 pub fn op_rule(op: &IpvsOp) -> String {
@@ -147,7 +178,7 @@ fn sorted(table: &[TableEntry]) -> Vec<(&ServiceEntry, Vec<&DestinationEntry>)> 
         .iter()
         .map(|(service, dests)| {
             let mut dests: Vec<_> = dests.iter().collect();
-            dests.sort_by_key(|d| (address_bytes(&d.destination.address.ip()), d.destination.address.port()));
+            dests.sort_by_key(|d| d.destination.address);
             (service, dests)
         })
         .collect();
@@ -159,18 +190,11 @@ fn sorted(table: &[TableEntry]) -> Vec<(&ServiceEntry, Vec<&DestinationEntry>)> 
 fn compare_keys(a: &ServiceKey, b: &ServiceKey) -> Ordering {
     let sort_key = |k: &ServiceKey| match k {
         ServiceKey::Address { protocol, address } => {
-            (0, k.family(), protocol.number(), address_bytes(&address.ip()), address.port())
+            (0, k.family(), protocol.number(), Some(address.ip()), address.port())
         }
-        ServiceKey::Fwmark { family, mark } => (*mark, *family, 0, Vec::new(), 0),
+        ServiceKey::Fwmark { family, mark } => (*mark, *family, 0, None, 0),
     };
     sort_key(a).cmp(&sort_key(b))
-}
-
-fn address_bytes(ip: &IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
 }
 
 /// `a.b.c.d:port` or `[v6]:port`, as ipvsadm prints numeric addresses.
@@ -324,30 +348,32 @@ fn checksum_option(checksum: TunnelChecksum) -> &'static str {
 /// A `-a`/`-e` line. `-S` never prints thresholds; plans pass `with_thresholds`
 /// so that what they show is what they do.
 fn destination_rule(command: &str, key: &ServiceKey, dest: &Destination, with_thresholds: bool) -> String {
-    let mut line = format!(
-        "{command} {} -r {} {} -w {}",
-        rule_service_name(key),
-        rule_address(&dest.address),
-        forward_switch(dest.forward),
-        dest.weight as i32
-    );
+    let mut line = String::new();
+    write_destination_rule(&mut line, command, &rule_service_name(key), dest, with_thresholds);
+    line
+}
+
+fn write_destination_rule(out: &mut String, command: &str, service: &str, dest: &Destination, with_thresholds: bool) {
+    let _ = write!(out, "{command} {service} -r ");
+    let _ = match dest.address {
+        SocketAddr::V4(a) => write!(out, "{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => write!(out, "[{}]:{}", a.ip(), a.port()),
+    };
+    let _ = write!(out, " {} -w {}", forward_switch(dest.forward), dest.weight as i32);
     if with_thresholds && (dest.upper_threshold != 0 || dest.lower_threshold != 0 || command == "-e") {
-        let _ = write!(line, " -x {} -y {}", dest.upper_threshold, dest.lower_threshold);
+        let _ = write!(out, " -x {} -y {}", dest.upper_threshold, dest.lower_threshold);
     }
     if dest.forward == ForwardMethod::Tunnel {
         let tunnel = dest.tunnel;
-        match tunnel.kind {
-            TunnelType::Ipip => line.push_str(" --tun-type ipip"),
+        let _ = match tunnel.kind {
+            TunnelType::Ipip => write!(out, " --tun-type ipip"),
             TunnelType::Gue => {
-                let _ = write!(line, " --tun-type gue --tun-port {} {}", tunnel.port, checksum_option(tunnel.checksum));
+                write!(out, " --tun-type gue --tun-port {} {}", tunnel.port, checksum_option(tunnel.checksum))
             }
-            TunnelType::Gre => {
-                let _ = write!(line, " --tun-type gre {}", checksum_option(tunnel.checksum));
-            }
-            TunnelType::Other(_) => {}
-        }
+            TunnelType::Gre => write!(out, " --tun-type gre {}", checksum_option(tunnel.checksum)),
+            TunnelType::Other(_) => Ok(()),
+        };
     }
-    line
 }
 
 /// ipvsadm's `print_largenum`: 9 columns, then K/M/G/T suffixes.

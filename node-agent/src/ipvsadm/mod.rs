@@ -6,5 +6,5 @@
 mod format;
 mod rules;
 
-pub use format::{ListView, TableEntry, list, op_rule, save};
+pub use format::{ListView, TableEntry, daemons, list, op_rule, save, timeouts};
 pub use rules::{RuleError, parse_rule, parse_rules};
