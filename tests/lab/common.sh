@@ -49,6 +49,10 @@ LAB_PYTHON=/usr/bin/python3
 # flavour lacks 9p, the generic one (linux-image-amd64) has both.
 lab_kernel_check() {
 	local image=$1 ver mods
+	if [[ ${image##*/} != vmlinuz-* ]]; then
+		echo "$image is not a kernel image named vmlinuz-VERSION"
+		return 1
+	fi
 	ver=${image##*/vmlinuz-}
 	mods=/lib/modules/$ver
 	if [[ ! -r $image ]]; then
