@@ -1,1 +1,112 @@
-fn main() {}
+//! lvs-controller: serve the HTTP endpoints at once; run the controller only
+//! while this replica holds the lease.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use kube::{
+    Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::events::Reporter,
+};
+use lvs_controller::{
+    FIELD_MANAGER,
+    args::Args,
+    controller,
+    lease::{LeaderElector, LeaseConfig},
+    metrics::Metrics,
+    server::{self, Health},
+    telemetry,
+};
+use lvs_crds::translate::TranslateOptions;
+use tokio::{signal::unix::SignalKind, sync::watch};
+use tracing::{error, info, warn};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.log_format);
+    let client = client(&args).await?;
+    let identity = args.identity();
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+
+    let server = server::serve(args.metrics_address, Arc::clone(&health), Arc::clone(&metrics));
+    tokio::spawn(async move {
+        if let Err(error) = server.await {
+            error!(%error, "the HTTP server stopped");
+            std::process::exit(1);
+        }
+    });
+
+    let lease = LeaseConfig::new(args.lease_namespace.clone(), args.lease_name.clone(), identity.clone());
+    let (leading_tx, mut leading) = watch::channel(false);
+    tokio::spawn(LeaderElector::new(client.clone(), lease.clone()).run(leading_tx));
+    info!(%identity, lease = %format!("{}/{}", lease.namespace, lease.name), "waiting for the lease");
+
+    let options =
+        TranslateOptions { allowed_vip_cidrs: args.allowed_vip_cidrs.clone(), ..Default::default() };
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            became = leading.wait_for(|leading| *leading) => { became.context("the lease loop ended")?; }
+        }
+        info!("holding the lease: starting the controller");
+        health.set_leading(true);
+        metrics.set_leader(true);
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.clone()) };
+        let run = controller::run(
+            client.clone(),
+            args.namespace.clone(),
+            options.clone(),
+            reporter,
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+        );
+        // Leaving this select drops the controller: in-flight writes are cancelled.
+        let stop = tokio::select! {
+            () = &mut shutdown => true,
+            () = run => { warn!("the controller stopped"); false }
+            lost = leading.wait_for(|leading| !*leading) => {
+                lost.context("the lease loop ended")?;
+                warn!("lost the lease: stopped writing");
+                false
+            }
+        };
+        health.set_leading(false);
+        metrics.set_leader(false);
+        if stop {
+            break;
+        }
+    }
+
+    info!("shutting down");
+    if let Err(error) = LeaderElector::new(client, lease).release().await {
+        warn!(%error, "could not release the lease; the other replica takes over when it expires");
+    }
+    Ok(())
+}
+
+async fn client(args: &Args) -> anyhow::Result<Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig =
+                Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
+        }
+        None => Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// SIGTERM (the kubelet stopping the pod) or SIGINT.
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,251 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, the way client-go
+//! does it: the holder renews the lease every `retry_period`; another replica
+//! takes it over only after it saw the record unchanged for `lease_duration`,
+//! measured on its own clock (so clock skew between nodes does not matter);
+//! and the holder stops writing once it could not renew for
+//! `renew_deadline`, which is shorter than `lease_duration`, so two replicas
+//! never write at once. Every write is guarded by the resourceVersion read
+//! just before it, so of two replicas racing for a free lease one wins.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::{
+    api::coordination::v1::{Lease, LeaseSpec},
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+    jiff::Timestamp,
+};
+use kube::{Api, Client, api::PostParams};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Where the lease lives, who we are, and the timings.
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    /// This replica's name in `holderIdentity` (the pod name).
+    pub identity: String,
+    /// How long a lease stays valid without renewal.
+    pub lease_duration: Duration,
+    /// How long the holder keeps writing without a successful renewal.
+    pub renew_deadline: Duration,
+    /// Time between two attempts to acquire or renew.
+    pub retry_period: Duration,
+}
+
+impl LeaseConfig {
+    /// client-go's defaults: 15 s lease, 10 s renew deadline, 2 s retries.
+    pub fn new(namespace: String, name: String, identity: String) -> Self {
+        Self {
+            namespace,
+            name,
+            identity,
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The lease record to write to take or keep the lease, or `None` while
+/// another replica's lease is valid. `expired`: the current record has not
+/// changed for its lease duration (as observed locally).
+pub fn claim(
+    current: Option<&LeaseSpec>,
+    identity: &str,
+    expired: bool,
+    now: Timestamp,
+    lease_duration: Duration,
+) -> Option<LeaseSpec> {
+    let current = current.cloned().unwrap_or_default();
+    let holder = current.holder_identity.as_deref().filter(|h| !h.is_empty());
+    let ours = holder == Some(identity);
+    if holder.is_some() && !ours && !expired {
+        return None;
+    }
+    let transitions = current.lease_transitions.unwrap_or(0);
+    Some(LeaseSpec {
+        holder_identity: Some(identity.to_owned()),
+        lease_duration_seconds: Some(i32::try_from(lease_duration.as_secs()).unwrap_or(i32::MAX)),
+        acquire_time: if ours { current.acquire_time.clone() } else { Some(MicroTime(now)) },
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(if ours || holder.is_none() { transitions } else { transitions + 1 }),
+        ..current
+    })
+}
+
+/// Takes and keeps the lease; see the module documentation.
+pub struct LeaderElector {
+    api: Api<Lease>,
+    config: LeaseConfig,
+    /// The last record seen and when (local clock) it last changed.
+    observed: Option<(Option<String>, Option<MicroTime>, Instant)>,
+}
+
+impl LeaderElector {
+    pub fn new(client: Client, config: LeaseConfig) -> Self {
+        Self { api: Api::namespaced(client, &config.namespace), config, observed: None }
+    }
+
+    /// One attempt to acquire or renew the lease: whether we hold it after it.
+    pub async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        let name = self.config.name.clone();
+        let Some(mut lease) = self.api.get_opt(&name).await? else {
+            let spec = claim(None, &self.config.identity, true, Timestamp::now(), self.config.lease_duration);
+            let mut lease = Lease { spec, ..Lease::default() };
+            lease.metadata.name = Some(name);
+            let created = taken(self.api.create(&PostParams::default(), &lease).await)?;
+            return Ok(created.map(|lease| self.observe(&lease)).is_some());
+        };
+        let current = lease.spec.take().unwrap_or_default();
+        let expired = self.observe_record(&current);
+        let Some(spec) = claim(
+            Some(&current),
+            &self.config.identity,
+            expired,
+            Timestamp::now(),
+            self.lease_duration(&current),
+        ) else {
+            return Ok(false);
+        };
+        lease.spec = Some(spec);
+        // `lease` still carries the resourceVersion just read: a replace
+        // after someone else's write fails with 409 Conflict.
+        let replaced = taken(self.api.replace(&name, &PostParams::default(), &lease).await)?;
+        Ok(replaced.map(|lease| self.observe(&lease)).is_some())
+    }
+
+    /// Keep acquiring and renewing until the process ends, publishing on
+    /// `leading` whether this replica may write.
+    pub async fn run(mut self, leading: watch::Sender<bool>) {
+        let mut renewed: Option<Instant> = None;
+        loop {
+            let attempt =
+                tokio::time::timeout(self.config.retry_period * 2, self.try_acquire_or_renew()).await;
+            let now_leading = match attempt {
+                Ok(Ok(true)) => {
+                    renewed = Some(Instant::now());
+                    true
+                }
+                Ok(Ok(false)) => false,
+                failed => {
+                    let error = match failed {
+                        Ok(Err(error)) => error.to_string(),
+                        _ => "timed out".to_owned(),
+                    };
+                    warn!(%error, lease = %self.config.name, "could not acquire or renew the lease");
+                    renewed.is_some_and(|at| at.elapsed() < self.config.renew_deadline)
+                }
+            };
+            if !now_leading {
+                renewed = None;
+            }
+            leading.send_if_modified(|was| {
+                let changed = *was != now_leading;
+                if changed {
+                    info!(identity = %self.config.identity, leading = now_leading, "leadership changed");
+                }
+                *was = now_leading;
+                changed
+            });
+            tokio::time::sleep(self.config.retry_period).await;
+        }
+    }
+
+    /// Give the lease up, so that another replica takes over at once (on shutdown).
+    pub async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else { return Ok(()) };
+        let Some(spec) =
+            lease.spec.as_mut().filter(|s| s.holder_identity.as_deref() == Some(&self.config.identity))
+        else {
+            return Ok(());
+        };
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        self.api.replace(&self.config.name, &PostParams::default(), &lease).await.map(drop)
+    }
+
+    fn lease_duration(&self, spec: &LeaseSpec) -> Duration {
+        spec.lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(self.config.lease_duration, Duration::from_secs)
+    }
+
+    /// Note the record; whether it has stayed unchanged for its lease duration.
+    fn observe_record(&mut self, spec: &LeaseSpec) -> bool {
+        let record = (spec.holder_identity.clone(), spec.renew_time.clone());
+        let since = match &self.observed {
+            Some((holder, renew, at)) if (holder, renew) == (&record.0, &record.1) => *at,
+            _ => Instant::now(),
+        };
+        self.observed = Some((record.0, record.1, since));
+        since.elapsed() >= self.lease_duration(spec)
+    }
+
+    fn observe(&mut self, lease: &Lease) {
+        self.observe_record(&lease.spec.clone().unwrap_or_default());
+    }
+}
+
+/// The lease a write gave us, or `None` when another replica wrote first
+/// (409: Conflict on replace, AlreadyExists on create).
+fn taken(written: Result<Lease, kube::Error>) -> Result<Option<Lease>, kube::Error> {
+    match written {
+        Ok(lease) => Ok(Some(lease)),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Timestamp {
+        "2026-01-01T00:00:00Z".parse().unwrap()
+    }
+
+    fn held_by(holder: &str) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            acquire_time: Some(MicroTime("2025-12-31T00:00:00Z".parse().unwrap())),
+            renew_time: Some(MicroTime("2025-12-31T23:59:59Z".parse().unwrap())),
+            lease_transitions: Some(3),
+            lease_duration_seconds: Some(15),
+            ..Default::default()
+        }
+    }
+
+    const FIFTEEN: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn a_free_lease_is_taken() {
+        let spec = claim(None, "a", false, now(), FIFTEEN).unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("a"));
+        assert_eq!(spec.lease_transitions, Some(0));
+        assert_eq!(spec.acquire_time, Some(MicroTime(now())));
+        let released = LeaseSpec { holder_identity: None, ..held_by("b") };
+        assert_eq!(claim(Some(&released), "a", false, now(), FIFTEEN).unwrap().lease_transitions, Some(3));
+    }
+
+    #[test]
+    fn a_valid_lease_of_another_is_left_alone() {
+        assert_eq!(claim(Some(&held_by("b")), "a", false, now(), FIFTEEN), None);
+    }
+
+    #[test]
+    fn an_expired_lease_is_taken_over() {
+        let spec = claim(Some(&held_by("b")), "a", true, now(), FIFTEEN).unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("a"));
+        assert_eq!(spec.lease_transitions, Some(4));
+        assert_eq!(spec.acquire_time, Some(MicroTime(now())));
+    }
+
+    #[test]
+    fn our_lease_is_renewed_keeping_its_acquire_time() {
+        let spec = claim(Some(&held_by("a")), "a", false, now(), FIFTEEN).unwrap();
+        assert_eq!(spec.renew_time, Some(MicroTime(now())));
+        assert_eq!(spec.acquire_time, held_by("a").acquire_time);
+        assert_eq!(spec.lease_transitions, Some(3));
+    }
+}
