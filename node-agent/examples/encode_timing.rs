@@ -1,6 +1,6 @@
-use std::time::Instant;
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_generic::GenlMessage;
+use std::time::Instant;
 fn main() {
     let text = std::fs::read_to_string("/tmp/t/rules-10k").unwrap();
     let t = Instant::now();
@@ -13,7 +13,9 @@ fn main() {
         genl.set_resolved_family_id(30);
         let mut m = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(genl));
         m.finalize();
-        let start = out.len(); out.resize(start + m.buffer_len(), 0); m.serialize(&mut out[start..]);
+        let start = out.len();
+        out.resize(start + m.buffer_len(), 0);
+        m.serialize(&mut out[start..]);
     }
     println!("encode {} bytes {:?}", out.len(), t.elapsed());
 }

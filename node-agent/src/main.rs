@@ -77,7 +77,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Restore { file } => {
             let text = match &file {
-                Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+                Some(path) => {
+                    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+                }
                 None => {
                     let mut text = String::new();
                     std::io::stdin().read_to_string(&mut text).context("reading standard input")?;

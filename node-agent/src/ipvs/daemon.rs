@@ -3,8 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, Nla, NlaBuffer, Parseable, emit_u16, emit_u32, parse_string, parse_u8, parse_u16,
-    parse_u32,
+    DecodeError, DefaultNla, Nla, NlaBuffer, Parseable, emit_u16, emit_u32, parse_string, parse_u8,
+    parse_u16, parse_u32,
 };
 
 use super::nla::{emit_c_string, parse_nlas};
@@ -88,13 +88,15 @@ impl<T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&T>> for IpvsDaemonAttr {
             IPVS_DAEMON_ATTR_STATE => State(parse_u32(payload).map_err(|_| invalid("STATE"))?),
             IPVS_DAEMON_ATTR_MCAST_IFN => Interface(parse_string(payload).map_err(|_| invalid("MCAST_IFN"))?),
             IPVS_DAEMON_ATTR_SYNC_ID => SyncId(parse_u32(payload).map_err(|_| invalid("SYNC_ID"))?),
-            IPVS_DAEMON_ATTR_SYNC_MAXLEN => MaxLength(parse_u16(payload).map_err(|_| invalid("SYNC_MAXLEN"))?),
-            IPVS_DAEMON_ATTR_MCAST_GROUP => Group(Ipv4Addr::from(
-                <[u8; 4]>::try_from(payload).map_err(|_| invalid("MCAST_GROUP"))?,
-            )),
-            IPVS_DAEMON_ATTR_MCAST_GROUP6 => Group6(Ipv6Addr::from(
-                <[u8; 16]>::try_from(payload).map_err(|_| invalid("MCAST_GROUP6"))?,
-            )),
+            IPVS_DAEMON_ATTR_SYNC_MAXLEN => {
+                MaxLength(parse_u16(payload).map_err(|_| invalid("SYNC_MAXLEN"))?)
+            }
+            IPVS_DAEMON_ATTR_MCAST_GROUP => {
+                Group(Ipv4Addr::from(<[u8; 4]>::try_from(payload).map_err(|_| invalid("MCAST_GROUP"))?))
+            }
+            IPVS_DAEMON_ATTR_MCAST_GROUP6 => {
+                Group6(Ipv6Addr::from(<[u8; 16]>::try_from(payload).map_err(|_| invalid("MCAST_GROUP6"))?))
+            }
             IPVS_DAEMON_ATTR_MCAST_PORT => Port(parse_u16(payload).map_err(|_| invalid("MCAST_PORT"))?),
             IPVS_DAEMON_ATTR_MCAST_TTL => Ttl(parse_u8(payload).map_err(|_| invalid("MCAST_TTL"))?),
             _ => Other(DefaultNla::parse(buf)?),
@@ -145,7 +147,15 @@ pub struct SyncDaemon {
 
 impl SyncDaemon {
     pub fn new(state: SyncState, interface: impl Into<String>, sync_id: u32) -> Self {
-        SyncDaemon { state, interface: interface.into(), sync_id, max_length: None, group: None, port: None, ttl: None }
+        SyncDaemon {
+            state,
+            interface: interface.into(),
+            sync_id,
+            max_length: None,
+            group: None,
+            port: None,
+            ttl: None,
+        }
     }
 
     pub fn to_attrs(&self) -> Vec<IpvsDaemonAttr> {

@@ -3,8 +3,8 @@
 use std::{fmt, net::SocketAddr};
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, ErrorContext, Nla, NlaBuffer, NlasIterator, Parseable, emit_u16, emit_u16_be, emit_u32, parse_u8, parse_u16,
-    parse_u16_be, parse_u32,
+    DecodeError, DefaultNla, ErrorContext, Nla, NlaBuffer, NlasIterator, Parseable, emit_u16, emit_u16_be,
+    emit_u32, parse_u8, parse_u16, parse_u16_be, parse_u32,
 };
 
 use super::{
@@ -117,17 +117,25 @@ impl<T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&T>> for IpvsDestAttr {
         Ok(match buf.kind() {
             IPVS_DEST_ATTR_ADDR => Address(payload.to_vec()),
             IPVS_DEST_ATTR_PORT => Port(parse_u16_be(payload).map_err(|_| invalid("PORT"))?),
-            IPVS_DEST_ATTR_FWD_METHOD => ForwardMethod(parse_u32(payload).map_err(|_| invalid("FWD_METHOD"))?),
+            IPVS_DEST_ATTR_FWD_METHOD => {
+                ForwardMethod(parse_u32(payload).map_err(|_| invalid("FWD_METHOD"))?)
+            }
             IPVS_DEST_ATTR_WEIGHT => Weight(parse_u32(payload).map_err(|_| invalid("WEIGHT"))?),
             IPVS_DEST_ATTR_U_THRESH => UpperThreshold(parse_u32(payload).map_err(|_| invalid("U_THRESH"))?),
             IPVS_DEST_ATTR_L_THRESH => LowerThreshold(parse_u32(payload).map_err(|_| invalid("L_THRESH"))?),
-            IPVS_DEST_ATTR_ACTIVE_CONNS => ActiveConns(parse_u32(payload).map_err(|_| invalid("ACTIVE_CONNS"))?),
-            IPVS_DEST_ATTR_INACT_CONNS => InactiveConns(parse_u32(payload).map_err(|_| invalid("INACT_CONNS"))?),
+            IPVS_DEST_ATTR_ACTIVE_CONNS => {
+                ActiveConns(parse_u32(payload).map_err(|_| invalid("ACTIVE_CONNS"))?)
+            }
+            IPVS_DEST_ATTR_INACT_CONNS => {
+                InactiveConns(parse_u32(payload).map_err(|_| invalid("INACT_CONNS"))?)
+            }
             IPVS_DEST_ATTR_PERSIST_CONNS => {
                 PersistentConns(parse_u32(payload).map_err(|_| invalid("PERSIST_CONNS"))?)
             }
             IPVS_DEST_ATTR_STATS => Stats(parse_stats(payload)?),
-            IPVS_DEST_ATTR_ADDR_FAMILY => AddressFamily(parse_u16(payload).map_err(|_| invalid("ADDR_FAMILY"))?),
+            IPVS_DEST_ATTR_ADDR_FAMILY => {
+                AddressFamily(parse_u16(payload).map_err(|_| invalid("ADDR_FAMILY"))?)
+            }
             IPVS_DEST_ATTR_STATS64 => Stats64(parse_stats(payload)?),
             IPVS_DEST_ATTR_TUN_TYPE => TunnelType(parse_u8(payload).map_err(|_| invalid("TUN_TYPE"))?),
             IPVS_DEST_ATTR_TUN_PORT => TunnelPort(parse_u16_be(payload).map_err(|_| invalid("TUN_PORT"))?),
@@ -404,7 +412,10 @@ impl EntryBuilder {
     }
 
     fn finish(mut self) -> Result<DestinationEntry, DecodeError> {
-        let ip = address_from_bytes(self.family, self.address.as_deref().ok_or("IPVS destination without address")?)?;
+        let ip = address_from_bytes(
+            self.family,
+            self.address.as_deref().ok_or("IPVS destination without address")?,
+        )?;
         self.destination.address = SocketAddr::new(ip, self.port.ok_or("IPVS destination without port")?);
         Ok(DestinationEntry {
             destination: self.destination,

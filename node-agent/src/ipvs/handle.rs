@@ -7,7 +7,7 @@
 //! errors, and processes a socket's requests in order, so that final acknowledgement
 //! proves the whole chunk done). Replies are matched to requests by sequence number.
 
-use std::io;
+use std::{collections::HashSet, io};
 
 use netlink_packet_core::{
     DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
@@ -60,10 +60,9 @@ impl BatchReport {
         let others = self.failures.len().saturating_sub(1);
         match self.failures.into_iter().next() {
             None => Ok(self.requests),
-            Some((_, IpvsError::Kernel { op, error })) if others > 0 => Err(IpvsError::Kernel {
-                op: format!("{op} (and {others} more failed requests)"),
-                error,
-            }),
+            Some((_, IpvsError::Kernel { op, error })) if others > 0 => {
+                Err(IpvsError::Kernel { op: format!("{op} (and {others} more failed requests)"), error })
+            }
             Some((_, error)) => Err(error),
         }
     }
@@ -80,7 +79,8 @@ impl IpvsHandle {
     /// Opens a socket in the current network namespace and resolves the IPVS family
     /// (asking for it also makes the kernel load `ip_vs` when it can).
     pub async fn connect() -> Result<Self, IpvsError> {
-        let mut connection = Connection::open().map_err(|source| IpvsError::Io { op: "open netlink socket".into(), source })?;
+        let mut connection = Connection::open()
+            .map_err(|source| IpvsError::Io { op: "open netlink socket".into(), source })?;
         let family_id = connection.resolve_family().await?;
         Ok(IpvsHandle { connection: Mutex::new(connection), family_id })
     }
@@ -136,12 +136,20 @@ impl IpvsHandle {
     }
 
     /// Every service of this network namespace, in the kernel's (hash) order.
+    ///
+    /// A kernel dump is no snapshot: it resumes by position in a hash table that
+    /// every network namespace shares, so concurrent changes (even in another
+    /// namespace) can repeat an entry. Repeats are dropped here.
     pub async fn services(&self) -> Result<Vec<ServiceEntry>, IpvsError> {
         let mut services = Vec::new();
+        let mut seen = HashSet::new();
         let request = IpvsMessage::new(IpvsCmd::GetService, vec![]);
         self.dump("list services", request, |payload| {
             for nest in nests(payload, Nest::Service) {
-                services.push(ServiceEntry::decode(nest?)?);
+                let entry = ServiceEntry::decode(nest?)?;
+                if seen.insert(entry.service.key) {
+                    services.push(entry);
+                }
             }
             Ok(())
         })
@@ -158,19 +166,25 @@ impl IpvsHandle {
             IpvsAttr::Service(attrs) => Some(attrs),
             _ => None,
         });
-        let attrs = attrs.ok_or_else(|| IpvsError::Decode { op: op.clone(), message: "no service in reply".into() })?;
+        let attrs = attrs
+            .ok_or_else(|| IpvsError::Decode { op: op.clone(), message: "no service in reply".into() })?;
         decode(&op, ServiceEntry::from_attrs(&attrs))
     }
 
     /// The destinations of one service. An unknown service gives an empty list
-    /// (the kernel's dump does not tell the two apart).
+    /// (the kernel's dump does not tell the two apart). Repeats from concurrent
+    /// changes are dropped, as for [`Self::services`].
     pub async fn destinations(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>, IpvsError> {
         let mut destinations = Vec::new();
+        let mut seen = HashSet::new();
         let family = key.family().number();
         let request = IpvsMessage::new(IpvsCmd::GetDest, vec![IpvsAttr::Service(key.to_attrs())]);
         self.dump(&format!("list destinations of {key}"), request, |payload| {
             for nest in nests(payload, Nest::Destination) {
-                destinations.push(DestinationEntry::decode(nest?, family)?);
+                let entry = DestinationEntry::decode(nest?, family)?;
+                if seen.insert(entry.destination.address) {
+                    destinations.push(entry);
+                }
             }
             Ok(())
         })
@@ -204,7 +218,12 @@ impl IpvsHandle {
     }
 
     /// A request answered by reply messages and an acknowledgement.
-    async fn request(&self, op: &str, message: IpvsMessage, subject: Subject<'_>) -> Result<Vec<IpvsMessage>, IpvsError> {
+    async fn request(
+        &self,
+        op: &str,
+        message: IpvsMessage,
+        subject: Subject<'_>,
+    ) -> Result<Vec<IpvsMessage>, IpvsError> {
         let mut replies = Vec::new();
         let mut connection = self.connection.lock().await;
         let flags = NLM_F_REQUEST | NLM_F_ACK;
@@ -313,14 +332,18 @@ impl Connection {
     async fn resolve_family(&mut self) -> Result<u16, IpvsError> {
         let op = "resolve generic netlink family IPVS";
         let io = |source| IpvsError::Io { op: op.into(), source };
-        let request = GenlCtrl { cmd: GenlCtrlCmd::GetFamily, nlas: vec![GenlCtrlAttrs::FamilyName(IPVS_GENL_NAME.into())] };
+        let request = GenlCtrl {
+            cmd: GenlCtrlCmd::GetFamily,
+            nlas: vec![GenlCtrlAttrs::FamilyName(IPVS_GENL_NAME.into())],
+        };
         let seq = self.encode(GENL_ID_CTRL, NLM_F_REQUEST | NLM_F_ACK, request);
         self.flush().await.map_err(io)?;
         let mut family_id = None;
         loop {
             self.receive().await.map_err(io)?;
             for reply in replies(&self.datagram) {
-                let (reply_seq, reply) = reply.map_err(|message| IpvsError::Decode { op: op.into(), message })?;
+                let (reply_seq, reply) =
+                    reply.map_err(|message| IpvsError::Decode { op: op.into(), message })?;
                 if reply_seq != seq {
                     continue;
                 }
@@ -336,7 +359,10 @@ impl Connection {
                     Reply::Ack | Reply::Done(0) => return family_id.ok_or(IpvsError::Unavailable),
                     Reply::Error(2) | Reply::Done(2) => return Err(IpvsError::Unavailable),
                     Reply::Error(errno) | Reply::Done(errno) => {
-                        return Err(IpvsError::Kernel { op: op.into(), error: KernelError::from_errno(errno, Subject::Other) });
+                        return Err(IpvsError::Kernel {
+                            op: op.into(),
+                            error: KernelError::from_errno(errno, Subject::Other),
+                        });
                     }
                 }
             }
@@ -359,7 +385,8 @@ impl Connection {
         loop {
             self.receive().await.map_err(|e| lost_or_io(op, e))?;
             for reply in replies(&self.datagram) {
-                let (reply_seq, reply) = reply.map_err(|message| IpvsError::Decode { op: op.into(), message })?;
+                let (reply_seq, reply) =
+                    reply.map_err(|message| IpvsError::Decode { op: op.into(), message })?;
                 if reply_seq != seq {
                     continue; // left over from a request whose caller gave up
                 }
@@ -367,7 +394,10 @@ impl Connection {
                     Reply::Data { payload, .. } => decode(op, on_reply(payload))?,
                     Reply::Ack | Reply::Done(0) => return Ok(()),
                     Reply::Error(errno) | Reply::Done(errno) => {
-                        return Err(IpvsError::Kernel { op: op.into(), error: KernelError::from_errno(errno, subject) });
+                        return Err(IpvsError::Kernel {
+                            op: op.into(),
+                            error: KernelError::from_errno(errno, subject),
+                        });
                     }
                 }
             }
@@ -392,7 +422,10 @@ impl Connection {
         };
         if let Err(e) = self.flush().await {
             let kind = e.kind();
-            return Err(whole_chunk_failed(&|op| IpvsError::Io { op: op.to_string(), source: io::Error::from(kind) }));
+            return Err(whole_chunk_failed(&|op| IpvsError::Io {
+                op: op.to_string(),
+                source: io::Error::from(kind),
+            }));
         }
         let mut failures = Vec::new();
         loop {
@@ -401,11 +434,17 @@ impl Connection {
                 let reported: Vec<usize> = failures.iter().map(|(i, _)| *i).collect();
                 let kind = e.kind();
                 let lost = e.raw_os_error() == Some(ENOBUFS);
-                failures.extend(ops.iter().enumerate().filter(|(i, _)| !reported.contains(i)).map(|(i, op)| {
-                    let op = op.to_string();
-                    let error = if lost { IpvsError::Lost { op } } else { IpvsError::Io { op, source: io::Error::from(kind) } };
-                    (i, error)
-                }));
+                failures.extend(ops.iter().enumerate().filter(|(i, _)| !reported.contains(i)).map(
+                    |(i, op)| {
+                        let op = op.to_string();
+                        let error = if lost {
+                            IpvsError::Lost { op }
+                        } else {
+                            IpvsError::Io { op, source: io::Error::from(kind) }
+                        };
+                        (i, error)
+                    },
+                ));
                 return Err(failures);
             }
             let mut done = false;

@@ -1,8 +1,8 @@
 //! The IPVS generic-netlink message: command + top-level attributes.
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, Emitable, ErrorContext, NLA_HEADER_SIZE, Nla, NlaBuffer, NlasIterator, Parseable, ParseableParametrized,
-    emit_u32, parse_u32,
+    DecodeError, DefaultNla, Emitable, ErrorContext, NLA_HEADER_SIZE, Nla, NlaBuffer, NlasIterator,
+    Parseable, ParseableParametrized, emit_u32, parse_u32,
 };
 use netlink_packet_generic::{GenlFamily, GenlHeader};
 
@@ -199,7 +199,9 @@ impl<T: AsRef<[u8]> + ?Sized> ParseableParametrized<NlaBuffer<&T>, IpvsCmd> for 
         };
         Ok(match (cmd.carries_info(), buf.kind()) {
             (true, IPVS_INFO_ATTR_VERSION) => Version(u32_value("INFO_ATTR_VERSION")?),
-            (true, IPVS_INFO_ATTR_CONN_TAB_SIZE) => ConnectionTableSize(u32_value("INFO_ATTR_CONN_TAB_SIZE")?),
+            (true, IPVS_INFO_ATTR_CONN_TAB_SIZE) => {
+                ConnectionTableSize(u32_value("INFO_ATTR_CONN_TAB_SIZE")?)
+            }
             (true, _) => Other(DefaultNla::parse(buf)?),
             (false, IPVS_CMD_ATTR_SERVICE) => Service(parse_service_attrs(payload)?),
             (false, IPVS_CMD_ATTR_DEST) => Destination(parse_dest_attrs(payload)?),

@@ -33,9 +33,9 @@ pub(crate) fn address_from_bytes(family: u16, bytes: &[u8]) -> Result<IpAddr, De
     match (family, bytes.len()) {
         (AF_INET, n) if n >= 4 => Ok(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into()),
         (AF_INET6, 16) => Ok(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).expect("16 bytes")).into()),
-        (family, n) => Err(DecodeError::from(format!(
-            "invalid address of {n} bytes for address family {family}"
-        ))),
+        (family, n) => {
+            Err(DecodeError::from(format!("invalid address of {n} bytes for address family {family}")))
+        }
     }
 }
 

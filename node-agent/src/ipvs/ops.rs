@@ -70,13 +70,20 @@ impl IpvsOp {
             ),
             DeleteDestination(key, address) => (
                 IpvsCmd::DelDest,
-                vec![IpvsAttr::Service(key.to_attrs()), IpvsAttr::Destination(Destination::identity_attrs(address))],
+                vec![
+                    IpvsAttr::Service(key.to_attrs()),
+                    IpvsAttr::Destination(Destination::identity_attrs(address)),
+                ],
             ),
             Zero(key) => (IpvsCmd::Zero, key.iter().map(|k| IpvsAttr::Service(k.to_attrs())).collect()),
             Flush => (IpvsCmd::Flush, vec![]),
             SetTimeouts(t) => (
                 IpvsCmd::SetConfig,
-                vec![IpvsAttr::TimeoutTcp(t.tcp), IpvsAttr::TimeoutTcpFin(t.tcp_fin), IpvsAttr::TimeoutUdp(t.udp)],
+                vec![
+                    IpvsAttr::TimeoutTcp(t.tcp),
+                    IpvsAttr::TimeoutTcpFin(t.tcp_fin),
+                    IpvsAttr::TimeoutUdp(t.udp),
+                ],
             ),
             StartSyncDaemon(daemon) => (IpvsCmd::NewDaemon, vec![IpvsAttr::Daemon(daemon.to_attrs())]),
             StopSyncDaemon(state) => (

@@ -6,8 +6,8 @@ use std::{
 };
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, ErrorContext, Nla, NlaBuffer, NlasIterator, Parseable, emit_u16, emit_u16_be, emit_u32, parse_string,
-    parse_u16, parse_u16_be, parse_u32,
+    DecodeError, DefaultNla, ErrorContext, Nla, NlaBuffer, NlasIterator, Parseable, emit_u16, emit_u16_be,
+    emit_u32, parse_string, parse_u16, parse_u16_be, parse_u32,
 };
 
 use super::{
@@ -126,15 +126,14 @@ impl<T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&T>> for IpvsServiceAttr {
                 if payload.len() != 8 {
                     return Err(invalid("FLAGS"));
                 }
-                Flags {
-                    flags: parse_u32(&payload[..4])?,
-                    mask: parse_u32(&payload[4..])?,
-                }
+                Flags { flags: parse_u32(&payload[..4])?, mask: parse_u32(&payload[4..])? }
             }
             IPVS_SVC_ATTR_TIMEOUT => Timeout(parse_u32(payload).map_err(|_| invalid("TIMEOUT"))?),
             IPVS_SVC_ATTR_NETMASK => Netmask(payload.try_into().map_err(|_| invalid("NETMASK"))?),
             IPVS_SVC_ATTR_STATS => Stats(parse_stats(payload)?),
-            IPVS_SVC_ATTR_PE_NAME => PersistenceEngine(parse_string(payload).map_err(|_| invalid("PE_NAME"))?),
+            IPVS_SVC_ATTR_PE_NAME => {
+                PersistenceEngine(parse_string(payload).map_err(|_| invalid("PE_NAME"))?)
+            }
             IPVS_SVC_ATTR_STATS64 => Stats64(parse_stats(payload)?),
             _ => Other(DefaultNla::parse(buf)?),
         })
@@ -250,10 +249,9 @@ impl ServiceKey {
                 IpvsServiceAttr::Address(address_bytes(&address.ip())),
                 IpvsServiceAttr::Port(address.port()),
             ],
-            ServiceKey::Fwmark { family, mark } => vec![
-                IpvsServiceAttr::AddressFamily(family.number()),
-                IpvsServiceAttr::Fwmark(*mark),
-            ],
+            ServiceKey::Fwmark { family, mark } => {
+                vec![IpvsServiceAttr::AddressFamily(family.number()), IpvsServiceAttr::Fwmark(*mark)]
+            }
         }
     }
 }

@@ -6,7 +6,8 @@
 //! container lays them out on the wire.
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, Emitable, ErrorContext, Nla, NlaBuffer, NlasIterator, Parseable, emit_u32, emit_u64,
+    DecodeError, DefaultNla, Emitable, ErrorContext, Nla, NlaBuffer, NlasIterator, Parseable, emit_u32,
+    emit_u64,
 };
 
 use super::nla::parse_nlas;
@@ -76,8 +77,8 @@ impl IpvsStatsAttr {
     fn counter(&self) -> Option<u64> {
         use IpvsStatsAttr::*;
         match self {
-            Conns(v) | InPkts(v) | OutPkts(v) | InBytes(v) | OutBytes(v) | Cps(v) | InPps(v)
-            | OutPps(v) | InBps(v) | OutBps(v) => Some(*v),
+            Conns(v) | InPkts(v) | OutPkts(v) | InBytes(v) | OutBytes(v) | Cps(v) | InPps(v) | OutPps(v)
+            | InBps(v) | OutBps(v) => Some(*v),
             Pad(_) | Other(_) => None,
         }
     }
@@ -85,7 +86,6 @@ impl IpvsStatsAttr {
     fn is_u64_in_legacy(&self) -> bool {
         matches!(self, IpvsStatsAttr::InBytes(_) | IpvsStatsAttr::OutBytes(_))
     }
-
 }
 
 impl<T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&T>> for IpvsStatsAttr {

@@ -14,7 +14,9 @@ use crate::ipvs::message::{GENL_HDRLEN, Nest, nests};
 
 fn captured(text: &str) -> Vec<Vec<u8>> {
     text.lines()
-        .map(|line| (0..line.len()).step_by(2).map(|i| u8::from_str_radix(&line[i..i + 2], 16).unwrap()).collect())
+        .map(|line| {
+            (0..line.len()).step_by(2).map(|i| u8::from_str_radix(&line[i..i + 2], 16).unwrap()).collect()
+        })
         .collect()
 }
 
@@ -42,7 +44,9 @@ fn service_entries(payloads: &[Vec<u8>]) -> Vec<ServiceEntry> {
     payloads
         .iter()
         .filter(|p| p[0] == u8::from(IpvsCmd::NewService))
-        .flat_map(|p| nests(p, Nest::Service).map(|n| ServiceEntry::decode(n.unwrap()).unwrap()).collect::<Vec<_>>())
+        .flat_map(|p| {
+            nests(p, Nest::Service).map(|n| ServiceEntry::decode(n.unwrap()).unwrap()).collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -115,7 +119,10 @@ fn captured_destination_reply_keeps_every_attribute() {
 fn captured_config_info_and_daemons_decode() {
     let timeouts = parse(&captured(include_str!("../../tests/captures/timeouts.hex"))[0]);
     assert_eq!(timeouts.cmd, IpvsCmd::SetConfig);
-    assert_eq!(timeouts.attrs, vec![IpvsAttr::TimeoutTcp(901), IpvsAttr::TimeoutTcpFin(121), IpvsAttr::TimeoutUdp(301)]);
+    assert_eq!(
+        timeouts.attrs,
+        vec![IpvsAttr::TimeoutTcp(901), IpvsAttr::TimeoutTcpFin(121), IpvsAttr::TimeoutUdp(301)]
+    );
 
     let info = parse(&captured(include_str!("../../tests/captures/info.hex"))[0]);
     assert_eq!(info.cmd, IpvsCmd::SetInfo);
@@ -198,11 +205,16 @@ fn every_request_round_trips() {
         round_trip(&op.to_message());
     }
     // The GET commands, as requests and as replies.
-    for cmd in [IpvsCmd::GetService, IpvsCmd::GetDest, IpvsCmd::GetDaemon, IpvsCmd::GetConfig, IpvsCmd::GetInfo] {
+    for cmd in
+        [IpvsCmd::GetService, IpvsCmd::GetDest, IpvsCmd::GetDaemon, IpvsCmd::GetConfig, IpvsCmd::GetInfo]
+    {
         round_trip(&IpvsMessage::new(cmd, vec![]));
     }
     round_trip(&IpvsMessage::new(IpvsCmd::GetDest, vec![IpvsAttr::Service(key.to_attrs())]));
-    round_trip(&IpvsMessage::new(IpvsCmd::SetInfo, vec![IpvsAttr::Version(0x010201), IpvsAttr::ConnectionTableSize(4096)]));
+    round_trip(&IpvsMessage::new(
+        IpvsCmd::SetInfo,
+        vec![IpvsAttr::Version(0x010201), IpvsAttr::ConnectionTableSize(4096)],
+    ));
 }
 
 #[test]
@@ -227,7 +239,11 @@ fn wire_encodings_follow_the_kernel_header() {
     assert_eq!(&nest[36..44], &[6, 0, 4, 0, 0, 53, 0, 0], "port big-endian");
     let flags_at = 44 + 8; // after SCHED_NAME "mh\0" (4 + 3, padded to 8)
     assert_eq!(&nest[flags_at..flags_at + 12], &[12, 0, 7, 0, 0x15, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
-    assert_eq!(&nest[flags_at + 20..flags_at + 28], &[8, 0, 9, 0, 64, 0, 0, 0], "IPv6 netmask: prefix as host u32");
+    assert_eq!(
+        &nest[flags_at + 20..flags_at + 28],
+        &[8, 0, 9, 0, 64, 0, 0, 0],
+        "IPv6 netmask: prefix as host u32"
+    );
 
     let v4 = Service::new(ServiceKey::tcp("10.0.0.1:80".parse().unwrap()), "rr")
         .persistent(300, Netmask::Ipv4(Ipv4Addr::new(255, 255, 255, 0)));
@@ -260,7 +276,11 @@ fn unknown_attributes_are_kept_raw() {
     dest.push(IpvsDestAttr::Other(unknown(77)));
     let message = IpvsMessage::new(
         IpvsCmd::NewDest,
-        vec![IpvsAttr::Service(service.clone()), IpvsAttr::Destination(dest.clone()), IpvsAttr::Other(unknown(55))],
+        vec![
+            IpvsAttr::Service(service.clone()),
+            IpvsAttr::Destination(dest.clone()),
+            IpvsAttr::Other(unknown(55)),
+        ],
     );
     round_trip(&message);
     // The models ignore what they do not know.

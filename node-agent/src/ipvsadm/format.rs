@@ -11,7 +11,8 @@ use std::{
 
 use crate::ipvs::{
     AddressFamily, Destination, DestinationEntry, ForwardMethod, Info, IpvsOp, Netmask, Protocol, Service,
-    ServiceEntry, ServiceFlags, ServiceKey, Stats, SyncDaemon, SyncState, Timeouts, TunnelChecksum, TunnelType,
+    ServiceEntry, ServiceFlags, ServiceKey, Stats, SyncDaemon, SyncState, Timeouts, TunnelChecksum,
+    TunnelType,
 };
 
 /// One service with its destinations, as dumped.
@@ -66,7 +67,12 @@ pub fn list(info: &Info, table: &[TableEntry], view: ListView) -> String {
         let name = list_service_name(&service.service.key);
         match view {
             ListView::Connections => {
-                let _ = writeln!(out, "{name} {}{}", service.service.scheduler, list_service_options(&service.service));
+                let _ = writeln!(
+                    out,
+                    "{name} {}{}",
+                    service.service.scheduler,
+                    list_service_options(&service.service)
+                );
             }
             ListView::Stats => {
                 let _ = writeln!(out, "{name:<33}{}", totals(&service.stats));
@@ -153,7 +159,12 @@ pub fn op_rule(op: &IpvsOp) -> String {
         IpvsOp::Flush => "-C".to_string(),
         IpvsOp::SetTimeouts(t) => format!("--set {} {} {}", t.tcp, t.tcp_fin, t.udp),
         IpvsOp::StartSyncDaemon(d) => {
-            let mut line = format!("--start-daemon {} --mcast-interface {} --syncid {}", d.state.name(), d.interface, d.sync_id);
+            let mut line = format!(
+                "--start-daemon {} --mcast-interface {} --syncid {}",
+                d.state.name(),
+                d.interface,
+                d.sync_id
+            );
             if let Some(len) = d.max_length {
                 let _ = write!(line, " --sync-maxlen {len}");
             }
@@ -254,7 +265,11 @@ fn scheduler_flags(service: &Service) -> String {
     let names: &[(u32, &str)] = match service.scheduler.as_str() {
         "sh" => &[(ServiceFlags::SCHED1, "sh-fallback"), (ServiceFlags::SCHED2, "sh-port")],
         "mh" => &[(ServiceFlags::SCHED1, "mh-fallback"), (ServiceFlags::SCHED2, "mh-port")],
-        _ => &[(ServiceFlags::SCHED1, "flag-1"), (ServiceFlags::SCHED2, "flag-2"), (ServiceFlags::SCHED3, "flag-3")],
+        _ => &[
+            (ServiceFlags::SCHED1, "flag-1"),
+            (ServiceFlags::SCHED2, "flag-2"),
+            (ServiceFlags::SCHED3, "flag-3"),
+        ],
     };
     names.iter().filter(|(bit, _)| flags.contains(*bit)).map(|(_, name)| *name).collect::<Vec<_>>().join(",")
 }
@@ -353,7 +368,13 @@ fn destination_rule(command: &str, key: &ServiceKey, dest: &Destination, with_th
     line
 }
 
-fn write_destination_rule(out: &mut String, command: &str, service: &str, dest: &Destination, with_thresholds: bool) {
+fn write_destination_rule(
+    out: &mut String,
+    command: &str,
+    service: &str,
+    dest: &Destination,
+    with_thresholds: bool,
+) {
     let _ = write!(out, "{command} {service} -r ");
     let _ = match dest.address {
         SocketAddr::V4(a) => write!(out, "{}:{}", a.ip(), a.port()),
@@ -388,7 +409,10 @@ fn large_number(n: u64) -> String {
 }
 
 fn totals(s: &Stats) -> String {
-    [s.connections, s.packets_in, s.packets_out, s.bytes_in, s.bytes_out].into_iter().map(large_number).collect()
+    [s.connections, s.packets_in, s.packets_out, s.bytes_in, s.bytes_out]
+        .into_iter()
+        .map(large_number)
+        .collect()
 }
 
 fn rates(s: &Stats) -> String {

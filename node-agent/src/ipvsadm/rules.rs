@@ -205,7 +205,9 @@ fn daemon_state(name: &str) -> Result<SyncState, String> {
 }
 
 fn build(line: Line) -> Result<IpvsOp, String> {
-    let command = line.command.ok_or("no command (-A, -E, -D, -a, -e, -d, -C, -Z, --set, --start-daemon, --stop-daemon)")?;
+    let command = line
+        .command
+        .ok_or("no command (-A, -E, -D, -a, -e, -d, -C, -Z, --set, --start-daemon, --stop-daemon)")?;
     Ok(match command {
         Command::Clear => IpvsOp::Flush,
         Command::Zero => IpvsOp::Zero(optional_service_key(&line)?),
@@ -221,8 +223,11 @@ fn build(line: Line) -> Result<IpvsOp, String> {
         }
         Command::StartDaemon => {
             let state = line.daemon_state.expect("set with the command");
-            let mut daemon =
-                SyncDaemon::new(state, line.mcast_interface.clone().unwrap_or_else(|| "eth0".into()), line.sync_id.unwrap_or(0));
+            let mut daemon = SyncDaemon::new(
+                state,
+                line.mcast_interface.clone().unwrap_or_else(|| "eth0".into()),
+                line.sync_id.unwrap_or(0),
+            );
             daemon.max_length = line.sync_maxlen;
             daemon.group = line.mcast_group;
             daemon.port = line.mcast_port;
@@ -307,7 +312,9 @@ fn service(line: &Line) -> Result<Service, String> {
     }
     if let Some(mask) = &line.netmask {
         service.netmask = match key.family() {
-            AddressFamily::Ipv4 => Netmask::Ipv4(Ipv4Addr::from_str(mask).map_err(|_| format!("invalid netmask {mask:?}"))?),
+            AddressFamily::Ipv4 => {
+                Netmask::Ipv4(Ipv4Addr::from_str(mask).map_err(|_| format!("invalid netmask {mask:?}"))?)
+            }
             AddressFamily::Ipv6 => {
                 let prefix: u32 = number("-M", mask)?;
                 if !(1..=128).contains(&prefix) {
@@ -318,7 +325,8 @@ fn service(line: &Line) -> Result<Service, String> {
         };
     }
     if line.one_packet {
-        let udp_or_fwmark = matches!(key, ServiceKey::Fwmark { .. } | ServiceKey::Address { protocol: Protocol::Udp, .. });
+        let udp_or_fwmark =
+            matches!(key, ServiceKey::Fwmark { .. } | ServiceKey::Address { protocol: Protocol::Udp, .. });
         if !udp_or_fwmark {
             return Err("one-packet scheduling (-o) is only for UDP and fwmark services".into());
         }
@@ -330,7 +338,9 @@ fn service(line: &Line) -> Result<Service, String> {
                 ("sh", "sh-fallback") | ("mh", "mh-fallback") | (_, "flag-1") => ServiceFlags::SCHED1,
                 ("sh", "sh-port") | ("mh", "mh-port") | (_, "flag-2") => ServiceFlags::SCHED2,
                 (_, "flag-3") => ServiceFlags::SCHED3,
-                (scheduler, flag) => return Err(format!("scheduler flag {flag:?} does not apply to scheduler {scheduler:?}")),
+                (scheduler, flag) => {
+                    return Err(format!("scheduler flag {flag:?} does not apply to scheduler {scheduler:?}"));
+                }
             };
             service.flags = service.flags.with(bit, true);
         }
