@@ -1,0 +1,173 @@
+//! Benchmark of the translation: 10,000 VirtualServices x 10 real servers
+//! over 100 nodes, timed, with the process's peak memory. Run it through
+//! `tests/bench/translate` (release build).
+//!
+//! The cluster: 4 directors and 96 workers. 60% of the services are
+//! DirectRouting with 10 static real servers (workers, which therefore bind
+//! VIPs), 20% Tunnel with a realServerSelector matching a pool of 10 workers,
+//! 20% NAT with a backendService of 10 ready endpoints (plus one not ready);
+//! all with VRRP failover, connection sync and an HTTP health check.
+
+use std::{collections::BTreeMap, time::Instant};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, NodeAddress, NodeStatus},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    jiff::Timestamp,
+};
+use lvs_crds::{ClusterState, TranslateOptions, VirtualService, translate};
+
+const SERVICES: usize = 10_000;
+const REAL_SERVERS: usize = 10;
+const NODES: usize = 100;
+const DIRECTORS: usize = 4;
+
+fn main() {
+    let runs: usize = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(3);
+    let state = cluster();
+    let options = TranslateOptions::default();
+
+    let mut times = Vec::new();
+    let mut translation = None;
+    for _ in 0..runs {
+        let start = Instant::now();
+        let result = translate(&state, &options);
+        times.push(start.elapsed().as_secs_f64());
+        translation = Some(result);
+    }
+    let translation = translation.expect("at least one run");
+
+    let accepted = translation.verdicts.values().filter(|v| v.reason() == "Accepted").count();
+    let bytes: Vec<usize> =
+        translation.lvs_nodes.iter().map(|o| serde_json::to_vec(o).unwrap().len()).collect();
+    let nodes: std::collections::BTreeSet<&str> =
+        translation.lvs_nodes.iter().map(|o| o.spec.node.as_str()).collect();
+    println!(
+        "input: {SERVICES} VirtualServices x {REAL_SERVERS} real servers, {NODES} nodes ({DIRECTORS} directors), {} EndpointSlices",
+        state.endpoint_slices.len()
+    );
+    println!(
+        "output: {accepted} accepted, {} LvsNode objects for {} nodes, {:.1} MiB of JSON, largest object {} KiB",
+        translation.lvs_nodes.len(),
+        nodes.len(),
+        bytes.iter().sum::<usize>() as f64 / (1 << 20) as f64,
+        bytes.iter().max().unwrap_or(&0) / 1024,
+    );
+    let times_ms: Vec<String> = times.iter().map(|t| format!("{:.0}", t * 1e3)).collect();
+    let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+    println!("translate_ms_each_run: {}", times_ms.join(" "));
+    println!("translate_ms_best: {:.0}", best * 1e3);
+    println!("translate_ms_first: {:.0}", times[0] * 1e3);
+    println!("peak_rss_mib: {:.1}", peak_rss_kib() as f64 / 1024.0);
+}
+
+/// VmHWM: the process's peak resident set, in KiB (0 where /proc is absent).
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: 0 kB");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).unwrap_or(0)
+}
+
+fn cluster() -> ClusterState {
+    let nodes = (0..NODES).map(node).collect();
+    let virtual_services = (0..SERVICES).map(virtual_service).collect();
+    let endpoint_slices = (0..SERVICES).filter(|i| i % 5 == 4).map(endpoint_slice).collect();
+    ClusterState { virtual_services, nodes, endpoint_slices }
+}
+
+fn worker_ip(worker: usize) -> String {
+    format!("10.0.{}.{}", worker / 200, worker % 200 + 10)
+}
+
+fn node(i: usize) -> Node {
+    let mut labels = BTreeMap::new();
+    let mut annotations = BTreeMap::new();
+    let address = if i < DIRECTORS {
+        labels.insert("lvs.dev/director".to_owned(), "true".to_owned());
+        annotations.insert("lvs.dev/vrrp-priority".to_owned(), (200 - i).to_string());
+        format!("10.0.255.{}", i + 1)
+    } else {
+        let worker = i - DIRECTORS;
+        // Pools of exactly 10 workers for the selector services.
+        if worker < 90 {
+            labels.insert("pool".to_owned(), format!("p{}", worker / REAL_SERVERS));
+        }
+        worker_ip(worker)
+    };
+    Node {
+        metadata: ObjectMeta {
+            name: Some(format!("node-{i:03}")),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        status: Some(NodeStatus {
+            addresses: Some(vec![
+                NodeAddress { type_: "InternalIP".to_owned(), address },
+                NodeAddress { type_: "Hostname".to_owned(), address: format!("node-{i:03}") },
+            ]),
+            ..NodeStatus::default()
+        }),
+        ..Node::default()
+    }
+}
+
+fn virtual_service(i: usize) -> VirtualService {
+    let vip = format!("10.200.{}.{}", i / 250, i % 250 + 1);
+    let common = format!(
+        "vip: {vip}\nport: 80\nscheduler: wrr\n\
+         healthCheck: {{type: HTTP, path: /healthz, intervalSeconds: 2, timeoutSeconds: 1}}\n\
+         failover: {{vrrp: {{virtualRouterId: {}}}}}\n\
+         connectionSync: true\ndirectors: {{interface: eth0}}\n",
+        i % 255 + 1
+    );
+    let sources = match i % 5 {
+        0..=2 => {
+            let servers: Vec<String> = (0..REAL_SERVERS)
+                .map(|r| format!("  - {{address: {}, weight: {}}}\n", worker_ip((i + r * 7) % 96), r % 3 + 1))
+                .collect();
+            format!("forwarding: DirectRouting\nrealServers:\n{}", servers.concat())
+        }
+        3 => format!("forwarding: Tunnel\nrealServerSelector: {{nodeSelector: {{pool: p{}}}}}\n", i % 9),
+        _ => format!("forwarding: NAT\nbackendService: {{name: svc-{i}, port: 8080}}\n"),
+    };
+    let spec = serde_yaml::from_str(&(common + &sources)).expect("a valid spec");
+    let mut vs = VirtualService::new(&format!("vs-{i}"), spec);
+    vs.metadata.namespace = Some(format!("team-{}", i % 20));
+    vs.metadata.uid = Some(format!("00000000-0000-0000-0000-{i:012}"));
+    vs.metadata.generation = Some(1);
+    vs.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1_700_000_000 + i as i64).unwrap()));
+    vs
+}
+
+fn pod_ip(k: usize) -> String {
+    format!("10.{}.{}.{}", 128 + k / 65536, k / 256 % 256, k % 256)
+}
+
+fn endpoint_slice(i: usize) -> EndpointSlice {
+    let endpoint = |e: usize, ready: bool| Endpoint {
+        addresses: vec![pod_ip(i * (REAL_SERVERS + 1) + e)],
+        conditions: Some(EndpointConditions { ready: Some(ready), ..EndpointConditions::default() }),
+        ..Endpoint::default()
+    };
+    let mut endpoints: Vec<Endpoint> = (0..REAL_SERVERS).map(|e| endpoint(e, true)).collect();
+    endpoints.push(endpoint(REAL_SERVERS, false));
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(format!("svc-{i}-abcde")),
+            namespace: Some(format!("team-{}", i % 20)),
+            labels: Some(BTreeMap::from([("kubernetes.io/service-name".to_owned(), format!("svc-{i}"))])),
+            ..ObjectMeta::default()
+        },
+        address_type: "IPv4".to_owned(),
+        endpoints: Some(endpoints),
+        ports: Some(vec![EndpointPort {
+            port: Some(8080),
+            protocol: Some("TCP".to_owned()),
+            ..EndpointPort::default()
+        }]),
+    }
+}
