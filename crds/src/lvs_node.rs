@@ -80,8 +80,9 @@ impl LvsNode {
     /// Name of chunk `chunk` of `node`'s state: `<node>`, then `<node>-1`, ...
     ///
     /// Chunk names of node `a` can equal the first name of a node called
-    /// `a-1`; readers therefore select by [`NODE_LABEL`] and `spec.node`,
-    /// never by name.
+    /// `a-1`: the translation then skips that suffix (chunk 1 of `a` becomes
+    /// `a-2`), and readers select by [`NODE_LABEL`] and `spec.node`, never by
+    /// name.
     pub fn object_name(node: &str, chunk: u32) -> String {
         match chunk {
             0 => node.to_owned(),

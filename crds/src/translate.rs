@@ -69,6 +69,8 @@ pub struct ClusterState {
     pub virtual_services: Vec<VirtualService>,
     /// Unique by name.
     pub nodes: Vec<Node>,
+    /// Of every namespace; only those labelled `kubernetes.io/service-name`
+    /// with a VirtualService's `backendService` count.
     pub endpoint_slices: Vec<EndpointSlice>,
 }
 
@@ -77,8 +79,8 @@ pub struct ClusterState {
 pub struct TranslateOptions {
     /// VIPs must lie inside one of these (empty = any VIP allowed).
     pub allowed_vip_cidrs: Vec<ipnet::IpNet>,
-    /// Max serialized size (JSON) of one LvsNode object. Only one service or
-    /// VIP larger than this on its own (tens of thousands of destinations)
+    /// Max serialized size (JSON) of one LvsNode object. Only a single
+    /// service too large for any object (tens of thousands of destinations)
     /// can exceed it: it gets a chunk of its own.
     pub max_object_bytes: usize,
 }

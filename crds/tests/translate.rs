@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use cluster::{annotated, director, endpoint_slice, json, node, state, states, virtual_service};
 use lvs_crds::{
-    ClusterState, LvsNode, TranslateOptions, Translation, Verdict,
+    ClusterState, LvsNode, LvsNodeSpec, TranslateOptions, Translation, Verdict, assemble,
     lvs_node::{ConnectionSync, Destination, RealServerMode, VrrpInstance},
     translate,
     virtual_service::{Forwarding, Tunnel},
@@ -415,4 +415,24 @@ fn identical_input_gives_byte_identical_objects_in_name_order() {
 fn nodes_with_nothing_to_do_get_no_object() {
     let t = run(ClusterState { nodes: web("{}").nodes, ..ClusterState::default() });
     assert_eq!(t, Translation::default());
+}
+
+#[test]
+fn assemble_waits_for_every_chunk_of_one_revision() {
+    let mut cluster = web("{vip: 192.168.16.100, port: 80, realServers: [{address: 10.0.0.21}]}");
+    for i in 0..20 {
+        let spec = format!("{{vip: 192.168.17.{i}, port: 80, realServers: [{{address: 10.0.0.21}}]}}");
+        cluster.virtual_services.push(virtual_service("default", &format!("web-{i}"), 2, &spec));
+    }
+    let t = translate(&cluster, &TranslateOptions { max_object_bytes: 2048, ..TranslateOptions::default() });
+    let mut chunks: Vec<LvsNodeSpec> =
+        t.lvs_nodes.iter().filter(|o| o.spec.node == "lvs1").map(|o| o.spec.clone()).collect();
+    chunks.reverse();
+    let whole = assemble(&chunks).expect("all chunks, any order");
+    assert_eq!((whole.chunk, whole.chunks), (0, 1));
+    assert_eq!(whole.director.unwrap().services.len(), 21);
+
+    assert_eq!(assemble(&chunks[1..]), None, "a chunk missing");
+    chunks[0].revision = "another".into();
+    assert_eq!(assemble(&chunks), None, "chunks of two revisions");
 }
