@@ -248,4 +248,47 @@ mod tests {
         assert_eq!(spec.acquire_time, held_by("a").acquire_time);
         assert_eq!(spec.lease_transitions, Some(3));
     }
+
+    type Send = tower_test::mock::SendResponse<http::Response<kube::client::Body>>;
+
+    fn respond(send: Send, status: http::StatusCode, body: impl serde::Serialize) {
+        let body = kube::client::Body::from(serde_json::to_vec(&body).unwrap());
+        send.send_response(http::Response::builder().status(status).body(body).unwrap());
+    }
+
+    /// Two rounds against a mock API server: the lease does not exist and
+    /// is created; then another replica holds it and nothing is written.
+    #[tokio::test]
+    async fn creates_a_missing_lease_and_respects_another_holder() {
+        use http::{Method, StatusCode};
+
+        let (mock, mut server) = tower_test::mock::pair();
+        let config = LeaseConfig::new("lvs-system".into(), "lvs-controller".into(), "a".into());
+        let mut elector = LeaderElector::new(Client::new(mock, "default"), config);
+        let leases = "/apis/coordination.k8s.io/v1/namespaces/lvs-system/leases";
+        let api_server = tokio::spawn(async move {
+            let (request, send) = server.next_request().await.unwrap();
+            assert_eq!(
+                (request.method(), request.uri().path()),
+                (&Method::GET, &*format!("{leases}/lvs-controller"))
+            );
+            let not_found = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+            respond(send, StatusCode::NOT_FOUND, not_found);
+
+            let (request, send) = server.next_request().await.unwrap();
+            assert_eq!((request.method(), request.uri().path()), (&Method::POST, leases));
+            let created: Lease =
+                serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+            assert_eq!(created.spec.as_ref().unwrap().holder_identity.as_deref(), Some("a"));
+            respond(send, StatusCode::CREATED, created);
+
+            let (_, send) = server.next_request().await.unwrap();
+            let mut theirs = Lease { spec: Some(held_by("b")), ..Lease::default() };
+            theirs.metadata.name = Some("lvs-controller".into());
+            respond(send, StatusCode::OK, theirs);
+        });
+        assert!(elector.try_acquire_or_renew().await.unwrap(), "created: ours");
+        assert!(!elector.try_acquire_or_renew().await.unwrap(), "held by b: not ours, no write");
+        tokio::time::timeout(Duration::from_secs(1), api_server).await.unwrap().unwrap();
+    }
 }

@@ -1,0 +1,149 @@
+//! `kubectl kustomize deploy` renders, with the objects and the settings the
+//! operator relies on. Skipped (with a message) where kubectl is missing.
+
+use std::{path::Path, process::Command};
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+fn render() -> Option<Vec<Value>> {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let output = match Command::new("kubectl").arg("kustomize").arg(&deploy).output() {
+        Ok(output) => output,
+        Err(error) => {
+            eprintln!(
+                "SKIPPED: kubectl not runnable ({error}); install Debian's kubernetes-client to run this test"
+            );
+            return None;
+        }
+    };
+    assert!(
+        output.status.success(),
+        "kubectl kustomize failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    Some(serde_yaml::Deserializer::from_str(&text).map(|doc| Value::deserialize(doc).unwrap()).collect())
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} not rendered"))
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value.as_sequence().into_iter().flatten().filter_map(Value::as_str).collect()
+}
+
+#[test]
+fn the_base_renders_every_object() {
+    let Some(objects) = render() else { return };
+    let mut kinds: Vec<String> = objects
+        .iter()
+        .map(|o| format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()))
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole/lvs-agent",
+            "ClusterRole/lvs-controller",
+            "ClusterRoleBinding/lvs-agent",
+            "ClusterRoleBinding/lvs-controller",
+            "CustomResourceDefinition/lvsnodes.lvs.dev",
+            "CustomResourceDefinition/virtualservices.lvs.dev",
+            "DaemonSet/lvs-agent",
+            "Deployment/lvs-controller",
+            "Namespace/lvs-system",
+            "Role/lvs-controller-lease",
+            "RoleBinding/lvs-controller-lease",
+            "ServiceAccount/lvs-agent",
+            "ServiceAccount/lvs-controller",
+        ]
+    );
+    for object in &objects {
+        let kind = object["kind"].as_str().unwrap();
+        let cluster_scoped = ["Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"];
+        if !cluster_scoped.contains(&kind) {
+            assert_eq!(object["metadata"]["namespace"], "lvs-system", "{kind}");
+        }
+    }
+}
+
+#[test]
+fn the_controller_runs_two_probed_replicas() {
+    let Some(objects) = render() else { return };
+    let deployment = find(&objects, "Deployment", "lvs-controller");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["image"], "ghcr.io/lvs-operator/lvs-operator:0.1.0");
+    let env = container["env"].as_sequence().unwrap();
+    let from_field = |name: &str| {
+        env.iter().find(|e| e["name"] == name).map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone())
+    };
+    assert_eq!(from_field("POD_NAME"), Some("metadata.name".into()));
+    assert_eq!(from_field("LEASE_NAMESPACE"), Some("metadata.namespace".into()));
+}
+
+#[test]
+fn the_agent_has_the_host_network_and_net_admin_only() {
+    let Some(objects) = render() else { return };
+    let pod = &find(&objects, "DaemonSet", "lvs-agent")["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    assert_ne!(security["privileged"], true);
+    assert_eq!(strings(&security["capabilities"]["add"]), ["NET_ADMIN"]);
+    let node_name =
+        container["env"].as_sequence().unwrap().iter().find(|e| e["name"] == "NODE_NAME").unwrap();
+    assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    assert_eq!(strings(&container["args"])[0], "run");
+}
+
+/// Least privilege: no wildcards, no secrets, and writes only where the
+/// binaries write.
+#[test]
+fn rbac_grants_what_each_binary_uses_and_no_more() {
+    let Some(objects) = render() else { return };
+    let rules = |name: &str| -> Vec<(String, Vec<String>)> {
+        let role = find(&objects, "ClusterRole", name);
+        let mut rules = vec![];
+        for rule in role["rules"].as_sequence().unwrap() {
+            for resource in strings(&rule["resources"]) {
+                assert!(!resource.contains('*') && resource != "secrets", "{name}: {resource}");
+                let verbs: Vec<String> = strings(&rule["verbs"]).into_iter().map(Into::into).collect();
+                assert!(!verbs.iter().any(|v| v == "*"), "{name}: {resource}");
+                rules.push((resource.to_owned(), verbs));
+            }
+        }
+        rules
+    };
+    let verbs = |rules: &[(String, Vec<String>)], resource: &str| -> Vec<String> {
+        rules.iter().filter(|(r, _)| r == resource).flat_map(|(_, v)| v.clone()).collect()
+    };
+
+    let controller = rules("lvs-controller");
+    for verb in ["get", "list", "watch", "create", "patch", "delete"] {
+        assert!(verbs(&controller, "lvsnodes").iter().any(|v| v == verb), "controller lvsnodes {verb}");
+    }
+    assert!(verbs(&controller, "virtualservices/status").contains(&"patch".into()));
+    assert!(verbs(&controller, "events").contains(&"create".into()));
+    assert_eq!(verbs(&controller, "nodes"), ["get", "list", "watch"]);
+    assert_eq!(verbs(&controller, "endpointslices"), ["get", "list", "watch"]);
+    assert!(!verbs(&controller, "virtualservices").contains(&"delete".into()));
+
+    let agent = rules("lvs-agent");
+    assert_eq!(verbs(&agent, "lvsnodes"), ["get", "list", "watch"]);
+    assert_eq!(verbs(&agent, "lvsnodes/status"), ["patch"]);
+    assert_eq!(verbs(&agent, "nodes"), ["get"]);
+    assert_eq!(agent.len(), 3);
+
+    let lease = find(&objects, "Role", "lvs-controller-lease");
+    let resources: Vec<&str> =
+        lease["rules"].as_sequence().unwrap().iter().flat_map(|r| strings(&r["resources"])).collect();
+    assert_eq!(resources, ["leases", "leases"]);
+}
