@@ -308,8 +308,12 @@ pub async fn run(
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)).concurrency(8))
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
-            if let Err(error) = result {
-                debug!(%error, "controller event");
+            match result {
+                // A watch failing (RBAC, API server down): retried with backoff.
+                Err(error @ controller::Error::QueueError(_)) => warn!(%error, "watch failed"),
+                // Reconcile failures are logged by error_policy.
+                Err(error) => debug!(%error, "reconcile failed"),
+                Ok((object, _)) => debug!(virtualservice = %object, "reconciled"),
             }
             future::ready(())
         });
