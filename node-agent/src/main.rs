@@ -43,9 +43,8 @@ enum Command {
     },
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("lvs-agent: {error:#}");
@@ -54,26 +53,26 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Save => {
-            let handle = IpvsHandle::connect().await?;
-            print!("{}", ipvsadm::save(&handle.table().await?));
+            let handle = IpvsHandle::connect()?;
+            print!("{}", ipvsadm::save(&handle.table()?));
         }
         Command::List { timeout: true, .. } => {
-            print!("{}", ipvsadm::timeouts(&IpvsHandle::connect().await?.timeouts().await?));
+            print!("{}", ipvsadm::timeouts(&IpvsHandle::connect()?.timeouts()?));
         }
         Command::List { daemon: true, .. } => {
-            print!("{}", ipvsadm::daemons(&IpvsHandle::connect().await?.sync_daemons().await?));
+            print!("{}", ipvsadm::daemons(&IpvsHandle::connect()?.sync_daemons()?));
         }
         Command::List { stats, rate, .. } => {
-            let handle = IpvsHandle::connect().await?;
+            let handle = IpvsHandle::connect()?;
             let view = match (stats, rate) {
                 (true, _) => ListView::Stats,
                 (_, true) => ListView::Rate,
                 _ => ListView::Connections,
             };
-            print!("{}", ipvsadm::list(&handle.info().await?, &handle.table().await?, view));
+            print!("{}", ipvsadm::list(&handle.info()?, &handle.table()?, view));
         }
         Command::Restore { file } => {
             let text = match &file {
@@ -87,8 +86,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             let ops = ipvsadm::parse_rules(&text)?;
-            let handle = IpvsHandle::connect().await?;
-            let report = handle.apply_batch(&ops).await;
+            let handle = IpvsHandle::connect()?;
+            let report = handle.apply_batch(&ops);
             for (_, error) in &report.failures {
                 eprintln!("lvs-agent: {error}");
             }

@@ -16,12 +16,12 @@ use lvs_agent::{
 };
 use pretty_assertions::assert_eq;
 
-async fn connect() -> IpvsHandle {
-    IpvsHandle::connect().await.expect("IPVS handle")
+fn connect() -> IpvsHandle {
+    IpvsHandle::connect().expect("IPVS handle")
 }
 
-async fn saved(handle: &IpvsHandle) -> Vec<String> {
-    sorted_lines(&ipvsadm::save(&handle.table().await.unwrap()))
+fn saved(handle: &IpvsHandle) -> Vec<String> {
+    sorted_lines(&ipvsadm::save(&handle.table().unwrap()))
 }
 
 fn key(text: &str) -> ServiceKey {
@@ -55,15 +55,14 @@ fn services() -> Vec<Service> {
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn services_are_added_read_edited_and_deleted() {
     let ns = Netns::new("svc");
-    let (ours, services_seen) = ns.run(move || async move {
-        let handle = connect().await;
+    let (ours, services_seen) = ns.run(move || {
+        let handle = connect();
         for service in services() {
-            handle.apply(&IpvsOp::AddService(service)).await.unwrap();
+            handle.apply(&IpvsOp::AddService(service)).unwrap();
         }
-        let mut seen: Vec<Service> =
-            handle.services().await.unwrap().into_iter().map(|e| e.service).collect();
+        let mut seen: Vec<Service> = handle.services().unwrap().into_iter().map(|e| e.service).collect();
         seen.sort_by_key(|s| s.key);
-        (saved(&handle).await, seen)
+        (saved(&handle), seen)
     });
     let mut expected = services();
     expected.sort_by_key(|s| s.key);
@@ -82,17 +81,17 @@ fn services_are_added_read_edited_and_deleted() {
     );
 
     // Get one, edit it, delete another.
-    let oracle = ns.run(move || async move {
-        let handle = connect().await;
-        let entry = handle.service(&key("10.0.0.100:80")).await.unwrap();
+    let oracle = ns.run(move || {
+        let handle = connect();
+        let entry = handle.service(&key("10.0.0.100:80")).unwrap();
         assert_eq!(entry.service, services()[0]);
         let mut edited =
             entry.service.clone().persistent(900, Netmask::Ipv4(Ipv4Addr::new(255, 255, 255, 0)));
         edited.scheduler = "lblcr".into();
-        handle.apply(&IpvsOp::EditService(edited.clone())).await.unwrap();
-        assert_eq!(handle.service(&edited.key).await.unwrap().service, edited);
-        handle.apply(&IpvsOp::DeleteService(services()[3].key)).await.unwrap();
-        saved(&handle).await
+        handle.apply(&IpvsOp::EditService(edited.clone())).unwrap();
+        assert_eq!(handle.service(&edited.key).unwrap().service, edited);
+        handle.apply(&IpvsOp::DeleteService(services()[3].key)).unwrap();
+        saved(&handle)
     });
     let rules = ns.saved_rules();
     assert_eq!(oracle, rules);
@@ -122,14 +121,14 @@ fn destinations() -> Vec<Destination> {
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn destinations_of_every_forwarding_method_are_added_edited_and_deleted() {
     let ns = Netns::new("dest");
-    let found = ns.run(|| async {
-        let handle = connect().await;
+    let found = ns.run(|| {
+        let handle = connect();
         let service = key("10.0.0.100:80");
-        handle.apply(&IpvsOp::AddService(Service::new(service, "wlc"))).await.unwrap();
+        handle.apply(&IpvsOp::AddService(Service::new(service, "wlc"))).unwrap();
         let ops: Vec<IpvsOp> =
             destinations().into_iter().map(|d| IpvsOp::AddDestination(service, d)).collect();
-        assert!(handle.apply_batch(&ops).await.is_success());
-        handle.destinations(&service).await.unwrap()
+        assert!(handle.apply_batch(&ops).is_success());
+        handle.destinations(&service).unwrap()
     });
     let mut expected = destinations();
     let mut found: Vec<Destination> = found.into_iter().map(|e| e.destination).collect();
@@ -147,8 +146,8 @@ fn destinations_of_every_forwarding_method_are_added_edited_and_deleted() {
     assert!(ns.ipvsadm("-Ln --thresholds").contains("10.1.0.5:8080                1000       100"));
 
     // Edit a weight and thresholds, delete two, and compare with the oracle.
-    let ours = ns.run(|| async {
-        let handle = connect().await;
+    let ours = ns.run(|| {
+        let handle = connect();
         let service = key("10.0.0.100:80");
         let mut masq = destinations()[4];
         masq.weight = 7;
@@ -159,8 +158,8 @@ fn destinations_of_every_forwarding_method_are_added_edited_and_deleted() {
             IpvsOp::DeleteDestination(service, "10.1.0.1:80".parse().unwrap()),
             IpvsOp::DeleteDestination(service, "10.1.0.6:80".parse().unwrap()),
         ];
-        assert!(handle.apply_batch(&ops).await.is_success());
-        saved(&handle).await
+        assert!(handle.apply_batch(&ops).is_success());
+        saved(&handle)
     });
     let rules = ns.saved_rules();
     assert_eq!(ours, rules);
@@ -173,15 +172,15 @@ fn destinations_of_every_forwarding_method_are_added_edited_and_deleted() {
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn info_timeouts_flush_and_listing_match_ipvsadm() {
     let ns = Netns::new("misc");
-    let (info_text, timeouts_text, listing) = ns.run(|| async {
-        let handle = connect().await;
+    let (info_text, timeouts_text, listing) = ns.run(|| {
+        let handle = connect();
         let ops: Vec<IpvsOp> = services().into_iter().map(IpvsOp::AddService).collect();
-        assert!(handle.apply_batch(&ops).await.is_success());
-        handle.apply(&IpvsOp::SetTimeouts(Timeouts { tcp: 901, tcp_fin: 0, udp: 303 })).await.unwrap();
-        let timeouts = handle.timeouts().await.unwrap();
+        assert!(handle.apply_batch(&ops).is_success());
+        handle.apply(&IpvsOp::SetTimeouts(Timeouts { tcp: 901, tcp_fin: 0, udp: 303 })).unwrap();
+        let timeouts = handle.timeouts().unwrap();
         assert_eq!(timeouts, Timeouts { tcp: 901, tcp_fin: 120, udp: 303 }, "0 keeps the current value");
-        let info = handle.info().await.unwrap();
-        let table = handle.table().await.unwrap();
+        let info = handle.info().unwrap();
+        let table = handle.table().unwrap();
         (
             ipvsadm::list(&info, &table, ListView::Connections),
             ipvsadm::timeouts(&timeouts),
@@ -191,7 +190,7 @@ fn info_timeouts_flush_and_listing_match_ipvsadm() {
     assert_eq!(sorted_lines(&info_text), sorted_lines(&ns.ipvsadm("-Ln")));
     assert_eq!(timeouts_text, ns.ipvsadm("-L --timeout"));
     assert_eq!(sorted_lines(&listing), sorted_lines(&ns.ipvsadm("-Ln --stats")));
-    ns.run(|| async { connect().await.apply(&IpvsOp::Flush).await.unwrap() });
+    ns.run(|| connect().apply(&IpvsOp::Flush).unwrap());
     assert_eq!(ns.ipvsadm("-S -n"), "");
 }
 
@@ -212,22 +211,22 @@ fn counters_are_read_and_zeroed() {
     ));
     director.sh(&format!("ip neigh add 10.2.0.50 lladdr 02:00:00:00:00:50 dev {d_if}"));
     client.sh(&format!("ip addr add 10.2.0.2/24 dev {c_if} && ip link set {c_if} up && ip route add 10.2.0.100/32 via 10.2.0.1"));
-    director.run(|| async {
-        let handle = connect().await;
+    director.run(|| {
+        let handle = connect();
         let service = key("10.2.0.100:80");
-        handle.apply(&IpvsOp::AddService(Service::new(service, "rr"))).await.unwrap();
+        handle.apply(&IpvsOp::AddService(Service::new(service, "rr"))).unwrap();
         let dest = Destination::new("10.2.0.50:80".parse().unwrap(), ForwardMethod::DirectRoute, 1);
-        handle.apply(&IpvsOp::AddDestination(service, dest)).await.unwrap();
+        handle.apply(&IpvsOp::AddDestination(service, dest)).unwrap();
     });
     for _ in 0..3 {
         let _ = client.sh("curl -s -m 1 http://10.2.0.100/ || true");
     }
     std::thread::sleep(Duration::from_secs(3)); // the estimator publishes every 2 s
-    let (before, after) = director.run(|| async {
-        let handle = connect().await;
-        let before = handle.table().await.unwrap();
-        handle.apply(&IpvsOp::Zero(Some(key("10.2.0.100:80")))).await.unwrap();
-        (before, handle.table().await.unwrap())
+    let (before, after) = director.run(|| {
+        let handle = connect();
+        let before = handle.table().unwrap();
+        handle.apply(&IpvsOp::Zero(Some(key("10.2.0.100:80")))).unwrap();
+        (before, handle.table().unwrap())
     });
     let (service, dests) = &before[0];
     assert!(service.stats.connections >= 3 && service.stats.packets_in >= 3, "{:?}", service.stats);
@@ -249,16 +248,16 @@ fn counters_are_read_and_zeroed() {
 fn sync_daemons_start_list_and_stop() {
     let ns = Netns::new("sync");
     ns.sh("ip link add sync0 type dummy && ip link set sync0 multicast on up && ip addr add 10.3.0.1/24 dev sync0");
-    let listed = ns.run(|| async {
-        let handle = connect().await;
+    let listed = ns.run(|| {
+        let handle = connect();
         let mut master = SyncDaemon::new(SyncState::Master, "sync0", 51);
         master.port = Some(8850);
         master.ttl = Some(2);
         master.max_length = Some(1400);
         let backup = SyncDaemon::new(SyncState::Backup, "sync0", 51);
-        handle.apply(&IpvsOp::StartSyncDaemon(master)).await.unwrap();
-        handle.apply(&IpvsOp::StartSyncDaemon(backup)).await.unwrap();
-        let daemons = handle.sync_daemons().await.unwrap();
+        handle.apply(&IpvsOp::StartSyncDaemon(master)).unwrap();
+        handle.apply(&IpvsOp::StartSyncDaemon(backup)).unwrap();
+        let daemons = handle.sync_daemons().unwrap();
         assert_eq!(daemons.len(), 2);
         ipvsadm::daemons(&daemons)
     });
@@ -269,11 +268,11 @@ fn sync_daemons_start_list_and_stop() {
         ),
         "{listed}"
     );
-    let remaining = ns.run(|| async {
-        let handle = connect().await;
-        handle.apply(&IpvsOp::StopSyncDaemon(SyncState::Backup)).await.unwrap();
-        let remaining = handle.sync_daemons().await.unwrap();
-        handle.apply(&IpvsOp::StopSyncDaemon(SyncState::Master)).await.unwrap();
+    let remaining = ns.run(|| {
+        let handle = connect();
+        handle.apply(&IpvsOp::StopSyncDaemon(SyncState::Backup)).unwrap();
+        let remaining = handle.sync_daemons().unwrap();
+        handle.apply(&IpvsOp::StopSyncDaemon(SyncState::Master)).unwrap();
         remaining
     });
     assert_eq!(remaining.iter().map(|d| d.state).collect::<Vec<_>>(), vec![SyncState::Master]);
@@ -284,36 +283,34 @@ fn sync_daemons_start_list_and_stop() {
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn kernel_errors_are_typed_and_name_the_object() {
     let ns = Netns::new("err");
-    ns.run(|| async {
-        let handle = connect().await;
+    ns.run(|| {
+        let handle = connect();
         let service = key("10.0.0.100:80");
         let dest = Destination::new("10.0.0.11:80".parse().unwrap(), ForwardMethod::DirectRoute, 1);
-        handle.apply(&IpvsOp::AddService(Service::new(service, "rr"))).await.unwrap();
-        handle.apply(&IpvsOp::AddDestination(service, dest)).await.unwrap();
+        handle.apply(&IpvsOp::AddService(Service::new(service, "rr"))).unwrap();
+        handle.apply(&IpvsOp::AddDestination(service, dest)).unwrap();
 
-        let error = handle.apply(&IpvsOp::AddService(Service::new(service, "rr"))).await.unwrap_err();
+        let error = handle.apply(&IpvsOp::AddService(Service::new(service, "rr"))).unwrap_err();
         assert_eq!(error.kernel_error(), Some(&KernelError::AlreadyExists));
         assert_eq!(error.to_string(), "add service TCP 10.0.0.100:80: already exists");
 
-        let error = handle.apply(&IpvsOp::AddDestination(service, dest)).await.unwrap_err();
+        let error = handle.apply(&IpvsOp::AddDestination(service, dest)).unwrap_err();
         assert_eq!(error.to_string(), "add destination 10.0.0.11:80 to TCP 10.0.0.100:80: already exists");
 
         let missing = key("10.0.0.200:80");
-        let error = handle.apply(&IpvsOp::DeleteService(missing)).await.unwrap_err();
+        let error = handle.apply(&IpvsOp::DeleteService(missing)).unwrap_err();
         assert_eq!(error.to_string(), "delete service TCP 10.0.0.200:80: no such service");
-        let error = handle.service(&missing).await.unwrap_err();
+        let error = handle.service(&missing).unwrap_err();
         assert_eq!(error.kernel_error(), Some(&KernelError::NoSuchService));
 
-        let error = handle
-            .apply(&IpvsOp::DeleteDestination(service, "10.0.0.99:80".parse().unwrap()))
-            .await
-            .unwrap_err();
+        let error =
+            handle.apply(&IpvsOp::DeleteDestination(service, "10.0.0.99:80".parse().unwrap())).unwrap_err();
         assert_eq!(
             error.to_string(),
             "delete destination 10.0.0.99:80 from TCP 10.0.0.100:80: no such destination"
         );
 
-        let error = handle.apply(&IpvsOp::AddService(Service::new(missing, "nosuch"))).await.unwrap_err();
+        let error = handle.apply(&IpvsOp::AddService(Service::new(missing, "nosuch"))).unwrap_err();
         assert_eq!(error.kernel_error(), Some(&KernelError::UnknownScheduler("nosuch".into())));
         assert_eq!(
             error.to_string(),
@@ -322,7 +319,7 @@ fn kernel_errors_are_typed_and_name_the_object() {
 
         let mut bad = dest;
         bad.lower_threshold = 10;
-        let error = handle.apply(&IpvsOp::EditDestination(service, bad)).await.unwrap_err();
+        let error = handle.apply(&IpvsOp::EditDestination(service, bad)).unwrap_err();
         assert_eq!(error.kernel_error(), Some(&KernelError::OutOfRange));
     });
 }
@@ -331,8 +328,8 @@ fn kernel_errors_are_typed_and_name_the_object() {
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn a_batch_reports_each_failure_and_applies_the_rest() {
     let ns = Netns::new("batch");
-    let report = ns.run(|| async {
-        let handle = connect().await;
+    let report = ns.run(|| {
+        let handle = connect();
         let mut ops = Vec::new();
         for i in 0..300u16 {
             let service = key(&format!("10.0.1.{}:{}", i % 250 + 1, 80 + i / 250));
@@ -349,7 +346,7 @@ fn a_batch_reports_each_failure_and_applies_the_rest() {
         // Two failures in the middle, in different chunks: a duplicate and a bad scheduler.
         ops.insert(100, ops[0].clone());
         ops.insert(400, IpvsOp::AddService(Service::new(key("10.9.9.9:80"), "nosuch")));
-        handle.apply_batch(&ops).await
+        handle.apply_batch(&ops)
     });
     let failed: Vec<(usize, String)> = report.failures.iter().map(|(i, e)| (*i, e.to_string())).collect();
     assert_eq!(

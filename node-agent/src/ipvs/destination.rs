@@ -3,12 +3,12 @@
 use std::{fmt, net::SocketAddr};
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, ErrorContext, Nla, NlaBuffer, NlasIterator, Parseable, emit_u16, emit_u16_be,
-    emit_u32, parse_u8, parse_u16, parse_u16_be, parse_u32,
+    DecodeError, DefaultNla, ErrorContext, Nla, NlaBuffer, Parseable, emit_u16, emit_u16_be, emit_u32,
+    parse_u8, parse_u16, parse_u16_be, parse_u32,
 };
 
 use super::{
-    nla::{address_bytes, address_from_bytes, family_of, parse_nlas},
+    nla::{address_bytes, address_from_bytes, family_of, parse_nlas, raw_attrs},
     stats::{IpvsStatsAttr, Stats, Width, emit_stats, parse_stats, stats_buffer_len},
 };
 
@@ -111,10 +111,16 @@ impl Nla for IpvsDestAttr {
 
 impl<T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&T>> for IpvsDestAttr {
     fn parse(buf: &NlaBuffer<&T>) -> Result<Self, DecodeError> {
+        Self::from_raw(buf.kind(), buf.value())
+    }
+}
+
+impl IpvsDestAttr {
+    /// Decodes one attribute from its type and value.
+    pub(crate) fn from_raw(kind: u16, payload: &[u8]) -> Result<Self, DecodeError> {
         use IpvsDestAttr::*;
-        let payload = buf.value();
         let invalid = |what: &str| DecodeError::from(format!("invalid IPVS_DEST_ATTR_{what} value"));
-        Ok(match buf.kind() {
+        Ok(match kind {
             IPVS_DEST_ATTR_ADDR => Address(payload.to_vec()),
             IPVS_DEST_ATTR_PORT => Port(parse_u16_be(payload).map_err(|_| invalid("PORT"))?),
             IPVS_DEST_ATTR_FWD_METHOD => {
@@ -140,7 +146,7 @@ impl<T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&T>> for IpvsDestAttr {
             IPVS_DEST_ATTR_TUN_TYPE => TunnelType(parse_u8(payload).map_err(|_| invalid("TUN_TYPE"))?),
             IPVS_DEST_ATTR_TUN_PORT => TunnelPort(parse_u16_be(payload).map_err(|_| invalid("TUN_PORT"))?),
             IPVS_DEST_ATTR_TUN_FLAGS => TunnelFlags(parse_u16(payload).map_err(|_| invalid("TUN_FLAGS"))?),
-            _ => Other(DefaultNla::parse(buf)?),
+            kind => Other(DefaultNla::new(kind, payload.to_vec())),
         })
     }
 }
@@ -346,16 +352,17 @@ impl DestinationEntry {
         let mut entry = EntryBuilder::new(service_family);
         // The legacy STATS nest precedes STATS64; read it only if STATS64 never comes.
         let mut legacy_stats = None;
-        for nla in NlasIterator::new(nest) {
-            let nla = nla.context("invalid IPVS attributes")?;
-            match nla.kind() {
-                IPVS_DEST_ATTR_STATS64 => entry.stats = Some(Stats::decode(nla.value())?),
-                IPVS_DEST_ATTR_STATS => legacy_stats = Some(nla),
-                _ => entry.apply(IpvsDestAttr::parse(&nla)?),
+        for attr in raw_attrs(nest) {
+            match attr.context("invalid IPVS destination attributes")? {
+                (IPVS_DEST_ATTR_STATS64, value) => entry.stats = Some(Stats::decode(value)?),
+                (IPVS_DEST_ATTR_STATS, value) => legacy_stats = Some(value),
+                // Kept as bytes until the address family is known.
+                (IPVS_DEST_ATTR_ADDR, value) => entry.address = Some(value.to_vec()),
+                (kind, value) => entry.apply(IpvsDestAttr::from_raw(kind, value)?),
             }
         }
-        if let (None, Some(nla)) = (&entry.stats, legacy_stats) {
-            entry.stats = Some(Stats::decode(nla.value())?);
+        if let (None, Some(value)) = (&entry.stats, legacy_stats) {
+            entry.stats = Some(Stats::decode(value)?);
         }
         entry.finish()
     }

@@ -7,7 +7,7 @@
 //! errors, and processes a socket's requests in order, so that final acknowledgement
 //! proves the whole chunk done). Replies are matched to requests by sequence number.
 
-use std::{collections::HashSet, io};
+use std::{collections::HashSet, io, sync::Mutex, thread};
 
 use netlink_packet_core::{
     DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
@@ -17,8 +17,7 @@ use netlink_packet_generic::{
     GenlHeader, GenlMessage,
     ctrl::{GenlCtrl, GenlCtrlCmd, nlas::GenlCtrlAttrs},
 };
-use netlink_sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket, protocols::NETLINK_GENERIC};
-use tokio::sync::Mutex;
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
 
 use super::{
     daemon::SyncDaemon,
@@ -36,10 +35,13 @@ const GENL_ID_CTRL: u16 = 0x10;
 const CHUNK_REQUESTS: usize = 128;
 /// Receive buffer asked of the kernel (it caps the request at `rmem_max`).
 const RECEIVE_BUFFER: usize = 4 << 20;
-/// Receive buffer size. The kernel sizes dump datagrams after the largest buffer a
-/// socket has offered (up to 32 KiB); small ones are far cheaper for the many short
-/// destination dumps, while staying above `NLMSG_GOODSIZE` (a page).
+/// Receive buffer sizes. The kernel sizes dump datagrams after the largest buffer a
+/// socket has offered (up to 32 KiB): small ones are far cheaper for the many short
+/// destination dumps (they stay above `NLMSG_GOODSIZE`, a page), large ones for the
+/// one long service dump, which the kernel restarts from the top of its hash table
+/// for every datagram.
 const DATAGRAM: usize = 8 << 10;
+const BULK_DATAGRAM: usize = 32 << 10;
 const ENOBUFS: i32 = 105;
 
 /// The outcome of a batch: how many requests ran, and which of them failed.
@@ -68,46 +70,65 @@ impl BatchReport {
     }
 }
 
+/// Sockets a handle opens for requests and destination dumps: the first serves
+/// every request; dumps of many services' destinations spread over all of them, in
+/// parallel threads (the kernel serialises much of its part, but decoding and
+/// system-call overhead overlap; more than two gained nothing in the lab).
+const CONNECTIONS: usize = 2;
+
 /// A handle on the IPVS table of the network namespace it was opened in.
-/// Requests are serialised on one socket (the kernel serialises them anyway).
 pub struct IpvsHandle {
-    connection: Mutex<Connection>,
+    connections: Vec<Mutex<Connection>>,
+    /// For the service dump only (see [`BULK_DATAGRAM`]).
+    bulk: Mutex<Connection>,
     family_id: u16,
 }
 
 impl IpvsHandle {
-    /// Opens a socket in the current network namespace and resolves the IPVS family
+    /// Opens sockets in the current network namespace and resolves the IPVS family
     /// (asking for it also makes the kernel load `ip_vs` when it can).
-    pub async fn connect() -> Result<Self, IpvsError> {
-        let mut connection = Connection::open()
-            .map_err(|source| IpvsError::Io { op: "open netlink socket".into(), source })?;
-        let family_id = connection.resolve_family().await?;
-        Ok(IpvsHandle { connection: Mutex::new(connection), family_id })
+    pub fn connect() -> Result<Self, IpvsError> {
+        // Every socket is opened here, by the calling thread: a socket belongs to
+        // the network namespace of the thread that creates it.
+        let io = |source| IpvsError::Io { op: "open netlink socket".into(), source };
+        let mut connections = (0..CONNECTIONS)
+            .map(|_| Connection::open(DATAGRAM))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(io)?;
+        let bulk = Mutex::new(Connection::open(BULK_DATAGRAM).map_err(io)?);
+        let family_id = connections[0].resolve_family()?;
+        Ok(IpvsHandle { connections: connections.into_iter().map(Mutex::new).collect(), bulk, family_id })
+    }
+
+    fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves at worst unread replies, which the
+        // next request's sequence check skips.
+        self.connections[0].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Applies one change and waits for the kernel's answer.
-    pub async fn apply(&self, op: &IpvsOp) -> Result<(), IpvsError> {
-        self.apply_batch(std::slice::from_ref(op)).await.into_result().map(drop)
+    pub fn apply(&self, op: &IpvsOp) -> Result<(), IpvsError> {
+        self.apply_batch(std::slice::from_ref(op)).into_result().map(drop)
     }
 
     /// Applies many changes, pipelined. Every request is attempted, in order; the
     /// report names each one that failed.
-    pub async fn apply_batch(&self, ops: &[IpvsOp]) -> BatchReport {
-        let mut connection = self.connection.lock().await;
+    pub fn apply_batch(&self, ops: &[IpvsOp]) -> BatchReport {
+        let mut connection = self.connection();
         let mut report = BatchReport { requests: ops.len(), failures: Vec::new() };
         for (chunk_index, chunk) in ops.chunks(CHUNK_REQUESTS).enumerate() {
             let base = chunk_index * CHUNK_REQUESTS;
-            if let Err(failures) = connection.run_chunk(self.family_id, chunk).await {
+            if let Err(failures) = connection.run_chunk(self.family_id, chunk) {
                 report.failures.extend(failures.into_iter().map(|(i, e)| (base + i, e)));
             }
         }
         report
     }
 
-    pub async fn info(&self) -> Result<Info, IpvsError> {
+    pub fn info(&self) -> Result<Info, IpvsError> {
         let op = "get IPVS info";
         let mut info = Info { version: 0, connection_table_size: 0 };
-        for message in self.request(op, IpvsMessage::new(IpvsCmd::GetInfo, vec![]), Subject::Other).await? {
+        for message in self.request(op, IpvsMessage::new(IpvsCmd::GetInfo, vec![]), Subject::Other)? {
             for attr in message.attrs {
                 match attr {
                     IpvsAttr::Version(v) => info.version = v,
@@ -119,10 +140,10 @@ impl IpvsHandle {
         Ok(info)
     }
 
-    pub async fn timeouts(&self) -> Result<Timeouts, IpvsError> {
+    pub fn timeouts(&self) -> Result<Timeouts, IpvsError> {
         let op = "get timeouts";
         let mut timeouts = Timeouts::default();
-        for message in self.request(op, IpvsMessage::new(IpvsCmd::GetConfig, vec![]), Subject::Other).await? {
+        for message in self.request(op, IpvsMessage::new(IpvsCmd::GetConfig, vec![]), Subject::Other)? {
             for attr in message.attrs {
                 match attr {
                     IpvsAttr::TimeoutTcp(v) => timeouts.tcp = v,
@@ -140,11 +161,13 @@ impl IpvsHandle {
     /// A kernel dump is no snapshot: it resumes by position in a hash table that
     /// every network namespace shares, so concurrent changes (even in another
     /// namespace) can repeat an entry. Repeats are dropped here.
-    pub async fn services(&self) -> Result<Vec<ServiceEntry>, IpvsError> {
+    pub fn services(&self) -> Result<Vec<ServiceEntry>, IpvsError> {
         let mut services = Vec::new();
         let mut seen = HashSet::new();
         let request = IpvsMessage::new(IpvsCmd::GetService, vec![]);
-        self.dump("list services", request, |payload| {
+        let mut bulk = self.bulk.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let flags = NLM_F_REQUEST | NLM_F_DUMP;
+        bulk.exchange(self.family_id, "list services", request, flags, Subject::Other, |payload| {
             for nest in nests(payload, Nest::Service) {
                 let entry = ServiceEntry::decode(nest?)?;
                 if seen.insert(entry.service.key) {
@@ -152,16 +175,15 @@ impl IpvsHandle {
                 }
             }
             Ok(())
-        })
-        .await?;
+        })?;
         Ok(services)
     }
 
     /// One service; [`KernelError::NoSuchService`] when it does not exist.
-    pub async fn service(&self, key: &ServiceKey) -> Result<ServiceEntry, IpvsError> {
+    pub fn service(&self, key: &ServiceKey) -> Result<ServiceEntry, IpvsError> {
         let op = format!("get service {key}");
         let request = IpvsMessage::new(IpvsCmd::GetService, vec![IpvsAttr::Service(key.to_attrs())]);
-        let messages = self.request(&op, request, Subject::Other).await?;
+        let messages = self.request(&op, request, Subject::Other)?;
         let attrs = messages.into_iter().flat_map(|m| m.attrs).find_map(|attr| match attr {
             IpvsAttr::Service(attrs) => Some(attrs),
             _ => None,
@@ -174,37 +196,42 @@ impl IpvsHandle {
     /// The destinations of one service. An unknown service gives an empty list
     /// (the kernel's dump does not tell the two apart). Repeats from concurrent
     /// changes are dropped, as for [`Self::services`].
-    pub async fn destinations(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>, IpvsError> {
-        let mut destinations = Vec::new();
-        let mut seen = HashSet::new();
-        let family = key.family().number();
-        let request = IpvsMessage::new(IpvsCmd::GetDest, vec![IpvsAttr::Service(key.to_attrs())]);
-        self.dump(&format!("list destinations of {key}"), request, |payload| {
-            for nest in nests(payload, Nest::Destination) {
-                let entry = DestinationEntry::decode(nest?, family)?;
-                if seen.insert(entry.destination.address) {
-                    destinations.push(entry);
-                }
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(destinations)
+    pub fn destinations(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>, IpvsError> {
+        self.connection().destinations(self.family_id, key)
     }
 
     /// The whole table: every service with its destinations.
-    pub async fn table(&self) -> Result<Vec<(ServiceEntry, Vec<DestinationEntry>)>, IpvsError> {
-        let services = self.services().await?;
-        let mut table = Vec::with_capacity(services.len());
-        for service in services {
-            let destinations = self.destinations(&service.service.key).await?;
-            table.push((service, destinations));
-        }
-        Ok(table)
+    pub fn table(&self) -> Result<Vec<(ServiceEntry, Vec<DestinationEntry>)>, IpvsError> {
+        let services = self.services()?;
+        let per_connection = services.len().div_ceil(self.connections.len()).max(1);
+        let destinations: Vec<Vec<DestinationEntry>> = thread::scope(|scope| {
+            let workers: Vec<_> = services
+                .chunks(per_connection)
+                .zip(&self.connections)
+                .map(|(services, connection)| {
+                    scope.spawn(move || {
+                        let mut connection =
+                            connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                        services
+                            .iter()
+                            .map(|s| connection.destinations(self.family_id, &s.service.key))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("destination dump thread"))
+                .collect::<Result<Vec<_>, _>>()
+        })?
+        .into_iter()
+        .flatten()
+        .collect();
+        Ok(services.into_iter().zip(destinations).collect())
     }
 
     /// The running sync daemons (at most one master and one backup).
-    pub async fn sync_daemons(&self) -> Result<Vec<SyncDaemon>, IpvsError> {
+    pub fn sync_daemons(&self) -> Result<Vec<SyncDaemon>, IpvsError> {
         let mut daemons = Vec::new();
         self.dump("list sync daemons", IpvsMessage::new(IpvsCmd::GetDaemon, vec![]), |payload| {
             daemons.extend(parse_message(payload)?.attrs.into_iter().filter_map(|attr| match attr {
@@ -212,41 +239,38 @@ impl IpvsHandle {
                 _ => None,
             }));
             Ok(())
-        })
-        .await?;
+        })?;
         Ok(daemons)
     }
 
     /// A request answered by reply messages and an acknowledgement.
-    async fn request(
+    fn request(
         &self,
         op: &str,
         message: IpvsMessage,
         subject: Subject<'_>,
     ) -> Result<Vec<IpvsMessage>, IpvsError> {
         let mut replies = Vec::new();
-        let mut connection = self.connection.lock().await;
+        let mut connection = self.connection();
         let flags = NLM_F_REQUEST | NLM_F_ACK;
-        connection
-            .exchange(self.family_id, op, message, flags, subject, |payload| {
-                replies.push(parse_message(payload)?);
-                Ok(())
-            })
-            .await?;
+        connection.exchange(self.family_id, op, message, flags, subject, |payload| {
+            replies.push(parse_message(payload)?);
+            Ok(())
+        })?;
         Ok(replies)
     }
 
     /// A dump: each reply message's generic-netlink payload goes to `on_reply`,
     /// until `NLMSG_DONE`.
-    async fn dump(
+    fn dump(
         &self,
         op: &str,
         message: IpvsMessage,
         on_reply: impl FnMut(&[u8]) -> Result<(), DecodeError>,
     ) -> Result<(), IpvsError> {
-        let mut connection = self.connection.lock().await;
+        let mut connection = self.connection();
         let flags = NLM_F_REQUEST | NLM_F_DUMP;
-        connection.exchange(self.family_id, op, message, flags, Subject::Other, on_reply).await
+        connection.exchange(self.family_id, op, message, flags, Subject::Other, on_reply)
     }
 }
 
@@ -272,16 +296,16 @@ enum Reply<'a> {
 }
 
 struct Connection {
-    socket: TokioSocket,
+    socket: Socket,
     next_sequence: u32,
     datagram: Vec<u8>,
     outgoing: Vec<u8>,
 }
 
 impl Connection {
-    fn open() -> io::Result<Self> {
-        let mut socket = TokioSocket::new(NETLINK_GENERIC)?;
-        let raw = socket.socket_mut();
+    fn open(datagram: usize) -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_GENERIC)?;
+        let raw = &mut socket;
         raw.bind_auto()?;
         raw.connect(&SocketAddr::new(0, 0))?;
         // Best effort: a larger buffer only adds headroom for error messages.
@@ -289,8 +313,12 @@ impl Connection {
         // Errors need not echo the whole request; the header's sequence number
         // is all we match on.
         let _ = raw.set_cap_ack(true);
-        let size = std::env::var("LVS_DATAGRAM").ok().and_then(|v| v.parse().ok()).unwrap_or(DATAGRAM);
-        Ok(Connection { socket, next_sequence: 1, datagram: Vec::with_capacity(size), outgoing: Vec::new() })
+        Ok(Connection {
+            socket,
+            next_sequence: 1,
+            datagram: Vec::with_capacity(datagram),
+            outgoing: Vec::new(),
+        })
     }
 
     fn sequence(&mut self) -> u32 {
@@ -318,18 +346,18 @@ impl Connection {
         seq
     }
 
-    async fn flush(&mut self) -> io::Result<()> {
-        let sent = self.socket.send(&self.outgoing).await;
+    fn flush(&mut self) -> io::Result<()> {
+        let sent = self.socket.send(&self.outgoing, 0);
         self.outgoing.clear();
         sent.map(drop)
     }
 
-    async fn receive(&mut self) -> io::Result<()> {
+    fn receive(&mut self) -> io::Result<()> {
         self.datagram.clear();
-        self.socket.recv(&mut self.datagram).await
+        self.socket.recv(&mut self.datagram, 0).map(drop)
     }
 
-    async fn resolve_family(&mut self) -> Result<u16, IpvsError> {
+    fn resolve_family(&mut self) -> Result<u16, IpvsError> {
         let op = "resolve generic netlink family IPVS";
         let io = |source| IpvsError::Io { op: op.into(), source };
         let request = GenlCtrl {
@@ -337,10 +365,10 @@ impl Connection {
             nlas: vec![GenlCtrlAttrs::FamilyName(IPVS_GENL_NAME.into())],
         };
         let seq = self.encode(GENL_ID_CTRL, NLM_F_REQUEST | NLM_F_ACK, request);
-        self.flush().await.map_err(io)?;
+        self.flush().map_err(io)?;
         let mut family_id = None;
         loop {
-            self.receive().await.map_err(io)?;
+            self.receive().map_err(io)?;
             for reply in replies(&self.datagram) {
                 let (reply_seq, reply) =
                     reply.map_err(|message| IpvsError::Decode { op: op.into(), message })?;
@@ -369,9 +397,28 @@ impl Connection {
         }
     }
 
+    /// Dumps one service's destinations (see [`IpvsHandle::destinations`]).
+    fn destinations(&mut self, family_id: u16, key: &ServiceKey) -> Result<Vec<DestinationEntry>, IpvsError> {
+        let mut destinations = Vec::new();
+        let mut seen = HashSet::new();
+        let family = key.family().number();
+        let request = IpvsMessage::new(IpvsCmd::GetDest, vec![IpvsAttr::Service(key.to_attrs())]);
+        let op = format!("list destinations of {key}");
+        self.exchange(family_id, &op, request, NLM_F_REQUEST | NLM_F_DUMP, Subject::Other, |payload| {
+            for nest in nests(payload, Nest::Destination) {
+                let entry = DestinationEntry::decode(nest?, family)?;
+                if seen.insert(entry.destination.address) {
+                    destinations.push(entry);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(destinations)
+    }
+
     /// Sends one request and hands each data reply's generic-netlink payload to
     /// `on_reply`, until the acknowledgement (or, for dumps, `NLMSG_DONE`).
-    async fn exchange(
+    fn exchange(
         &mut self,
         family_id: u16,
         op: &str,
@@ -381,9 +428,9 @@ impl Connection {
         mut on_reply: impl FnMut(&[u8]) -> Result<(), DecodeError>,
     ) -> Result<(), IpvsError> {
         let seq = self.encode(family_id, flags, message);
-        self.flush().await.map_err(|source| IpvsError::Io { op: op.into(), source })?;
+        self.flush().map_err(|source| IpvsError::Io { op: op.into(), source })?;
         loop {
-            self.receive().await.map_err(|e| lost_or_io(op, e))?;
+            self.receive().map_err(|e| lost_or_io(op, e))?;
             for reply in replies(&self.datagram) {
                 let (reply_seq, reply) =
                     reply.map_err(|message| IpvsError::Decode { op: op.into(), message })?;
@@ -406,7 +453,7 @@ impl Connection {
 
     /// Sends a chunk of requests in one datagram; only the last asks for an
     /// acknowledgement. Returns the failures by index within the chunk.
-    async fn run_chunk(&mut self, family_id: u16, ops: &[IpvsOp]) -> Result<(), Vec<(usize, IpvsError)>> {
+    fn run_chunk(&mut self, family_id: u16, ops: &[IpvsOp]) -> Result<(), Vec<(usize, IpvsError)>> {
         let Some(last_index) = ops.len().checked_sub(1) else { return Ok(()) };
         let mut first_seq = 0;
         for (i, op) in ops.iter().enumerate() {
@@ -420,7 +467,7 @@ impl Connection {
         let whole_chunk_failed = |error: &dyn Fn(&IpvsOp) -> IpvsError| {
             ops.iter().enumerate().map(|(i, op)| (i, error(op))).collect::<Vec<_>>()
         };
-        if let Err(e) = self.flush().await {
+        if let Err(e) = self.flush() {
             let kind = e.kind();
             return Err(whole_chunk_failed(&|op| IpvsError::Io {
                 op: op.to_string(),
@@ -429,7 +476,7 @@ impl Connection {
         }
         let mut failures = Vec::new();
         loop {
-            if let Err(e) = self.receive().await {
+            if let Err(e) = self.receive() {
                 // Anything not yet reported has an unknown outcome.
                 let reported: Vec<usize> = failures.iter().map(|(i, _)| *i).collect();
                 let kind = e.kind();

@@ -1,14 +1,15 @@
 //! The IPVS generic-netlink message: command + top-level attributes.
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, Emitable, ErrorContext, NLA_HEADER_SIZE, Nla, NlaBuffer, NlasIterator,
-    Parseable, ParseableParametrized, emit_u32, parse_u32,
+    DecodeError, DefaultNla, Emitable, ErrorContext, Nla, NlaBuffer, NlasIterator, Parseable,
+    ParseableParametrized, emit_u32, parse_u32,
 };
 use netlink_packet_generic::{GenlFamily, GenlHeader};
 
 use super::{
     daemon::{IpvsDaemonAttr, parse_daemon_attrs},
     destination::{IpvsDestAttr, parse_dest_attrs},
+    nla::raw_attrs,
     service::{IpvsServiceAttr, parse_service_attrs},
 };
 
@@ -280,11 +281,8 @@ pub(crate) fn nests(genl_payload: &[u8], nest: Nest) -> impl Iterator<Item = Res
         Nest::Destination => IPVS_CMD_ATTR_DEST,
     };
     let body = genl_payload.get(GENL_HDRLEN..).unwrap_or_default();
-    NlasIterator::new(body).filter_map(move |nla| match nla {
-        Ok(nla) if nla.kind() == kind => {
-            let length = usize::from(nla.length());
-            Some(Ok(&nla.into_inner()[NLA_HEADER_SIZE..length]))
-        }
+    raw_attrs(body).filter_map(move |attr| match attr {
+        Ok((found, value)) if found == kind => Some(Ok(value)),
         Ok(_) => None,
         Err(e) => Some(Err(e)),
     })

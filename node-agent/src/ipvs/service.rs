@@ -6,12 +6,14 @@ use std::{
 };
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, ErrorContext, Nla, NlaBuffer, NlasIterator, Parseable, emit_u16, emit_u16_be,
-    emit_u32, parse_string, parse_u16, parse_u16_be, parse_u32,
+    DecodeError, DefaultNla, ErrorContext, Nla, NlaBuffer, Parseable, emit_u16, emit_u16_be, emit_u32,
+    parse_string, parse_u16, parse_u16_be, parse_u32,
 };
 
 use super::{
-    nla::{AF_INET, AF_INET6, address_bytes, address_from_bytes, emit_c_string, family_of, parse_nlas},
+    nla::{
+        AF_INET, AF_INET6, address_bytes, address_from_bytes, emit_c_string, family_of, parse_nlas, raw_attrs,
+    },
     stats::{IpvsStatsAttr, Stats, Width, emit_stats, parse_stats, stats_buffer_len},
 };
 
@@ -112,10 +114,16 @@ impl Nla for IpvsServiceAttr {
 
 impl<T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&T>> for IpvsServiceAttr {
     fn parse(buf: &NlaBuffer<&T>) -> Result<Self, DecodeError> {
+        Self::from_raw(buf.kind(), buf.value())
+    }
+}
+
+impl IpvsServiceAttr {
+    /// Decodes one attribute from its type and value.
+    pub(crate) fn from_raw(kind: u16, payload: &[u8]) -> Result<Self, DecodeError> {
         use IpvsServiceAttr::*;
-        let payload = buf.value();
         let invalid = |what: &str| DecodeError::from(format!("invalid IPVS_SVC_ATTR_{what} value"));
-        Ok(match buf.kind() {
+        Ok(match kind {
             IPVS_SVC_ATTR_AF => AddressFamily(parse_u16(payload).map_err(|_| invalid("AF"))?),
             IPVS_SVC_ATTR_PROTOCOL => Protocol(parse_u16(payload).map_err(|_| invalid("PROTOCOL"))?),
             IPVS_SVC_ATTR_ADDR => Address(payload.to_vec()),
@@ -135,7 +143,7 @@ impl<T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&T>> for IpvsServiceAttr {
                 PersistenceEngine(parse_string(payload).map_err(|_| invalid("PE_NAME"))?)
             }
             IPVS_SVC_ATTR_STATS64 => Stats64(parse_stats(payload)?),
-            _ => Other(DefaultNla::parse(buf)?),
+            kind => Other(DefaultNla::new(kind, payload.to_vec())),
         })
     }
 }
@@ -398,16 +406,15 @@ impl ServiceEntry {
         let mut entry = EntryBuilder::default();
         // The legacy STATS nest precedes STATS64; read it only if STATS64 never comes.
         let mut legacy_stats = None;
-        for nla in NlasIterator::new(nest) {
-            let nla = nla.context("invalid IPVS attributes")?;
-            match nla.kind() {
-                IPVS_SVC_ATTR_STATS64 => entry.stats = Some(Stats::decode(nla.value())?),
-                IPVS_SVC_ATTR_STATS => legacy_stats = Some(nla),
-                _ => entry.apply(IpvsServiceAttr::parse(&nla)?),
+        for attr in raw_attrs(nest) {
+            match attr.context("invalid IPVS service attributes")? {
+                (IPVS_SVC_ATTR_STATS64, value) => entry.stats = Some(Stats::decode(value)?),
+                (IPVS_SVC_ATTR_STATS, value) => legacy_stats = Some(value),
+                (kind, value) => entry.apply(IpvsServiceAttr::from_raw(kind, value)?),
             }
         }
-        if let (None, Some(nla)) = (&entry.stats, legacy_stats) {
-            entry.stats = Some(Stats::decode(nla.value())?);
+        if let (None, Some(value)) = (&entry.stats, legacy_stats) {
+            entry.stats = Some(Stats::decode(value)?);
         }
         entry.finish()
     }

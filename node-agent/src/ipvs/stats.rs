@@ -6,11 +6,10 @@
 //! container lays them out on the wire.
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, Emitable, ErrorContext, Nla, NlaBuffer, NlasIterator, Parseable, emit_u32,
-    emit_u64,
+    DecodeError, DefaultNla, Emitable, ErrorContext, Nla, NlaBuffer, Parseable, emit_u32, emit_u64,
 };
 
-use super::nla::parse_nlas;
+use super::nla::{parse_nlas, raw_attrs};
 
 const IPVS_STATS_ATTR_CONNS: u16 = 1;
 const IPVS_STATS_ATTR_INPKTS: u16 = 2;
@@ -89,11 +88,16 @@ impl IpvsStatsAttr {
 }
 
 impl<T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&T>> for IpvsStatsAttr {
-    /// The width is taken from the attribute length, so both containers (and
-    /// any future widening) parse.
     fn parse(buf: &NlaBuffer<&T>) -> Result<Self, DecodeError> {
+        Self::from_raw(buf.kind(), buf.value())
+    }
+}
+
+impl IpvsStatsAttr {
+    /// Decodes one counter. The width is taken from the attribute length, so both
+    /// containers (and any future widening) parse.
+    pub(crate) fn from_raw(kind: u16, payload: &[u8]) -> Result<Self, DecodeError> {
         use IpvsStatsAttr::*;
-        let payload = buf.value();
         let counter = || -> Result<u64, DecodeError> {
             match payload.len() {
                 4 => Ok(u64::from(u32::from_ne_bytes(payload.try_into().expect("4 bytes")))),
@@ -101,7 +105,7 @@ impl<T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&T>> for IpvsStatsAttr {
                 n => Err(DecodeError::from(format!("invalid IPVS_STATS_ATTR length {n}"))),
             }
         };
-        Ok(match buf.kind() {
+        Ok(match kind {
             IPVS_STATS_ATTR_CONNS => Conns(counter()?),
             IPVS_STATS_ATTR_INPKTS => InPkts(counter()?),
             IPVS_STATS_ATTR_OUTPKTS => OutPkts(counter()?),
@@ -113,7 +117,7 @@ impl<T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&T>> for IpvsStatsAttr {
             IPVS_STATS_ATTR_INBPS => InBps(counter()?),
             IPVS_STATS_ATTR_OUTBPS => OutBps(counter()?),
             IPVS_STATS_ATTR_PAD => Pad(payload.to_vec()),
-            _ => Other(DefaultNla::parse(buf)?),
+            kind => Other(DefaultNla::new(kind, payload.to_vec())),
         })
     }
 }
@@ -195,8 +199,9 @@ impl Stats {
     /// Reads a stats nest without collecting its attributes.
     pub(crate) fn decode(nest: &[u8]) -> Result<Self, DecodeError> {
         let mut stats = Stats::default();
-        for nla in NlasIterator::new(nest) {
-            stats.apply(&IpvsStatsAttr::parse(&nla.context("invalid IPVS stats attributes")?)?);
+        for attr in raw_attrs(nest) {
+            let (kind, value) = attr.context("invalid IPVS stats attributes")?;
+            stats.apply(&IpvsStatsAttr::from_raw(kind, value)?);
         }
         Ok(stats)
     }

@@ -3,11 +3,7 @@
 //! Byte-for-byte compatibility is the point here (scripts parse these formats), so
 //! the field widths and oddities follow ipvsadm 1.31.
 
-use std::{
-    cmp::Ordering,
-    fmt::Write,
-    net::{IpAddr, SocketAddr},
-};
+use std::{cmp::Ordering, fmt::Write, net::SocketAddr};
 
 use crate::ipvs::{
     AddressFamily, Destination, DestinationEntry, ForwardMethod, Info, IpvsOp, Netmask, Protocol, Service,
@@ -32,8 +28,18 @@ pub enum ListView {
 
 /// `ipvsadm -S -n`: one `-A` line per service followed by its `-a` lines.
 pub fn save(table: &[TableEntry]) -> String {
-    let mut out = String::with_capacity(table.iter().map(|(_, d)| 48 * (d.len() + 1)).sum());
-    for (service, destinations) in sorted(table) {
+    let services = sorted(table);
+    // Large tables are formatted in two halves in parallel; the text is the same.
+    let half = services.len().div_ceil(2).max(1);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = services.chunks(half).map(|part| scope.spawn(|| save_part(part))).collect();
+        parts.into_iter().map(|part| part.join().expect("formatting thread")).collect()
+    })
+}
+
+fn save_part(services: &[(&ServiceEntry, Vec<&DestinationEntry>)]) -> String {
+    let mut out = String::with_capacity(services.iter().map(|(_, d)| 48 * (d.len() + 1)).sum());
+    for (service, destinations) in services {
         out.push_str(&service_rule("-A", &service.service));
         out.push('\n');
         let name = rule_service_name(&service.service.key);
@@ -210,10 +216,46 @@ fn compare_keys(a: &ServiceKey, b: &ServiceKey) -> Ordering {
 
 /// `a.b.c.d:port` or `[v6]:port`, as ipvsadm prints numeric addresses.
 fn rule_address(address: &SocketAddr) -> String {
-    match address.ip() {
-        IpAddr::V4(ip) => format!("{ip}:{}", address.port()),
-        IpAddr::V6(ip) => format!("[{ip}]:{}", address.port()),
+    let mut text = String::with_capacity(24);
+    push_address(&mut text, address);
+    text
+}
+
+fn push_address(out: &mut String, address: &SocketAddr) {
+    match address {
+        SocketAddr::V4(a) => {
+            for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_number(out, i64::from(octet));
+            }
+        }
+        SocketAddr::V6(a) => {
+            let _ = write!(out, "[{}]", a.ip());
+        }
     }
+    out.push(':');
+    push_number(out, i64::from(address.port()));
+}
+
+/// Decimal digits without the formatting machinery.
+fn push_number(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut rest = n.unsigned_abs();
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
 }
 
 /// The `-L` views cut IPv4 addresses to their column (never reached in practice).
@@ -375,12 +417,16 @@ fn write_destination_rule(
     dest: &Destination,
     with_thresholds: bool,
 ) {
-    let _ = write!(out, "{command} {service} -r ");
-    let _ = match dest.address {
-        SocketAddr::V4(a) => write!(out, "{}:{}", a.ip(), a.port()),
-        SocketAddr::V6(a) => write!(out, "[{}]:{}", a.ip(), a.port()),
-    };
-    let _ = write!(out, " {} -w {}", forward_switch(dest.forward), dest.weight as i32);
+    // Plain pushes rather than `write!`: `save` prints one such line per destination.
+    out.push_str(command);
+    out.push(' ');
+    out.push_str(service);
+    out.push_str(" -r ");
+    push_address(out, &dest.address);
+    out.push(' ');
+    out.push_str(forward_switch(dest.forward));
+    out.push_str(" -w ");
+    push_number(out, i64::from(dest.weight as i32));
     if with_thresholds && (dest.upper_threshold != 0 || dest.lower_threshold != 0 || command == "-e") {
         let _ = write!(out, " -x {} -y {}", dest.upper_threshold, dest.lower_threshold);
     }

@@ -7,7 +7,6 @@
 
 use std::{
     fs::File,
-    future::Future,
     process::Command,
     sync::atomic::{AtomicUsize, Ordering},
 };
@@ -27,18 +26,14 @@ impl Netns {
         Netns { name }
     }
 
-    /// Runs an async body on a thread that has entered this namespace, so every
-    /// socket it opens (the IPVS handle's included) belongs to it.
-    pub fn run<T: Send + 'static, F: Future<Output = T>>(
-        &self,
-        body: impl FnOnce() -> F + Send + 'static,
-    ) -> T {
+    /// Runs `body` on a thread that has entered this namespace, so every socket it
+    /// opens (the IPVS handle's included) belongs to it.
+    pub fn run<T: Send + 'static>(&self, body: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/var/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
             setns(ns, CloneFlags::CLONE_NEWNET).expect("setns");
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(body())
+            body()
         })
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
