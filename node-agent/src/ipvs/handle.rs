@@ -7,7 +7,12 @@
 //! errors, and processes a socket's requests in order, so that final acknowledgement
 //! proves the whole chunk done). Replies are matched to requests by sequence number.
 
-use std::{collections::HashSet, io, sync::Mutex, thread};
+use std::{
+    collections::HashSet,
+    io,
+    sync::{Mutex, mpsc},
+    thread,
+};
 
 use netlink_packet_core::{
     DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
@@ -35,14 +40,22 @@ const GENL_ID_CTRL: u16 = 0x10;
 const CHUNK_REQUESTS: usize = 128;
 /// Receive buffer asked of the kernel (it caps the request at `rmem_max`).
 const RECEIVE_BUFFER: usize = 4 << 20;
-/// Receive buffer sizes. The kernel sizes dump datagrams after the largest buffer a
-/// socket has offered (up to 32 KiB): small ones are far cheaper for the many short
-/// destination dumps (they stay above `NLMSG_GOODSIZE`, a page), large ones for the
-/// one long service dump, which the kernel restarts from the top of its hash table
-/// for every datagram.
-const DATAGRAM: usize = 8 << 10;
+/// Receive buffer sizes. The kernel builds each dump datagram as large as the
+/// largest buffer the socket has offered (up to 32 KiB), and never smaller than
+/// `NLMSG_GOODSIZE` (a page less the socket-buffer overhead: 3776 bytes with 4 KiB
+/// pages). Buffers of exactly that size keep every datagram of the many short
+/// destination dumps within one page, which measurably speeds them up; the one long
+/// service dump prefers large datagrams, since the kernel restarts its walk of the
+/// service hash table for each one.
+const DATAGRAM: usize = 3776;
 const BULK_DATAGRAM: usize = 32 << 10;
 const ENOBUFS: i32 = 105;
+
+/// `MSG_TRUNC`: `recv` then reports a datagram's full length, so a reply too large
+/// for the buffer is an error instead of silently cut.
+fn libc_msg_trunc() -> i32 {
+    0x20
+}
 
 /// The outcome of a batch: how many requests ran, and which of them failed.
 #[derive(Debug, Default)]
@@ -163,6 +176,12 @@ impl IpvsHandle {
     /// namespace) can repeat an entry. Repeats are dropped here.
     pub fn services(&self) -> Result<Vec<ServiceEntry>, IpvsError> {
         let mut services = Vec::new();
+        self.for_each_service(|entry| services.push(entry))?;
+        Ok(services)
+    }
+
+    /// Streams the service dump (without repeats) to `on_service` as it arrives.
+    fn for_each_service(&self, mut on_service: impl FnMut(ServiceEntry)) -> Result<(), IpvsError> {
         let mut seen = HashSet::new();
         let request = IpvsMessage::new(IpvsCmd::GetService, vec![]);
         let mut bulk = self.bulk.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -171,12 +190,11 @@ impl IpvsHandle {
             for nest in nests(payload, Nest::Service) {
                 let entry = ServiceEntry::decode(nest?)?;
                 if seen.insert(entry.service.key) {
-                    services.push(entry);
+                    on_service(entry);
                 }
             }
             Ok(())
-        })?;
-        Ok(services)
+        })
     }
 
     /// One service; [`KernelError::NoSuchService`] when it does not exist.
@@ -201,32 +219,47 @@ impl IpvsHandle {
     }
 
     /// The whole table: every service with its destinations.
+    ///
+    /// Destinations are dumped on all connections in parallel threads while the
+    /// service dump still streams in: most of the cost is the kernel's, per entry,
+    /// and two CPUs share it.
     pub fn table(&self) -> Result<Vec<(ServiceEntry, Vec<DestinationEntry>)>, IpvsError> {
-        let services = self.services()?;
-        let per_connection = services.len().div_ceil(self.connections.len()).max(1);
-        let destinations: Vec<Vec<DestinationEntry>> = thread::scope(|scope| {
-            let workers: Vec<_> = services
-                .chunks(per_connection)
-                .zip(&self.connections)
-                .map(|(services, connection)| {
+        let (to_workers, work) = mpsc::channel::<(usize, ServiceKey)>();
+        let work = Mutex::new(work);
+        let mut services = Vec::new();
+        let dumped = thread::scope(|scope| {
+            let workers: Vec<_> = self
+                .connections
+                .iter()
+                .map(|connection| {
+                    let work = &work;
                     scope.spawn(move || {
                         let mut connection =
                             connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                        services
-                            .iter()
-                            .map(|s| connection.destinations(self.family_id, &s.service.key))
-                            .collect::<Result<Vec<_>, _>>()
+                        let mut dumped = Vec::new();
+                        // The lock is held only while taking the next service.
+                        while let Ok((index, key)) = { work.lock().expect("work queue").recv() } {
+                            dumped.push((index, connection.destinations(self.family_id, &key)?));
+                        }
+                        Ok::<_, IpvsError>(dumped)
                     })
                 })
                 .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().expect("destination dump thread"))
-                .collect::<Result<Vec<_>, _>>()
-        })?
-        .into_iter()
-        .flatten()
-        .collect();
+            let listed = self.for_each_service(|entry| {
+                let _ = to_workers.send((services.len(), entry.service.key));
+                services.push(entry);
+            });
+            drop(to_workers); // lets the workers finish
+            let dumped: Vec<_> =
+                workers.into_iter().map(|w| w.join().expect("destination dump thread")).collect();
+            listed.map(|()| dumped)
+        })?;
+        let mut destinations = vec![Vec::new(); services.len()];
+        for worker in dumped {
+            for (index, dests) in worker? {
+                destinations[index] = dests;
+            }
+        }
         Ok(services.into_iter().zip(destinations).collect())
     }
 
@@ -354,7 +387,13 @@ impl Connection {
 
     fn receive(&mut self) -> io::Result<()> {
         self.datagram.clear();
-        self.socket.recv(&mut self.datagram, 0).map(drop)
+        let length = self.socket.recv(&mut self.datagram, libc_msg_trunc())?;
+        if length > self.datagram.len() {
+            let message =
+                format!("a {length}-byte reply did not fit the {}-byte buffer", self.datagram.capacity());
+            return Err(io::Error::other(message));
+        }
+        Ok(())
     }
 
     fn resolve_family(&mut self) -> Result<u16, IpvsError> {
