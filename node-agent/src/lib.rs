@@ -1,5 +1,6 @@
 //! The lvs-operator node agent: programs IPVS on directors and the VIP/ARP
 //! settings on real servers.
 
+pub mod desired;
 pub mod ipvs;
 pub mod ipvsadm;
