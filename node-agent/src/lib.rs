@@ -4,3 +4,4 @@
 pub mod desired;
 pub mod ipvs;
 pub mod ipvsadm;
+pub mod standalone;
