@@ -5,6 +5,7 @@ use std::{io::Read, path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lvs_agent::{
+    import,
     ipvs::IpvsHandle,
     ipvsadm::{self, ListView},
 };
@@ -40,6 +41,16 @@ enum Command {
     Restore {
         /// Rules file; standard input when absent.
         file: Option<PathBuf>,
+    },
+    /// Convert ipvsadm rules (`ipvsadm -S`) or a keepalived.conf's
+    /// `virtual_server` blocks from FILE or standard input into VirtualService
+    /// YAML; what cannot be converted is listed on standard error.
+    Import {
+        /// Rules or keepalived.conf; standard input when absent.
+        file: Option<PathBuf>,
+        /// Namespace of the objects.
+        #[arg(long, default_value = import::DEFAULT_NAMESPACE)]
+        namespace: String,
     },
 }
 
@@ -95,6 +106,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("lvs-agent: {} of {} rules failed", report.failures.len(), report.requests);
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Import { file, namespace } => {
+            let text = match &file {
+                Some(path) => {
+                    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+                }
+                None => std::io::read_to_string(std::io::stdin()).context("reading standard input")?,
+            };
+            let imported = import::import(&text)?.in_namespace(&namespace);
+            for warning in &imported.warnings {
+                eprintln!("lvs-agent: warning: {warning}");
+            }
+            print!("{}", imported.to_yaml());
         }
     }
     Ok(ExitCode::SUCCESS)
