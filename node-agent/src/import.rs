@@ -718,10 +718,18 @@ impl<'a> KeepalivedService<'a> {
                         match setting.keyword() {
                             "path" => check.path = Some(setting.arg(1)?.to_string()),
                             "status_code" => {
-                                let codes = (1..setting.words.len())
-                                    .map(|index| setting.number(index))
-                                    .collect::<Result<Vec<u16>, _>>()?;
-                                check.expected_status = Some(codes);
+                                let mut codes = Vec::new();
+                                for word in &setting.words[1..] {
+                                    match word.parse() {
+                                        Ok(code) => codes.push(code),
+                                        // A range (200-299) is wider than the API's list of codes.
+                                        Err(_) => self.warnings.push(format!(
+                                            "line {}: status_code {word} not imported",
+                                            setting.line
+                                        )),
+                                    }
+                                }
+                                check.expected_status = (!codes.is_empty()).then_some(codes);
                             }
                             _ => self.warn(setting),
                         }

@@ -534,6 +534,27 @@ fn keepalived_direct_routing_drops_real_server_ports() {
 }
 
 #[test]
+fn keepalived_status_code_ranges_are_warnings() {
+    let imported = import(
+        "virtual_server 10.0.0.1 80 {
+  real_server 10.0.1.1 80 {
+    HTTP_GET {
+      url {
+        path /ready
+        status_code 204 200-299
+      }
+    }
+  }
+}
+",
+    )
+    .unwrap();
+    let check = imported.services[0].spec.health_check.as_ref().unwrap();
+    assert_eq!((check.path.as_deref(), check.expected_status.as_deref()), (Some("/ready"), Some(&[204][..])));
+    assert_eq!(imported.warnings, ["line 6: status_code 200-299 not imported"]);
+}
+
+#[test]
 fn cli_reads_standard_input_and_names_the_bad_line() {
     let run = |args: &[&str], input: &str| {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lvs-agent"))
