@@ -10,9 +10,11 @@
 //! - `fwmark-<mark>`, and `fwmark-<mark>-ipv6` for an IPv6 fwmark service.
 //!
 //! Both are DNS-1123 labels (at most 49 characters). Objects come out in kernel
-//! key order. What the API cannot express is reported as a warning (or, when
-//! ignoring it would change the service, as an error) rather than dropped
-//! silently.
+//! key order, each checked with the API's validation. Nothing is dropped
+//! silently: settings the API has no field for (sync daemons, timeouts, a
+//! persistence engine, keepalived's quorum, ...) become warnings, and services
+//! no VirtualService can describe (mixed forwarding methods, an unknown
+//! scheduler or flag) are errors naming the line.
 
 use std::{
     collections::BTreeMap,
@@ -237,8 +239,8 @@ fn service_spec(
     let mut spec = spec_for(&key);
     spec.scheduler = scheduler(&service.scheduler)
         .ok_or_else(|| format!("scheduler {:?} is not one the API knows", service.scheduler))?;
-    let scheduler_name = spec.scheduler;
-    let flag = |bit, sh, mh| match scheduler_name {
+    let chosen = spec.scheduler;
+    let flag = |bit, sh, mh| match chosen {
         _ if !service.flags.contains(bit) => Ok(None),
         Scheduler::Sh => Ok(Some(sh)),
         Scheduler::Mh => Ok(Some(mh)),
