@@ -6,4 +6,5 @@ pub mod host;
 pub mod import;
 pub mod ipvs;
 pub mod ipvsadm;
+pub mod reconcile;
 pub mod standalone;

@@ -1,0 +1,471 @@
+//! The reconcile engine: desired services and the observed kernel table in, the
+//! fewest IPVS operations that make the kernel match out. Pure: the caller dumps
+//! the table, applies [`Plan::ops`] in order and keeps [`Plan::owned`] and
+//! [`Plan::drains`] (in its state file) for the next round.
+//!
+//! Rules:
+//! - Nothing is flushed, and nothing that can be edited in place is deleted and
+//!   added again: a service whose configuration differs is edited, and so is a
+//!   destination whose weight, thresholds, forwarding or tunnel differ. Deleted
+//!   destinations go to the kernel's trash list, which every later add scans.
+//! - Every desired service becomes owned. A service in the kernel that is not
+//!   desired is removed only if owned (or with `exclusive`); otherwise it is
+//!   foreign and left untouched. An owned service gone from the kernel is
+//!   forgotten.
+//! - A destination that is no longer desired drains when its service is TCP,
+//!   SCTP or fwmark (fwmark services count as TCP): weight 0 first, the start
+//!   recorded in [`Drains`], deleted once the drain period has passed or as soon
+//!   as its active and inactive connections reach 0. Other protocols (UDP) have
+//!   no connection end to wait for: their destinations are deleted at once, and
+//!   so are destinations of a service with a drain period of 0. A destination
+//!   that is desired again while draining is edited back and leaves the drain set.
+//! - A whole service that is no longer desired drains the same way, with the
+//!   period it was last desired with (kept in [`Ownership`], since the desired
+//!   state no longer has it; foreign services removed with `exclusive` have
+//!   none): its destinations go to weight 0 and are deleted one by one as their
+//!   drains end, the service staying owned meanwhile; once none would be left,
+//!   the service is deleted with one `DeleteService`, which takes its remaining
+//!   idle destinations with it. A desired service is never deleted.
+//! - Order: services by key; within one, the service add or edit first, then
+//!   destination deletes, edits and adds, and a service delete alone.
+//!
+//! A dry run prints the plan as ipvsadm lines:
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use lvs_agent::{
+//!     desired::DesiredService,
+//!     ipvs::{Destination, ForwardMethod, Service, ServiceKey},
+//!     ipvsadm::op_rule,
+//!     reconcile::{Drains, Ownership, plan},
+//! };
+//!
+//! let web = DesiredService {
+//!     service: Service::new(ServiceKey::tcp("192.168.16.100:80".parse()?), "wrr"),
+//!     destinations: vec![Destination::new("192.168.16.21:80".parse()?, ForwardMethod::DirectRoute, 2)],
+//!     drain: Duration::from_secs(30),
+//! };
+//! let now = Duration::from_secs(1_700_000_000);
+//! let plan = plan(&[web], &[], &Ownership::default(), &Drains::default(), now, false);
+//! let lines: Vec<String> = plan.ops.iter().map(op_rule).collect();
+//! assert_eq!(lines, ["-A -t 192.168.16.100:80 -s wrr", "-a -t 192.168.16.100:80 -r 192.168.16.21:80 -g -w 2"]);
+//! # Ok::<(), std::net::AddrParseError>(())
+//! ```
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use crate::{
+    desired::DesiredService,
+    ipvs::{Destination, DestinationEntry, IpvsOp, Protocol, ServiceKey},
+    ipvsadm::TableEntry,
+};
+
+/// The services this agent owns, each with the drain period it was last desired
+/// with: when it stops being desired, its destinations drain that long.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ownership(pub BTreeMap<ServiceKey, Duration>);
+
+impl Ownership {
+    pub fn owns(&self, key: &ServiceKey) -> bool {
+        self.0.contains_key(key)
+    }
+
+    pub fn keys(&self) -> BTreeSet<ServiceKey> {
+        self.0.keys().copied().collect()
+    }
+}
+
+/// Destinations being drained, by service and address: when each drain started,
+/// since the UNIX epoch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drains(pub BTreeMap<(ServiceKey, SocketAddr), Duration>);
+
+/// What to do, and the state to keep for the next round.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// To apply in this order.
+    pub ops: Vec<IpvsOp>,
+    /// Ownership once the ops are applied.
+    pub owned: Ownership,
+    /// Drains still running once the ops are applied.
+    pub drains: Drains,
+    /// When the first drain period ends: plan again then (drains that end because
+    /// connections close are seen by the next periodic round).
+    pub next_check: Option<Duration>,
+}
+
+/// The operations that turn `observed` into `desired`, given what this agent owns
+/// and drains; `now` is the time since the UNIX epoch, and `exclusive` makes every
+/// service in the kernel owned.
+pub fn plan(
+    desired: &[DesiredService],
+    observed: &[TableEntry],
+    owned: &Ownership,
+    drains: &Drains,
+    now: Duration,
+    exclusive: bool,
+) -> Plan {
+    let desired: BTreeMap<_, _> = desired.iter().map(|d| (d.service.key, d)).collect();
+    let observed: BTreeMap<_, _> = observed.iter().map(|entry| (entry.0.service.key, entry)).collect();
+    let keys: BTreeSet<_> = desired.keys().chain(observed.keys()).copied().collect();
+
+    let mut planner = Planner { now, drains, plan: Plan::default() };
+    for key in keys {
+        match (desired.get(&key), observed.get(&key)) {
+            (Some(want), None) => planner.add_service(want),
+            (Some(want), Some(have)) => planner.update_service(want, have),
+            (None, Some(have)) => {
+                let period = owned.0.get(&key).copied().or(exclusive.then_some(Duration::ZERO));
+                if let Some(period) = period {
+                    planner.remove_service(have, period);
+                }
+            }
+            (None, None) => unreachable!("every key comes from one side"),
+        }
+    }
+    planner.plan
+}
+
+struct Planner<'a> {
+    now: Duration,
+    /// The drains before this round.
+    drains: &'a Drains,
+    plan: Plan,
+}
+
+impl Planner<'_> {
+    fn add_service(&mut self, want: &DesiredService) {
+        let key = want.service.key;
+        self.plan.owned.0.insert(key, want.drain);
+        self.plan.ops.push(IpvsOp::AddService(want.service.clone()));
+        self.plan.ops.extend(want.destinations.iter().map(|d| IpvsOp::AddDestination(key, *d)));
+    }
+
+    fn update_service(&mut self, want: &DesiredService, (have, have_destinations): &TableEntry) {
+        let key = want.service.key;
+        self.plan.owned.0.insert(key, want.drain);
+        if have.service != want.service {
+            self.plan.ops.push(IpvsOp::EditService(want.service.clone()));
+        }
+
+        let wanted: BTreeMap<_, _> = want.destinations.iter().map(|d| (d.address, d)).collect();
+        for entry in have_destinations {
+            if !wanted.contains_key(&entry.destination.address) {
+                self.retire(key, entry, want.drain);
+            }
+        }
+        let have: BTreeMap<_, _> =
+            have_destinations.iter().map(|e| (e.destination.address, &e.destination)).collect();
+        for (address, destination) in wanted {
+            match have.get(&address) {
+                None => self.plan.ops.push(IpvsOp::AddDestination(key, *destination)),
+                Some(current) if *current != destination => {
+                    self.plan.ops.push(IpvsOp::EditDestination(key, *destination))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Drains the service's destinations; deletes it once none would be left.
+    fn remove_service(&mut self, (have, destinations): &TableEntry, period: Duration) {
+        let key = have.service.key;
+        let drain_starts: Vec<_> = destinations.iter().map(|e| self.drain_start(key, e, period)).collect();
+        if drain_starts.iter().all(Option::is_none) {
+            self.plan.ops.push(IpvsOp::DeleteService(key));
+            return;
+        }
+        self.plan.owned.0.insert(key, period);
+        for entry in destinations {
+            self.retire(key, entry, period);
+        }
+    }
+
+    /// Drains or deletes a destination that is no longer desired.
+    fn retire(&mut self, key: ServiceKey, entry: &DestinationEntry, period: Duration) {
+        let destination = &entry.destination;
+        let Some(start) = self.drain_start(key, entry, period) else {
+            self.plan.ops.push(IpvsOp::DeleteDestination(key, destination.address));
+            return;
+        };
+        if destination.weight != 0 {
+            self.plan.ops.push(IpvsOp::EditDestination(key, Destination { weight: 0, ..*destination }));
+        }
+        self.plan.drains.0.insert((key, destination.address), start);
+        let end = start.saturating_add(period);
+        self.plan.next_check = Some(self.plan.next_check.map_or(end, |next| next.min(end)));
+    }
+
+    /// When the drain of a destination that is no longer desired started, or None
+    /// if it may be deleted now.
+    fn drain_start(&self, key: ServiceKey, entry: &DestinationEntry, period: Duration) -> Option<Duration> {
+        let connections = u64::from(entry.active_connections) + u64::from(entry.inactive_connections);
+        if !waits_for_connections(&key) || connections == 0 {
+            return None;
+        }
+        let start = self.drains.0.get(&(key, entry.destination.address)).copied().unwrap_or(self.now);
+        (self.now < start.saturating_add(period)).then_some(start)
+    }
+}
+
+/// Whether connections of the service end in a way worth waiting for: TCP and
+/// SCTP do; fwmark services count as TCP.
+pub fn waits_for_connections(key: &ServiceKey) -> bool {
+    match key {
+        ServiceKey::Address { protocol, .. } => matches!(protocol, Protocol::Tcp | Protocol::Sctp),
+        ServiceKey::Fwmark { .. } => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pretty_assertions::assert_eq;
+
+    use super::*;
+    use crate::ipvs::{ForwardMethod, Service, ServiceEntry, Stats};
+
+    const NOW: Duration = Duration::from_secs(1_000);
+    const DRAIN: Duration = Duration::from_secs(30);
+
+    fn key(text: &str) -> ServiceKey {
+        ServiceKey::tcp(text.parse().unwrap())
+    }
+
+    fn udp_key(text: &str) -> ServiceKey {
+        ServiceKey::udp(text.parse().unwrap())
+    }
+
+    fn destination(address: &str, weight: u32) -> Destination {
+        Destination::new(address.parse().unwrap(), ForwardMethod::DirectRoute, weight)
+    }
+
+    fn want(key: ServiceKey, destinations: &[Destination]) -> DesiredService {
+        DesiredService {
+            service: Service::new(key, "wlc"),
+            destinations: destinations.to_vec(),
+            drain: DRAIN,
+        }
+    }
+
+    /// A destination in the kernel with this many active connections.
+    fn busy(destination: Destination, active_connections: u32) -> DestinationEntry {
+        DestinationEntry {
+            destination,
+            active_connections,
+            inactive_connections: 0,
+            persistent_connections: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    fn kernel(service: Service, destinations: Vec<DestinationEntry>) -> TableEntry {
+        (ServiceEntry { service, stats: Stats::default() }, destinations)
+    }
+
+    /// The kernel holding exactly `desired`, every destination with `connections`.
+    fn kernel_of(desired: &DesiredService, connections: u32) -> TableEntry {
+        let destinations = desired.destinations.iter().map(|d| busy(*d, connections)).collect();
+        kernel(desired.service.clone(), destinations)
+    }
+
+    fn owning(keys: &[ServiceKey]) -> Ownership {
+        Ownership(keys.iter().map(|k| (*k, DRAIN)).collect())
+    }
+
+    fn plan_now(
+        desired: &[DesiredService],
+        observed: &[TableEntry],
+        owned: &Ownership,
+        drains: &Drains,
+    ) -> Plan {
+        plan(desired, observed, owned, drains, NOW, false)
+    }
+
+    #[test]
+    fn new_service_is_added_before_its_destinations_and_owned() {
+        let web = want(key("10.0.0.1:80"), &[destination("10.1.0.1:80", 1), destination("10.1.0.2:80", 2)]);
+        let plan = plan_now(std::slice::from_ref(&web), &[], &Ownership::default(), &Drains::default());
+        assert_eq!(
+            plan.ops,
+            vec![
+                IpvsOp::AddService(web.service.clone()),
+                IpvsOp::AddDestination(web.service.key, web.destinations[0]),
+                IpvsOp::AddDestination(web.service.key, web.destinations[1]),
+            ]
+        );
+        assert_eq!(plan.owned, owning(&[web.service.key]));
+        assert_eq!(plan.next_check, None);
+    }
+
+    #[test]
+    fn matching_kernel_needs_nothing() {
+        let web = want(key("10.0.0.1:80"), &[destination("10.1.0.1:80", 1)]);
+        let plan = plan_now(
+            std::slice::from_ref(&web),
+            &[kernel_of(&web, 3)],
+            &owning(&[web.service.key]),
+            &Drains::default(),
+        );
+        assert_eq!(plan, Plan { owned: owning(&[web.service.key]), ..Plan::default() });
+    }
+
+    #[test]
+    fn changed_service_and_destinations_are_edited_in_place() {
+        let old = want(key("10.0.0.1:80"), &[destination("10.1.0.1:80", 1), destination("10.1.0.2:80", 1)]);
+        let mut new = old.clone();
+        new.service.scheduler = "wrr".into();
+        new.destinations[0].weight = 5;
+        new.destinations[1].forward = ForwardMethod::Tunnel;
+        let plan = plan_now(
+            std::slice::from_ref(&new),
+            &[kernel_of(&old, 1)],
+            &Ownership::default(),
+            &Drains::default(),
+        );
+        assert_eq!(
+            plan.ops,
+            vec![
+                IpvsOp::EditService(new.service.clone()),
+                IpvsOp::EditDestination(new.service.key, new.destinations[0]),
+                IpvsOp::EditDestination(new.service.key, new.destinations[1]),
+            ]
+        );
+    }
+
+    #[test]
+    fn foreign_services_are_left_alone_unless_exclusive() {
+        let foreign = want(key("10.0.0.9:80"), &[destination("10.1.0.1:80", 1)]);
+        let observed = [kernel_of(&foreign, 1)];
+        let plan_shared = plan(&[], &observed, &Ownership::default(), &Drains::default(), NOW, false);
+        assert_eq!(plan_shared, Plan::default());
+        let plan_exclusive = plan(&[], &observed, &Ownership::default(), &Drains::default(), NOW, true);
+        assert_eq!(plan_exclusive.ops, vec![IpvsOp::DeleteService(foreign.service.key)]);
+        assert_eq!(plan_exclusive.owned, Ownership::default());
+    }
+
+    #[test]
+    fn owned_service_gone_from_the_kernel_is_forgotten() {
+        let plan = plan_now(&[], &[], &owning(&[key("10.0.0.1:80")]), &Drains::default());
+        assert_eq!(plan, Plan::default());
+    }
+
+    #[test]
+    fn removed_udp_destination_is_deleted_at_once() {
+        let dns =
+            want(udp_key("10.0.0.1:53"), &[destination("10.1.0.1:53", 1), destination("10.1.0.2:53", 1)]);
+        let kept = DesiredService { destinations: dns.destinations[..1].to_vec(), ..dns.clone() };
+        let plan = plan_now(&[kept], &[kernel_of(&dns, 7)], &owning(&[dns.service.key]), &Drains::default());
+        assert_eq!(plan.ops, vec![IpvsOp::DeleteDestination(dns.service.key, dns.destinations[1].address)]);
+        assert_eq!(plan.drains, Drains::default());
+    }
+
+    #[test]
+    fn removed_tcp_destination_drains_until_its_time() {
+        let web = want(key("10.0.0.1:80"), &[destination("10.1.0.1:80", 1), destination("10.1.0.2:80", 3)]);
+        let kept = DesiredService { destinations: web.destinations[..1].to_vec(), ..web.clone() };
+        let owned = owning(&[web.service.key]);
+        let gone = (web.service.key, web.destinations[1].address);
+
+        let first = plan_now(std::slice::from_ref(&kept), &[kernel_of(&web, 2)], &owned, &Drains::default());
+        let quiesced = Destination { weight: 0, ..web.destinations[1] };
+        assert_eq!(first.ops, vec![IpvsOp::EditDestination(web.service.key, quiesced)]);
+        assert_eq!(first.drains, Drains([(gone, NOW)].into()));
+        assert_eq!(first.next_check, Some(NOW + DRAIN));
+
+        // Still busy and within its period: nothing to do, the drain goes on.
+        let draining = [kernel(web.service.clone(), vec![busy(web.destinations[0], 2), busy(quiesced, 2)])];
+        let later =
+            plan(std::slice::from_ref(&kept), &draining, &owned, &first.drains, NOW + DRAIN / 2, false);
+        assert_eq!(later.ops, vec![]);
+        assert_eq!((later.drains.clone(), later.next_check), (first.drains.clone(), Some(NOW + DRAIN)));
+
+        // The period is over.
+        let over = plan(std::slice::from_ref(&kept), &draining, &owned, &first.drains, NOW + DRAIN, false);
+        assert_eq!(over.ops, vec![IpvsOp::DeleteDestination(gone.0, gone.1)]);
+        assert_eq!((over.drains, over.next_check), (Drains::default(), None));
+
+        // Its connections are gone.
+        let idle = [kernel(web.service.clone(), vec![busy(web.destinations[0], 2), busy(quiesced, 0)])];
+        let closed = plan(&[kept], &idle, &owned, &first.drains, NOW + DRAIN / 2, false);
+        assert_eq!(closed.ops, vec![IpvsOp::DeleteDestination(gone.0, gone.1)]);
+    }
+
+    #[test]
+    fn idle_or_undrained_destination_is_deleted_at_once() {
+        let web = want(key("10.0.0.1:80"), &[destination("10.1.0.1:80", 1)]);
+        let none = DesiredService { destinations: vec![], ..web.clone() };
+        let deleted = vec![IpvsOp::DeleteDestination(web.service.key, web.destinations[0].address)];
+        let owned = owning(&[web.service.key]);
+        assert_eq!(
+            plan_now(std::slice::from_ref(&none), &[kernel_of(&web, 0)], &owned, &Drains::default()).ops,
+            deleted
+        );
+        let no_drain = DesiredService { drain: Duration::ZERO, ..none };
+        assert_eq!(plan_now(&[no_drain], &[kernel_of(&web, 5)], &owned, &Drains::default()).ops, deleted);
+    }
+
+    #[test]
+    fn destination_back_while_draining_gets_its_weight_again() {
+        let web = want(key("10.0.0.1:80"), &[destination("10.1.0.1:80", 4)]);
+        let quiesced = Destination { weight: 0, ..web.destinations[0] };
+        let draining = Drains([((web.service.key, quiesced.address), NOW - DRAIN / 2)].into());
+        let observed = [kernel(web.service.clone(), vec![busy(quiesced, 3)])];
+        let plan = plan_now(std::slice::from_ref(&web), &observed, &owning(&[web.service.key]), &draining);
+        assert_eq!(plan.ops, vec![IpvsOp::EditDestination(web.service.key, web.destinations[0])]);
+        assert_eq!((plan.drains, plan.next_check), (Drains::default(), None));
+    }
+
+    #[test]
+    fn removed_tcp_service_drains_then_goes() {
+        let web = want(key("10.0.0.1:80"), &[destination("10.1.0.1:80", 1), destination("10.1.0.2:80", 1)]);
+        let owned = owning(&[web.service.key]);
+        let [busy_one, idle_one] = [web.destinations[0], web.destinations[1]];
+        let observed = [kernel(web.service.clone(), vec![busy(busy_one, 4), busy(idle_one, 0)])];
+
+        let first = plan_now(&[], &observed, &owned, &Drains::default());
+        let quiesced = Destination { weight: 0, ..busy_one };
+        assert_eq!(
+            first.ops,
+            vec![
+                IpvsOp::EditDestination(web.service.key, quiesced),
+                IpvsOp::DeleteDestination(web.service.key, idle_one.address),
+            ]
+        );
+        assert_eq!(first.owned, owned, "kept while its destinations drain");
+        assert_eq!(first.next_check, Some(NOW + DRAIN));
+
+        let draining = [kernel(web.service.clone(), vec![busy(quiesced, 4)])];
+        let over = plan(&[], &draining, &first.owned, &first.drains, NOW + DRAIN, false);
+        assert_eq!(over.ops, vec![IpvsOp::DeleteService(web.service.key)]);
+        assert_eq!((over.owned, over.drains), (Ownership::default(), Drains::default()));
+    }
+
+    #[test]
+    fn removed_udp_or_idle_service_is_deleted_at_once() {
+        let dns = want(udp_key("10.0.0.1:53"), &[destination("10.1.0.1:53", 1)]);
+        let web = want(key("10.0.0.1:80"), &[destination("10.1.0.1:80", 1)]);
+        let observed = [kernel_of(&dns, 9), kernel_of(&web, 0)];
+        let plan = plan_now(&[], &observed, &owning(&[dns.service.key, web.service.key]), &Drains::default());
+        assert_eq!(
+            plan.ops,
+            vec![IpvsOp::DeleteService(web.service.key), IpvsOp::DeleteService(dns.service.key)]
+        );
+        assert_eq!(plan.owned, Ownership::default());
+    }
+
+    #[test]
+    fn fwmark_services_drain_like_tcp() {
+        let mark = ServiceKey::Fwmark { family: crate::ipvs::AddressFamily::Ipv4, mark: 3 };
+        assert!(waits_for_connections(&mark));
+        assert!(waits_for_connections(&ServiceKey::Address {
+            protocol: Protocol::Sctp,
+            address: "10.0.0.1:80".parse().unwrap()
+        }));
+        assert!(!waits_for_connections(&udp_key("10.0.0.1:53")));
+    }
+}
