@@ -2,6 +2,7 @@
 //! settings on real servers.
 
 pub mod desired;
+pub mod engine;
 pub mod host;
 pub mod import;
 pub mod ipvs;

@@ -1,6 +1,6 @@
 //! `lvs-agent`: the node agent's command line.
 
-use std::{io::Read, path::PathBuf, process::ExitCode};
+use std::{io::Read, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -8,6 +8,7 @@ use lvs_agent::{
     import,
     ipvs::IpvsHandle,
     ipvsadm::{self, ListView},
+    standalone::{self, ApplyOptions, Role},
 };
 
 #[derive(Parser)]
@@ -41,6 +42,38 @@ enum Command {
     Restore {
         /// Rules file; standard input when absent.
         file: Option<PathBuf>,
+    },
+    /// Standalone mode: apply VirtualService manifests (a file or a directory) to
+    /// this host, without a cluster, and keep them applied.
+    Apply {
+        /// Manifest file or directory of *.yaml files.
+        #[arg(short = 'f', long = "filename")]
+        path: PathBuf,
+        /// Apply once and exit: 0 when everything applied, 1 naming what failed.
+        #[arg(long)]
+        once: bool,
+        /// Print the planned operations as ipvsadm lines; changes nothing and needs
+        /// no privileges.
+        #[arg(long)]
+        dry_run: bool,
+        /// What this host is for the manifests.
+        #[arg(long, value_enum, default_value_t = Role::Auto)]
+        role: Role,
+        /// Where the agent records what it owns.
+        #[arg(long, env = "LVS_STATE_DIR", default_value = "/var/lib/lvs-agent")]
+        state_dir: PathBuf,
+        /// Where the sysctls are (a DaemonSet mounts the host's elsewhere).
+        #[arg(long, default_value = "/proc/sys")]
+        sysctl_root: PathBuf,
+        /// Also remove IPVS services this agent did not create.
+        #[arg(long)]
+        exclusive: bool,
+        /// Seconds between full resyncs that repair drift.
+        #[arg(long, default_value_t = 10)]
+        resync_interval: u64,
+        /// This director's VRRP priority (1-254).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=254))]
+        vrrp_priority: u8,
     },
     /// Convert ipvsadm rules (`ipvsadm -S`) or a keepalived.conf's
     /// `virtual_server` blocks from FILE or standard input into VirtualService
@@ -104,6 +137,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if !report.is_success() {
                 eprintln!("lvs-agent: {} of {} rules failed", report.failures.len(), report.requests);
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Apply {
+            path,
+            once,
+            dry_run,
+            role,
+            state_dir,
+            sysctl_root,
+            exclusive,
+            resync_interval,
+            vrrp_priority: _,
+        } => {
+            let options = ApplyOptions {
+                path,
+                once,
+                dry_run,
+                role,
+                state_dir,
+                sysctl_root,
+                exclusive,
+                resync: Duration::from_secs(resync_interval.max(1)),
+            };
+            if !standalone::apply(&options)? {
                 return Ok(ExitCode::FAILURE);
             }
         }

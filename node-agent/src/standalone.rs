@@ -10,15 +10,31 @@ use std::{
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
 };
+
+use anyhow::Result;
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lvs_crds::{
-    lvs_node::LvsNodeSpec,
+    lvs_node::{LvsNodeSpec, RealServerMode},
     translate::{ClusterState, DIRECTOR_LABEL, TranslateOptions, Verdict, assemble, translate},
     validation::validate,
     virtual_service::VirtualService,
+};
+
+use crate::{
+    desired::desired_services,
+    engine::{self, Engine, Round},
+    host::address,
+    ipvs::IpvsHandle,
+    ipvsadm::op_rule,
+    reconcile::{Drains, Ownership, plan},
 };
 use serde::Deserialize;
 
@@ -101,7 +117,9 @@ fn parse_document(document: serde_yaml::Deserializer<'_>) -> Result<Option<Virtu
     if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some("VirtualService") {
         return Ok(None);
     }
-    serde_yaml::from_value(value).map(Some).map_err(|e| e.to_string())
+    // Through serde_path_to_error, so that a bad value is named by its field
+    // (`spec.port: invalid value: integer 70000, expected u16`).
+    serde_path_to_error::deserialize(value).map(Some).map_err(|e| format!("{}: {}", e.path(), e.inner()))
 }
 
 fn object_name(vs: &VirtualService) -> String {
@@ -182,6 +200,173 @@ fn local_node(host: &str, addresses: &[IpAddr]) -> Node {
         }),
         ..Node::default()
     }
+}
+
+/// `lvs-agent apply`'s options.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    pub path: PathBuf,
+    pub once: bool,
+    pub dry_run: bool,
+    pub role: Role,
+    pub state_dir: PathBuf,
+    pub sysctl_root: PathBuf,
+    pub exclusive: bool,
+    pub resync: Duration,
+}
+
+/// How often the manifests are checked for changes: small, so a change reaches
+/// the kernel within a few tens of milliseconds.
+const WATCH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Applies the manifests at `options.path`; without `once`, keeps them applied:
+/// reloads on change and on SIGHUP, repairs drift every `resync`. Returns whether
+/// everything applied (with `once`) or the error that stopped it.
+pub fn apply(options: &ApplyOptions) -> Result<bool> {
+    // Taken before reading, so that a change made while applying is seen.
+    let mut seen = fingerprint(&options.path);
+    let Some(mut spec) = load_spec(options) else { return Ok(false) };
+    if options.dry_run {
+        print_plan(&spec, options);
+        return Ok(true);
+    }
+    let mut engine = Engine::open(&options.state_dir, &options.sysctl_root, options.exclusive)?;
+    let round = engine.reconcile(&spec, true);
+    log_round(&round, "applied");
+    if options.once {
+        return Ok(round.failures.is_empty());
+    }
+
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
+    let mut next_resync = Instant::now() + options.resync;
+    let mut next_check = round.next_check;
+    loop {
+        std::thread::sleep(WATCH_INTERVAL);
+        let current = fingerprint(&options.path);
+        let changed = current != seen || reload.swap(false, Ordering::Relaxed);
+        if changed {
+            seen = current;
+        }
+        let resync = Instant::now() >= next_resync;
+        let drain_due = next_check.is_some_and(|at| engine::now() >= at);
+        if !(changed || resync || drain_due) {
+            continue;
+        }
+        if changed {
+            // A manifest that does not load leaves what is applied untouched.
+            match load_spec(options) {
+                Some(new) => spec = new,
+                None => eprintln!("lvs-agent: keeping the last good manifests applied"),
+            }
+        }
+        let round = engine.reconcile(&spec, resync);
+        log_round(
+            &round,
+            if changed {
+                "applied"
+            } else if resync {
+                "repaired"
+            } else {
+                "drained"
+            },
+        );
+        next_check = round.next_check;
+        if resync {
+            next_resync = Instant::now() + options.resync;
+        }
+    }
+}
+
+/// The manifests' desired state for this host, or `None` (errors printed) when
+/// they do not load.
+fn load_spec(options: &ApplyOptions) -> Option<LvsNodeSpec> {
+    let services = match load_manifests(&options.path) {
+        Ok(services) => services,
+        Err(errors) => {
+            for error in errors {
+                eprintln!("lvs-agent: {error}");
+            }
+            return None;
+        }
+    };
+    let addresses: Vec<IpAddr> = match address::local_addresses() {
+        Ok(addresses) => addresses.into_iter().map(|a| a.address).collect(),
+        Err(e) if options.dry_run => {
+            eprintln!("lvs-agent: warning: local addresses unknown ({e:#}); assuming none");
+            vec![]
+        }
+        Err(e) => {
+            eprintln!("lvs-agent: local addresses: {e:#}");
+            return None;
+        }
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "localhost".into(), |h| h.trim().to_string());
+    let (spec, verdicts) = local_state(&services, &host, &addresses, options.role);
+    for ((namespace, name), verdict) in &verdicts {
+        if *verdict != Verdict::Accepted {
+            eprintln!("lvs-agent: {namespace}/{name} not applied: {}", verdict.message());
+        }
+    }
+    Some(spec)
+}
+
+/// `--dry-run`: the IPVS operations as ipvsadm lines (against the kernel's table
+/// when it can be read, else against an empty one), and the host changes as comments.
+fn print_plan(spec: &LvsNodeSpec, options: &ApplyOptions) {
+    let observed = IpvsHandle::connect().and_then(|handle| handle.table()).unwrap_or_else(|e| {
+        eprintln!("lvs-agent: the kernel's table cannot be read ({e}); planning from an empty one");
+        vec![]
+    });
+    let desired = spec.director.as_ref().map(desired_services).unwrap_or_default();
+    let plan = plan(
+        &desired,
+        &observed,
+        &Ownership::default(),
+        &Drains::default(),
+        engine::now(),
+        options.exclusive,
+    );
+    for op in &plan.ops {
+        println!("{}", op_rule(op));
+    }
+    for vip in spec.director.iter().flat_map(|d| &d.vips) {
+        println!(
+            "# director: hold VIP {} on {}",
+            vip.address,
+            vip.interface.as_deref().unwrap_or("the interface routing to it")
+        );
+    }
+    for vip in spec.real_server.iter().flat_map(|r| &r.vips) {
+        let device = match vip.mode {
+            RealServerMode::DirectRouting => "lvs0 (arp_ignore=1, arp_announce=2)",
+            RealServerMode::Tunnel => "tunl0 (ipip; rp_filter=0, arp_ignore=1, arp_announce=2)",
+        };
+        println!("# real server: VIP {} on {device}", vip.address);
+    }
+}
+
+fn log_round(round: &Round, verb: &str) {
+    for line in &round.applied {
+        eprintln!("lvs-agent: {verb}: {line}");
+    }
+    for failure in &round.failures {
+        eprintln!("lvs-agent: failed: {failure}");
+    }
+}
+
+/// What identifies the manifests' current contents: names, sizes, change times.
+fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    manifest_files(path)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|file| {
+            let meta = std::fs::metadata(&file).ok();
+            let (len, modified) = meta.map_or((0, None), |m| (m.len(), m.modified().ok()));
+            (file, len, modified)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ use netlink_packet_core::{
     parse_string, parse_u16, parse_u16_be, parse_u32,
 };
 
+use serde::{Deserialize, Serialize};
+
 use super::{
     nla::{
         AF_INET, AF_INET6, address_bytes, address_from_bytes, emit_c_string, family_of, parse_nlas, raw_attrs,
@@ -153,7 +155,7 @@ pub(crate) fn parse_service_attrs(payload: &[u8]) -> Result<Vec<IpvsServiceAttr>
 }
 
 /// Transport protocol of a service (`IPPROTO_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -193,7 +195,7 @@ impl fmt::Display for Protocol {
 }
 
 /// IP version of a service or destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum AddressFamily {
     Ipv4,
     Ipv6,
@@ -224,7 +226,7 @@ impl AddressFamily {
 }
 
 /// What identifies a virtual service in the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ServiceKey {
     /// A (protocol, address, port) service; port 0 matches every port.
     Address { protocol: Protocol, address: SocketAddr },

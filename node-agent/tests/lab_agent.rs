@@ -1,0 +1,212 @@
+//! The agent in standalone mode on the lab's classic topologies, with real
+//! traffic: curl from the client namespace through the VIP. Each test builds its
+//! topology from scratch (tests/lab/topology), so they run one at a time.
+//! Ignored on the host; `tests/run` runs them in the lab VM.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use common::{sh, sorted_lines};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_lvs-agent");
+const VIP_URL: &str = "http://192.168.16.100/";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn example(name: &str) -> String {
+    repo().join("deploy/examples").join(name).display().to_string()
+}
+
+/// Builds a topology (`classic`, `routed ...`) with web servers on rs1 and rs2,
+/// and forgets the agents' state of the previous one.
+fn topology(args: &str) {
+    let script = repo().join("tests/lab/topology");
+    sh(&format!(
+        "rm -rf /run/lvs-agent-test; {0} down >/dev/null 2>&1; {0} {args} >/dev/null && {0} web >/dev/null",
+        script.display()
+    ));
+}
+
+fn in_ns(ns: &str, command: &str) -> String {
+    sh(&format!("ip netns exec {ns} {command}"))
+}
+
+/// `lvs-agent apply --once` of `manifest` on `node`; panics with the agent's
+/// output if it fails.
+fn apply_once(node: &str, manifest: &str) {
+    in_ns(node, &format!("{AGENT} apply -f {manifest} --once --state-dir /run/lvs-agent-test/{node} 2>&1"));
+}
+
+/// Answers of `n` requests from the client to the VIP, counted by body.
+fn requests(n: usize) -> BTreeMap<String, usize> {
+    let mut answers = BTreeMap::new();
+    for _ in 0..n {
+        let answer = in_ns("client", &format!("curl -sS --max-time 5 {VIP_URL} 2>&1 || true"));
+        *answers.entry(answer.trim().to_string()).or_default() += 1;
+    }
+    answers
+}
+
+fn both_real_servers_answer(answers: &BTreeMap<String, usize>) {
+    assert!(answers.contains_key("web1") && answers.contains_key("web2"), "answers: {answers:?}");
+    assert_eq!(answers.values().sum::<usize>(), answers["web1"] + answers["web2"], "answers: {answers:?}");
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn direct_routing_example_serves_through_the_vip_with_weights_2_to_1() {
+    topology("classic");
+    for node in ["rs1", "rs2", "director1"] {
+        apply_once(node, &example("dr.yaml"));
+    }
+    assert_eq!(in_ns("rs1", "sysctl -n net.ipv4.conf.all.arp_ignore").trim(), "1");
+    assert!(in_ns("rs1", "ip -br addr show dev lvs0").contains("192.168.16.100/32"));
+    let answers = requests(6);
+    assert_eq!(answers, BTreeMap::from([("web1".to_string(), 4), ("web2".to_string(), 2)]));
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn nat_example_serves_through_the_director() {
+    topology("routed");
+    apply_once("director1", &example("nat.yaml"));
+    assert_eq!(in_ns("director1", "sysctl -n net.ipv4.ip_forward").trim(), "1");
+    both_real_servers_answer(&requests(4));
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn tunnel_example_serves_through_ipip() {
+    topology("routed --router");
+    for node in ["rs1", "rs2", "director1"] {
+        apply_once(node, &example("tun.yaml"));
+    }
+    assert!(in_ns("rs1", "ip -br addr show dev tunl0").contains("192.168.16.100/32"));
+    both_real_servers_answer(&requests(4));
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn full_nat_example_serves_real_servers_without_a_route_back() {
+    topology("routed --rs-gateway none");
+    apply_once("director1", &example("fullnat.yaml"));
+    assert!(in_ns("director1", "nft list tables").contains("lvs_agent"));
+    both_real_servers_answer(&requests(4));
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn a_bad_manifest_leaves_the_rules_intact_and_names_the_field() {
+    topology("classic");
+    apply_once("director1", &example("dr.yaml"));
+    let before = sorted_lines(&in_ns("director1", "ipvsadm -S -n"));
+    let bad = "/tmp/lvs-agent-bad.yaml";
+    let manifest = std::fs::read_to_string(example("dr.yaml")).unwrap().replace("port: 80", "port: 70000");
+    std::fs::write(bad, manifest).unwrap();
+    let output = Command::new("ip")
+        .args(["netns", "exec", "director1", AGENT, "apply", "-f", bad, "--once"])
+        .args(["--state-dir", "/run/lvs-agent-test/director1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("spec.port") && stderr.contains("70000"), "{stderr}");
+    assert_eq!(sorted_lines(&in_ns("director1", "ipvsadm -S -n")), before);
+}
+
+/// A running agent (`apply` without `--once`), stopped when dropped.
+struct Agent(Child);
+
+impl Agent {
+    fn start(node: &str, manifest: &str, resync_seconds: u32) -> Self {
+        let child = Command::new("ip")
+            .args(["netns", "exec", node, AGENT, "apply", "-f", manifest])
+            .args(["--state-dir", &format!("/run/lvs-agent-test/{node}")])
+            .args(["--resync-interval", &resync_seconds.to_string()])
+            .spawn()
+            .unwrap();
+        Agent(child)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn a_hand_made_delete_is_repaired_within_one_resync_interval() {
+    topology("classic");
+    let _agent = Agent::start("director1", &example("dr.yaml"), 2);
+    let programmed = || in_ns("director1", "ipvsadm -S -n").contains("-r 192.168.16.22:80");
+    wait_until("first apply", Duration::from_secs(20), programmed);
+    in_ns("director1", "ipvsadm -d -t 192.168.16.100:80 -r 192.168.16.22:80");
+    assert!(!programmed());
+    wait_until("repair", Duration::from_secs(2 + 2), programmed);
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn a_weight_change_and_a_removal_touch_nothing_else() {
+    topology("classic");
+    let dir = "/tmp/lvs-agent-manifests";
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let dr = std::fs::read_to_string(example("dr.yaml")).unwrap();
+    // A second, independent service on another port, with the same real servers.
+    let other = dr.replace("name: web-dr", "name: web-dr-8080").replace("port: 80\n", "port: 8080\n");
+    std::fs::write(format!("{dir}/web.yaml"), &dr).unwrap();
+    std::fs::write(format!("{dir}/other.yaml"), &other).unwrap();
+    // A foreign service the agent must leave alone.
+    in_ns("director1", "ipvsadm -A -t 10.99.0.1:80 -s rr");
+    in_ns("director1", "ipvsadm -a -t 10.99.0.1:80 -r 10.99.0.2:80 -w 3");
+    let _agent = Agent::start("director1", dir, 30);
+    let rules = || sorted_lines(&in_ns("director1", "ipvsadm -S -n"));
+    wait_until("first apply", Duration::from_secs(20), || rules().len() == 2 + 2 * 3);
+    let untouched = |rules: &[String]| -> Vec<String> {
+        rules.iter().filter(|r| !r.contains("192.168.16.100:80 ")).cloned().collect()
+    };
+    let before = rules();
+
+    // Weight 2 -> 5 for rs1 of the first service.
+    std::fs::write(format!("{dir}/web.yaml"), dr.replace("weight: 2", "weight: 5")).unwrap();
+    wait_until("weight change", Duration::from_secs(5), || {
+        rules().contains(&"-a -t 192.168.16.100:80 -r 192.168.16.21:80 -g -w 5".to_string())
+    });
+    assert_eq!(untouched(&rules()), untouched(&before));
+
+    // Removing rs2 from the first service drains it (weight 0, TCP) and leaves the rest.
+    let without_rs2: String = dr
+        .replace("weight: 2", "weight: 5")
+        .lines()
+        .filter(|l| !l.contains("192.168.16.22"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(format!("{dir}/web.yaml"), without_rs2).unwrap();
+    wait_until("removal", Duration::from_secs(5), || {
+        let now = rules();
+        !now.iter().any(|r| r == "-a -t 192.168.16.100:80 -r 192.168.16.22:80 -g -w 1")
+    });
+    assert_eq!(untouched(&rules()), untouched(&before));
+    assert!(rules().contains(&"-A -t 10.99.0.1:80 -s rr".to_string()), "the foreign service is left alone");
+}
