@@ -61,7 +61,7 @@ use std::{
 
 use crate::{
     desired::DesiredService,
-    ipvs::{Destination, DestinationEntry, IpvsOp, Protocol, ServiceKey},
+    ipvs::{Destination, DestinationEntry, IpvsOp, Protocol, Service, ServiceKey},
     ipvsadm::TableEntry,
 };
 
@@ -111,7 +111,8 @@ pub fn plan(
     exclusive: bool,
 ) -> Plan {
     let desired: BTreeMap<_, _> = desired.iter().map(|d| (d.service.key, d)).collect();
-    let observed: BTreeMap<_, _> = observed.iter().map(|entry| (entry.0.service.key, entry)).collect();
+    let observed: BTreeMap<_, _> =
+        observed.iter().map(|entry| (entry.0.service.key, Observed::of(entry))).collect();
     let keys: BTreeSet<_> = desired.keys().chain(observed.keys()).copied().collect();
 
     let mut planner = Planner { now, drains, plan: Plan::default() };
@@ -131,6 +132,20 @@ pub fn plan(
     planner.plan
 }
 
+/// A service in the kernel, its destinations by address (for plans that do not
+/// depend on the dump's order).
+struct Observed<'a> {
+    service: &'a Service,
+    destinations: BTreeMap<SocketAddr, &'a DestinationEntry>,
+}
+
+impl<'a> Observed<'a> {
+    fn of((service, destinations): &'a TableEntry) -> Self {
+        let destinations = destinations.iter().map(|d| (d.destination.address, d)).collect();
+        Observed { service: &service.service, destinations }
+    }
+}
+
 struct Planner<'a> {
     now: Duration,
     /// The drains before this round.
@@ -146,25 +161,23 @@ impl Planner<'_> {
         self.plan.ops.extend(want.destinations.iter().map(|d| IpvsOp::AddDestination(key, *d)));
     }
 
-    fn update_service(&mut self, want: &DesiredService, (have, have_destinations): &TableEntry) {
+    fn update_service(&mut self, want: &DesiredService, have: &Observed<'_>) {
         let key = want.service.key;
         self.plan.owned.0.insert(key, want.drain);
-        if have.service != want.service {
+        if *have.service != want.service {
             self.plan.ops.push(IpvsOp::EditService(want.service.clone()));
         }
 
         let wanted: BTreeMap<_, _> = want.destinations.iter().map(|d| (d.address, d)).collect();
-        for entry in have_destinations {
-            if !wanted.contains_key(&entry.destination.address) {
+        for (address, entry) in &have.destinations {
+            if !wanted.contains_key(address) {
                 self.retire(key, entry, want.drain);
             }
         }
-        let have: BTreeMap<_, _> =
-            have_destinations.iter().map(|e| (e.destination.address, &e.destination)).collect();
         for (address, destination) in wanted {
-            match have.get(&address) {
+            match have.destinations.get(&address) {
                 None => self.plan.ops.push(IpvsOp::AddDestination(key, *destination)),
-                Some(current) if *current != destination => {
+                Some(current) if current.destination != *destination => {
                     self.plan.ops.push(IpvsOp::EditDestination(key, *destination))
                 }
                 Some(_) => {}
@@ -173,10 +186,10 @@ impl Planner<'_> {
     }
 
     /// Drains the service's destinations; deletes it once none would be left.
-    fn remove_service(&mut self, (have, destinations): &TableEntry, period: Duration) {
+    fn remove_service(&mut self, have: &Observed<'_>, period: Duration) {
         let key = have.service.key;
-        let drain_starts: Vec<_> = destinations.iter().map(|e| self.drain_start(key, e, period)).collect();
-        if drain_starts.iter().all(Option::is_none) {
+        let destinations = have.destinations.values();
+        if destinations.clone().all(|entry| self.drain_start(key, entry, period).is_none()) {
             self.plan.ops.push(IpvsOp::DeleteService(key));
             return;
         }
@@ -227,7 +240,7 @@ mod tests {
     use pretty_assertions::assert_eq;
 
     use super::*;
-    use crate::ipvs::{ForwardMethod, Service, ServiceEntry, Stats};
+    use crate::ipvs::{ForwardMethod, ServiceEntry, Stats};
 
     const NOW: Duration = Duration::from_secs(1_000);
     const DRAIN: Duration = Duration::from_secs(30);

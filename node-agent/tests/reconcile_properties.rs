@@ -316,6 +316,16 @@ proptest! {
         prop_assert_eq!(third.drains, Drains::default());
     }
 
+    /// Plans depend on what the tables hold, not on their order.
+    #[test]
+    fn plan_is_deterministic(world in world()) {
+        let mut reversed = world.clone();
+        reversed.desired.reverse();
+        reversed.observed.reverse();
+        reversed.observed.iter_mut().for_each(|(_, destinations)| destinations.reverse());
+        prop_assert_eq!(reversed.plan(NOW), world.plan(NOW));
+    }
+
     /// (c) Only desired or owned services are touched, unless exclusive.
     #[test]
     fn plan_touches_only_desired_or_owned_services(world in world()) {
