@@ -52,6 +52,7 @@ fn dr_real_server_is_configured_and_undone() {
     let link = ns.sh("ip -br addr show dev lvs0");
     assert!(link.contains("192.168.16.100/32") && link.contains("2001:db8::100/128"), "{link}");
     assert!(ns.sh("ip link show lvs0").contains(",UP"));
+    assert!(!link.contains("fe80"), "no link-local address on the VIP device: {link}");
     for device in ["all", "lvs0"] {
         assert_eq!(sysctl(&ns, &format!("net.ipv4.conf.{device}.arp_ignore")), "1");
         assert_eq!(sysctl(&ns, &format!("net.ipv4.conf.{device}.arp_announce")), "2");
@@ -149,14 +150,25 @@ fn announcements_update_a_neighbours_entry() {
          && ip -6 neigh replace 2001:db8::100 lladdr 02:00:00:00:00:99 dev vb nud stale");
     let mac = director.sh("cat /sys/class/net/va/address").trim().to_string();
 
-    director.run(|| {
-        announce::announce("va", ip("10.0.0.100")).unwrap();
+    let changes = director.run(|| {
+        let mut changes = HostChanges::default();
+        address::take_vip(&mut changes, "va", ip("10.0.0.100")).unwrap();
         announce::announce("va", ip("2001:db8::100")).unwrap();
+        changes
     });
     std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(director.sh("ip -br addr show dev va").contains("10.0.0.100/32"));
 
     let v4 = neighbour.sh("ip neigh show 10.0.0.100 dev vb");
     assert!(v4.contains(&mac), "{v4} (director {mac})");
     let v6 = neighbour.sh("ip -6 neigh show 2001:db8::100 dev vb");
     assert!(v6.contains(&mac), "{v6} (director {mac})");
+
+    let changes = director.run(move || {
+        let mut changes = changes;
+        address::release_vip(&mut changes, "va", ip("10.0.0.100")).unwrap();
+        changes
+    });
+    assert!(changes.is_empty(), "{changes:?}");
+    assert!(!director.sh("ip -br addr show dev va").contains("10.0.0.100"));
 }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use super::{DeviceAddress, HostChanges, Sysctls, run, sysctl};
+use super::{DeviceAddress, HostChanges, Sysctls, announce, run, sysctl};
 
 /// The dummy device that holds a real server's VIPs: dummy devices are NOARP, so
 /// the VIP is never announced from it.
@@ -19,6 +19,19 @@ pub fn configure_real_server(changes: &mut HostChanges, sysctls: &Sysctls, vip: 
     ensure_dummy(changes, VIP_DEVICE)?;
     sysctls.apply(changes, &sysctl::real_server_dr(VIP_DEVICE))?;
     add_address(changes, VIP_DEVICE, vip)
+}
+
+/// A director takes `vip`: adds it to `interface` (if not there yet) and announces
+/// it, so neighbours send its traffic here at once rather than to the previous
+/// holder until their entries expire.
+pub fn take_vip(changes: &mut HostChanges, interface: &str, vip: IpAddr) -> Result<()> {
+    add_address(changes, interface, vip)?;
+    announce::announce(interface, vip)
+}
+
+/// A director gives `vip` up: removes it from `interface` if the agent added it.
+pub fn release_vip(changes: &mut HostChanges, interface: &str, vip: IpAddr) -> Result<()> {
+    remove_address(changes, interface, vip)
 }
 
 /// One device as `ip -json addr show` prints it (the fields used here).
@@ -57,6 +70,9 @@ fn is_up(device: &str) -> Result<bool> {
 pub fn ensure_dummy(changes: &mut HostChanges, name: &str) -> Result<()> {
     if !device_exists(name) {
         run("ip", &["link", "add", name, "type", "dummy"])?;
+        // No IPv6 link-local address: the device only holds VIPs. (Fails, harmlessly,
+        // where IPv6 is disabled.)
+        let _ = run("ip", &["link", "set", name, "addrgenmode", "none"]);
         changes.created_devices.insert(name.to_string());
     }
     raise_device(changes, name)
