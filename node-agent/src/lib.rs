@@ -1,6 +1,7 @@
 //! The lvs-operator node agent: programs IPVS on directors and the VIP/ARP
 //! settings on real servers.
 
+pub mod cluster;
 pub mod desired;
 pub mod engine;
 pub mod host;

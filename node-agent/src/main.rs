@@ -1,10 +1,11 @@
 //! `lvs-agent`: the node agent's command line.
 
-use std::{io::Read, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::Read, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lvs_agent::{
+    cluster::{self, RunOptions},
     import,
     ipvs::IpvsHandle,
     ipvsadm::{self, ListView},
@@ -20,6 +21,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Cluster mode: apply this node's LvsNode objects, report in their status,
+    /// serve /metrics and /healthz.
+    Run {
+        /// This node's name (the DaemonSet passes spec.nodeName).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: String,
+        /// Where the agent records what it owns.
+        #[arg(long, env = "LVS_STATE_DIR", default_value = "/var/lib/lvs-agent")]
+        state_dir: PathBuf,
+        /// Where the sysctls are (a DaemonSet mounts the host's elsewhere).
+        #[arg(long, default_value = "/proc/sys")]
+        sysctl_root: PathBuf,
+        /// Also remove IPVS services this agent did not create.
+        #[arg(long)]
+        exclusive: bool,
+        /// Seconds between full resyncs that repair drift.
+        #[arg(long, default_value_t = 10)]
+        resync_interval: u64,
+        /// Address of /metrics and /healthz.
+        #[arg(long, default_value = "0.0.0.0:9101")]
+        metrics_address: SocketAddr,
+        /// Kubeconfig file; without it KUBECONFIG, ~/.kube/config or the
+        /// in-cluster configuration.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
     /// Print the kernel's IPVS table exactly as `ipvsadm -S -n` does.
     Save,
     /// Print the IPVS table like `ipvsadm -L -n`.
@@ -99,6 +126,26 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run {
+            node_name,
+            state_dir,
+            sysctl_root,
+            exclusive,
+            resync_interval,
+            metrics_address,
+            kubeconfig,
+        } => {
+            let options = RunOptions {
+                node_name,
+                state_dir,
+                sysctl_root,
+                exclusive,
+                resync: Duration::from_secs(resync_interval.max(1)),
+                metrics_address,
+                kubeconfig,
+            };
+            tokio::runtime::Runtime::new()?.block_on(cluster::run(options))?;
+        }
         Command::Save => {
             let handle = IpvsHandle::connect()?;
             print!("{}", ipvsadm::save(&handle.table()?));

@@ -1,0 +1,747 @@
+//! Cluster mode (`lvs-agent run`): the node's desired state comes from its
+//! LvsNode objects, and the agent reports back in their status.
+//!
+//! ```text
+//! watch LvsNodes (label lvs.dev/node=<node>) ─> assemble chunks ─> engine thread ─> kernel, host
+//!                                                                      │ Round
+//!                                   status of each chunk (if changed) <┘
+//! kernel table at scrape time ─> /metrics
+//! ```
+//!
+//! The engine is synchronous and owns the netlink socket, so it runs on its own
+//! thread, fed the latest desired state through a channel; everything that talks
+//! to the API server is async.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use axum::{Router, extract::State, routing::get};
+use futures::StreamExt;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use lvs_crds::{
+    LvsNode, LvsNodeStatus,
+    lvs_node::{DestinationReport, IpvsServiceKey, LvsNodeSpec, NODE_LABEL, ServiceReport, VipReport},
+    translate::assemble,
+    virtual_service::{AddressFamily, VrrpState},
+};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use serde_json::json;
+
+use crate::{
+    engine::{self, Engine, Round},
+    ipvs::{DestinationEntry, IpvsHandle, Stats},
+    ipvsadm::TableEntry,
+};
+
+/// The field manager of the agent's status writes.
+pub const FIELD_MANAGER: &str = "lvs-agent";
+
+/// `lvs-agent run`'s options.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub node_name: String,
+    pub state_dir: PathBuf,
+    pub sysctl_root: PathBuf,
+    pub exclusive: bool,
+    pub resync: Duration,
+    pub metrics_address: SocketAddr,
+    /// Absent: `KUBECONFIG`, `~/.kube/config`, or the in-cluster configuration.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// One version of the node's desired state: the objects it came from and their
+/// assembled spec.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub objects: Vec<Arc<LvsNode>>,
+    pub spec: LvsNodeSpec,
+}
+
+impl Desired {
+    /// The node's state from `objects` (any node's): `None` while its chunks do
+    /// not form one revision; no object at all is the empty state, which makes
+    /// the engine remove what it owns and restore the host.
+    pub fn of(node: &str, objects: Vec<Arc<LvsNode>>) -> Option<Desired> {
+        let mut objects: Vec<Arc<LvsNode>> = objects.into_iter().filter(|o| o.spec.node == node).collect();
+        objects.sort_by_key(|o| o.spec.chunk);
+        let spec = if objects.is_empty() {
+            LvsNodeSpec { node: node.into(), chunks: 1, ..LvsNodeSpec::default() }
+        } else {
+            assemble(objects.iter().map(|o| &o.spec))?
+        };
+        Some(Desired { objects, spec })
+    }
+
+    /// What tells two versions apart: the revision and each object's generation.
+    fn version(&self) -> (&str, Vec<(String, Option<i64>)>) {
+        let generations = self.objects.iter().map(|o| (o.name_any(), o.metadata.generation)).collect();
+        (&self.spec.revision, generations)
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT. Stopping leaves the kernel and the
+/// host as they are: a restarted agent takes over without a flush.
+pub async fn run(options: RunOptions) -> Result<()> {
+    let client = client(options.kubeconfig.as_ref()).await?;
+    let engine = Engine::open(&options.state_dir, &options.sysctl_root, options.exclusive)?;
+    let metrics = Arc::new(AgentMetrics::default());
+    let (desired_tx, desired_rx) = mpsc::channel();
+    let (rounds_tx, mut rounds_rx) = tokio::sync::mpsc::unbounded_channel();
+    let engine_metrics = Arc::clone(&metrics);
+    let resync = options.resync;
+    std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || drive_engine(engine, &desired_rx, &rounds_tx, resync, &engine_metrics))?;
+
+    let api: Api<LvsNode> = Api::all(client);
+    let mut status = StatusWriter::new(api.clone());
+    let write_statuses = async move {
+        while let Some((desired, round)) = rounds_rx.recv().await {
+            status.write(&desired, &round).await;
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(options.metrics_address)
+        .await
+        .with_context(|| format!("listening on {}", options.metrics_address))?;
+    eprintln!("lvs-agent: node {}, metrics on {}", options.node_name, options.metrics_address);
+    tokio::select! {
+        result = watch_desired(api, &options.node_name, desired_tx) => result,
+        () = write_statuses => anyhow::bail!("the engine thread stopped"),
+        result = axum::serve(listener, router(metrics)) => result.context("serving /metrics"),
+        () = shutdown_signal() => Ok(()),
+    }
+}
+
+async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig =
+                Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Watches the node's LvsNode objects and sends each new version of its desired
+/// state to the engine. Returns only when the engine is gone.
+async fn watch_desired(api: Api<LvsNode>, node: &str, engine: mpsc::Sender<Desired>) -> Result<()> {
+    let (store, writer) = reflector::store();
+    let config = watcher::Config::default().labels(&format!("{NODE_LABEL}={node}"));
+    let mut events = watcher(api, config).default_backoff().reflect(writer).boxed();
+    let mut sent: Option<Desired> = None;
+    while let Some(event) = events.next().await {
+        match event {
+            // Until the list is complete the store is partial: an absent chunk
+            // must not read as a deletion.
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+            Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {}
+            Err(error) => {
+                eprintln!("lvs-agent: watching LvsNodes: {error}");
+                continue;
+            }
+        }
+        let Some(desired) = Desired::of(node, store.state()) else { continue };
+        // Status writes come back as events: only a new version goes on.
+        if sent.as_ref().is_some_and(|s| s.version() == desired.version()) {
+            continue;
+        }
+        if engine.send(desired.clone()).is_err() {
+            anyhow::bail!("the engine thread stopped");
+        }
+        sent = Some(desired);
+    }
+    anyhow::bail!("the LvsNode watch ended")
+}
+
+/// The engine's loop: the first desired state, then every new one as it comes
+/// (planned against the cached table), a full resync every `resync`, and a look
+/// when a drain ends. Each round goes to the status writer.
+fn drive_engine(
+    mut engine: Engine,
+    desired: &mpsc::Receiver<Desired>,
+    rounds: &tokio::sync::mpsc::UnboundedSender<(Desired, Round)>,
+    resync: Duration,
+    metrics: &AgentMetrics,
+) {
+    // Nothing is applied before the node's objects are known: an empty state
+    // would remove every owned service.
+    let Ok(mut current) = desired.recv() else { return };
+    let mut full = true;
+    let mut next_resync = Instant::now();
+    loop {
+        let round = engine.reconcile(&current.spec, full);
+        metrics.record(&round, full);
+        log_round(&round, &current.spec.revision);
+        if full {
+            next_resync = Instant::now() + resync;
+        }
+        let next_check = round.next_check;
+        if rounds.send((current.clone(), round)).is_err() {
+            return;
+        }
+        let mut wait = next_resync.saturating_duration_since(Instant::now());
+        if let Some(at) = next_check {
+            wait = wait.min(at.saturating_sub(engine::now()));
+        }
+        match desired.recv_timeout(wait) {
+            Ok(new) => {
+                // Only the latest version matters.
+                current = desired.try_iter().last().unwrap_or(new);
+                full = false;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => full = Instant::now() >= next_resync,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn log_round(round: &Round, revision: &str) {
+    for line in &round.applied {
+        eprintln!("lvs-agent: revision {revision}: applied: {line}");
+    }
+    for failure in &round.failures {
+        eprintln!("lvs-agent: revision {revision}: failed: {failure}");
+    }
+}
+
+/// Writes the chunks' statuses, each only when it differs from what the object
+/// holds or what was last written.
+pub struct StatusWriter {
+    api: Api<LvsNode>,
+    written: HashMap<String, LvsNodeStatus>,
+}
+
+impl StatusWriter {
+    pub fn new(api: Api<LvsNode>) -> Self {
+        StatusWriter { api, written: HashMap::new() }
+    }
+
+    /// Reports `round` on the objects of `desired`. A failed write is logged and
+    /// retried after the next round (a resync at the latest).
+    pub async fn write(&mut self, desired: &Desired, round: &Round) {
+        for (object, status) in statuses(desired, round) {
+            let name = object.name_any();
+            if object.status.as_ref() == Some(&status) || self.written.get(&name) == Some(&status) {
+                continue;
+            }
+            let patch = json!({
+                "apiVersion": LvsNode::api_version(&()),
+                "kind": LvsNode::kind(&()),
+                "status": status,
+            });
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            match self.api.patch_status(&name, &params, &Patch::Apply(patch)).await {
+                Ok(_) => {
+                    self.written.insert(name, status);
+                }
+                Err(error) => eprintln!("lvs-agent: writing the status of LvsNode {name}: {error}"),
+            }
+        }
+    }
+}
+
+/// The status of each object of `desired` after `round`: its services and VIPs,
+/// a service programmed unless a failure names it. Failures that name no
+/// service go to the first chunk's `errors`.
+pub fn statuses<'a>(desired: &'a Desired, round: &Round) -> Vec<(&'a LvsNode, LvsNodeStatus)> {
+    let all_keys: Vec<String> =
+        desired.spec.director.iter().flat_map(|d| &d.services).map(|s| key_text(&s.key)).collect();
+    let general: Vec<String> = round
+        .failures
+        .iter()
+        .filter(|failure| !all_keys.iter().any(|key| names(failure, key)))
+        .cloned()
+        .collect();
+    desired
+        .objects
+        .iter()
+        .enumerate()
+        .map(|(index, object)| {
+            let director = object.spec.director.as_ref();
+            let services = director
+                .iter()
+                .flat_map(|d| &d.services)
+                .map(|service| {
+                    let key = key_text(&service.key);
+                    let errors: Vec<&str> =
+                        round.failures.iter().filter(|f| names(f, &key)).map(String::as_str).collect();
+                    ServiceReport {
+                        owner: service.owner.clone(),
+                        key: service.key.clone(),
+                        programmed: errors.is_empty(),
+                        error: (!errors.is_empty()).then(|| errors.join("; ")),
+                        // Health checks are not run yet: every destination counts
+                        // as healthy, with the weight it was programmed with.
+                        destinations: service
+                            .destinations
+                            .iter()
+                            .map(|d| DestinationReport {
+                                address: d.address,
+                                port: d.port,
+                                healthy: true,
+                                weight: d.weight,
+                                active_connections: 0,
+                                inactive_connections: 0,
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            let vips = director
+                .iter()
+                .flat_map(|d| &d.vips)
+                .map(|vip| VipReport {
+                    address: vip.address,
+                    // Without a VRRP instance running, a director holds its VIPs.
+                    vrrp_state: VrrpState::Master,
+                    held: !round.failures.iter().any(|f| names(f, &format!("director VIP {}", vip.address))),
+                })
+                .collect();
+            let status = LvsNodeStatus {
+                applied_generation: object.metadata.generation,
+                applied_revision: Some(desired.spec.revision.clone()),
+                conditions: vec![],
+                services,
+                vips,
+                errors: if index == 0 { general.clone() } else { vec![] },
+            };
+            (object.as_ref(), status)
+        })
+        .collect()
+}
+
+/// A service as the engine's failures name it: `TCP 10.0.0.1:80`, `FWM 7`.
+pub fn key_text(key: &IpvsServiceKey) -> String {
+    match (key.fwmark, key.address) {
+        (Some(mark), _) if key.family == AddressFamily::IPv6 => format!("FWM {mark} IPv6"),
+        (Some(mark), _) => format!("FWM {mark}"),
+        (None, address) => {
+            let address = address.map_or_else(String::new, |a| SocketAddr::new(a, key.port).to_string());
+            format!("{:?} {address}", key.protocol)
+        }
+    }
+}
+
+/// Whether `failure` names `subject` as a whole (`TCP 10.0.0.1:80` is not named
+/// by a failure about `TCP 10.0.0.1:8080`, nor `FWM 7` by one about `FWM 7 IPv6`).
+fn names(failure: &str, subject: &str) -> bool {
+    failure.match_indices(subject).any(|(at, _)| {
+        let rest = &failure[at + subject.len()..];
+        (rest.is_empty() || rest.starts_with(' ') || rest.starts_with(": ")) && !rest.starts_with(" IPv6")
+    })
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoundLabels {
+    /// `change` (a new desired state) or `resync` (a full one).
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    service: String,
+    destination: String,
+}
+
+/// The agent's own counters; the IPVS figures are read at scrape time.
+#[derive(Default)]
+pub struct AgentMetrics {
+    rounds: Family<RoundLabels, Counter>,
+    operations: Counter,
+    failures: Counter,
+}
+
+impl AgentMetrics {
+    pub fn record(&self, round: &Round, full: bool) {
+        self.rounds.get_or_create(&RoundLabels { kind: if full { "resync" } else { "change" } }).inc();
+        self.operations.inc_by(round.applied.len() as u64);
+        self.failures.inc_by(round.failures.len() as u64);
+    }
+}
+
+/// One IPVS counter or rate: its metric name (after `service_`/`destination_`),
+/// help, and where it is in [`Stats`].
+type StatField = (&'static str, &'static str, fn(&Stats) -> u64);
+
+const COUNTERS: [StatField; 5] = [
+    ("connections", "Connections scheduled", |s| s.connections),
+    ("packets_in", "Packets received", |s| s.packets_in),
+    ("packets_out", "Packets sent", |s| s.packets_out),
+    ("bytes_in", "Bytes received", |s| s.bytes_in),
+    ("bytes_out", "Bytes sent", |s| s.bytes_out),
+];
+
+const RATES: [StatField; 5] = [
+    ("connections_per_second", "Connections per second (kernel estimate, 2 s)", |s| s.connections_rate),
+    ("packets_in_per_second", "Packets received per second", |s| s.packets_in_rate),
+    ("packets_out_per_second", "Packets sent per second", |s| s.packets_out_rate),
+    ("bytes_in_per_second", "Bytes received per second", |s| s.bytes_in_rate),
+    ("bytes_out_per_second", "Bytes sent per second", |s| s.bytes_out_rate),
+];
+
+/// A destination's gauge: name (after `destination_`), help, value.
+type DestinationField = (&'static str, &'static str, fn(&DestinationEntry) -> u32);
+
+const DESTINATION_GAUGES: [DestinationField; 3] = [
+    ("active_connections", "Active connections", |d| d.active_connections),
+    ("inactive_connections", "Inactive connections (e.g. TIME_WAIT)", |d| d.inactive_connections),
+    ("weight", "Weight in the kernel", |d| d.destination.weight),
+];
+
+/// The OpenMetrics text of the agent's counters and of `table` (the kernel's
+/// IPVS table; `None` when it could not be read, which `lvs_agent_ipvs_up`
+/// tells).
+pub fn metrics_text(metrics: &AgentMetrics, table: Option<&[TableEntry]>) -> String {
+    let mut registry = Registry::with_prefix("lvs_agent");
+    registry.register("reconciles", "Reconcile rounds, by kind", metrics.rounds.clone());
+    registry.register("operations", "IPVS operations applied", metrics.operations.clone());
+    registry.register("failures", "Failures of reconcile rounds", metrics.failures.clone());
+    let up = Gauge::<i64>::default();
+    up.set(i64::from(table.is_some()));
+    registry.register("ipvs_up", "1 when the kernel's IPVS table could be read", up);
+
+    let table = table.unwrap_or_default();
+    let services = table
+        .iter()
+        .map(|(service, _)| (ServiceLabels { service: service.service.key.to_string() }, &service.stats));
+    register_stats(&mut registry, "service", services.collect());
+    let destinations: Vec<_> = table
+        .iter()
+        .flat_map(|(service, destinations)| {
+            let service = service.service.key.to_string();
+            destinations.iter().map(move |d| {
+                let labels = DestinationLabels {
+                    service: service.clone(),
+                    destination: d.destination.address.to_string(),
+                };
+                (labels, d)
+            })
+        })
+        .collect();
+    for (name, help, value) in DESTINATION_GAUGES {
+        let family = Family::<DestinationLabels, Gauge>::default();
+        for (labels, destination) in &destinations {
+            family.get_or_create(labels).set(value(destination).into());
+        }
+        registry.register(format!("destination_{name}"), help, family);
+    }
+    register_stats(
+        &mut registry,
+        "destination",
+        destinations.iter().map(|(l, d)| (l.clone(), &d.stats)).collect(),
+    );
+
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}
+
+/// The counters and rates of `rows` as `<what>_<field>` families.
+fn register_stats<L>(registry: &mut Registry, what: &str, rows: Vec<(L, &Stats)>)
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+{
+    for (name, help, value) in COUNTERS {
+        let family = Family::<L, Counter>::default();
+        for (labels, stats) in &rows {
+            family.get_or_create(labels).inc_by(value(stats));
+        }
+        registry.register(format!("{what}_{name}"), help, family);
+    }
+    for (name, help, value) in RATES {
+        let family = Family::<L, Gauge>::default();
+        for (labels, stats) in &rows {
+            family.get_or_create(labels).set(i64::try_from(value(stats)).unwrap_or(i64::MAX));
+        }
+        registry.register(format!("{what}_{name}"), help, family);
+    }
+}
+
+fn router(metrics: Arc<AgentMetrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(metrics)
+}
+
+async fn scrape(State(metrics): State<Arc<AgentMetrics>>) -> ([(&'static str, &'static str); 1], String) {
+    // A dump of a large table takes a while: off the async threads.
+    let table = tokio::task::spawn_blocking(|| IpvsHandle::connect().and_then(|handle| handle.table()))
+        .await
+        .ok()
+        .and_then(|table| table.map_err(|e| eprintln!("lvs-agent: metrics: {e}")).ok());
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([("content-type", content_type)], metrics_text(&metrics, table.as_deref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use pretty_assertions::assert_eq;
+
+    use super::*;
+    use crate::{
+        desired::desired_services,
+        ipvs::{Destination, ForwardMethod, Service, ServiceEntry, ServiceKey},
+    };
+
+    /// Chunk `chunk` of node `lvs1`'s state at `revision`, generation 3: one
+    /// service `default/<name>` on VIP 192.0.2.<chunk + 10>:80 with two real
+    /// servers; chunk 0 also holds the VIP.
+    fn chunk(chunk: u32, chunks: u32, revision: &str) -> Arc<LvsNode> {
+        let name = LvsNode::object_name("lvs1", chunk);
+        let vip = format!("192.0.2.{}", chunk + 10);
+        let vips = if chunk == 0 { format!("vips: [{{address: '{vip}'}}]") } else { String::new() };
+        let object: LvsNode = serde_yaml::from_str(&format!(
+            "apiVersion: lvs.dev/v1alpha1
+kind: LvsNode
+metadata: {{name: {name}, generation: 3, labels: {{lvs.dev/node: lvs1}}}}
+spec:
+  node: lvs1
+  chunk: {chunk}
+  chunks: {chunks}
+  revision: {revision}
+  director:
+    {vips}
+    services:
+      - owner: {{namespace: default, name: web{chunk}, uid: u{chunk}, generation: 7}}
+        key: {{family: IPv4, address: '{vip}', port: 80, protocol: TCP}}
+        scheduler: rr
+        destinations:
+          - {{address: 198.51.100.1, port: 80, weight: 1, forwarding: DirectRouting}}
+          - {{address: 198.51.100.2, port: 80, weight: 2, forwarding: DirectRouting}}"
+        ))
+        .expect("a valid LvsNode");
+        Arc::new(object)
+    }
+
+    fn other_node() -> Arc<LvsNode> {
+        let mut object = (*chunk(0, 1, "r9")).clone();
+        object.metadata.name = Some("lvs2".into());
+        object.spec.node = "lvs2".into();
+        Arc::new(object)
+    }
+
+    #[test]
+    fn the_node_state_is_its_complete_chunks() {
+        let desired = Desired::of("lvs1", vec![chunk(1, 2, "r1"), other_node(), chunk(0, 2, "r1")]).unwrap();
+        let names: Vec<String> = desired.objects.iter().map(|o| o.name_any()).collect();
+        assert_eq!(names, ["lvs1", "lvs1-1"]);
+        assert_eq!(desired.spec.director.unwrap().services.len(), 2);
+
+        // A chunk of another revision: not yet.
+        assert!(Desired::of("lvs1", vec![chunk(0, 2, "r2"), chunk(1, 2, "r1")]).is_none());
+        assert!(Desired::of("lvs1", vec![chunk(0, 2, "r1")]).is_none());
+
+        // No object: the empty state.
+        let empty = Desired::of("lvs1", vec![other_node()]).unwrap();
+        assert!(empty.objects.is_empty());
+        assert_eq!(empty.spec, LvsNodeSpec { node: "lvs1".into(), chunks: 1, ..LvsNodeSpec::default() });
+    }
+
+    #[test]
+    fn key_text_is_how_the_kernel_layer_names_services() {
+        let mut object = (*chunk(0, 1, "r1")).clone();
+        let director = object.spec.director.as_mut().unwrap();
+        let mut v6 = director.services[0].clone();
+        v6.key = IpvsServiceKey {
+            family: AddressFamily::IPv6,
+            address: Some("2001:db8::1".parse().unwrap()),
+            ..v6.key
+        };
+        let mut fwmark = director.services[0].clone();
+        fwmark.key = IpvsServiceKey { address: None, port: 0, fwmark: Some(7), ..fwmark.key };
+        let mut fwmark6 = fwmark.clone();
+        fwmark6.key.family = AddressFamily::IPv6;
+        director.services.extend([v6, fwmark, fwmark6]);
+        let mut ours: Vec<String> = director.services.iter().map(|s| key_text(&s.key)).collect();
+        let mut kernel: Vec<String> =
+            desired_services(director).iter().map(|d| d.service.key.to_string()).collect();
+        ours.sort();
+        kernel.sort();
+        assert_eq!(ours, kernel);
+        assert!(ours.contains(&"TCP [2001:db8::1]:80".to_string()), "{ours:?}");
+    }
+
+    #[test]
+    fn a_failure_names_a_service_only_as_a_whole() {
+        let failure = "add destination 10.0.0.11:80 to TCP 10.0.0.1:80: already exists";
+        assert!(names(failure, "TCP 10.0.0.1:80"));
+        assert!(!names("delete service TCP 10.0.0.1:8080: no such service", "TCP 10.0.0.1:80"));
+        assert!(!names("edit service FWM 7 IPv6: invalid argument", "FWM 7"));
+        assert!(names("edit service FWM 7 IPv6: invalid argument", "FWM 7 IPv6"));
+        assert!(names("edit service FWM 7", "FWM 7"));
+        assert!(names("director VIP 192.0.2.10 on eth0: permission denied", "director VIP 192.0.2.10"));
+        assert!(!names("director VIP 192.0.2.100: no route", "director VIP 192.0.2.10"));
+    }
+
+    fn failing_round() -> Round {
+        Round {
+            applied: vec!["-a -t 192.0.2.10:80 -r 198.51.100.1:80 -g -w 1".into()],
+            failures: vec![
+                "add destination 198.51.100.2:80 to TCP 192.0.2.11:80: out of range".into(),
+                "director VIP 192.0.2.10 on eth0: operation not permitted".into(),
+            ],
+            next_check: None,
+        }
+    }
+
+    #[test]
+    fn statuses_report_each_chunk_its_services() {
+        let desired = Desired::of("lvs1", vec![chunk(0, 2, "r1"), chunk(1, 2, "r1")]).unwrap();
+        let statuses = statuses(&desired, &failing_round());
+        let [(first, chunk0), (_, chunk1)] = &statuses[..] else { panic!("two statuses") };
+        assert_eq!(first.name_any(), "lvs1");
+        for status in [chunk0, chunk1] {
+            assert_eq!(status.applied_generation, Some(3));
+            assert_eq!(status.applied_revision.as_deref(), Some("r1"));
+            assert_eq!(status.services.len(), 1);
+        }
+        let web0 = &chunk0.services[0];
+        assert_eq!((web0.owner.name.as_str(), web0.owner.generation), ("web0", 7));
+        assert!(web0.programmed && web0.error.is_none());
+        assert_eq!(web0.destinations.iter().map(|d| d.weight).collect::<Vec<_>>(), [1, 2]);
+        assert!(web0.destinations.iter().all(|d| d.healthy));
+        let web1 = &chunk1.services[0];
+        assert!(!web1.programmed);
+        assert_eq!(
+            web1.error.as_deref(),
+            Some("add destination 198.51.100.2:80 to TCP 192.0.2.11:80: out of range")
+        );
+        // The VIP failure names no service: an error of the first chunk.
+        assert_eq!(chunk0.errors, ["director VIP 192.0.2.10 on eth0: operation not permitted"]);
+        assert!(chunk1.errors.is_empty());
+        assert_eq!(chunk0.vips.len(), 1);
+        assert!(!chunk0.vips[0].held);
+        assert_eq!(chunk0.vips[0].vrrp_state, VrrpState::Master);
+    }
+
+    #[test]
+    fn metrics_carry_each_service_and_destination() {
+        let key = ServiceKey::tcp("192.0.2.10:80".parse().unwrap());
+        let stats = Stats { connections: 5, bytes_in: 1000, bytes_in_rate: 40, ..Stats::default() };
+        let destination = DestinationEntry {
+            destination: Destination::new("198.51.100.1:80".parse().unwrap(), ForwardMethod::DirectRoute, 2),
+            active_connections: 3,
+            inactive_connections: 1,
+            persistent_connections: 0,
+            stats: Stats { connections: 4, packets_out: 9, ..Stats::default() },
+        };
+        let table = vec![(ServiceEntry { service: Service::new(key, "rr"), stats }, vec![destination])];
+        let metrics = AgentMetrics::default();
+        metrics.record(&failing_round(), true);
+        let text = metrics_text(&metrics, Some(&table));
+        let service = r#"service="TCP 192.0.2.10:80""#;
+        let both = r#"service="TCP 192.0.2.10:80",destination="198.51.100.1:80""#;
+        for line in [
+            r#"lvs_agent_reconciles_total{kind="resync"} 1"#.to_string(),
+            "lvs_agent_operations_total 1".into(),
+            "lvs_agent_failures_total 2".into(),
+            "lvs_agent_ipvs_up 1".into(),
+            format!("lvs_agent_service_connections_total{{{service}}} 5"),
+            format!("lvs_agent_service_bytes_in_total{{{service}}} 1000"),
+            format!("lvs_agent_service_bytes_in_per_second{{{service}}} 40"),
+            format!("lvs_agent_destination_connections_total{{{both}}} 4"),
+            format!("lvs_agent_destination_packets_out_total{{{both}}} 9"),
+            format!("lvs_agent_destination_active_connections{{{both}}} 3"),
+            format!("lvs_agent_destination_inactive_connections{{{both}}} 1"),
+            format!("lvs_agent_destination_weight{{{both}}} 2"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+        }
+        assert!(metrics_text(&metrics, None).contains("lvs_agent_ipvs_up 0"));
+    }
+
+    type ApiServerHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    /// Plays the API server for one status write of LvsNode `name`: checks the
+    /// request and returns the status it carried.
+    async fn expect_status_patch(handle: &mut ApiServerHandle, name: &str) -> LvsNodeStatus {
+        let (request, send) = handle.next_request().await.expect("a status write");
+        assert_eq!(request.method(), Method::PATCH);
+        assert_eq!(
+            request.uri().to_string(),
+            format!("/apis/lvs.dev/v1alpha1/lvsnodes/{name}/status?&force=true&fieldManager=lvs-agent")
+        );
+        assert_eq!(request.headers().get("content-type").unwrap(), "application/apply-patch+yaml");
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!((&body["apiVersion"], &body["kind"]), (&json!("lvs.dev/v1alpha1"), &json!("LvsNode")));
+        let answer = json!({
+            "apiVersion": "lvs.dev/v1alpha1", "kind": "LvsNode",
+            "metadata": {"name": name}, "spec": {"node": "lvs1"}, "status": body["status"],
+        });
+        send.send_response(
+            Response::builder()
+                .status(StatusCode::OK)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap(),
+        );
+        serde_json::from_value(body["status"].clone()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn statuses_are_written_once_by_server_side_apply() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let mut writer = StatusWriter::new(Api::all(Client::new(mock, "default")));
+        let mut done = (*chunk(1, 2, "r1")).clone();
+        // Chunk 1 already reports this round: only chunk 0 is written.
+        done.status = Some(
+            statuses(
+                &Desired::of("lvs1", vec![chunk(0, 2, "r1"), chunk(1, 2, "r1")]).unwrap(),
+                &failing_round(),
+            )[1]
+            .1
+            .clone(),
+        );
+        let desired = Desired::of("lvs1", vec![chunk(0, 2, "r1"), Arc::new(done)]).unwrap();
+        let round = failing_round();
+
+        let server = tokio::spawn(async move {
+            let status = expect_status_patch(&mut handle, "lvs1").await;
+            (status, handle)
+        });
+        tokio::time::timeout(Duration::from_secs(5), writer.write(&desired, &round)).await.unwrap();
+        let (status, mut handle) = server.await.unwrap();
+        assert_eq!(status, statuses(&desired, &round)[0].1);
+        assert_eq!(status.applied_revision.as_deref(), Some("r1"));
+        assert!(status.services[0].programmed);
+
+        // The same round again (a resync): nothing to write.
+        writer.write(&desired, &round).await;
+        drop(writer);
+        assert!(handle.next_request().await.is_none(), "no second write");
+    }
+}
