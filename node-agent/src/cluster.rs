@@ -23,6 +23,10 @@ use std::{
 use anyhow::{Context, Result};
 use axum::{Router, extract::State, routing::get};
 use futures::StreamExt;
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -149,7 +153,8 @@ async fn shutdown_signal() {
 }
 
 /// Watches the node's LvsNode objects and sends each new version of its desired
-/// state to the engine. Returns only when the engine is gone.
+/// state to the engine. Returns (an error) only when the engine or the watch
+/// is gone; watch errors are logged and retried with backoff.
 async fn watch_desired(api: Api<LvsNode>, node: &str, engine: mpsc::Sender<Desired>) -> Result<()> {
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().labels(&format!("{NODE_LABEL}={node}"));
@@ -245,9 +250,14 @@ impl StatusWriter {
     /// Reports `round` on the objects of `desired`. A failed write is logged and
     /// retried after the next round (a resync at the latest).
     pub async fn write(&mut self, desired: &Desired, round: &Round) {
+        let now = Time(Timestamp::now());
         for (object, status) in statuses(desired, round) {
             let name = object.name_any();
-            if object.status.as_ref() == Some(&status) || self.written.get(&name) == Some(&status) {
+            // What the object holds as far as this agent knows: its own last
+            // write, or what the watch saw (after a restart).
+            let old = self.written.get(&name).or(object.status.as_ref());
+            let status = with_conditions(status, old, &now);
+            if old == Some(&status) {
                 continue;
             }
             let patch = json!({
@@ -334,6 +344,45 @@ pub fn statuses<'a>(desired: &'a Desired, round: &Round) -> Vec<(&'a LvsNode, Lv
             (object.as_ref(), status)
         })
         .collect()
+}
+
+/// Condition types of an LvsNode's status.
+pub mod conditions {
+    /// True when the kernel and the host match the object.
+    pub const APPLIED: &str = "Applied";
+    /// True when some part of the object failed.
+    pub const DEGRADED: &str = "Degraded";
+}
+
+/// `status` with its `Applied` and `Degraded` conditions. A condition keeps its
+/// `lastTransitionTime` from `old` while its status stays, so that an unchanged
+/// result gives an identical status (and no write).
+pub fn with_conditions(mut status: LvsNodeStatus, old: Option<&LvsNodeStatus>, now: &Time) -> LvsNodeStatus {
+    // A VIP not held has its failure in `errors`.
+    let failures = status.services.iter().filter(|s| !s.programmed).count() + status.errors.len();
+    let revision = status.applied_revision.clone().unwrap_or_default();
+    let (applied, degraded) = if failures == 0 {
+        (("True", "Applied", format!("revision {revision} applied")), ("False", "NoFailures", String::new()))
+    } else {
+        let message = format!("revision {revision}: {failures} failure(s)");
+        (("False", "Failed", message.clone()), ("True", "Failed", message))
+    };
+    let generation = status.applied_generation;
+    let condition = |type_: &str, (state, reason, message): (&str, &str, String)| Condition {
+        type_: type_.into(),
+        status: state.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: old
+            .into_iter()
+            .flat_map(|o| &o.conditions)
+            .find(|c| c.type_ == type_ && c.status == state)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone()),
+    };
+    status.conditions =
+        vec![condition(conditions::APPLIED, applied), condition(conditions::DEGRADED, degraded)];
+    status
 }
 
 /// A service as the engine's failures name it: `TCP 10.0.0.1:80`, `FWM 7`.
@@ -648,6 +697,55 @@ spec:
         assert_eq!(chunk0.vips[0].vrrp_state, VrrpState::Master);
     }
 
+    fn time(at: &str) -> Time {
+        Time(at.parse().unwrap())
+    }
+
+    #[test]
+    fn conditions_move_only_when_their_status_changes() {
+        let desired = Desired::of("lvs1", vec![chunk(0, 1, "r1")]).unwrap();
+        let ok = statuses(&desired, &Round::default()).remove(0).1;
+        let (t0, t1, t2) =
+            (time("2026-01-01T00:00:00Z"), time("2026-01-01T00:01:00Z"), time("2026-01-01T00:02:00Z"));
+
+        let first = with_conditions(ok.clone(), None, &t0);
+        let applied = &first.conditions[0];
+        assert_eq!((applied.type_.as_str(), applied.status.as_str()), ("Applied", "True"));
+        assert_eq!(applied.message, "revision r1 applied");
+        assert_eq!(applied.observed_generation, Some(3));
+        // Unchanged: identical, so nothing is written.
+        assert_eq!(with_conditions(ok, Some(&first), &t1), first);
+
+        let failed = statuses(&desired, &failing_round()).remove(0).1;
+        let second = with_conditions(failed, Some(&first), &t2);
+        let states: Vec<_> = second
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), &c.last_transition_time))
+            .collect();
+        assert_eq!(states, [("Applied", "False", &t2), ("Degraded", "True", &t2)]);
+        assert_eq!(second.conditions[1].message, "revision r1: 2 failure(s)");
+    }
+
+    #[tokio::test]
+    async fn endpoints_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(Arc::default())).await.unwrap() });
+        for (path, expected) in [("/healthz", "ok"), ("/metrics", "lvs_agent_operations_total 0")] {
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            assert!(
+                response.starts_with("HTTP/1.1 200") && response.contains(expected),
+                "{path}: {response}"
+            );
+        }
+    }
+
     #[test]
     fn metrics_carry_each_service_and_destination() {
         let key = ServiceKey::tcp("192.0.2.10:80".parse().unwrap());
@@ -718,14 +816,9 @@ spec:
         let mut writer = StatusWriter::new(Api::all(Client::new(mock, "default")));
         let mut done = (*chunk(1, 2, "r1")).clone();
         // Chunk 1 already reports this round: only chunk 0 is written.
-        done.status = Some(
-            statuses(
-                &Desired::of("lvs1", vec![chunk(0, 2, "r1"), chunk(1, 2, "r1")]).unwrap(),
-                &failing_round(),
-            )[1]
-            .1
-            .clone(),
-        );
+        let both = Desired::of("lvs1", vec![chunk(0, 2, "r1"), chunk(1, 2, "r1")]).unwrap();
+        let reported = statuses(&both, &failing_round())[1].1.clone();
+        done.status = Some(with_conditions(reported, None, &time("2026-01-01T00:00:00Z")));
         let desired = Desired::of("lvs1", vec![chunk(0, 2, "r1"), Arc::new(done)]).unwrap();
         let round = failing_round();
 
@@ -734,7 +827,11 @@ spec:
             (status, handle)
         });
         tokio::time::timeout(Duration::from_secs(5), writer.write(&desired, &round)).await.unwrap();
-        let (status, mut handle) = server.await.unwrap();
+        let (mut status, mut handle) = server.await.unwrap();
+        let conditions: Vec<(&str, &str)> =
+            status.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
+        assert_eq!(conditions, [("Applied", "False"), ("Degraded", "True")]);
+        status.conditions.clear();
         assert_eq!(status, statuses(&desired, &round)[0].1);
         assert_eq!(status.applied_revision.as_deref(), Some("r1"));
         assert!(status.services[0].programmed);
