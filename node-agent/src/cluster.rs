@@ -697,6 +697,70 @@ spec:
         assert_eq!(chunk0.vips[0].vrrp_state, VrrpState::Master);
     }
 
+    #[test]
+    fn a_status_change_is_not_a_new_version() {
+        let desired = Desired::of("lvs1", vec![chunk(0, 1, "r1")]).unwrap();
+        let mut reported = (*chunk(0, 1, "r1")).clone();
+        reported.status = Some(statuses(&desired, &Round::default()).remove(0).1);
+        let again = Desired::of("lvs1", vec![Arc::new(reported)]).unwrap();
+        assert_eq!(again.version(), desired.version());
+        let next = Desired::of("lvs1", vec![chunk(0, 1, "r2")]).unwrap();
+        assert_ne!(next.version(), desired.version());
+    }
+
+    /// The watch against a mock API server: the list holds both chunks of one
+    /// revision (and nothing is sent before it is complete), then a watch event
+    /// deletes them, which is the empty state.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_watch_sends_each_version_of_the_node_state() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<LvsNode> = Api::all(Client::new(mock, "default"));
+        let (engine, versions) = mpsc::channel();
+        let watch = tokio::spawn(async move { watch_desired(api, "lvs1", engine).await });
+        let object = |chunk: &Arc<LvsNode>| {
+            let mut value = serde_json::to_value(chunk.as_ref()).unwrap();
+            value["metadata"]["resourceVersion"] = json!("5");
+            value
+        };
+        let (first, second) = (chunk(0, 2, "r1"), chunk(1, 2, "r1"));
+
+        let (request, send) = handle.next_request().await.expect("a list");
+        let uri = request.uri().to_string();
+        assert!(uri.starts_with("/apis/lvs.dev/v1alpha1/lvsnodes?"), "{uri}");
+        assert!(uri.contains("labelSelector=lvs.dev%2Fnode%3Dlvs1"), "{uri}");
+        assert!(!uri.contains("watch=true"), "{uri}");
+        let list = json!({
+            "apiVersion": "lvs.dev/v1alpha1", "kind": "LvsNodeList",
+            "metadata": {"resourceVersion": "5"},
+            "items": [object(&first), object(&second)],
+        });
+        send.send_response(Response::new(Body::from(serde_json::to_vec(&list).unwrap())));
+
+        let (request, send) = handle.next_request().await.expect("a watch");
+        assert!(request.uri().to_string().contains("watch=true"), "{}", request.uri());
+        let events: Vec<u8> = [&first, &second]
+            .into_iter()
+            .flat_map(|chunk| {
+                let mut line =
+                    serde_json::to_vec(&json!({"type": "DELETED", "object": object(chunk)})).unwrap();
+                line.push(b'\n');
+                line
+            })
+            .collect();
+        send.send_response(Response::new(Body::from(events)));
+
+        let receive = || versions.recv_timeout(Duration::from_secs(5)).expect("a version");
+        let listed = tokio::task::block_in_place(receive);
+        assert_eq!(listed.spec.revision, "r1");
+        assert_eq!(listed.objects.len(), 2);
+        assert_eq!(listed.spec.director.unwrap().services.len(), 2);
+        // Deleting the first chunk leaves an incomplete state (not sent); then none.
+        let deleted = tokio::task::block_in_place(receive);
+        assert!(deleted.objects.is_empty());
+        assert_eq!(deleted.spec, LvsNodeSpec { node: "lvs1".into(), chunks: 1, ..LvsNodeSpec::default() });
+        watch.abort();
+    }
+
     fn time(at: &str) -> Time {
         Time(at.parse().unwrap())
     }
