@@ -98,10 +98,13 @@ impl Sysctls {
         keys.iter().try_for_each(|key| self.restore(changes, key))
     }
 
-    /// The running kernel's version, from `kernel.osrelease`.
+    /// The running kernel's version, from `kernel.osrelease`. Read from the
+    /// process's own `/proc`: the kernel is the same whatever the root (a
+    /// DaemonSet mounts only the host's `net` sysctls under its root).
     pub fn kernel_version(&self) -> Result<KernelVersion> {
-        let release = self.get("kernel.osrelease")?;
-        KernelVersion::parse(&release).with_context(|| format!("unrecognised kernel release {release:?}"))
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").context("reading kernel.osrelease")?;
+        let release = release.trim();
+        KernelVersion::parse(release).with_context(|| format!("unrecognised kernel release {release:?}"))
     }
 
     /// Whether this key exists (e.g. `net.ipv4.vs.*` only once IPVS is loaded).
