@@ -8,7 +8,7 @@ mod common;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::{Child, Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -123,6 +123,35 @@ fn a_bad_manifest_leaves_the_rules_intact_and_names_the_field() {
     assert_eq!(sorted_lines(&in_ns("director1", "ipvsadm -S -n")), before);
 }
 
+/// A streaming TCP server: a line every 100 ms on each connection, for as long as
+/// it lasts.
+const STREAM_SERVER: &str = "
+import socket, threading, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 9000))
+s.listen()
+def serve(c):
+    n = 0
+    while True:
+        n += 1
+        c.sendall(b'line %d\\n' % n)
+        time.sleep(0.1)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+";
+
+/// A process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running agent (`apply` without `--once`), stopped when dropped.
 struct Agent(Child);
 
@@ -209,4 +238,106 @@ fn a_weight_change_and_a_removal_touch_nothing_else() {
     });
     assert_eq!(untouched(&rules()), untouched(&before));
     assert!(rules().contains(&"-A -t 10.99.0.1:80 -s rr".to_string()), "the foreign service is left alone");
+}
+
+/// The DR example with other scheduling, written to a temporary file.
+fn dr_variant(name: &str, edit: impl Fn(String) -> String) -> String {
+    let path = format!("/tmp/lvs-agent-{name}.yaml");
+    std::fs::write(&path, edit(std::fs::read_to_string(example("dr.yaml")).unwrap())).unwrap();
+    path
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn round_robin_alternates() {
+    topology("classic");
+    let manifest = dr_variant("rr", |m| m.replace("scheduler: wrr", "scheduler: rr"));
+    for node in ["rs1", "rs2", "director1"] {
+        apply_once(node, &manifest);
+    }
+    assert_eq!(requests(6), BTreeMap::from([("web1".to_string(), 3), ("web2".to_string(), 3)]));
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn source_hashing_keeps_a_client_on_one_server() {
+    topology("classic");
+    let manifest = dr_variant("sh", |m| m.replace("scheduler: wrr", "scheduler: sh"));
+    for node in ["rs1", "rs2", "director1"] {
+        apply_once(node, &manifest);
+    }
+    let answers = requests(6);
+    assert_eq!(answers.len(), 1, "one client, one server: {answers:?}");
+    assert_eq!(answers.values().sum::<usize>(), 6);
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn persistence_keeps_a_client_on_one_server() {
+    topology("classic");
+    let manifest = dr_variant("persistent", |m| {
+        m.replace("scheduler: wrr", "scheduler: rr\n  persistence: {timeoutSeconds: 60}")
+    });
+    for node in ["rs1", "rs2", "director1"] {
+        apply_once(node, &manifest);
+    }
+    assert!(in_ns("director1", "ipvsadm -S -n").contains("-s rr -p 60"));
+    let answers = requests(6);
+    assert_eq!(answers.len(), 1, "rr alone would alternate: {answers:?}");
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn an_agent_restart_keeps_established_connections_and_rules() {
+    topology("classic");
+    // A TCP service on port 9000 whose only real server streams a line every
+    // 100 ms for as long as the connection lasts.
+    let manifest = dr_variant("stream", |m| {
+        m.replace("port: 80\n", "port: 9000\n")
+            .lines()
+            .filter(|l| !l.contains("192.168.16.22") && !l.contains("healthCheck"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    });
+    apply_once("rs1", &manifest);
+    let server = Command::new("ip")
+        .args(["netns", "exec", "rs1", "python3", "-c", STREAM_SERVER])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Killed(server);
+    let agent = Agent::start("director1", &manifest, 2);
+    wait_until("programmed", Duration::from_secs(20), || {
+        in_ns("director1", "ipvsadm -S -n").contains("-r 192.168.16.21:9000")
+    });
+    let rules = sorted_lines(&in_ns("director1", "ipvsadm -S -n"));
+    // The client's stdin stays open: at its end nc would half-close the connection.
+    let stream = std::fs::File::create("/tmp/lvs-stream").unwrap();
+    let client = Command::new("ip")
+        .args(["netns", "exec", "client", "busybox", "nc", "192.168.16.100", "9000"])
+        .stdin(Stdio::piped())
+        .stdout(stream)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _client = Killed(client);
+    let received = || std::fs::read_to_string("/tmp/lvs-stream").unwrap_or_default().lines().count();
+    wait_until("the stream starts", Duration::from_secs(10), || received() >= 5);
+
+    // Kill the agent hard and start another with the same state.
+    drop(agent);
+    let _agent = Agent::start("director1", &manifest, 2);
+    sleep(Duration::from_secs(5)); // two resyncs
+    let before = received();
+    sleep(Duration::from_secs(2));
+    assert!(received() >= before + 10, "the connection stalled: {before} -> {} lines", received());
+    assert_eq!(sorted_lines(&in_ns("director1", "ipvsadm -S -n")), rules, "no rule was flushed or replaced");
+    // The director still tracks the connection.
+    let connections = in_ns("director1", "ipvsadm -Lnc");
+    assert!(
+        connections.contains("192.168.16.2:") && connections.contains("192.168.16.21:9000"),
+        "{connections}"
+    );
 }
