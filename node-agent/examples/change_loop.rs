@@ -96,7 +96,7 @@ fn main() {
         owned = p.owned;
         drains = p.drains;
         let t = Instant::now();
-        let touched: BTreeSet<ServiceKey> = p.ops.iter().filter_map(op_service).collect();
+        let touched: BTreeSet<ServiceKey> = p.ops.iter().filter_map(IpvsOp::service_key).collect();
         for key in touched {
             table.retain(|(service, _)| service.service.key != key);
             if let (Ok(service), Ok(d)) = (handle.service(&key), handle.destinations(&key)) {
@@ -112,16 +112,5 @@ fn main() {
             println!("READY {:.3}", start.elapsed().as_secs_f64());
             first = false;
         }
-    }
-}
-
-fn op_service(op: &IpvsOp) -> Option<ServiceKey> {
-    match op {
-        IpvsOp::AddService(s) | IpvsOp::EditService(s) => Some(s.key),
-        IpvsOp::DeleteService(k)
-        | IpvsOp::AddDestination(k, _)
-        | IpvsOp::EditDestination(k, _)
-        | IpvsOp::DeleteDestination(k, _) => Some(*k),
-        _ => None,
     }
 }

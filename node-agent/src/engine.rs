@@ -139,7 +139,7 @@ impl Engine {
         self.state.drains = plan.drains.0.iter().map(|((k, a), t)| (*k, *a, *t)).collect();
         // Refresh the cache for what was touched (or tried): a few small dumps
         // instead of the whole table.
-        let touched: BTreeSet<ServiceKey> = plan.ops.iter().filter_map(op_service).collect();
+        let touched: BTreeSet<ServiceKey> = plan.ops.iter().filter_map(IpvsOp::service_key).collect();
         let Some(table) = self.table.as_mut() else { return };
         for key in touched {
             table.retain(|(service, _)| service.service.key != key);
@@ -279,17 +279,6 @@ fn route_interface(address: IpAddr) -> Result<String> {
         }
     }
     anyhow::bail!("no route to {address}: set spec.directors.interface")
-}
-
-fn op_service(op: &IpvsOp) -> Option<ServiceKey> {
-    match op {
-        IpvsOp::AddService(s) | IpvsOp::EditService(s) => Some(s.key),
-        IpvsOp::DeleteService(k)
-        | IpvsOp::AddDestination(k, _)
-        | IpvsOp::EditDestination(k, _)
-        | IpvsOp::DeleteDestination(k, _) => Some(*k),
-        _ => None,
-    }
 }
 
 /// The time since the UNIX epoch, as drains are recorded.

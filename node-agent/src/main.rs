@@ -19,6 +19,29 @@ struct Cli {
     command: Command,
 }
 
+/// The engine's options, the same in cluster and standalone mode.
+#[derive(clap::Args)]
+struct EngineArgs {
+    /// Where the agent records what it owns.
+    #[arg(long, env = "LVS_STATE_DIR", default_value = "/var/lib/lvs-agent")]
+    state_dir: PathBuf,
+    /// Where the sysctls are (a DaemonSet mounts the host's elsewhere).
+    #[arg(long, default_value = "/proc/sys")]
+    sysctl_root: PathBuf,
+    /// Also remove IPVS services this agent did not create.
+    #[arg(long)]
+    exclusive: bool,
+    /// Seconds between full resyncs that repair drift.
+    #[arg(long, default_value_t = 10)]
+    resync_interval: u64,
+}
+
+impl EngineArgs {
+    fn resync(&self) -> Duration {
+        Duration::from_secs(self.resync_interval.max(1))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Cluster mode: apply this node's LvsNode objects, report in their status,
@@ -27,18 +50,8 @@ enum Command {
         /// This node's name (the DaemonSet passes spec.nodeName).
         #[arg(long, env = "NODE_NAME")]
         node_name: String,
-        /// Where the agent records what it owns.
-        #[arg(long, env = "LVS_STATE_DIR", default_value = "/var/lib/lvs-agent")]
-        state_dir: PathBuf,
-        /// Where the sysctls are (a DaemonSet mounts the host's elsewhere).
-        #[arg(long, default_value = "/proc/sys")]
-        sysctl_root: PathBuf,
-        /// Also remove IPVS services this agent did not create.
-        #[arg(long)]
-        exclusive: bool,
-        /// Seconds between full resyncs that repair drift.
-        #[arg(long, default_value_t = 10)]
-        resync_interval: u64,
+        #[command(flatten)]
+        engine: EngineArgs,
         /// Address of /metrics and /healthz.
         #[arg(long, default_value = "0.0.0.0:9101")]
         metrics_address: SocketAddr,
@@ -86,18 +99,8 @@ enum Command {
         /// What this host is for the manifests.
         #[arg(long, value_enum, default_value_t = Role::Auto)]
         role: Role,
-        /// Where the agent records what it owns.
-        #[arg(long, env = "LVS_STATE_DIR", default_value = "/var/lib/lvs-agent")]
-        state_dir: PathBuf,
-        /// Where the sysctls are (a DaemonSet mounts the host's elsewhere).
-        #[arg(long, default_value = "/proc/sys")]
-        sysctl_root: PathBuf,
-        /// Also remove IPVS services this agent did not create.
-        #[arg(long)]
-        exclusive: bool,
-        /// Seconds between full resyncs that repair drift.
-        #[arg(long, default_value_t = 10)]
-        resync_interval: u64,
+        #[command(flatten)]
+        engine: EngineArgs,
         /// This director's VRRP priority (1-254).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=254))]
         vrrp_priority: u8,
@@ -126,21 +129,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run {
-            node_name,
-            state_dir,
-            sysctl_root,
-            exclusive,
-            resync_interval,
-            metrics_address,
-            kubeconfig,
-        } => {
+        Command::Run { node_name, engine, metrics_address, kubeconfig } => {
             let options = RunOptions {
                 node_name,
-                state_dir,
-                sysctl_root,
-                exclusive,
-                resync: Duration::from_secs(resync_interval.max(1)),
+                resync: engine.resync(),
+                state_dir: engine.state_dir,
+                sysctl_root: engine.sysctl_root,
+                exclusive: engine.exclusive,
                 metrics_address,
                 kubeconfig,
             };
@@ -187,26 +182,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Apply {
-            path,
-            once,
-            dry_run,
-            role,
-            state_dir,
-            sysctl_root,
-            exclusive,
-            resync_interval,
-            vrrp_priority: _,
-        } => {
+        Command::Apply { path, once, dry_run, role, engine, vrrp_priority: _ } => {
             let options = ApplyOptions {
                 path,
                 once,
                 dry_run,
                 role,
-                state_dir,
-                sysctl_root,
-                exclusive,
-                resync: Duration::from_secs(resync_interval.max(1)),
+                resync: engine.resync(),
+                state_dir: engine.state_dir,
+                sysctl_root: engine.sysctl_root,
+                exclusive: engine.exclusive,
             };
             if !standalone::apply(&options)? {
                 return Ok(ExitCode::FAILURE);

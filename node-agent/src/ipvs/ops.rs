@@ -94,6 +94,19 @@ impl IpvsOp {
         IpvsMessage::new(cmd, attrs)
     }
 
+    /// The service this operation changes, if it is about one.
+    pub fn service_key(&self) -> Option<ServiceKey> {
+        use IpvsOp::*;
+        match self {
+            AddService(s) | EditService(s) => Some(s.key),
+            DeleteService(k) | AddDestination(k, _) | EditDestination(k, _) | DeleteDestination(k, _) => {
+                Some(*k)
+            }
+            Zero(key) => *key,
+            Flush | SetTimeouts(_) | StartSyncDaemon(_) | StopSyncDaemon(_) => None,
+        }
+    }
+
     /// What an ambiguous errno (ENOENT) refers to for this operation.
     pub(crate) fn subject(&self) -> Subject<'_> {
         match self {
