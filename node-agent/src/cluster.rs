@@ -37,7 +37,7 @@ use lvs_crds::{
     LvsNode, LvsNodeStatus,
     lvs_node::{DestinationReport, IpvsServiceKey, LvsNodeSpec, NODE_LABEL, ServiceReport, VipReport},
     translate::assemble,
-    virtual_service::{AddressFamily, VrrpState},
+    virtual_service::VrrpState,
 };
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -387,14 +387,8 @@ pub fn with_conditions(mut status: LvsNodeStatus, old: Option<&LvsNodeStatus>, n
 
 /// A service as the engine's failures name it: `TCP 10.0.0.1:80`, `FWM 7`.
 pub fn key_text(key: &IpvsServiceKey) -> String {
-    match (key.fwmark, key.address) {
-        (Some(mark), _) if key.family == AddressFamily::IPv6 => format!("FWM {mark} IPv6"),
-        (Some(mark), _) => format!("FWM {mark}"),
-        (None, address) => {
-            let address = address.map_or_else(String::new, |a| SocketAddr::new(a, key.port).to_string());
-            format!("{:?} {address}", key.protocol)
-        }
-    }
+    // The kernel layer's own naming, which its errors use.
+    crate::desired::service_key(key).map_or_else(String::new, |key| key.to_string())
 }
 
 /// Whether `failure` names `subject` as a whole (`TCP 10.0.0.1:80` is not named
@@ -565,6 +559,7 @@ mod tests {
         desired::desired_services,
         ipvs::{Destination, ForwardMethod, Service, ServiceEntry, ServiceKey},
     };
+    use lvs_crds::virtual_service::AddressFamily;
 
     /// Chunk `chunk` of node `lvs1`'s state at `revision`, generation 3: one
     /// service `default/<name>` on VIP 192.0.2.<chunk + 10>:80 with two real

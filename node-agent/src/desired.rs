@@ -61,7 +61,7 @@ fn desired_service(spec: &IpvsService) -> Option<DesiredService> {
     Some(DesiredService { service, destinations, drain: Duration::from_secs(spec.drain_seconds.into()) })
 }
 
-fn service_key(key: &IpvsServiceKey) -> Option<ServiceKey> {
+pub fn service_key(key: &IpvsServiceKey) -> Option<ServiceKey> {
     let family = match key.family {
         api::AddressFamily::IPv4 => AddressFamily::Ipv4,
         api::AddressFamily::IPv6 => AddressFamily::Ipv6,

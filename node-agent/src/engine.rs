@@ -16,7 +16,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     desired::desired_services,
-    host::{DeviceAddress, HostChanges, Sysctls, address, announce, nat, sysctl, tunnel},
+    host::{DeviceAddress, HostChanges, Sysctls, address, nat, sysctl, tunnel},
     ipvs::{IpvsHandle, IpvsOp, KernelError, ServiceKey},
     ipvsadm::{TableEntry, op_rule},
     reconcile::{Drains, Ownership, Plan, plan},
@@ -182,8 +182,17 @@ impl Engine {
             }
         }
         if let Some(director) = &spec.director {
+            // One address dump per round; a VIP already in place costs nothing more.
+            let present = address::local_addresses().unwrap_or_default();
+            let mut configured_interfaces = BTreeSet::new();
             for vip in &director.vips {
-                let interface = match vip.interface.clone().map_or_else(|| route_interface(vip.address), Ok) {
+                let held = present.iter().find(|a| a.address == vip.address).map(|a| a.device.clone());
+                let interface = vip
+                    .interface
+                    .clone()
+                    .or(held.clone())
+                    .map_or_else(|| address::route_device(vip.address), Ok);
+                let interface = match interface {
                     Ok(interface) => interface,
                     Err(e) => {
                         fail(&format!("director VIP {}", vip.address), e);
@@ -191,7 +200,14 @@ impl Engine {
                     }
                 };
                 wanted.insert(DeviceAddress { device: interface.clone(), address: vip.address });
-                if let Err(e) = hold_vip(changes, &self.sysctls, director, &interface, vip.address) {
+                let mut result = Ok(());
+                if configured_interfaces.insert(interface.clone()) {
+                    result = director_sysctls(changes, &self.sysctls, director, &interface);
+                }
+                if result.is_ok() && held.as_deref() != Some(interface.as_str()) {
+                    result = address::take_vip(changes, &interface, vip.address);
+                }
+                if let Err(e) = result {
                     fail(&format!("director VIP {} on {interface}", vip.address), e);
                 }
             }
@@ -230,26 +246,19 @@ impl Engine {
     }
 }
 
-/// The director's VIP on `interface`, its sysctls, and a gratuitous ARP (or
-/// unsolicited NA) when the VIP is newly taken.
-fn hold_vip(
+/// The director's sysctls for `interface`, by how it forwards.
+fn director_sysctls(
     changes: &mut HostChanges,
     sysctls: &Sysctls,
     director: &DirectorState,
     interface: &str,
-    vip: IpAddr,
 ) -> Result<()> {
     let forwarding = match (director.full_nat_masquerade, director.ip_forward) {
         (true, _) => sysctl::Forwarding::FullNat,
         (false, true) => sysctl::Forwarding::Nat,
         (false, false) => sysctl::Forwarding::DirectRouting,
     };
-    sysctls.apply(changes, &sysctl::director(forwarding, interface, sysctls.kernel_version()?))?;
-    if !address::addresses(interface)?.contains(&vip) {
-        address::add_address(changes, interface, vip)?;
-        announce::announce(interface, vip)?;
-    }
-    Ok(())
+    sysctls.apply(changes, &sysctl::director(forwarding, interface, sysctls.kernel_version()?))
 }
 
 /// The real servers of FullNAT services, which the director masquerades to.
@@ -264,21 +273,6 @@ fn full_nat_destinations(director: &DirectorState) -> Vec<IpNet> {
     nets.sort();
     nets.dedup();
     nets
-}
-
-/// The interface the kernel routes `address` through: where a VIP without an
-/// explicit interface belongs.
-fn route_interface(address: IpAddr) -> Result<String> {
-    let output =
-        std::process::Command::new("ip").args(["-o", "route", "get", &address.to_string()]).output()?;
-    let output = String::from_utf8_lossy(&output.stdout);
-    let mut words = output.split_whitespace();
-    while let Some(word) = words.next() {
-        if word == "dev" {
-            return words.next().map(str::to_string).context("no device after `dev`");
-        }
-    }
-    anyhow::bail!("no route to {address}: set spec.directors.interface")
 }
 
 /// The time since the UNIX epoch, as drains are recorded.

@@ -29,6 +29,19 @@ pub fn take_vip(changes: &mut HostChanges, interface: &str, vip: IpAddr) -> Resu
     announce::announce(interface, vip)
 }
 
+/// The device the kernel routes `address` through: where a VIP without an
+/// explicit interface belongs.
+pub fn route_device(address: IpAddr) -> Result<String> {
+    let output = run("ip", &["-o", "route", "get", &address.to_string()])?;
+    let mut words = output.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "dev" {
+            return words.next().map(str::to_string).context("no device after `dev`");
+        }
+    }
+    anyhow::bail!("no route to {address}: set spec.directors.interface")
+}
+
 /// A director gives `vip` up: removes it from `interface` if the agent added it.
 pub fn release_vip(changes: &mut HostChanges, interface: &str, vip: IpAddr) -> Result<()> {
     remove_address(changes, interface, vip)
