@@ -4,9 +4,11 @@
 pub mod cluster;
 pub mod desired;
 pub mod engine;
+pub mod health;
 pub mod host;
 pub mod import;
 pub mod ipvs;
 pub mod ipvsadm;
 pub mod reconcile;
 pub mod standalone;
+pub mod vrrp;

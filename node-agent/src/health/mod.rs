@@ -1,0 +1,1 @@
+//! Health checks of real servers (issue 5). Work in progress.

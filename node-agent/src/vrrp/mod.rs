@@ -1,0 +1,1 @@
+//! VRRP version 3 (RFC 5798) for VIP failover between directors (issue 5). Work in progress.
