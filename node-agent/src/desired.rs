@@ -1,6 +1,6 @@
 //! The kernel-level desired state of a director: its [`LvsNode`] services as the
 //! IPVS [`Service`]s and [`Destination`]s the reconcile engine compares with the
-//! kernel table.
+//! kernel table, with the health checks' verdicts applied.
 //!
 //! Defaults follow ipvsadm, so that a service made by `ipvsadm -A` from the same
 //! rule compares equal: without persistence the timeout is 0 and the netmask is
@@ -12,7 +12,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use lvs_crds::{
     lvs_node::{self, DirectorState, IpvsService, IpvsServiceKey},
-    virtual_service::{self as api, Forwarding, Scheduler, SchedulerFlag},
+    virtual_service::{self as api, Forwarding, HealthCheckType, OnFailure, Scheduler, SchedulerFlag},
 };
 
 use crate::ipvs::{
@@ -30,15 +30,40 @@ pub struct DesiredService {
     pub drain: Duration,
 }
 
-/// The director's services, sorted by key. A key with neither address nor fwmark
-/// (which the translation never produces) is skipped.
+/// What the health checks say about a destination of a service.
+pub trait Health {
+    fn is_healthy(&self, service: ServiceKey, destination: SocketAddr) -> bool;
+}
+
+/// Every destination healthy: no checks, or none run yet.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllHealthy;
+
+impl Health for AllHealthy {
+    fn is_healthy(&self, _: ServiceKey, _: SocketAddr) -> bool {
+        true
+    }
+}
+
+/// The director's services, sorted by key, every destination taken as healthy.
+/// A key with neither address nor fwmark (which the translation never produces)
+/// is skipped.
 pub fn desired_services(director: &DirectorState) -> Vec<DesiredService> {
-    let mut services: Vec<_> = director.services.iter().filter_map(desired_service).collect();
+    desired_services_with(director, &AllHealthy)
+}
+
+/// The director's services, sorted by key, with `health` applied: a destination
+/// failing its service's check is left out (`onFailure: Remove`, which the
+/// reconcile engine turns into a drain) or kept with weight 0 (`Quiesce`), and
+/// the sorry server is added while no destination is healthy.
+pub fn desired_services_with(director: &DirectorState, health: &dyn Health) -> Vec<DesiredService> {
+    let mut services: Vec<_> = director.services.iter().filter_map(|s| desired_service(s, health)).collect();
     services.sort_by_key(|desired| desired.service.key);
     services
 }
 
-fn desired_service(spec: &IpvsService) -> Option<DesiredService> {
+/// `spec` as the kernel should hold it (`None` without a usable key).
+pub fn desired_service(spec: &IpvsService, health: &dyn Health) -> Option<DesiredService> {
     let key = service_key(&spec.key)?;
     let family = key.family();
     let mut service = Service::new(key, scheduler_name(spec.scheduler));
@@ -50,12 +75,27 @@ fn desired_service(spec: &IpvsService) -> Option<DesiredService> {
         service = service.persistent(persistence.timeout_seconds, netmask(family, persistence.prefix_length));
     }
 
-    // With no real server left, the sorry server takes the traffic.
-    let sources = match (&spec.destinations[..], &spec.sorry_server) {
-        ([], Some(sorry)) => std::slice::from_ref(sorry),
-        (destinations, _) => destinations,
-    };
-    let mut destinations: Vec<_> = sources.iter().map(destination).collect();
+    let check = spec.health_check.as_ref().filter(|check| check.kind != HealthCheckType::None);
+    let mut destinations = Vec::with_capacity(spec.destinations.len() + 1);
+    let mut healthy = 0;
+    for spec_destination in &spec.destinations {
+        let mut destination = destination(spec_destination);
+        match check {
+            Some(check) if !health.is_healthy(key, destination.address) => match check.on_failure {
+                OnFailure::Remove => continue,
+                OnFailure::Quiesce => destination.weight = 0,
+            },
+            _ => healthy += 1,
+        }
+        destinations.push(destination);
+    }
+    // With no healthy real server left, the sorry server takes the new connections
+    // (quiesced real servers keep weight 0 beside it).
+    if let (0, Some(sorry)) = (healthy, &spec.sorry_server) {
+        let sorry = destination(sorry);
+        destinations.retain(|d| d.address != sorry.address);
+        destinations.push(sorry);
+    }
     destinations.sort_by_key(|d| d.address);
 
     Some(DesiredService { service, destinations, drain: Duration::from_secs(spec.drain_seconds.into()) })
@@ -306,6 +346,65 @@ mod tests {
         let served = desired_services(&director(vec![spec]));
         assert_eq!(served[0].destinations.len(), 1);
         assert_eq!(served[0].destinations[0].address, "192.168.16.21:80".parse().unwrap());
+    }
+
+    /// Health checks failing for the listed destinations.
+    struct Failing(Vec<SocketAddr>);
+
+    impl Health for Failing {
+        fn is_healthy(&self, _: ServiceKey, destination: SocketAddr) -> bool {
+            !self.0.contains(&destination)
+        }
+    }
+
+    fn checked_service(on_failure: OnFailure) -> IpvsService {
+        let mut spec = spec_service("192.168.16.100", 80, api::Protocol::TCP);
+        spec.destinations = vec![
+            spec_destination("192.168.16.21", 80, 2, Forwarding::DirectRouting),
+            spec_destination("192.168.16.22", 80, 1, Forwarding::DirectRouting),
+        ];
+        spec.health_check = Some(
+            serde_json::from_value(serde_json::json!({"type": "TCP", "onFailure": on_failure})).unwrap(),
+        );
+        spec.sorry_server = Some(spec_destination("192.168.16.200", 80, 1, Forwarding::DirectRouting));
+        spec
+    }
+
+    fn weights(service: &DesiredService) -> Vec<(String, u32)> {
+        service.destinations.iter().map(|d| (d.address.to_string(), d.weight)).collect()
+    }
+
+    #[test]
+    fn a_failing_destination_is_removed_or_quiesced() {
+        let failing = Failing(vec!["192.168.16.21:80".parse().unwrap()]);
+        let removed = desired_service(&checked_service(OnFailure::Remove), &failing).unwrap();
+        assert_eq!(weights(&removed), [("192.168.16.22:80".into(), 1)]);
+        let quiesced = desired_service(&checked_service(OnFailure::Quiesce), &failing).unwrap();
+        assert_eq!(weights(&quiesced), [("192.168.16.21:80".into(), 0), ("192.168.16.22:80".into(), 1)]);
+    }
+
+    #[test]
+    fn the_sorry_server_stands_in_while_nothing_is_healthy() {
+        let failing = Failing(vec!["192.168.16.21:80".parse().unwrap(), "192.168.16.22:80".parse().unwrap()]);
+        let removed = desired_service(&checked_service(OnFailure::Remove), &failing).unwrap();
+        assert_eq!(weights(&removed), [("192.168.16.200:80".into(), 1)]);
+        let quiesced = desired_service(&checked_service(OnFailure::Quiesce), &failing).unwrap();
+        assert_eq!(
+            weights(&quiesced),
+            [("192.168.16.21:80".into(), 0), ("192.168.16.22:80".into(), 0), ("192.168.16.200:80".into(), 1)]
+        );
+        let healthy = desired_service(&checked_service(OnFailure::Quiesce), &AllHealthy).unwrap();
+        assert_eq!(weights(&healthy), [("192.168.16.21:80".into(), 2), ("192.168.16.22:80".into(), 1)]);
+    }
+
+    #[test]
+    fn without_a_check_health_is_not_consulted() {
+        let mut spec = checked_service(OnFailure::Remove);
+        spec.health_check = None;
+        let failing = Failing(vec!["192.168.16.21:80".parse().unwrap(), "192.168.16.22:80".parse().unwrap()]);
+        assert_eq!(desired_service(&spec, &failing).unwrap().destinations.len(), 2);
+        spec.health_check = Some(serde_json::from_value(serde_json::json!({"type": "None"})).unwrap());
+        assert_eq!(desired_service(&spec, &failing).unwrap().destinations.len(), 2);
     }
 
     #[test]
