@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod desired;
 pub mod engine;
+pub mod failover;
 pub mod health;
 pub mod host;
 pub mod import;
