@@ -1,0 +1,411 @@
+//! Health checks, the sorry server and director failover (VRRP with connection
+//! sync), with the agent's binary on the lab's classic topology and real traffic
+//! from the client namespace. Each test builds its topology from scratch, so they
+//! run one at a time. Ignored on the host; `tests/run` runs them in the lab VM.
+//!
+//! Figures (take-out and failover times) are printed as `FIGURE ...` lines.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use common::sh;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_lvs-agent");
+const VIP: &str = "192.168.16.100";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn topology(args: &str) {
+    let script = repo().join("tests/lab/topology");
+    sh(&format!(
+        "rm -rf /run/lvs-agent-test; {0} down >/dev/null 2>&1; {0} {args} >/dev/null && {0} web >/dev/null",
+        script.display()
+    ));
+}
+
+fn web(action: &str, rs: &str) {
+    sh(&format!("{} {action} {rs} >/dev/null", repo().join("tests/lab/topology").display()));
+}
+
+fn in_ns(ns: &str, command: &str) -> String {
+    sh(&format!("ip netns exec {ns} {command}"))
+}
+
+/// Writes `text` to a manifest file named after `name`.
+fn manifest(name: &str, text: &str) -> String {
+    let path = format!("/tmp/lvs-failover-{name}.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The DR service of the examples (rs1 weight 2, rs2 weight 1) with `extra`
+/// spec lines.
+fn dr_service(name: &str, port: u16, real_servers: &[&str], extra: &str) -> String {
+    let real_servers: String =
+        real_servers.iter().map(|rs| format!("    - {{address: {rs}, weight: 1}}\n")).collect();
+    format!(
+        "apiVersion: lvs.dev/v1alpha1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  vip: {VIP}\n  port: {port}\n  scheduler: rr\n  forwarding: DirectRouting\n  realServers:\n\
+         {real_servers}{extra}"
+    )
+}
+
+const BOTH: [&str; 2] = ["192.168.16.21", "192.168.16.22"];
+
+fn apply_once(node: &str, manifest: &str) {
+    in_ns(node, &format!("{AGENT} apply -f {manifest} --once --state-dir /run/lvs-agent-test/{node} 2>&1"));
+}
+
+/// A process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running agent (`apply` without `--once`), its log in /tmp, stopped when dropped.
+struct Agent {
+    child: Child,
+    log: String,
+}
+
+impl Agent {
+    fn start(node: &str, manifest: &str, args: &[&str]) -> Self {
+        let log = format!("/tmp/lvs-failover-{node}.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", node, AGENT, "apply", "-f", manifest])
+            .args(["--state-dir", &format!("/run/lvs-agent-test/{node}")])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Agent { child, log }
+    }
+
+    /// Sends `signal` and waits for the agent to exit.
+    fn stop(mut self, signal: &str) {
+        sh(&format!("kill -{signal} {}", self.child.id()));
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `done` every 20 ms; returns how long it took, panics after `timeout`.
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// Answers of `n` requests from the client to the VIP, counted by body.
+fn requests(n: usize) -> BTreeMap<String, usize> {
+    let mut answers = BTreeMap::new();
+    for _ in 0..n {
+        let answer = in_ns("client", &format!("curl -sS --max-time 3 http://{VIP}/ 2>&1 || true"));
+        *answers.entry(answer.trim().to_string()).or_default() += 1;
+    }
+    answers
+}
+
+/// `ipvsadm -S -n` of `node` has `rule`.
+fn has_rule(node: &str, rule: &str) -> bool {
+    in_ns(node, "ipvsadm -S -n").lines().any(|line| line == rule)
+}
+
+fn holds_vip(node: &str) -> bool {
+    in_ns(node, "ip -br address show dev eth0").contains(&format!("{VIP}/32"))
+}
+
+/// Health checks every second, a server out after 2 failures and back after 2
+/// successes: out within fall x interval + timeout = 3 s.
+const CHECK: &str = "  healthCheck: {type: HTTP, path: /, intervalSeconds: 1, timeoutSeconds: 1, rise: 2, fall: 2, onFailure: ON_FAILURE}\n  drainSeconds: 0\n";
+const OUT_BOUND: Duration = Duration::from_secs(2 + 1);
+
+fn check(on_failure: &str) -> String {
+    CHECK.replace("ON_FAILURE", on_failure)
+}
+
+/// Stops rs1's web server and waits until the director's rules match `out`;
+/// then restarts it and waits until they match `back`. Prints both times.
+fn take_out_and_bring_back(on_failure: &str, out: &dyn Fn() -> bool, back: &dyn Fn() -> bool) {
+    let stopped = Instant::now();
+    web("stop-web", "rs1");
+    wait_until("rs1 taken out", Duration::from_secs(15), out);
+    // From before the stop: includes the time the stop itself takes.
+    let taken_out = stopped.elapsed();
+    println!(
+        "FIGURE health {on_failure}: rs1 out of service {:.2} s after it stopped (bound {OUT_BOUND:?})",
+        taken_out.as_secs_f64()
+    );
+    assert!(taken_out <= OUT_BOUND + Duration::from_millis(500), "taken out after {taken_out:?}");
+    let answers = requests(6);
+    assert_eq!(answers, BTreeMap::from([("web2".to_string(), 6)]), "only rs2 answers");
+
+    web("start-web", "rs1");
+    let restarted = Instant::now();
+    wait_until("rs1 back", Duration::from_secs(15), back);
+    println!(
+        "FIGURE health {on_failure}: rs1 back {:.2} s after it restarted (rise 2 x 1 s)",
+        restarted.elapsed().as_secs_f64()
+    );
+    let answers = requests(6);
+    assert!(answers.contains_key("web1") && answers.contains_key("web2"), "answers: {answers:?}");
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn a_failing_real_server_is_quiesced_and_comes_back() {
+    topology("classic");
+    let manifest = manifest("quiesce", &dr_service("web", 80, &BOTH, &check("Quiesce")));
+    for rs in ["rs1", "rs2"] {
+        apply_once(rs, &manifest);
+    }
+    let _agent = Agent::start("director1", &manifest, &[]);
+    let rule = |weight: u16| format!("-a -t {VIP}:80 -r 192.168.16.21:80 -g -w {weight}");
+    wait_until("programmed", Duration::from_secs(20), || has_rule("director1", &rule(1)));
+    take_out_and_bring_back("Quiesce", &|| has_rule("director1", &rule(0)), &|| {
+        has_rule("director1", &rule(1))
+    });
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn a_failing_real_server_is_removed_and_comes_back() {
+    topology("classic");
+    let manifest = manifest("remove", &dr_service("web", 80, &BOTH, &check("Remove")));
+    for rs in ["rs1", "rs2"] {
+        apply_once(rs, &manifest);
+    }
+    let _agent = Agent::start("director1", &manifest, &[]);
+    let rs1 = || in_ns("director1", "ipvsadm -S -n").contains("-r 192.168.16.21:80 -g -w 1");
+    wait_until("programmed", Duration::from_secs(20), rs1);
+    // drainSeconds 0: the failing destination goes at once.
+    let gone = || !in_ns("director1", "ipvsadm -S -n").contains("-r 192.168.16.21:80");
+    take_out_and_bring_back("Remove", &gone, &rs1);
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn the_sorry_server_answers_when_no_real_server_is_healthy() {
+    topology("classic");
+    // director2 stands in as the sorry server: a web server answering "sorry",
+    // made a DR real server of the VIP by its own agent.
+    let sorry = "  sorryServer: {address: 192.168.16.12}\n";
+    let manifest = manifest("sorry", &dr_service("web", 80, &BOTH, &(check("Quiesce") + sorry)));
+    for node in ["rs1", "rs2", "director2"] {
+        apply_once(node, &manifest);
+    }
+    sh("mkdir -p /tmp/lvs-sorry && echo sorry > /tmp/lvs-sorry/index.html");
+    let server = Command::new("ip")
+        .args(["netns", "exec", "director2", "busybox", "httpd", "-f", "-p", "80", "-h", "/tmp/lvs-sorry"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Killed(server);
+    let _agent = Agent::start("director1", &manifest, &[]);
+    let sorry_rule = format!("-a -t {VIP}:80 -r 192.168.16.12:80 -g -w 1");
+    wait_until("programmed", Duration::from_secs(20), || {
+        has_rule("director1", &format!("-a -t {VIP}:80 -r 192.168.16.22:80 -g -w 1"))
+    });
+    assert!(!has_rule("director1", &sorry_rule), "no sorry server while real servers are healthy");
+
+    web("stop-web", "rs1 rs2");
+    wait_until("the sorry server stands in", Duration::from_secs(15), || has_rule("director1", &sorry_rule));
+    assert_eq!(requests(4), BTreeMap::from([("sorry".to_string(), 4)]));
+
+    web("start-web", "rs2");
+    wait_until("the sorry server steps back", Duration::from_secs(15), || {
+        !has_rule("director1", &sorry_rule)
+    });
+    assert_eq!(requests(4), BTreeMap::from([("web2".to_string(), 4)]));
+}
+
+/// A streaming TCP server: a line every 100 ms on each connection.
+const STREAM_SERVER: &str = "
+import socket, threading, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 9000))
+s.listen()
+def serve(c):
+    n = 0
+    while True:
+        n += 1
+        c.sendall(b'line %d\\n' % n)
+        time.sleep(0.1)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+";
+
+/// Two directors of one VIP (VRRP router 51, connection sync) in front of a web
+/// service (port 80, rs1 and rs2) and a streaming one (port 9000, rs1), and a
+/// client streaming through the VIP.
+struct FailoverLab {
+    manifest: String,
+    advert_ms: u32,
+    _server: Killed,
+    _client: Killed,
+    stream: String,
+}
+
+impl FailoverLab {
+    fn new(name: &str, advert_ms: u32) -> (Self, Agent, Agent) {
+        topology("classic");
+        let failover = format!(
+            "  failover:\n    vrrp: {{virtualRouterId: 51, advertIntervalMs: {advert_ms}, preempt: true}}\n  connectionSync: true\n"
+        );
+        let text =
+            [dr_service("web", 80, &BOTH, &failover), dr_service("stream", 9000, &BOTH[..1], &failover)]
+                .join("---\n");
+        let manifest = manifest(name, &text);
+        for rs in ["rs1", "rs2"] {
+            apply_once(rs, &manifest);
+        }
+        let server = Command::new("ip")
+            .args(["netns", "exec", "rs1", "python3", "-c", STREAM_SERVER])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let director1 = Agent::start("director1", &manifest, &["--vrrp-priority", "150"]);
+        let director2 = Agent::start("director2", &manifest, &["--vrrp-priority", "100"]);
+        wait_until("director1 is master", Duration::from_secs(30), || holds_vip("director1"));
+        assert!(!holds_vip("director2"), "one master");
+        // Hot standby: the backup has the rules too, and the sync daemons their roles.
+        let rule = format!("-a -t {VIP}:9000 -r 192.168.16.21:9000 -g -w 1");
+        wait_until("rules on both", Duration::from_secs(20), || {
+            has_rule("director1", &rule) && has_rule("director2", &rule)
+        });
+        wait_until("sync daemons", Duration::from_secs(10), || {
+            in_ns("director1", "ipvsadm -L --daemon").contains("master sync daemon")
+                && in_ns("director2", "ipvsadm -L --daemon").contains("backup sync daemon")
+        });
+
+        let stream = format!("/tmp/lvs-failover-{name}.stream");
+        // The client's stdin stays open: at its end nc would half-close the connection.
+        let client = Command::new("ip")
+            .args(["netns", "exec", "client", "busybox", "nc", VIP, "9000"])
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&stream).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lab =
+            FailoverLab { manifest, advert_ms, _server: Killed(server), _client: Killed(client), stream };
+        wait_until("the stream starts", Duration::from_secs(10), || lab.received() >= 5);
+        // The backup learns the connection from the master's sync daemon.
+        wait_until("the connection is synced", Duration::from_secs(10), || {
+            in_ns("director2", "ipvsadm -Lnc").contains("192.168.16.21:9000")
+        });
+        (lab, director1, director2)
+    }
+
+    fn received(&self) -> usize {
+        std::fs::read_to_string(&self.stream).unwrap_or_default().lines().count()
+    }
+
+    /// RFC 5798's Master_Down_Interval of director2 (priority 100).
+    fn master_down_interval(&self) -> Duration {
+        let advert = Duration::from_millis(self.advert_ms.into());
+        3 * advert + advert * (256 - 100) / 256
+    }
+
+    /// Waits for director2 to take the VIP, prints the time since `since`.
+    fn takeover(&self, what: &str, since: Instant, bound: Duration) {
+        wait_until("director2 takes the VIP", bound + Duration::from_secs(10), || holds_vip("director2"));
+        let took = since.elapsed();
+        println!(
+            "FIGURE failover ({what}, adverts every {} ms): director2 holds the VIP after {:.2} s (bound {:.2} s)",
+            self.advert_ms,
+            took.as_secs_f64(),
+            bound.as_secs_f64()
+        );
+        assert!(took <= bound, "{what}: takeover after {took:?}, bound {bound:?}");
+    }
+
+    /// The stream goes on and new connections succeed.
+    fn service_goes_on(&self) {
+        let before = self.received();
+        wait_until("the stream goes on", Duration::from_secs(10), || self.received() >= before + 10);
+        let answers = requests(4);
+        assert!(answers.keys().all(|a| a == "web1" || a == "web2"), "answers: {answers:?}");
+    }
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn the_backup_takes_over_when_the_master_agent_is_killed() {
+    let (lab, director1, _director2) = FailoverLab::new("kill", 1000);
+    let killed = Instant::now();
+    director1.stop("KILL");
+    lab.takeover("master agent killed", killed, lab.master_down_interval() + Duration::from_millis(500));
+    assert!(in_ns("director2", "ipvsadm -L --daemon").contains("master sync daemon"));
+    lab.service_goes_on();
+
+    // The higher priority comes back and preempts; the stream survives that too.
+    let director1 = Agent::start("director1", &lab.manifest, &["--vrrp-priority", "150"]);
+    wait_until("director1 preempts", Duration::from_secs(15), || {
+        holds_vip("director1") && !holds_vip("director2")
+    });
+    lab.service_goes_on();
+    drop(director1);
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn the_backup_takes_over_when_the_master_link_is_cut() {
+    let (lab, director1, _director2) = FailoverLab::new("link", 200);
+    let cut = Instant::now();
+    in_ns("director1", "ip link set eth0 down");
+    lab.takeover("master link cut", cut, lab.master_down_interval() + Duration::from_millis(500));
+    lab.service_goes_on();
+
+    // The link comes back: one master again (director1, by priority), and the
+    // service still answers.
+    in_ns("director1", "ip link set eth0 up");
+    wait_until("one master", Duration::from_secs(10), || holds_vip("director1") && !holds_vip("director2"));
+    lab.service_goes_on();
+    assert!(director1.log().contains("Master"), "{}", director1.log());
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn a_graceful_stop_hands_over_within_a_second() {
+    let (lab, director1, _director2) = FailoverLab::new("term", 1000);
+    let stopped = Instant::now();
+    director1.stop("TERM");
+    lab.takeover("master agent stopped with SIGTERM", stopped, Duration::from_secs(1));
+    assert!(!holds_vip("director1"), "a stopping master gives its VIP up");
+    lab.service_goes_on();
+}
