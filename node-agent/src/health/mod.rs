@@ -1,1 +1,400 @@
-//! Health checks of real servers (issue 5). Work in progress.
+//! Health checks of the real servers a director directs (issue 5).
+//!
+//! [`targets`] turns the director's desired state into one [`Target`] per
+//! (service, destination) with a check; a [`Checker`] runs one tokio task per
+//! target on a runtime it is given, keeps each target's rise/fall state
+//! ([`RiseFall`]) and sends a [`HealthChange`] over a std channel whenever a
+//! target turns healthy or unhealthy. The agent's loop reads those changes,
+//! takes a [`Checker::health`] snapshot and derives the effective weights from
+//! it; [`Checker::stats`] feeds metrics and the LvsNode status.
+//!
+//! Every target starts healthy (see [`RiseFall`] for why), and the first check
+//! of each target waits a random part of its interval so that thousands of
+//! checks spread over the interval instead of firing together.
+
+pub mod probe;
+pub mod state;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering::Relaxed},
+        mpsc::Sender,
+    },
+    time::Duration,
+};
+
+use lvs_crds::{
+    lvs_node::DirectorState,
+    virtual_service::{HealthCheck, HealthCheckType},
+};
+use tokio::{runtime::Handle, task::AbortHandle, time::MissedTickBehavior};
+
+pub use probe::{FailureKind, Probe, ProbeFailure};
+pub use state::RiseFall;
+
+use crate::{desired::service_key, ipvs::ServiceKey};
+
+/// One real server of one service to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub service: ServiceKey,
+    /// The real server's address and port as programmed; the probe goes to
+    /// `check.port` when set, else to this port.
+    pub destination: SocketAddr,
+    pub check: HealthCheck,
+}
+
+/// The targets of a director's desired state: one per destination of every
+/// service with a check whose type is not `None`.
+///
+/// A destination with port 0 (fwmark services) and no `healthCheck.port` has
+/// no port to probe: it gets no target, so it counts as healthy.
+pub fn targets(director: &DirectorState) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for service in &director.services {
+        let Some(check) = service.health_check.as_ref().filter(|c| c.kind != HealthCheckType::None) else {
+            continue;
+        };
+        let Some(key) = service_key(&service.key) else { continue };
+        for destination in &service.destinations {
+            if destination.port == 0 && check.port.is_none() {
+                continue;
+            }
+            targets.push(Target {
+                service: key,
+                destination: SocketAddr::new(destination.address, destination.port),
+                check: check.clone(),
+            });
+        }
+    }
+    targets
+}
+
+/// A target turned healthy or unhealthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthChange {
+    pub service: ServiceKey,
+    pub destination: SocketAddr,
+    pub healthy: bool,
+    /// Why: the failure of the last check when it turned unhealthy, e.g.
+    /// `HTTP status 503 not in 200-399`; `rise` passed checks otherwise.
+    pub reason: String,
+}
+
+/// A snapshot of every target's health.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthMap {
+    healthy: HashMap<(ServiceKey, SocketAddr), bool>,
+}
+
+impl HealthMap {
+    /// Whether the destination counts as healthy: true when it has no check.
+    pub fn is_healthy(&self, service: ServiceKey, destination: SocketAddr) -> bool {
+        self.healthy.get(&(service, destination)).copied().unwrap_or(true)
+    }
+
+    /// Every checked target with whether it is healthy, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (ServiceKey, SocketAddr, bool)> + '_ {
+        self.healthy.iter().map(|(&(service, destination), &healthy)| (service, destination, healthy))
+    }
+
+    /// Number of checked targets.
+    pub fn len(&self) -> usize {
+        self.healthy.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.healthy.is_empty()
+    }
+}
+
+/// The desired state's view: a destination without a check, or not checked
+/// yet, is healthy.
+impl crate::desired::Health for HealthMap {
+    fn is_healthy(&self, service: ServiceKey, destination: SocketAddr) -> bool {
+        HealthMap::is_healthy(self, service, destination)
+    }
+}
+
+/// Counters since the checker started, and each target's state: what
+/// metrics and the LvsNode status report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckerStats {
+    /// Checks completed.
+    pub checks: u64,
+    pub successes: u64,
+    /// Failed checks by kind; every kind is present.
+    pub failures: BTreeMap<FailureKind, u64>,
+    /// Transitions to healthy.
+    pub ups: u64,
+    /// Transitions to unhealthy.
+    pub downs: u64,
+    /// One row per target, sorted by service and destination.
+    pub targets: Vec<TargetStatus>,
+}
+
+/// The state of one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetStatus {
+    pub service: ServiceKey,
+    pub destination: SocketAddr,
+    pub healthy: bool,
+    /// Result of the last check; None before the first one.
+    pub last_check_passed: Option<bool>,
+    /// Why the last check failed (None when it passed or none ran yet).
+    pub reason: Option<String>,
+    /// Checks completed since the target (or its check) was set.
+    pub checks: u64,
+}
+
+/// The delay before a target's first check: uniform in `[0, interval)`, so
+/// that targets set at the same moment spread over their interval.
+pub fn first_check_delay(interval: Duration, rng: &mut fastrand::Rng) -> Duration {
+    let nanos = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(if nanos == 0 { 0 } else { rng.u64(0..nanos) })
+}
+
+type TargetKey = (ServiceKey, SocketAddr);
+
+/// Runs the checks of a set of targets on a tokio runtime: one task per
+/// target, no thread per check. Dropping it stops every check.
+pub struct Checker {
+    handle: Handle,
+    events: Sender<HealthChange>,
+    counters: Arc<Counters>,
+    running: HashMap<TargetKey, Running>,
+    rng: fastrand::Rng,
+}
+
+struct Running {
+    check: HealthCheck,
+    slot: Arc<Mutex<Slot>>,
+    task: AbortHandle,
+}
+
+/// What a target's task shares with the checker. Held only for a few field
+/// updates, never across an await.
+struct Slot {
+    state: RiseFall,
+    last_check_passed: Option<bool>,
+    reason: Option<String>,
+    checks: u64,
+    /// Set when the checker stops or replaces the task: the task records
+    /// nothing more and sends no event, even if it is mid-check.
+    retired: bool,
+}
+
+impl Slot {
+    fn new(state: RiseFall) -> Self {
+        Self { state, last_check_passed: None, reason: None, checks: 0, retired: false }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    checks: AtomicU64,
+    successes: AtomicU64,
+    failures: [AtomicU64; FailureKind::ALL.len()],
+    ups: AtomicU64,
+    downs: AtomicU64,
+}
+
+fn lock(slot: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
+    // A panic while holding it leaves plain data behind: carry on with it.
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Checker {
+    /// A checker with no targets whose tasks run on `handle` and whose
+    /// changes go to `events` (a closed receiver is ignored).
+    pub fn new(handle: Handle, events: Sender<HealthChange>) -> Self {
+        Self { handle, events, counters: Arc::default(), running: HashMap::new(), rng: fastrand::Rng::new() }
+    }
+
+    /// Makes `targets` the set of checked targets: starts the new ones
+    /// (healthy), stops the ones no longer listed, restarts those whose check
+    /// changed (they keep whether they are healthy, their run starts over)
+    /// and leaves the others running untouched. Of targets listed twice the
+    /// first counts.
+    pub fn set_targets(&mut self, targets: Vec<Target>) {
+        let mut previous = std::mem::take(&mut self.running);
+        self.running.reserve(targets.len());
+        for target in targets {
+            let key = (target.service, target.destination);
+            if self.running.contains_key(&key) {
+                continue;
+            }
+            let running = match previous.remove(&key) {
+                Some(running) if running.check == target.check => running,
+                Some(old) => {
+                    let healthy = old.retire();
+                    self.spawn(target, healthy)
+                }
+                None => self.spawn(target, true),
+            };
+            self.running.insert(key, running);
+        }
+        for (_, old) in previous {
+            old.retire();
+        }
+    }
+
+    fn spawn(&mut self, target: Target, healthy: bool) -> Running {
+        let check = target.check;
+        let slot = Arc::new(Mutex::new(Slot::new(RiseFall::starting(healthy, check.rise, check.fall))));
+        let interval = Duration::from_secs(check.interval_seconds.max(1).into());
+        let task = Task {
+            service: target.service,
+            destination: target.destination,
+            probe: Probe::new(&check, target.destination),
+            interval,
+            first_delay: first_check_delay(interval, &mut self.rng),
+            slot: slot.clone(),
+            counters: self.counters.clone(),
+            events: self.events.clone(),
+        };
+        let task = self.handle.spawn(task.run()).abort_handle();
+        Running { check, slot, task }
+    }
+
+    /// Number of targets checked.
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Whether each target is healthy now.
+    pub fn health(&self) -> HealthMap {
+        let healthy = self
+            .running
+            .iter()
+            .map(|(key, running)| (*key, lock(&running.slot).state.is_healthy()))
+            .collect();
+        HealthMap { healthy }
+    }
+
+    /// Counters and every target's state.
+    pub fn stats(&self) -> CheckerStats {
+        let c = &self.counters;
+        let mut targets: Vec<TargetStatus> = self
+            .running
+            .iter()
+            .map(|(&(service, destination), running)| {
+                let slot = lock(&running.slot);
+                TargetStatus {
+                    service,
+                    destination,
+                    healthy: slot.state.is_healthy(),
+                    last_check_passed: slot.last_check_passed,
+                    reason: slot.reason.clone(),
+                    checks: slot.checks,
+                }
+            })
+            .collect();
+        targets.sort_unstable_by_key(|t| (t.service, t.destination));
+        CheckerStats {
+            checks: c.checks.load(Relaxed),
+            successes: c.successes.load(Relaxed),
+            failures: FailureKind::ALL.iter().map(|&k| (k, c.failures[k.index()].load(Relaxed))).collect(),
+            ups: c.ups.load(Relaxed),
+            downs: c.downs.load(Relaxed),
+            targets,
+        }
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        for (_, running) in self.running.drain() {
+            running.retire();
+        }
+    }
+}
+
+impl Running {
+    /// Stops the task; returns whether the target was healthy.
+    fn retire(self) -> bool {
+        self.task.abort();
+        let mut slot = lock(&self.slot);
+        slot.retired = true;
+        slot.state.is_healthy()
+    }
+}
+
+/// The loop of one target's task.
+struct Task {
+    service: ServiceKey,
+    destination: SocketAddr,
+    probe: Probe,
+    interval: Duration,
+    first_delay: Duration,
+    slot: Arc<Mutex<Slot>>,
+    counters: Arc<Counters>,
+    events: Sender<HealthChange>,
+}
+
+impl Task {
+    async fn run(self) {
+        tokio::time::sleep(self.first_delay).await;
+        let mut ticks = tokio::time::interval(self.interval);
+        // A check that overran (a stalled runtime) moves the later ones
+        // rather than firing the missed ones at once.
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let result = self.probe.run().await;
+            if !self.record(result) {
+                return;
+            }
+        }
+    }
+
+    /// Records one result; false when the task has been retired.
+    fn record(&self, result: Result<(), ProbeFailure>) -> bool {
+        let c = &self.counters;
+        let mut slot = lock(&self.slot);
+        if slot.retired {
+            return false;
+        }
+        c.checks.fetch_add(1, Relaxed);
+        slot.checks += 1;
+        let passed = result.is_ok();
+        match result {
+            Ok(()) => {
+                c.successes.fetch_add(1, Relaxed);
+                slot.reason = None;
+            }
+            Err(failure) => {
+                c.failures[failure.kind.index()].fetch_add(1, Relaxed);
+                slot.reason = Some(failure.reason);
+            }
+        }
+        slot.last_check_passed = Some(passed);
+        if slot.state.record(passed) {
+            let healthy = slot.state.is_healthy();
+            let reason = match (&slot.reason, healthy) {
+                (Some(reason), false) => reason.clone(),
+                _ => "passed its checks again".to_owned(),
+            };
+            if healthy { &c.ups } else { &c.downs }.fetch_add(1, Relaxed);
+            // Sent under the slot's lock: no event of a retired task can
+            // follow the checker's reading of its state.
+            let _ = self.events.send(HealthChange {
+                service: self.service,
+                destination: self.destination,
+                healthy,
+                reason,
+            });
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;
