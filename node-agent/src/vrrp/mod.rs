@@ -1,1 +1,667 @@
-//! VRRP version 3 (RFC 5798) for VIP failover between directors (issue 5). Work in progress.
+//! VRRP version 3 (RFC 5798): which director holds which VIPs, decided
+//! between the directors themselves, without the Kubernetes API (issue 5).
+//! It interoperates with keepalived (`vrrp_version 3`).
+//!
+//! - [`packet`]: the advertisement, emitted and parsed;
+//! - [`state`]: the RFC's state machine, pure;
+//! - [`socket`]: raw sockets and the receive checks, with drop counters;
+//! - here: [`instances`] (the LvsNode's VIPs grouped into virtual routers),
+//!   [`Hooks`] (what a transition does to the host) and [`Router`], which runs
+//!   the instances on a tokio runtime.
+//!
+//! One instance per (interface, family, VRID); several VIPs sharing a VRID are
+//! one instance advertising all of them, as keepalived does. IPVS rules are
+//! not touched here: backups keep them programmed (hot standby).
+//!
+//! Use:
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use lvs_agent::vrrp::{Hooks, InstanceConfig, Router, instances};
+//! # use lvs_crds::{lvs_node::DirectorState, virtual_service::VrrpState};
+//! struct Vips;
+//! impl Hooks for Vips {
+//!     fn transition(&self, instance: &InstanceConfig, _from: VrrpState, to: VrrpState) {
+//!         // to == Master: add instance.addresses on instance.interface, announce;
+//!         // anything else: remove them.
+//!     }
+//! }
+//! # async fn run(director: DirectorState) -> Result<(), String> {
+//! let mut router = Router::new(tokio::runtime::Handle::current(), Arc::new(Vips));
+//! router.set_instances(instances(&director, |_vip| Some("eth0".to_string()))?);
+//! // ... on every new desired state: set_instances again; on SIGTERM:
+//! router.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod packet;
+pub mod socket;
+pub mod state;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use lvs_crds::{
+    lvs_node::{DirectorState, DirectorVip},
+    virtual_service::{AddressFamily, VrrpState},
+};
+use tokio::{
+    runtime::Handle,
+    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+    task::JoinHandle,
+    time::{Instant, sleep, sleep_until},
+};
+
+use self::{
+    packet::Advertisement,
+    socket::{DropCounters, Drops, VrrpSocket, check},
+    state::{Action, Config, Machine},
+};
+
+/// How long an instance waits before retrying to open its socket (interface
+/// missing or without address).
+const RETRY: Duration = Duration::from_secs(1);
+
+/// One virtual router this node runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceConfig {
+    pub interface: String,
+    pub vrid: u8,
+    pub family: AddressFamily,
+    /// 1-254.
+    pub priority: u8,
+    /// A multiple of 10 ms, 10 ms to 40.95 s.
+    pub advert_interval: Duration,
+    pub preempt: bool,
+    /// The VIPs, all of `family`, in the order of the LvsNode.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// What identifies an instance: a VRID is per interface and family.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceKey {
+    pub interface: String,
+    pub family: AddressFamily,
+    pub vrid: u8,
+}
+
+impl InstanceConfig {
+    pub fn key(&self) -> InstanceKey {
+        InstanceKey { interface: self.interface.clone(), family: self.family, vrid: self.vrid }
+    }
+
+    fn machine_config(&self) -> Config {
+        Config {
+            virtual_router_id: self.vrid,
+            priority: self.priority,
+            advert_interval: self.advert_interval,
+            preempt: self.preempt,
+        }
+    }
+
+    /// Checks priority, interval and VRID (errors name the instance and value).
+    pub fn validate(&self) -> Result<(), String> {
+        self.machine_config()
+            .validate()
+            .map_err(|error| format!("{} on {}: {error}", self.family_name(), self.interface))
+    }
+
+    fn family_name(&self) -> &'static str {
+        match self.family {
+            AddressFamily::IPv4 => "IPv4",
+            AddressFamily::IPv6 => "IPv6",
+        }
+    }
+}
+
+/// The VRRP instances of a director: its VIPs that have a `vrrp` section,
+/// grouped by (interface, family, VRID), sorted by that key. A VIP without
+/// interface gets `interface_of(vip)` (the route towards it). VIPs of one
+/// group must agree on priority, interval and preemption.
+pub fn instances(
+    director: &DirectorState,
+    interface_of: impl Fn(&DirectorVip) -> Option<String>,
+) -> Result<Vec<InstanceConfig>, String> {
+    let mut groups: BTreeMap<InstanceKey, InstanceConfig> = BTreeMap::new();
+    // The first VIP of each group, to name it in conflicts.
+    let mut first: BTreeMap<InstanceKey, IpAddr> = BTreeMap::new();
+    for vip in &director.vips {
+        let Some(vrrp) = &vip.vrrp else { continue };
+        let interface = match &vip.interface {
+            Some(interface) => interface.clone(),
+            None => interface_of(vip)
+                .ok_or_else(|| format!("VIP {}: no interface given and no route towards it", vip.address))?,
+        };
+        let config = InstanceConfig {
+            interface,
+            vrid: vrrp.virtual_router_id,
+            family: AddressFamily::from(vip.address),
+            priority: vrrp.priority,
+            advert_interval: Duration::from_millis(u64::from(vrrp.advert_interval_ms)),
+            preempt: vrrp.preempt,
+            addresses: vec![vip.address],
+        };
+        config.validate().map_err(|error| format!("VIP {}: {error}", vip.address))?;
+        let key = config.key();
+        match groups.get_mut(&key) {
+            None => {
+                first.insert(key.clone(), vip.address);
+                groups.insert(key, config);
+            }
+            Some(group) => {
+                let parameters = |c: &InstanceConfig| (c.priority, c.advert_interval, c.preempt);
+                if parameters(group) != parameters(&config) {
+                    return Err(format!(
+                        "VRRP virtual router {} on {} ({}): VIP {} has priority {}, advert interval {} ms, \
+                         preempt {} but VIP {} has priority {}, advert interval {} ms, preempt {}",
+                        key.vrid,
+                        key.interface,
+                        config.family_name(),
+                        first[&key],
+                        group.priority,
+                        group.advert_interval.as_millis(),
+                        group.preempt,
+                        vip.address,
+                        config.priority,
+                        config.advert_interval.as_millis(),
+                        config.preempt
+                    ));
+                }
+                if !group.addresses.contains(&vip.address) {
+                    group.addresses.push(vip.address);
+                }
+            }
+        }
+    }
+    Ok(groups.into_values().collect())
+}
+
+/// What the host does when an instance changes state.
+pub trait Hooks: Send + Sync + 'static {
+    /// Called for each transition of `instance`, one at a time and in order
+    /// per instance, on a blocking thread (it may take some milliseconds: the
+    /// advertisements go on meanwhile). `to == Master`: take the addresses and
+    /// announce them; anything else: release them. Also called with
+    /// `from == to == Master` when a Master's address list changed, with the
+    /// new list.
+    fn transition(&self, instance: &InstanceConfig, from: VrrpState, to: VrrpState);
+}
+
+/// Counters of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceStats {
+    pub key: InstanceKey,
+    pub state: VrrpState,
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    /// Adverts that could not be sent (interface down, ...).
+    pub send_errors: u64,
+    pub transitions: u64,
+}
+
+/// Counters of a [`Router`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub instances: Vec<InstanceStats>,
+    /// Received packets dropped, by reason, over all interfaces.
+    pub drops: Drops,
+}
+
+/// The live state and counters of one instance, shared with its task.
+#[derive(Debug)]
+struct Status {
+    state: Mutex<VrrpState>,
+    adverts_sent: AtomicU64,
+    adverts_received: AtomicU64,
+    send_errors: AtomicU64,
+    transitions: AtomicU64,
+}
+
+/// A received advertisement, for the instance of its VRID.
+type Received = (IpAddr, Advertisement);
+
+/// A socket shared by the instances of one (interface, family), with the task
+/// that receives, checks and dispatches its packets by VRID. Closed when the
+/// last instance drops it.
+struct Link {
+    socket: Arc<VrrpSocket>,
+    routes: Arc<Mutex<HashMap<u8, UnboundedSender<Received>>>>,
+    receiver: JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.receiver.abort();
+    }
+}
+
+/// What the instances of one router share.
+#[derive(Default)]
+struct Shared {
+    drops: Arc<DropCounters>,
+    links: Mutex<HashMap<(String, AddressFamily), Weak<Link>>>,
+}
+
+impl Shared {
+    /// The link of (interface, family), opened if no instance holds it.
+    /// Must run inside the runtime.
+    fn link(&self, interface: &str, family: AddressFamily) -> io::Result<Arc<Link>> {
+        let mut links = self.links.lock().expect("links lock");
+        let key = (interface.to_owned(), family);
+        if let Some(link) = links.get(&key).and_then(Weak::upgrade) {
+            return Ok(link);
+        }
+        let socket = Arc::new(VrrpSocket::open(interface, family)?);
+        let routes: Arc<Mutex<HashMap<u8, UnboundedSender<Received>>>> = Arc::default();
+        let receiver = tokio::spawn(receive(socket.clone(), routes.clone(), self.drops.clone()));
+        let link = Arc::new(Link { socket, routes, receiver });
+        links.insert(key, Arc::downgrade(&link));
+        Ok(link)
+    }
+}
+
+/// Receives, checks and dispatches the packets of one socket, forever.
+async fn receive(
+    socket: Arc<VrrpSocket>,
+    routes: Arc<Mutex<HashMap<u8, UnboundedSender<Received>>>>,
+    drops: Arc<DropCounters>,
+) {
+    loop {
+        let raw = match socket.receive().await {
+            Ok(Ok(raw)) => raw,
+            Ok(Err(reason)) => {
+                drops.count(reason);
+                continue;
+            }
+            Err(error) => {
+                // Not expected on a raw socket; avoid spinning on a persistent error.
+                eprintln!("lvs-agent: vrrp: receiving: {error}");
+                sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let known = |vrid: u8| routes.lock().expect("routes lock").contains_key(&vrid);
+        match check(&raw, socket.own_address(), known) {
+            Ok(advert) => {
+                let route = routes.lock().expect("routes lock").get(&advert.virtual_router_id).cloned();
+                if let Some(route) = route {
+                    let _ = route.send((raw.source, advert));
+                }
+            }
+            Err(reason) => drops.count(reason),
+        }
+    }
+}
+
+enum Command {
+    Reconfigure(InstanceConfig),
+    Stop,
+}
+
+struct Running {
+    config: InstanceConfig,
+    commands: UnboundedSender<Command>,
+    task: JoinHandle<()>,
+    status: Arc<Status>,
+}
+
+/// Runs VRRP instances on a tokio runtime. Dropping it without
+/// [`Router::shutdown`] stops the instances at once, silently, as a crash
+/// would (no priority-0 advertisement, no hook).
+pub struct Router {
+    handle: Handle,
+    hooks: Arc<dyn Hooks>,
+    shared: Arc<Shared>,
+    instances: BTreeMap<InstanceKey, Running>,
+    /// Removed instances still giving up their state.
+    stopping: Vec<JoinHandle<()>>,
+}
+
+impl Router {
+    /// A router without instances. Its tasks run on `handle`, whose threads
+    /// must be in the network namespace of the interfaces.
+    pub fn new(handle: Handle, hooks: Arc<dyn Hooks>) -> Self {
+        Router { handle, hooks, shared: Arc::default(), instances: BTreeMap::new(), stopping: Vec::new() }
+    }
+
+    /// Runs exactly `instances` (see [`instances`]): new ones start in Backup,
+    /// removed ones give up (a Master sends priority 0) and their hook goes to
+    /// Initialize, changed ones take the new priority, interval, preemption or
+    /// addresses without a state change. Invalid configurations are logged and
+    /// skipped.
+    pub fn set_instances(&mut self, instances: Vec<InstanceConfig>) {
+        let mut wanted = BTreeMap::new();
+        for config in instances {
+            match config.validate() {
+                Ok(()) => {
+                    wanted.insert(config.key(), config);
+                }
+                Err(error) => eprintln!("lvs-agent: vrrp: skipping an instance: {error}"),
+            }
+        }
+        let removed: Vec<InstanceKey> =
+            self.instances.keys().filter(|key| !wanted.contains_key(key)).cloned().collect();
+        for key in removed {
+            if let Some(running) = self.instances.remove(&key) {
+                let _ = running.commands.send(Command::Stop);
+                self.stopping.push(running.task);
+            }
+        }
+        self.stopping.retain(|task| !task.is_finished());
+        for (key, config) in wanted {
+            match self.instances.get_mut(&key) {
+                Some(running) => {
+                    if running.config != config {
+                        running.config = config.clone();
+                        let _ = running.commands.send(Command::Reconfigure(config));
+                    }
+                }
+                None => {
+                    let running = self.start(config);
+                    self.instances.insert(key, running);
+                }
+            }
+        }
+    }
+
+    fn start(&self, config: InstanceConfig) -> Running {
+        let (commands, receiver) = unbounded_channel();
+        let status = Arc::new(Status {
+            state: Mutex::new(VrrpState::Initialize),
+            adverts_sent: AtomicU64::new(0),
+            adverts_received: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            transitions: AtomicU64::new(0),
+        });
+        let instance = Instance::new(&self.handle, config.clone(), self.hooks.clone(), status.clone());
+        let task = self.handle.spawn(instance.run(self.shared.clone(), receiver));
+        Running { config, commands, task, status }
+    }
+
+    /// The state of each instance, by key.
+    pub fn states(&self) -> Vec<(InstanceKey, VrrpState)> {
+        self.instances
+            .iter()
+            .map(|(key, running)| (key.clone(), *running.status.state.lock().expect("state lock")))
+            .collect()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let instances = self
+            .instances
+            .iter()
+            .map(|(key, running)| {
+                let status = &running.status;
+                InstanceStats {
+                    key: key.clone(),
+                    state: *status.state.lock().expect("state lock"),
+                    adverts_sent: status.adverts_sent.load(Ordering::Relaxed),
+                    adverts_received: status.adverts_received.load(Ordering::Relaxed),
+                    send_errors: status.send_errors.load(Ordering::Relaxed),
+                    transitions: status.transitions.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        Stats { instances, drops: self.shared.drops.snapshot() }
+    }
+
+    /// Stops every instance gracefully: Masters send priority 0, every hook
+    /// goes to Initialize; returns when all is done (hooks included).
+    pub async fn shutdown(&mut self) {
+        let mut tasks = std::mem::take(&mut self.stopping);
+        for (_, running) in std::mem::take(&mut self.instances) {
+            let _ = running.commands.send(Command::Stop);
+            tasks.push(running.task);
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        for running in self.instances.values() {
+            running.task.abort();
+        }
+        for task in &self.stopping {
+            task.abort();
+        }
+    }
+}
+
+/// One running instance: its task's state.
+struct Instance {
+    config: InstanceConfig,
+    status: Arc<Status>,
+    /// Transitions for the hook thread, in order.
+    hook_queue: Option<std::sync::mpsc::Sender<(InstanceConfig, VrrpState, VrrpState)>>,
+    hook_thread: Option<JoinHandle<()>>,
+}
+
+impl Instance {
+    fn new(handle: &Handle, config: InstanceConfig, hooks: Arc<dyn Hooks>, status: Arc<Status>) -> Self {
+        let (hook_queue, transitions) = std::sync::mpsc::channel::<(InstanceConfig, VrrpState, VrrpState)>();
+        let hook_thread = handle.spawn_blocking(move || {
+            for (config, from, to) in transitions {
+                hooks.transition(&config, from, to);
+            }
+        });
+        Instance { config, status, hook_queue: Some(hook_queue), hook_thread: Some(hook_thread) }
+    }
+
+    async fn run(mut self, shared: Arc<Shared>, mut commands: UnboundedReceiver<Command>) {
+        // Until the socket opens, the instance stays in Initialize.
+        let link = loop {
+            match shared.link(&self.config.interface, self.config.family) {
+                Ok(link) => break link,
+                Err(error) => {
+                    eprintln!("lvs-agent: vrrp: virtual router {}: {error}; retrying", self.config.vrid);
+                    tokio::select! {
+                        command = commands.recv() => match command {
+                            Some(Command::Reconfigure(config)) => self.config = config,
+                            Some(Command::Stop) | None => return self.finish().await,
+                        },
+                        _ = sleep(RETRY) => {}
+                    }
+                }
+            }
+        };
+        let (route, mut adverts) = unbounded_channel();
+        link.routes.lock().expect("routes lock").insert(self.config.vrid, route.clone());
+        let mut machine = Machine::new(self.config.machine_config(), link.socket.own_address());
+        let actions = machine.startup(Instant::now());
+        self.perform(&link, &mut machine, VrrpState::Initialize, actions);
+        loop {
+            let deadline = machine.next_deadline();
+            let from = machine.state();
+            let actions = tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Reconfigure(config)) => {
+                        let addresses_changed = config.addresses != self.config.addresses;
+                        self.config = config;
+                        let actions = machine.reconfigure(Instant::now(), self.config.machine_config());
+                        if addresses_changed && machine.state() == VrrpState::Master {
+                            self.hook(VrrpState::Master, VrrpState::Master);
+                        }
+                        actions
+                    }
+                    Some(Command::Stop) | None => break,
+                },
+                Some((source, advert)) = adverts.recv() => {
+                    self.status.adverts_received.fetch_add(1, Ordering::Relaxed);
+                    machine.on_advert(Instant::now(), source, advert.priority, advert.max_advert_interval)
+                }
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    machine.on_timer(Instant::now())
+                }
+            };
+            self.perform(&link, &mut machine, from, actions);
+        }
+        let from = machine.state();
+        let actions = machine.shutdown();
+        self.perform(&link, &mut machine, from, actions);
+        {
+            let mut routes = link.routes.lock().expect("routes lock");
+            if routes.get(&self.config.vrid).is_some_and(|r| r.same_channel(&route)) {
+                routes.remove(&self.config.vrid);
+            }
+        }
+        self.finish().await
+    }
+
+    /// Sends what the machine asked for and reports its state change.
+    fn perform(&self, link: &Link, machine: &mut Machine, from: VrrpState, actions: Vec<Action>) {
+        for action in actions {
+            if let Action::SendAdvert { priority } = action {
+                let advert = Advertisement {
+                    virtual_router_id: self.config.vrid,
+                    priority,
+                    max_advert_interval: machine.config().advert_interval_centiseconds(),
+                    addresses: self.config.addresses.clone(),
+                };
+                match link.socket.send(&advert) {
+                    Ok(()) => self.status.adverts_sent.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => self.status.send_errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+            // BecomeMaster / BecomeBackup: the state change below covers them.
+        }
+        let to = machine.state();
+        if to != from {
+            *self.status.state.lock().expect("state lock") = to;
+            self.status.transitions.fetch_add(1, Ordering::Relaxed);
+            self.hook(from, to);
+        }
+    }
+
+    fn hook(&self, from: VrrpState, to: VrrpState) {
+        if let Some(queue) = &self.hook_queue {
+            let _ = queue.send((self.config.clone(), from, to));
+        }
+    }
+
+    /// Waits for the hooks queued so far.
+    async fn finish(mut self) {
+        // Closing the queue ends the hook thread once it has run what is queued.
+        self.hook_queue = None;
+        if let Some(thread) = self.hook_thread.take() {
+            let _ = thread.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lvs_crds::lvs_node::VrrpInstance;
+
+    fn vip(address: &str, interface: Option<&str>, vrid: u8, priority: u8) -> DirectorVip {
+        DirectorVip {
+            address: address.parse().unwrap(),
+            interface: interface.map(str::to_owned),
+            vrrp: Some(VrrpInstance {
+                virtual_router_id: vrid,
+                advert_interval_ms: 1000,
+                preempt: true,
+                priority,
+            }),
+        }
+    }
+
+    fn director(vips: Vec<DirectorVip>) -> DirectorState {
+        DirectorState { vips, ..DirectorState::default() }
+    }
+
+    fn eth0(_: &DirectorVip) -> Option<String> {
+        Some("eth0".to_owned())
+    }
+
+    #[test]
+    fn groups_vips_by_interface_family_and_vrid() {
+        let state = director(vec![
+            vip("192.168.16.100", None, 51, 100),
+            vip("2001:db8::100", None, 51, 100),
+            vip("192.168.16.101", Some("eth0"), 51, 100),
+            vip("192.168.16.102", Some("eth1"), 51, 100),
+            vip("192.168.16.103", None, 52, 100),
+            DirectorVip { address: "192.168.16.104".parse().unwrap(), interface: None, vrrp: None },
+        ]);
+        let found = instances(&state, eth0).unwrap();
+        let summary: Vec<_> = found
+            .iter()
+            .map(|i| {
+                (
+                    i.interface.as_str(),
+                    i.family,
+                    i.vrid,
+                    i.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "eth0",
+                    AddressFamily::IPv4,
+                    51,
+                    vec!["192.168.16.100".to_owned(), "192.168.16.101".to_owned()]
+                ),
+                ("eth0", AddressFamily::IPv4, 52, vec!["192.168.16.103".to_owned()]),
+                ("eth0", AddressFamily::IPv6, 51, vec!["2001:db8::100".to_owned()]),
+                ("eth1", AddressFamily::IPv4, 51, vec!["192.168.16.102".to_owned()]),
+            ]
+        );
+        assert_eq!(
+            (found[0].priority, found[0].advert_interval, found[0].preempt),
+            (100, Duration::from_secs(1), true)
+        );
+    }
+
+    #[test]
+    fn conflicting_parameters_name_the_vrid_and_values() {
+        let state =
+            director(vec![vip("192.168.16.100", None, 51, 100), vip("192.168.16.101", None, 51, 150)]);
+        assert_eq!(
+            instances(&state, eth0).unwrap_err(),
+            "VRRP virtual router 51 on eth0 (IPv4): VIP 192.168.16.100 has priority 100, advert interval 1000 ms, \
+             preempt true but VIP 192.168.16.101 has priority 150, advert interval 1000 ms, preempt true"
+        );
+    }
+
+    #[test]
+    fn a_vip_without_interface_nor_route_is_an_error() {
+        let state = director(vec![vip("192.168.16.100", None, 51, 100)]);
+        assert_eq!(
+            instances(&state, |_| None).unwrap_err(),
+            "VIP 192.168.16.100: no interface given and no route towards it"
+        );
+    }
+
+    #[test]
+    fn invalid_parameters_are_errors() {
+        let state = director(vec![vip("192.168.16.100", None, 51, 255)]);
+        assert_eq!(
+            instances(&state, eth0).unwrap_err(),
+            "VIP 192.168.16.100: IPv4 on eth0: VRRP priority 255 of virtual router 51: must be 1-254"
+        );
+        let mut odd = vip("192.168.16.100", None, 51, 100);
+        odd.vrrp.as_mut().unwrap().advert_interval_ms = 1005;
+        assert!(instances(&director(vec![odd]), eth0).unwrap_err().contains("1.005s"));
+    }
+
+    #[test]
+    fn the_same_vip_twice_is_listed_once() {
+        let state =
+            director(vec![vip("192.168.16.100", None, 51, 100), vip("192.168.16.100", None, 51, 100)]);
+        assert_eq!(instances(&state, eth0).unwrap()[0].addresses.len(), 1);
+    }
+}
