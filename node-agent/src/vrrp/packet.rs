@@ -318,6 +318,35 @@ mod tests {
         );
     }
 
+    /// A VRRPv3 advertisement keepalived 2.2.7 (Debian 12 package) sent in the
+    /// lab (`topology classic`, keepalived on director2: vrrp_version 3,
+    /// virtual_router_id 51, priority 100, advert_int 1, VIP
+    /// 192.168.16.100/32), read from director1 with a raw socket by
+    /// `tests/lab_vrrp.rs` (`keepalived_advert_capture`, LAB_VRRP_CAPTURE=1);
+    /// saved in `tests/captures/vrrp-keepalived-v4.hex` with its IP header.
+    #[test]
+    fn parses_a_keepalived_advert_captured_in_the_lab() {
+        let hex = include_str!("../../tests/captures/vrrp-keepalived-v4.hex");
+        let hex = hex.lines().filter(|line| !line.starts_with('#')).collect::<Vec<_>>().join(" ");
+        let bytes: Vec<u8> = hex
+            .split_whitespace()
+            .map(|byte| u8::from_str_radix(byte, 16))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let header_length = usize::from(bytes[0] & 0x0f) * 4;
+        assert_eq!((bytes[0] >> 4, bytes[8], bytes[9]), (4, 255, PROTOCOL), "IPv4, TTL 255, VRRP");
+        let source = IpAddr::from(<[u8; 4]>::try_from(&bytes[12..16]).unwrap());
+        let destination = IpAddr::from(<[u8; 4]>::try_from(&bytes[16..20]).unwrap());
+        assert_eq!((source, destination), ("192.168.16.12".parse().unwrap(), GROUP_V4));
+        let parsed = Advertisement::parse(&bytes[header_length..], source, destination).unwrap();
+        assert_eq!(
+            parsed,
+            Advertisement { virtual_router_id: 51, priority: 100, max_advert_interval: 100, addresses: vec![vip()] }
+        );
+        // Our emitter produces the same bytes.
+        assert_eq!(parsed.emit(source, destination), bytes[header_length..]);
+    }
+
     #[test]
     fn ipv6_round_trip_and_pseudo_header() {
         let source: IpAddr = "fe80::1".parse().unwrap();
