@@ -409,3 +409,92 @@ fn a_graceful_stop_hands_over_within_a_second() {
     assert!(!holds_vip("director1"), "a stopping master gives its VIP up");
     lab.service_goes_on();
 }
+
+/// keepalived as director2: VRRPv3, router 51, the VIP on eth0, `priority`,
+/// preempting or not.
+fn start_keepalived(priority: u8, preempt: bool) -> Killed {
+    let config = format!(
+        "global_defs {{\n  vrrp_version 3\n  router_id director2\n}}\n\
+         vrrp_instance VI_51 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n\
+         advert_int 1\n{}  virtual_ipaddress {{\n    {VIP}/32 dev eth0\n  }}\n}}\n",
+        if preempt { "" } else { "  nopreempt\n" }
+    );
+    std::fs::write("/tmp/lvs-failover-keepalived.conf", config).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", "director2", "keepalived", "--dont-fork", "--log-console", "--vrrp"])
+        .args(["--use-file", "/tmp/lvs-failover-keepalived.conf"])
+        .args([
+            "--pid",
+            "/tmp/lvs-failover-keepalived.pid",
+            "--vrrp_pid",
+            "/tmp/lvs-failover-keepalived-vrrp.pid",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create("/tmp/lvs-failover-keepalived.log").unwrap())
+        .spawn()
+        .unwrap();
+    Killed(child)
+}
+
+fn keepalived_stop(keepalived: Killed) {
+    // SIGTERM: keepalived leaves as master with a priority-0 advertisement.
+    sh(&format!("kill -TERM {}", keepalived.0.id()));
+    let mut keepalived = keepalived;
+    let _ = keepalived.0.wait();
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn the_agent_and_keepalived_share_a_vip() {
+    topology("classic");
+    let failover = "  failover:\n    vrrp: {virtualRouterId: 51, advertIntervalMs: 1000, preempt: true}\n";
+    let manifest = manifest("keepalived", &dr_service("web", 80, &BOTH, failover));
+    for rs in ["rs1", "rs2"] {
+        apply_once(rs, &manifest);
+    }
+    let one_master = |master: &str, backup: &str| holds_vip(master) && !holds_vip(backup);
+
+    // The agent has the higher priority: it is master, keepalived backup.
+    let agent = Agent::start("director1", &manifest, &["--vrrp-priority", "150"]);
+    let keepalived = start_keepalived(100, true);
+    wait_until("the agent is master", Duration::from_secs(30), || one_master("director1", "director2"));
+    sleep(Duration::from_secs(3)); // keepalived hears the adverts and stays backup
+    assert!(one_master("director1", "director2"), "keepalived stays backup");
+    let answers = requests(4);
+    assert!(answers.keys().all(|a| a == "web1" || a == "web2"), "answers: {answers:?}");
+
+    // The agent goes: keepalived takes over; it comes back and preempts.
+    let stopped = Instant::now();
+    agent.stop("TERM");
+    wait_until("keepalived takes over", Duration::from_secs(10), || one_master("director2", "director1"));
+    println!(
+        "FIGURE keepalived took the VIP {:.2} s after the agent's SIGTERM",
+        stopped.elapsed().as_secs_f64()
+    );
+    let agent = Agent::start("director1", &manifest, &["--vrrp-priority", "150"]);
+    wait_until("the agent preempts keepalived", Duration::from_secs(15), || {
+        one_master("director1", "director2")
+    });
+
+    // keepalived with the higher priority preempts the agent; when it stops the
+    // agent takes over.
+    keepalived_stop(keepalived);
+    let keepalived = start_keepalived(200, true);
+    wait_until("keepalived preempts the agent", Duration::from_secs(15), || {
+        one_master("director2", "director1")
+    });
+    let stopped = Instant::now();
+    keepalived_stop(keepalived);
+    wait_until("the agent takes over", Duration::from_secs(10), || one_master("director1", "director2"));
+    println!(
+        "FIGURE the agent took the VIP {:.2} s after keepalived's SIGTERM",
+        stopped.elapsed().as_secs_f64()
+    );
+
+    // A non-preempting keepalived with a higher priority leaves the master alone.
+    let _keepalived = start_keepalived(200, false);
+    sleep(Duration::from_secs(5));
+    assert!(one_master("director1", "director2"), "nopreempt: the agent stays master");
+    drop(agent);
+}
