@@ -13,7 +13,7 @@
 //! to the API server is async.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, mpsc},
@@ -47,7 +47,7 @@ use prometheus_client::{
 use serde_json::json;
 
 use crate::{
-    engine::{self, Engine, Round},
+    engine::{self, Engine, Round, Scope},
     ipvs::{DestinationEntry, IpvsHandle, Stats},
     ipvsadm::TableEntry,
 };
@@ -199,8 +199,21 @@ fn drive_engine(
     let Ok(mut current) = desired.recv() else { return };
     let mut full = true;
     let mut next_resync = Instant::now();
+    // What the last round applied, and what drains there: a new version is
+    // planned for the services that differ, a look at a drain's end for those.
+    let mut applied = current.spec.clone();
+    let mut draining = BTreeSet::new();
     loop {
-        let round = engine.reconcile(&current.spec, full);
+        let scope = if full {
+            Scope::Full
+        } else {
+            let mut keys = engine::changed_services(&applied, &current.spec);
+            keys.extend(std::mem::take(&mut draining));
+            Scope::Services(keys)
+        };
+        let round = engine.reconcile(&current.spec, scope);
+        applied = current.spec.clone();
+        draining = round.draining.clone();
         metrics.record(&round, full);
         log_round(&round, &current.spec.revision);
         if full {
@@ -659,6 +672,7 @@ spec:
                 "director VIP 192.0.2.10 on eth0: operation not permitted".into(),
             ],
             next_check: None,
+            draining: BTreeSet::new(),
         }
     }
 

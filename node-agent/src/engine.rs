@@ -8,14 +8,16 @@
 //! desired VIPs, sysctls ─────────────────> host configuration (recorded, undoable)
 //! ```
 //!
-//! A change of the desired state is planned against the table as the agent last
-//! saw it (refreshed for the services it touches), so it reaches the kernel in
-//! milliseconds whatever the table's size; the periodic resync dumps the whole
-//! table and repairs drift. What the agent owns (services, drains, host changes)
+//! A change of the desired state comes with its [`Scope`]: the services it
+//! concerns are planned against the table as the agent last saw it (updated from
+//! the operations that succeeded), so it reaches the kernel in milliseconds
+//! whatever the table's size, and the host is configured again only when its
+//! part of the desired state changed; [`Scope::Full`] (startup, the periodic
+//! resync) dumps the whole table, plans everything and repairs drift. What the agent owns (services, drains, host changes)
 //! lives in a state file, so a restart neither forgets nor flushes anything.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -24,17 +26,17 @@ use std::{
 use anyhow::{Context, Result};
 use ipnet::IpNet;
 use lvs_crds::{
-    lvs_node::{DirectorState, LvsNodeSpec, RealServerMode},
+    lvs_node::{DirectorState, DirectorVip, LvsNodeSpec, RealServerMode, RealServerState},
     virtual_service::Forwarding,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    desired::desired_services,
+    desired::{desired_services, service_key},
     host::{DeviceAddress, HostChanges, Sysctls, address, nat, sysctl, tunnel},
-    ipvs::{IpvsHandle, IpvsOp, KernelError, ServiceKey},
-    ipvsadm::{TableEntry, op_rule},
-    reconcile::{Drains, Ownership, Plan, plan},
+    ipvs::{IpvsHandle, KernelError, ServiceKey},
+    ipvsadm::op_rule,
+    reconcile::{Drains, KernelTable, Ownership, Plan, apply_to_table, plan_services, plan_table},
 };
 
 /// What the agent keeps across restarts (`<state-dir>/state.json`).
@@ -48,6 +50,19 @@ struct AgentState {
     host: HostChanges,
 }
 
+/// What a round looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything: the kernel's table is dumped again, every service planned, the
+    /// host configured. For startup and the periodic resync (repairs drift).
+    Full,
+    /// Only these services' desired state changed (or their drains are due): they
+    /// are planned against the cached table, the others are not looked at. The
+    /// host is configured only if its part of the spec (VIPs, forwarding, real
+    /// server VIPs) differs from the last round's.
+    Services(BTreeSet<ServiceKey>),
+}
+
 /// What one round did.
 #[derive(Debug, Default)]
 pub struct Round {
@@ -57,6 +72,38 @@ pub struct Round {
     pub failures: Vec<String>,
     /// When a drain ends and the agent should look again.
     pub next_check: Option<Duration>,
+    /// The services whose drains are running (what to plan when `next_check` comes).
+    pub draining: BTreeSet<ServiceKey>,
+}
+
+/// The host's part of a spec: what [`Engine::configure_host`] reads. A round
+/// whose spec has the same skips the host.
+#[derive(Debug, Clone, PartialEq)]
+struct HostInputs {
+    director_vips: Option<Vec<DirectorVip>>,
+    ip_forward: bool,
+    full_nat: Vec<IpNet>,
+    real_server: Option<RealServerState>,
+}
+
+impl HostInputs {
+    fn of(spec: &LvsNodeSpec) -> Self {
+        HostInputs {
+            director_vips: spec.director.as_ref().map(|d| d.vips.clone()),
+            ip_forward: spec.director.as_ref().is_some_and(|d| d.ip_forward),
+            full_nat: spec.director.as_ref().map(full_nat_destinations).unwrap_or_default(),
+            real_server: spec.real_server.clone(),
+        }
+    }
+
+    /// Compared without copying the spec's lists.
+    fn matches(&self, spec: &LvsNodeSpec) -> bool {
+        let director = spec.director.as_ref();
+        self.director_vips.as_deref() == director.map(|d| d.vips.as_slice())
+            && self.ip_forward == director.is_some_and(|d| d.ip_forward)
+            && self.full_nat == director.map(full_nat_destinations).unwrap_or_default()
+            && self.real_server.as_ref() == spec.real_server.as_ref()
+    }
 }
 
 /// The agent of one network namespace.
@@ -67,7 +114,9 @@ pub struct Engine {
     state: AgentState,
     exclusive: bool,
     /// The kernel table as last dumped and then changed by the agent.
-    table: Option<Vec<TableEntry>>,
+    table: Option<KernelTable>,
+    /// The host part of the spec last configured without failures.
+    host: Option<HostInputs>,
 }
 
 impl Engine {
@@ -89,35 +138,53 @@ impl Engine {
             state,
             exclusive,
             table: None,
+            host: None,
         })
     }
 
-    /// Makes the kernel and the host match `spec`. With `full`, the whole table is
-    /// dumped first (startup, periodic resync: repairs drift); otherwise the plan
-    /// works on the cached table.
-    pub fn reconcile(&mut self, spec: &LvsNodeSpec, full: bool) -> Round {
+    /// Makes the kernel and the host match `spec`, looking at what `scope` says
+    /// changed (see [`Scope`]). Without a cached table, any scope is full.
+    pub fn reconcile(&mut self, spec: &LvsNodeSpec, scope: Scope) -> Round {
         let mut round = Round::default();
-        if full || self.table.is_none() {
+        let keys = match scope {
+            Scope::Services(keys) if self.table.is_some() => Some(keys),
+            _ => None,
+        };
+        if keys.is_none() {
             match self.ipvs.table() {
-                Ok(table) => self.table = Some(table),
+                Ok(table) => {
+                    self.table = Some(table.into_iter().map(|entry| (entry.0.service.key, entry)).collect())
+                }
                 Err(e) => {
                     round.failures.push(e.to_string());
                     return round;
                 }
             }
         }
-        let desired = spec.director.as_ref().map(desired_services).unwrap_or_default();
-        let plan = plan(
-            &desired,
-            self.table.as_deref().unwrap_or_default(),
-            &Ownership(self.state.owned.iter().copied().collect()),
-            &Drains(self.state.drains.iter().map(|(k, a, t)| ((*k, *a), *t)).collect()),
-            now(),
-            self.exclusive,
-        );
+        let table = self.table.as_ref().expect("dumped above");
+        let owned = Ownership(self.state.owned.iter().copied().collect());
+        let drains = Drains(self.state.drains.iter().map(|(k, a, t)| ((*k, *a), *t)).collect());
+        let plan = match &keys {
+            Some(keys) => {
+                let desired = spec.director.as_ref().map(|d| desired_of(d, keys)).unwrap_or_default();
+                plan_services(keys, &desired, table, &owned, &drains, now(), self.exclusive)
+            }
+            None => {
+                let desired = spec.director.as_ref().map(desired_services).unwrap_or_default();
+                plan_table(&desired, table, &owned, &drains, now(), self.exclusive)
+            }
+        };
+        let changed_state = !plan.ops.is_empty() || owned != plan.owned || drains != plan.drains;
         self.apply(&plan, &mut round);
-        self.configure_host(spec, &mut round);
-        if let Err(e) = self.save() {
+        let host_due = keys.is_none() || !self.host.as_ref().is_some_and(|host| host.matches(spec));
+        if host_due {
+            let failures = round.failures.len();
+            self.configure_host(spec, &mut round);
+            self.host = (round.failures.len() == failures).then(|| HostInputs::of(spec));
+        }
+        if (changed_state || host_due)
+            && let Err(e) = self.save()
+        {
             round.failures.push(format!("{e:#}"));
         }
         round
@@ -135,16 +202,23 @@ impl Engine {
             .map(|(_, op)| op_rule(op))
             .collect();
         round.next_check = plan.next_check;
+        round.draining = plan.drains.0.keys().map(|(key, _)| *key).collect();
         self.state.owned = plan.owned.0.iter().map(|(k, d)| (*k, *d)).collect();
         self.state.drains = plan.drains.0.iter().map(|((k, a), t)| (*k, *a, *t)).collect();
-        // Refresh the cache for what was touched (or tried): a few small dumps
-        // instead of the whole table.
-        let touched: BTreeSet<ServiceKey> = plan.ops.iter().filter_map(IpvsOp::service_key).collect();
+        // The cache follows the operations that succeeded, without reading the
+        // kernel back; a service with a failed operation is read back, since what
+        // the kernel made of the rest of its operations is unsure.
+        let unsure: BTreeSet<ServiceKey> = failed.iter().filter_map(|i| plan.ops[*i].service_key()).collect();
         let Some(table) = self.table.as_mut() else { return };
-        for key in touched {
-            table.retain(|(service, _)| service.service.key != key);
+        let succeeded =
+            plan.ops.iter().filter(|op| op.service_key().is_none_or(|key| !unsure.contains(&key)));
+        apply_to_table(table, succeeded);
+        for key in unsure {
+            table.remove(&key);
             let refreshed = match self.ipvs.service(&key) {
-                Ok(service) => self.ipvs.destinations(&key).map(|d| table.push((service, d))),
+                Ok(service) => self.ipvs.destinations(&key).map(|d| {
+                    table.insert(key, (service, d));
+                }),
                 Err(e) if e.kernel_error() == Some(&KernelError::NoSuchService) => Ok(()),
                 Err(e) => Err(e),
             };
@@ -157,59 +231,97 @@ impl Engine {
 
     /// VIPs, sysctls and the FullNAT masquerade for `spec`; everything the agent
     /// added that `spec` no longer wants is removed, and once nothing is wanted
-    /// the host is put back as it was.
+    /// the host is put back as it was. Addresses go in batches (one listing, one
+    /// batch of route lookups, one of adds, one of removals), sysctls once per device.
     fn configure_host(&mut self, spec: &LvsNodeSpec, round: &mut Round) {
         let changes = &mut self.state.host;
         let mut wanted: BTreeSet<DeviceAddress> = BTreeSet::new();
         let mut fail = |what: &str, e: anyhow::Error| round.failures.push(format!("{what}: {e:#}"));
 
         if let Some(real_server) = &spec.real_server {
+            let mut direct = Vec::new();
             for vip in &real_server.vips {
-                let (device, result) = match vip.mode {
-                    RealServerMode::DirectRouting => (
-                        address::VIP_DEVICE,
-                        address::configure_real_server(changes, &self.sysctls, vip.address),
-                    ),
-                    RealServerMode::Tunnel => (
-                        tunnel::TUNNEL_DEVICE,
-                        tunnel::configure_real_server(changes, &self.sysctls, vip.address),
-                    ),
-                };
-                wanted.insert(DeviceAddress { device: device.into(), address: vip.address });
-                if let Err(e) = result {
-                    fail(&format!("real server VIP {}", vip.address), e);
+                match vip.mode {
+                    RealServerMode::DirectRouting => direct
+                        .push(DeviceAddress { device: address::VIP_DEVICE.into(), address: vip.address }),
+                    RealServerMode::Tunnel => {
+                        wanted.insert(DeviceAddress {
+                            device: tunnel::TUNNEL_DEVICE.into(),
+                            address: vip.address,
+                        });
+                        if let Err(e) = tunnel::configure_real_server(changes, &self.sysctls, vip.address) {
+                            fail(&format!("real server VIP {}", vip.address), e);
+                        }
+                    }
+                }
+            }
+            wanted.extend(direct.iter().cloned());
+            if !direct.is_empty() {
+                // The device and its ARP sysctls before any VIP appears on it.
+                let prepared = address::ensure_dummy(changes, address::VIP_DEVICE)
+                    .and_then(|()| self.sysctls.apply(changes, &sysctl::real_server_dr(address::VIP_DEVICE)));
+                match prepared {
+                    Ok(()) => {
+                        for (vip, e) in address::add_addresses(changes, &direct) {
+                            fail(&format!("real server VIP {}", vip.address), e);
+                        }
+                    }
+                    Err(e) => fail(&format!("real server VIPs on {}", address::VIP_DEVICE), e),
                 }
             }
         }
         if let Some(director) = &spec.director {
-            // One address dump per round; a VIP already in place costs nothing more.
-            let present = address::local_addresses().unwrap_or_default();
-            let mut configured_interfaces = BTreeSet::new();
+            // One address listing per round; a VIP already in place costs nothing more.
+            let present: BTreeMap<_, _> = match address::local_addresses() {
+                Ok(present) => present.into_iter().map(|a| (a.address, a.device)).collect(),
+                Err(e) => {
+                    fail("listing local addresses", e);
+                    BTreeMap::new()
+                }
+            };
+            let unrouted: Vec<_> = director
+                .vips
+                .iter()
+                .filter(|vip| vip.interface.is_none() && !present.contains_key(&vip.address))
+                .map(|vip| vip.address)
+                .collect();
+            let mut routes: BTreeMap<_, _> =
+                unrouted.iter().copied().zip(address::route_devices(&unrouted)).collect();
+            let mut configured_interfaces: BTreeMap<String, bool> = BTreeMap::new();
+            let mut to_take = Vec::new();
             for vip in &director.vips {
-                let held = present.iter().find(|a| a.address == vip.address).map(|a| a.device.clone());
-                let interface = vip
-                    .interface
-                    .clone()
-                    .or(held.clone())
-                    .map_or_else(|| address::route_device(vip.address), Ok);
-                let interface = match interface {
-                    Ok(interface) => interface,
-                    Err(e) => {
-                        fail(&format!("director VIP {}", vip.address), e);
-                        continue;
-                    }
+                let held = present.get(&vip.address);
+                let interface = match (&vip.interface, held) {
+                    (Some(interface), _) | (None, Some(interface)) => interface.clone(),
+                    (None, None) => match routes.remove(&vip.address) {
+                        Some(Ok(interface)) => interface,
+                        Some(Err(e)) => {
+                            fail(&format!("director VIP {}", vip.address), e);
+                            continue;
+                        }
+                        None => continue, // listed twice; done the first time
+                    },
                 };
-                wanted.insert(DeviceAddress { device: interface.clone(), address: vip.address });
-                let mut result = Ok(());
-                if configured_interfaces.insert(interface.clone()) {
-                    result = director_sysctls(changes, &self.sysctls, director, &interface);
+                let vip_address = DeviceAddress { device: interface.clone(), address: vip.address };
+                if !wanted.insert(vip_address.clone()) {
+                    continue;
                 }
-                if result.is_ok() && held.as_deref() != Some(interface.as_str()) {
-                    result = address::take_vip(changes, &interface, vip.address);
+                let ready =
+                    *configured_interfaces.entry(interface.clone()).or_insert_with(
+                        || match director_sysctls(changes, &self.sysctls, director, &interface) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                fail(&format!("director sysctls of {interface}"), e);
+                                false
+                            }
+                        },
+                    );
+                if ready && held != Some(&interface) {
+                    to_take.push(vip_address);
                 }
-                if let Err(e) = result {
-                    fail(&format!("director VIP {} on {interface}", vip.address), e);
-                }
+            }
+            for (vip, e) in address::take_vips(changes, &to_take) {
+                fail(&format!("director VIP {} on {}", vip.address, vip.device), e);
             }
             let full_nat = full_nat_destinations(director);
             let result = if full_nat.is_empty() {
@@ -221,10 +333,10 @@ impl Engine {
                 fail("FullNAT masquerade", e);
             }
         }
-        for stale in changes.addresses.clone().into_iter().filter(|a| !wanted.contains(a)) {
-            if let Err(e) = address::remove_address(changes, &stale.device, stale.address) {
-                fail(&format!("removing {} from {}", stale.address, stale.device), e);
-            }
+        let stale: Vec<DeviceAddress> =
+            changes.addresses.iter().filter(|a| !wanted.contains(*a)).cloned().collect();
+        for (stale, e) in address::remove_addresses(changes, &stale) {
+            fail(&format!("removing {} from {}", stale.address, stale.device), e);
         }
         let wants_nothing =
             spec.director.is_none() && spec.real_server.as_ref().is_none_or(|r| r.vips.is_empty());
@@ -273,6 +385,26 @@ fn full_nat_destinations(director: &DirectorState) -> Vec<IpNet> {
     nets.sort();
     nets.dedup();
     nets
+}
+
+/// The services whose desired state differs between two specs: a new version's
+/// [`Scope::Services`] when the caller does not know what changed.
+pub fn changed_services(old: &LvsNodeSpec, new: &LvsNodeSpec) -> BTreeSet<ServiceKey> {
+    let (old, new) = (services_by_key(old), services_by_key(new));
+    let differs = |key: &ServiceKey| old.get(key) != new.get(key);
+    old.keys().chain(new.keys()).filter(|key| differs(key)).copied().collect()
+}
+
+fn services_by_key(spec: &LvsNodeSpec) -> BTreeMap<ServiceKey, &lvs_crds::lvs_node::IpvsService> {
+    let services = spec.director.iter().flat_map(|d| &d.services);
+    services.filter_map(|s| Some((service_key(&s.key)?, s))).collect()
+}
+
+/// The desired services of `keys` alone (a change that concerns only them).
+fn desired_of(director: &DirectorState, keys: &BTreeSet<ServiceKey>) -> Vec<crate::desired::DesiredService> {
+    let services =
+        director.services.iter().filter(|s| service_key(&s.key).is_some_and(|key| keys.contains(&key)));
+    desired_services(&DirectorState { services: services.cloned().collect(), ..DirectorState::default() })
 }
 
 /// The time since the UNIX epoch, as drains are recorded.

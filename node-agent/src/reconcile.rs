@@ -61,7 +61,7 @@ use std::{
 
 use crate::{
     desired::DesiredService,
-    ipvs::{Destination, DestinationEntry, IpvsOp, Protocol, Service, ServiceKey},
+    ipvs::{Destination, DestinationEntry, IpvsOp, Protocol, Service, ServiceEntry, ServiceKey, Stats},
     ipvsadm::TableEntry,
 };
 
@@ -110,9 +110,113 @@ pub fn plan(
     now: Duration,
     exclusive: bool,
 ) -> Plan {
-    let desired: BTreeMap<_, _> = desired.iter().map(|d| (d.service.key, d)).collect();
+    plan_of(desired, observed, owned, drains, now, exclusive)
+}
+
+/// The kernel table as the engine caches it, by service key.
+pub type KernelTable = BTreeMap<ServiceKey, TableEntry>;
+
+/// [`plan`] against the cached table.
+pub fn plan_table(
+    desired: &[DesiredService],
+    observed: &KernelTable,
+    owned: &Ownership,
+    drains: &Drains,
+    now: Duration,
+    exclusive: bool,
+) -> Plan {
+    plan_of(desired, observed.values(), owned, drains, now, exclusive)
+}
+
+/// [`plan`] for the services `keys` alone, as when only their desired state
+/// changed: the other services are neither looked at nor touched, and their
+/// ownership and drains are carried over as they are. Only the entries of `keys`
+/// are read from `desired` and `observed`, so the cost follows the change, not
+/// the table.
+pub fn plan_services(
+    keys: &BTreeSet<ServiceKey>,
+    desired: &[DesiredService],
+    observed: &KernelTable,
+    owned: &Ownership,
+    drains: &Drains,
+    now: Duration,
+    exclusive: bool,
+) -> Plan {
+    let desired = desired.iter().filter(|d| keys.contains(&d.service.key));
+    let observed = keys.iter().filter_map(|key| observed.get(key));
+    let mut plan = plan_of(desired, observed, owned, drains, now, exclusive);
+    for (key, period) in owned.0.iter().filter(|(key, _)| !keys.contains(key)) {
+        plan.owned.0.insert(*key, *period);
+    }
+    for (&(key, address), &start) in drains.0.iter().filter(|((key, _), _)| !keys.contains(key)) {
+        plan.drains.0.insert((key, address), start);
+        let end = start.saturating_add(owned.0.get(&key).copied().unwrap_or_default());
+        plan.next_check = Some(plan.next_check.map_or(end, |next| next.min(end)));
+    }
+    plan
+}
+
+/// What the kernel holds once `ops` succeeded, from what it held before: a
+/// changed service's cache entry without reading it back. New destinations
+/// have no connections yet; edited ones keep their counters.
+pub fn apply_to_table<'a>(table: &mut KernelTable, ops: impl IntoIterator<Item = &'a IpvsOp>) {
+    let new_destination = |destination: &Destination| DestinationEntry {
+        destination: *destination,
+        active_connections: 0,
+        inactive_connections: 0,
+        persistent_connections: 0,
+        stats: Stats::default(),
+    };
+    for op in ops {
+        match op {
+            IpvsOp::AddService(service) => {
+                let entry = ServiceEntry { service: service.clone(), stats: Stats::default() };
+                table.insert(service.key, (entry, Vec::new()));
+            }
+            IpvsOp::EditService(service) => {
+                if let Some((entry, _)) = table.get_mut(&service.key) {
+                    entry.service = service.clone();
+                }
+            }
+            IpvsOp::DeleteService(key) => {
+                table.remove(key);
+            }
+            IpvsOp::AddDestination(key, destination) => {
+                if let Some((_, destinations)) = table.get_mut(key) {
+                    destinations.retain(|d| d.destination.address != destination.address);
+                    destinations.push(new_destination(destination));
+                }
+            }
+            IpvsOp::EditDestination(key, destination) => {
+                let entries = table.get_mut(key).map(|(_, destinations)| destinations);
+                let address = destination.address;
+                if let Some(entry) =
+                    entries.and_then(|ds| ds.iter_mut().find(|d| d.destination.address == address))
+                {
+                    entry.destination = *destination;
+                }
+            }
+            IpvsOp::DeleteDestination(key, address) => {
+                if let Some((_, destinations)) = table.get_mut(key) {
+                    destinations.retain(|d| d.destination.address != *address);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn plan_of<'a>(
+    desired: impl IntoIterator<Item = &'a DesiredService>,
+    observed: impl IntoIterator<Item = &'a TableEntry>,
+    owned: &Ownership,
+    drains: &Drains,
+    now: Duration,
+    exclusive: bool,
+) -> Plan {
+    let desired: BTreeMap<_, _> = desired.into_iter().map(|d| (d.service.key, d)).collect();
     let observed: BTreeMap<_, _> =
-        observed.iter().map(|entry| (entry.0.service.key, Observed::of(entry))).collect();
+        observed.into_iter().map(|entry| (entry.0.service.key, Observed::of(entry))).collect();
     let keys: BTreeSet<_> = desired.keys().chain(observed.keys()).copied().collect();
 
     let mut planner = Planner { now, drains, plan: Plan::default() };
@@ -240,7 +344,7 @@ mod tests {
     use pretty_assertions::assert_eq;
 
     use super::*;
-    use crate::ipvs::{ForwardMethod, ServiceEntry, Stats};
+    use crate::ipvs::ForwardMethod;
 
     const NOW: Duration = Duration::from_secs(1_000);
     const DRAIN: Duration = Duration::from_secs(30);

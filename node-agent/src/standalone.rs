@@ -4,35 +4,44 @@
 //! resolved into this host's desired state by the controller's translation, run
 //! locally with this host as the only node: it directs every service, and it is a
 //! real server of those whose real servers include one of its addresses.
+//!
+//! A change costs what changed, not what exists: [`Manifests`] re-reads only
+//! files whose size, change time or inode moved, and parses only documents whose
+//! text is new; [`LocalState`] translates only the VirtualServices that changed
+//! (conflicts settled as the controller settles them, the older wins), patches
+//! the desired spec in place and names the service keys the engine must plan.
+//! A cold start parses and translates on every core.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet, HashMap, hash_map::DefaultHasher},
     fmt,
+    hash::{Hash, Hasher},
     net::IpAddr,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, mpsc},
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Result;
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use lvs_crds::{
-    lvs_node::{LvsNodeSpec, RealServerMode},
+    lvs_node::{
+        ConnectionSync, DirectorState, DirectorVip, IpvsService, IpvsServiceKey, LvsNodeSpec, RealServerMode,
+        RealServerState, RealServerVip,
+    },
     translate::{ClusterState, DIRECTOR_LABEL, TranslateOptions, Verdict, assemble, translate},
     validation::validate,
-    virtual_service::VirtualService,
+    virtual_service::{Protocol, VirtualService},
 };
 
 use crate::{
-    desired::desired_services,
-    engine::{self, Engine, Round},
+    desired::{desired_services, service_key},
+    engine::{self, Engine, Round, Scope},
     host::address,
-    ipvs::IpvsHandle,
+    ipvs::{IpvsHandle, ServiceKey},
     ipvsadm::op_rule,
     reconcile::{Drains, Ownership, plan},
 };
@@ -50,7 +59,7 @@ pub enum Role {
 }
 
 /// A manifest that cannot be used, with where it came from.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ManifestError {
     pub source: String,
     pub message: String,
@@ -68,34 +77,13 @@ impl std::error::Error for ManifestError {}
 /// documents, or a directory of `*.yaml`/`*.yml` files, read in name order) and
 /// validates it. Every problem is reported, not only the first.
 pub fn load_manifests(path: &Path) -> Result<Vec<VirtualService>, Vec<ManifestError>> {
-    let files = manifest_files(path)
-        .map_err(|message| vec![ManifestError { source: path.display().to_string(), message }])?;
-    let mut services = Vec::new();
-    let mut errors = Vec::new();
-    for file in files {
-        let text = match std::fs::read_to_string(&file) {
-            Ok(text) => text,
-            Err(e) => {
-                errors.push(ManifestError { source: file.display().to_string(), message: e.to_string() });
-                continue;
-            }
-        };
-        for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let source = format!("{} (document {})", file.display(), index + 1);
-            match parse_document(document) {
-                Ok(None) => {}
-                Ok(Some(vs)) => match validate(&vs.spec) {
-                    Ok(()) => services.push(vs),
-                    Err(problems) => errors.extend(problems.into_iter().map(|p| ManifestError {
-                        source: source.clone(),
-                        message: format!("{}: {p}", object_name(&vs)),
-                    })),
-                },
-                Err(message) => errors.push(ManifestError { source, message }),
-            }
-        }
+    let mut manifests = Manifests::new(path);
+    let change = manifests.load();
+    if change.errors.is_empty() {
+        Ok(manifests.services().map(|vs| (*vs).clone()).collect())
+    } else {
+        Err(change.errors)
     }
-    if errors.is_empty() { Ok(services) } else { Err(errors) }
 }
 
 fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, String> {
@@ -105,30 +93,292 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|e| e.to_string())?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|ext| ext == "yaml" || ext == "yml"))
+        .filter(|p| is_manifest(p))
         .collect();
     files.sort();
     Ok(files)
 }
 
-/// A document's VirtualService; `None` for empty documents and other kinds.
-fn parse_document(document: serde_yaml::Deserializer<'_>) -> Result<Option<VirtualService>, String> {
-    let value = serde_yaml::Value::deserialize(document).map_err(|e| e.to_string())?;
-    if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some("VirtualService") {
-        return Ok(None);
-    }
-    // Through serde_path_to_error, so that a bad value is named by its field
-    // (`spec.port: invalid value: integer 70000, expected u16`).
-    serde_path_to_error::deserialize(value).map(Some).map_err(|e| format!("{}: {}", e.path(), e.inner()))
+fn is_manifest(path: &Path) -> bool {
+    path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml")
 }
 
-fn object_name(vs: &VirtualService) -> String {
+/// One document of a file: a VirtualService, nothing (another kind, or empty),
+/// or what is wrong with it (without its source, which depends on its place).
+type Parsed = Result<Option<Arc<VirtualService>>, Vec<String>>;
+
+/// The manifests as last read: each file's documents, parsed and validated once
+/// per distinct text.
+pub struct Manifests {
+    path: PathBuf,
+    files: BTreeMap<PathBuf, ManifestFile>,
+    /// How many documents define each (namespace, name): more than one is an error.
+    definitions: HashMap<(String, String), usize>,
+}
+
+/// A file's size, change time and inode.
+type Stamp = (u64, Option<SystemTime>, u64);
+
+struct ManifestFile {
+    /// Size, change time and inode when read: unchanged, the file is not read again.
+    stamp: Option<Stamp>,
+    /// Each document's text hash and what it holds.
+    documents: Vec<(u64, Arc<Parsed>)>,
+}
+
+/// What a load found changed since the previous one.
+#[derive(Default)]
+pub struct ManifestChange {
+    /// VirtualServices gone or replaced, then the new and replacing ones.
+    pub removed: Vec<Arc<VirtualService>>,
+    pub added: Vec<Arc<VirtualService>>,
+    /// Every problem of the manifests as they are now (not only of the changed files).
+    pub errors: Vec<ManifestError>,
+}
+
+impl Manifests {
+    pub fn new(path: &Path) -> Self {
+        Manifests { path: path.to_path_buf(), files: BTreeMap::new(), definitions: HashMap::new() }
+    }
+
+    /// Reads what changed. With `force` (SIGHUP), every file is read again.
+    pub fn reload(&mut self, force: bool) -> ManifestChange {
+        if force {
+            self.files.values_mut().for_each(|file| file.stamp = None);
+        }
+        self.load()
+    }
+
+    fn load(&mut self) -> ManifestChange {
+        let mut change = ManifestChange::default();
+        let files = match manifest_files(&self.path) {
+            Ok(files) => files,
+            Err(message) => {
+                change.errors.push(ManifestError { source: self.path.display().to_string(), message });
+                return change;
+            }
+        };
+        // Files gone.
+        let gone: Vec<PathBuf> = self.files.keys().filter(|f| !files.contains(f)).cloned().collect();
+        for file in gone {
+            let old = self.files.remove(&file).expect("listed");
+            self.forget(&old.documents, &mut change);
+        }
+        // Files new or changed: their documents' texts, then the new texts parsed
+        // (on every core when there are many).
+        // Each read file with its stamp and its documents' (hash, text).
+        type Read<'t> = (PathBuf, Option<Stamp>, Vec<(u64, &'t str)>);
+        let mut read: Vec<Read<'_>> = Vec::new();
+        let mut texts: Vec<(PathBuf, String)> = Vec::new();
+        for file in &files {
+            let stamp = std::fs::metadata(file).ok().map(|m| (m.len(), m.modified().ok(), m.ino()));
+            if stamp.is_some() && self.files.get(file).is_some_and(|cached| cached.stamp == stamp) {
+                continue;
+            }
+            match std::fs::read_to_string(file) {
+                Ok(text) => texts.push((file.clone(), text)),
+                Err(e) => {
+                    let documents = self.files.remove(file).map(|f| f.documents).unwrap_or_default();
+                    self.forget(&documents, &mut change);
+                    let error = vec![e.to_string()];
+                    let entry = ManifestFile { stamp: None, documents: vec![(0, Arc::new(Err(error)))] };
+                    self.files.insert(file.clone(), entry);
+                }
+            }
+        }
+        for (file, text) in &texts {
+            let stamp = std::fs::metadata(file).ok().map(|m| (m.len(), m.modified().ok(), m.ino()));
+            read.push((file.clone(), stamp, split_documents(text).map(|d| (text_hash(d), d)).collect()));
+        }
+        let known: HashMap<u64, Arc<Parsed>> = read
+            .iter()
+            .filter_map(|(file, _, _)| self.files.get(file))
+            .flat_map(|f| f.documents.iter().cloned())
+            .collect();
+        let new_texts: Vec<&str> = {
+            let mut seen = BTreeSet::new();
+            read.iter()
+                .flat_map(|(_, _, documents)| documents)
+                .filter(|(hash, _)| !known.contains_key(hash) && seen.insert(*hash))
+                .map(|(_, text)| *text)
+                .collect()
+        };
+        let parsed: HashMap<u64, Arc<Parsed>> =
+            parallel_map(&new_texts, |text| Arc::new(parse_document(text)))
+                .into_iter()
+                .zip(&new_texts)
+                .map(|(parsed, text)| (text_hash(text), parsed))
+                .collect();
+        for (file, stamp, documents) in read {
+            let documents: Vec<(u64, Arc<Parsed>)> = documents
+                .into_iter()
+                .map(|(hash, _)| {
+                    let parsed = known.get(&hash).or_else(|| parsed.get(&hash)).expect("parsed above");
+                    (hash, Arc::clone(parsed))
+                })
+                .collect();
+            let old = self.files.remove(&file).map(|f| f.documents).unwrap_or_default();
+            // Unchanged documents (same text) are neither removed nor added.
+            let old_hashes: BTreeSet<u64> = old.iter().map(|(hash, _)| *hash).collect();
+            let new_hashes: BTreeSet<u64> = documents.iter().map(|(hash, _)| *hash).collect();
+            let removed: Vec<_> = old.into_iter().filter(|(h, _)| !new_hashes.contains(h)).collect();
+            let added: Vec<_> = documents.iter().filter(|(h, _)| !old_hashes.contains(h)).cloned().collect();
+            self.forget(&removed, &mut change);
+            for vs in added.iter().filter_map(|(_, parsed)| parsed.as_ref().as_ref().ok()?.clone()) {
+                *self.definitions.entry(object_id(&vs)).or_default() += 1;
+                change.added.push(vs);
+            }
+            self.files.insert(file, ManifestFile { stamp, documents });
+        }
+        change.errors = self.errors();
+        change
+    }
+
+    fn forget(&mut self, documents: &[(u64, Arc<Parsed>)], change: &mut ManifestChange) {
+        for vs in documents.iter().filter_map(|(_, parsed)| parsed.as_ref().as_ref().ok()?.clone()) {
+            let id = object_id(&vs);
+            if let Some(count) = self.definitions.get_mut(&id) {
+                *count -= 1;
+                if *count == 0 {
+                    self.definitions.remove(&id);
+                }
+            }
+            change.removed.push(vs);
+        }
+    }
+
+    /// Every problem, by file and document.
+    fn errors(&self) -> Vec<ManifestError> {
+        let mut errors = Vec::new();
+        for (file, cached) in &self.files {
+            for (index, (_, parsed)) in cached.documents.iter().enumerate() {
+                let source = if cached.stamp.is_none() && cached.documents.len() == 1 {
+                    file.display().to_string()
+                } else {
+                    format!("{} (document {})", file.display(), index + 1)
+                };
+                match parsed.as_ref() {
+                    Err(messages) => {
+                        errors.extend(messages.iter().map(|message| ManifestError {
+                            source: source.clone(),
+                            message: message.clone(),
+                        }))
+                    }
+                    Ok(Some(vs)) if self.definitions.get(&object_id(vs)).is_some_and(|n| *n > 1) => {
+                        let (namespace, name) = object_id(vs);
+                        errors.push(ManifestError {
+                            source,
+                            message: format!("{namespace}/{name} is defined more than once"),
+                        });
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+        errors
+    }
+
+    /// Every VirtualService of the manifests, in file and document order.
+    pub fn services(&self) -> impl Iterator<Item = Arc<VirtualService>> + '_ {
+        let documents = self.files.values().flat_map(|f| &f.documents);
+        documents.filter_map(|(_, parsed)| parsed.as_ref().as_ref().ok()?.clone())
+    }
+}
+
+fn text_hash(text: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A file's documents: the text from each `---` line (at the start of a line,
+/// followed by a space or the line's end, as YAML's document marker) to the next;
+/// the text before the first marker is a document when it holds anything.
+fn split_documents(text: &str) -> impl Iterator<Item = &str> {
+    let mut starts = vec![0];
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let marker = line
+            .strip_prefix("---")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\n', '\r']));
+        if marker && offset > 0 {
+            starts.push(offset);
+        }
+        offset += line.len();
+    }
+    starts.push(text.len());
+    let documents: Vec<&str> = starts.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+    documents.into_iter().filter(|d| {
+        d.lines().any(|line| {
+            let line = line.trim();
+            !line.is_empty() && !line.starts_with('#') && line != "---"
+        })
+    })
+}
+
+/// Applies `f` to every item, on every core when there are many items.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if items.len() < 64 || threads < 2 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let f = &f;
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        workers.into_iter().flat_map(|worker| worker.join().expect("a parser thread panicked")).collect()
+    })
+}
+
+/// A document's VirtualService, validated; `None` for empty documents and other kinds.
+fn parse_document(text: &str) -> Parsed {
+    // The common case straight into the typed object; anything else (another
+    // kind, several documents, an error to explain) through the generic path.
+    let kind = text.lines().find_map(|line| line.strip_prefix("kind:")).map(str::trim);
+    let vs = match kind {
+        Some("VirtualService") => match serde_yaml::from_str::<VirtualService>(text) {
+            Ok(vs) => Some(vs),
+            Err(_) => parse_generic(text)?,
+        },
+        Some(_) if !text.contains("\nkind:") || text.matches("\nkind:").count() > 1 => parse_generic(text)?,
+        Some(_) => None,
+        None => parse_generic(text)?,
+    };
+    let Some(vs) = vs else { return Ok(None) };
+    match validate(&vs.spec) {
+        Ok(()) => Ok(Some(Arc::new(vs))),
+        Err(problems) => {
+            let (namespace, name) = object_id(&vs);
+            Err(problems.into_iter().map(|p| format!("{namespace}/{name}: {p}")).collect())
+        }
+    }
+}
+
+/// Through a generic value and serde_path_to_error, so that a bad value is
+/// named by its field (`spec.port: invalid value: integer 70000, expected u16`).
+fn parse_generic(text: &str) -> Result<Option<VirtualService>, Vec<String>> {
+    let mut found = None;
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(document).map_err(|e| vec![e.to_string()])?;
+        if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some("VirtualService") {
+            continue;
+        }
+        let vs = serde_path_to_error::deserialize(value)
+            .map_err(|e| vec![format!("{}: {}", e.path(), e.inner())])?;
+        if found.replace(vs).is_some() {
+            return Err(vec!["several VirtualServices in one document".into()]);
+        }
+    }
+    Ok(found)
+}
+
+/// (namespace, name), the namespace `default` when absent.
+fn object_id(vs: &VirtualService) -> (String, String) {
     let meta = &vs.metadata;
-    format!(
-        "{}/{}",
-        meta.namespace.as_deref().unwrap_or("default"),
-        meta.name.as_deref().unwrap_or("<unnamed>")
-    )
+    (meta.namespace.clone().unwrap_or_else(|| "default".into()), meta.name.clone().unwrap_or_default())
 }
 
 /// This host's desired state for `services`, and the verdict on each service
@@ -139,46 +389,308 @@ pub fn local_state(
     local_addresses: &[IpAddr],
     role: Role,
 ) -> (LvsNodeSpec, BTreeMap<(String, String), Verdict>) {
-    let virtual_services = services
-        .iter()
-        .cloned()
-        .map(|mut vs| {
-            // This host directs every service, whatever nodes a cluster would pick.
-            if let Some(directors) = vs.spec.directors.as_mut() {
-                directors.node_selector.clear();
-            }
-            vs.metadata.namespace.get_or_insert_with(|| "default".into());
-            vs
-        })
-        .collect();
-    let state = ClusterState {
-        virtual_services,
-        nodes: vec![local_node(host, local_addresses)],
-        endpoint_slices: vec![],
-    };
-    let translation = translate(&state, &TranslateOptions::default());
-    let mut spec = assemble(translation.lvs_nodes.iter().map(|n| &n.spec)).unwrap_or_else(|| LvsNodeSpec {
-        node: host.into(),
-        chunks: 1,
-        ..LvsNodeSpec::default()
-    });
-    match role {
-        Role::Auto => {}
-        Role::Director => spec.real_server = None,
-        Role::RealServer => spec.director = None,
-    }
-    if role == Role::Auto && spec.real_server.is_some() {
-        // A real server of a service does not also direct it in auto mode.
-        if let (Some(director), Some(real_server)) = (spec.director.as_mut(), spec.real_server.as_ref()) {
-            let served: Vec<_> =
-                real_server.vips.iter().map(|v| (v.owner.namespace.clone(), v.owner.name.clone())).collect();
-            director
-                .services
-                .retain(|s| !served.contains(&(s.owner.namespace.clone(), s.owner.name.clone())));
-            director.vips.retain(|v| !real_server.vips.iter().any(|r| r.address == v.address));
+    let mut state = LocalState::new(host, role);
+    let services: Vec<Arc<VirtualService>> = services.iter().cloned().map(Arc::new).collect();
+    state.update(&ManifestChange { added: services, ..ManifestChange::default() }, local_addresses);
+    let verdicts = state.by_id.iter().map(|(id, local)| (id.clone(), state.verdict(id, local))).collect();
+    (state.spec, verdicts)
+}
+
+/// (namespace, name) of a VirtualService.
+type Id = (String, String);
+
+/// The ordering of the translation's verdicts: creation time (none = newest), then name.
+type Age = (bool, Option<Time>, (String, String));
+
+/// One VirtualService translated alone for this host.
+#[derive(Debug, Clone, PartialEq)]
+struct Local {
+    vs: Arc<VirtualService>,
+    age: Age,
+    /// What it claims (None when refused on its own: invalid, VIP not allowed).
+    claim: Option<IpvsServiceKey>,
+    verdict: Verdict,
+    /// Its service, when this host directs it.
+    service: Option<IpvsService>,
+    director_vip: Option<DirectorVip>,
+    /// Its VIP, when this host is one of its real servers.
+    real_server_vip: Option<RealServerVip>,
+    /// Its director settings (forwarding, connection sync).
+    settings: Option<DirectorState>,
+}
+
+/// This host's desired state, kept up to date change by change.
+pub struct LocalState {
+    host: String,
+    role: Role,
+    addresses: Option<Vec<IpAddr>>,
+    by_id: BTreeMap<(String, String), Local>,
+    /// Each claimed key's claimants, oldest (the winner) first.
+    claims: HashMap<IpvsServiceKey, BTreeSet<Age>>,
+    spec: LvsNodeSpec,
+}
+
+impl LocalState {
+    pub fn new(host: &str, role: Role) -> Self {
+        let spec = LvsNodeSpec { node: host.into(), chunks: 1, ..LvsNodeSpec::default() };
+        LocalState {
+            host: host.into(),
+            role,
+            addresses: None,
+            by_id: BTreeMap::new(),
+            claims: HashMap::new(),
+            spec,
         }
     }
-    (spec, translation.verdicts)
+
+    /// The desired spec.
+    pub fn spec(&self) -> &LvsNodeSpec {
+        &self.spec
+    }
+
+    /// Whether this role needs the local addresses (only to find out where it is a real server).
+    pub fn needs_addresses(&self) -> bool {
+        self.role != Role::Director
+    }
+
+    /// Takes a change of the manifests (and the host's addresses); returns the
+    /// service keys whose desired state may have changed, and prints the verdicts
+    /// of the VirtualServices it concerns that are not accepted.
+    pub fn update(&mut self, change: &ManifestChange, addresses: &[IpAddr]) -> BTreeSet<ServiceKey> {
+        let mut dirty: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut current: BTreeMap<(String, String), Option<Arc<VirtualService>>> = BTreeMap::new();
+        for vs in &change.removed {
+            let id = object_id(vs);
+            if self.by_id.get(&id).is_some_and(|local| Arc::ptr_eq(&local.vs, vs)) {
+                current.insert(id.clone(), None);
+                dirty.insert(id);
+            }
+        }
+        for vs in &change.added {
+            let id = object_id(vs);
+            current.insert(id.clone(), Some(Arc::clone(vs)));
+            dirty.insert(id);
+        }
+        let addresses = if self.role == Role::Director { &[][..] } else { addresses };
+        if self.addresses.as_deref() != Some(addresses) {
+            // Where this host is a real server may have changed for any of them.
+            self.addresses = Some(addresses.to_vec());
+            for (id, local) in &self.by_id {
+                current.entry(id.clone()).or_insert_with(|| Some(Arc::clone(&local.vs)));
+                dirty.insert(id.clone());
+            }
+        }
+        let node = local_node(&self.host, addresses);
+        let work: Vec<(&Id, &Option<Arc<VirtualService>>)> = current.iter().collect();
+        let translated = parallel_map(&work, |(_, vs)| vs.as_ref().map(|vs| self.translate_one(vs, &node)));
+
+        let changes: Vec<((String, String), Option<Local>)> = work
+            .into_iter()
+            .zip(translated)
+            .filter(|((id, _), new)| self.by_id.get(*id) != new.as_ref())
+            .map(|((id, _), new)| (id.clone(), new))
+            .collect();
+        let mut keys = BTreeSet::new();
+        let mut claims_touched = BTreeSet::new();
+        for (id, new) in &changes {
+            for local in self.by_id.get(id).into_iter().chain(new) {
+                keys.extend(local.service.as_ref().and_then(|s| service_key(&s.key)));
+                keys.extend(local.claim.as_ref().and_then(service_key));
+                claims_touched.extend(local.claim.clone());
+            }
+        }
+        let winner_ages = |state: &Self| -> Vec<Option<Age>> {
+            claims_touched.iter().map(|c| state.claims.get(c).and_then(|a| a.first().cloned())).collect()
+        };
+        let winners_before = winner_ages(self);
+        let mut host_part_changed = false;
+        for (id, new) in changes {
+            let old = match &new {
+                Some(new) => self.by_id.insert(id, new.clone()),
+                None => self.by_id.remove(&id),
+            };
+            if let Some(old) = &old
+                && let Some(claim) = &old.claim
+                && let Some(claimants) = self.claims.get_mut(claim)
+            {
+                claimants.remove(&old.age);
+                if claimants.is_empty() {
+                    self.claims.remove(claim);
+                }
+            }
+            if let Some(new) = &new
+                && let Some(claim) = &new.claim
+            {
+                self.claims.entry(claim.clone()).or_default().insert(new.age.clone());
+            }
+            let host_part = |l: &Option<Local>| {
+                l.as_ref().map(|l| (l.director_vip.clone(), l.real_server_vip.clone(), l.settings.clone()))
+            };
+            host_part_changed |= host_part(&old) != host_part(&new);
+        }
+        let winners_changed = winner_ages(self) != winners_before;
+        // The services of the touched claims, as their winners have them now.
+        let mut director = self.spec.director.take().unwrap_or_default();
+        let mut services = std::mem::take(&mut director.services);
+        services.retain(|s| !claims_touched.contains(&claim(&s.key)));
+        for claim in &claims_touched {
+            if let Some(service) = self.winner(claim).and_then(|winner| winner.service.as_ref()) {
+                let at = services.partition_point(|s| s.key < service.key);
+                services.insert(at, service.clone());
+            }
+        }
+        if host_part_changed || winners_changed {
+            self.assemble_host_part(services);
+        } else if !services.is_empty() {
+            self.spec.director = Some(DirectorState { services, ..director });
+        }
+        for id in &dirty {
+            if let Some(local) = self.by_id.get(id) {
+                let verdict = self.verdict(id, local);
+                if verdict != Verdict::Accepted {
+                    eprintln!("lvs-agent: {}/{} not applied: {}", id.0, id.1, verdict.message());
+                }
+            }
+        }
+        keys
+    }
+
+    fn translate_one(&self, vs: &Arc<VirtualService>, node: &Node) -> Local {
+        let mut local_vs = (**vs).clone();
+        // This host directs every service, whatever nodes a cluster would pick.
+        if let Some(directors) = local_vs.spec.directors.as_mut() {
+            directors.node_selector.clear();
+        }
+        local_vs.metadata.namespace.get_or_insert_with(|| "default".into());
+        let id = object_id(&local_vs);
+        let created = local_vs.metadata.creation_timestamp.clone();
+        let state = ClusterState {
+            virtual_services: vec![local_vs],
+            nodes: vec![node.clone()],
+            endpoint_slices: vec![],
+        };
+        let translation = translate(&state, &TranslateOptions::default());
+        let verdict = translation.verdicts.get(&id).cloned().unwrap_or(Verdict::Accepted);
+        let spec = assemble(translation.lvs_nodes.iter().map(|n| &n.spec));
+        let director = spec.as_ref().and_then(|s| s.director.clone());
+        let mut service = director.as_ref().and_then(|d| d.services.first().cloned());
+        let mut director_vip = director.as_ref().and_then(|d| d.vips.first().cloned());
+        let mut settings = director.map(|d| DirectorState { services: vec![], vips: vec![], ..d });
+        let mut real_server_vip = spec.and_then(|s| s.real_server).and_then(|r| r.vips.into_iter().next());
+        let claim_key =
+            (verdict == Verdict::Accepted).then(|| service.as_ref().map(|s| claim(&s.key))).flatten();
+        let directs = match self.role {
+            Role::Director => {
+                real_server_vip = None;
+                true
+            }
+            Role::RealServer => false,
+            // A real server of a service does not also direct it in auto mode.
+            Role::Auto => real_server_vip.is_none(),
+        };
+        if !directs {
+            (service, director_vip, settings) = (None, None, None);
+        }
+        Local {
+            vs: Arc::clone(vs),
+            age: (created.is_none(), created, id),
+            claim: claim_key,
+            verdict,
+            service,
+            director_vip,
+            real_server_vip,
+            settings,
+        }
+    }
+
+    fn winner(&self, claim: &IpvsServiceKey) -> Option<&Local> {
+        let age = self.claims.get(claim)?.first()?;
+        self.by_id.get(&age.2)
+    }
+
+    /// Accepted, or refused alone, or the loser of a conflict.
+    fn verdict(&self, id: &(String, String), local: &Local) -> Verdict {
+        let Some(claim) = &local.claim else { return local.verdict.clone() };
+        match self.claims.get(claim).and_then(|c| c.first()) {
+            Some(winner) if winner.2 != *id => {
+                Verdict::Conflict { winner: winner.2.clone(), key: describe(claim) }
+            }
+            _ => Verdict::Accepted,
+        }
+    }
+
+    /// The winners, in the order of their service keys.
+    fn winners(&self) -> Vec<&Local> {
+        let mut winners: Vec<&Local> = self.claims.keys().filter_map(|claim| self.winner(claim)).collect();
+        winners.sort_by(|a, b| a.claim.cmp(&b.claim));
+        winners
+    }
+
+    /// The director settings for the node, merged over the directed winners as
+    /// the translation merges them: forwarding needs from any, connection sync
+    /// from the first synced service that names each part.
+    fn director_settings(&self) -> Option<DirectorState> {
+        let mut merged: Option<DirectorState> = None;
+        for settings in self.winners().into_iter().filter_map(|l| l.settings.as_ref()) {
+            let merged = merged.get_or_insert_with(DirectorState::default);
+            merged.ip_forward |= settings.ip_forward;
+            merged.full_nat_masquerade |= settings.full_nat_masquerade;
+            if let Some(sync) = &settings.connection_sync {
+                let into = merged
+                    .connection_sync
+                    .get_or_insert_with(|| ConnectionSync { interface: String::new(), sync_id: 0 });
+                if into.interface.is_empty() {
+                    into.interface = sync.interface.clone();
+                }
+                if into.sync_id == 0 {
+                    into.sync_id = sync.sync_id;
+                }
+            }
+        }
+        merged
+    }
+
+    /// The VIPs and settings, from all winners (when any of them changed).
+    fn assemble_host_part(&mut self, services: Vec<IpvsService>) {
+        let winners = self.winners();
+        let real_server_vips: Vec<RealServerVip> =
+            winners.iter().filter_map(|l| l.real_server_vip.clone()).collect();
+        let mut director_vips: Vec<DirectorVip> = winners
+            .iter()
+            .filter_map(|l| l.director_vip.clone())
+            .filter(|vip| !real_server_vips.iter().any(|r| r.address == vip.address))
+            .collect();
+        director_vips.sort_by(|a, b| director_vip_order(a).cmp(&director_vip_order(b)));
+        director_vips.dedup();
+        let director = self.director_settings();
+        self.spec.director = director.map(|d| DirectorState { services, vips: director_vips, ..d });
+        self.spec.real_server =
+            (!real_server_vips.is_empty()).then_some(RealServerState { vips: real_server_vips });
+    }
+}
+
+fn director_vip_order(vip: &DirectorVip) -> impl Ord + '_ {
+    let vrrp = vip.vrrp.as_ref().map(|v| (v.virtual_router_id, v.advert_interval_ms, v.preempt, v.priority));
+    (vip.address, &vip.interface, vrrp)
+}
+
+/// What two services may not share: the kernel tells fwmark services apart by
+/// (fwmark, family) alone (as the translation's claims).
+fn claim(key: &IpvsServiceKey) -> IpvsServiceKey {
+    match key.fwmark {
+        Some(_) => IpvsServiceKey { protocol: Protocol::default(), ..key.clone() },
+        None => key.clone(),
+    }
+}
+
+/// A claim as people read it: `TCP 192.168.16.100:80`, `fwmark 5 (IPv6)`.
+fn describe(claim: &IpvsServiceKey) -> String {
+    match (claim.fwmark, claim.address) {
+        (Some(mark), _) => format!("fwmark {mark} ({:?})", claim.family),
+        (None, Some(IpAddr::V6(vip))) => format!("{:?} [{vip}]:{}", claim.protocol, claim.port),
+        (None, Some(vip)) => format!("{:?} {vip}:{}", claim.protocol, claim.port),
+        (None, None) => format!("{:?} port {}", claim.protocol, claim.port),
+    }
 }
 
 /// The one node of a standalone "cluster": this host, a director, with its addresses.
@@ -215,52 +727,96 @@ pub struct ApplyOptions {
     pub resync: Duration,
 }
 
-/// How often the manifests are checked for changes: small, so a change reaches
-/// the kernel within a few tens of milliseconds.
-const WATCH_INTERVAL: Duration = Duration::from_millis(20);
+/// What wakes the apply loop.
+#[derive(Debug)]
+pub enum Event {
+    /// A manifest file changed (or may have).
+    Manifests,
+    /// SIGHUP: read every manifest again.
+    Reload,
+}
+
+/// How often the manifests are checked for changes where inotify is unavailable.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Applies the manifests at `options.path`; without `once`, keeps them applied:
-/// reloads on change and on SIGHUP, repairs drift every `resync`. Returns whether
-/// everything applied (with `once`) or the error that stopped it.
+/// reloads on change (inotify) and on SIGHUP, repairs drift every `resync`, and
+/// looks again when a drain ends. Returns whether everything applied (with
+/// `once`) or the error that stopped it.
 pub fn apply(options: &ApplyOptions) -> Result<bool> {
-    // Taken before reading, so that a change made while applying is seen.
-    let mut seen = fingerprint(&options.path);
-    let Some(mut spec) = load_spec(options) else { return Ok(false) };
+    let (events, inbox) = mpsc::channel();
+    if !options.once && !options.dry_run {
+        // Before the first read, so that a change made while applying is seen.
+        watch_manifests(&options.path, events.clone());
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+        let hangups = events.clone();
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                if hangups.send(Event::Reload).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let mut manifests = Manifests::new(&options.path);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "localhost".into(), |h| h.trim().to_string());
+    let mut state = LocalState::new(&host, options.role);
+    let mut pending = ManifestChange::default();
+    if load(&mut manifests, &mut state, &mut pending, false, options).is_none() {
+        return Ok(false);
+    }
     if options.dry_run {
-        print_plan(&spec, options);
+        print_plan(state.spec(), options);
         return Ok(true);
     }
     let mut engine = Engine::open(&options.state_dir, &options.sysctl_root, options.exclusive)?;
-    let round = engine.reconcile(&spec, true);
+    let round = engine.reconcile(state.spec(), Scope::Full);
     log_round(&round, "applied");
     if options.once {
         return Ok(round.failures.is_empty());
     }
 
-    let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
     let mut next_resync = Instant::now() + options.resync;
     let mut next_check = round.next_check;
+    let mut draining = round.draining;
     loop {
-        std::thread::sleep(WATCH_INTERVAL);
-        let current = fingerprint(&options.path);
-        let changed = current != seen || reload.swap(false, Ordering::Relaxed);
-        if changed {
-            seen = current;
+        let mut wait = next_resync.saturating_duration_since(Instant::now());
+        if let Some(at) = next_check {
+            wait = wait.min(at.saturating_sub(engine::now()));
+        }
+        let (mut changed, mut force) = (false, false);
+        match inbox.recv_timeout(wait) {
+            Ok(event) => {
+                // Everything already queued is handled by this one round.
+                for event in std::iter::once(event).chain(inbox.try_iter()) {
+                    match event {
+                        Event::Manifests => changed = true,
+                        Event::Reload => (changed, force) = (true, true),
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("the manifest watcher stopped"),
         }
         let resync = Instant::now() >= next_resync;
         let drain_due = next_check.is_some_and(|at| engine::now() >= at);
-        if !(changed || resync || drain_due) {
-            continue;
-        }
+        let mut keys = BTreeSet::new();
         if changed {
-            // A manifest that does not load leaves what is applied untouched.
-            match load_spec(options) {
-                Some(new) => spec = new,
+            match load(&mut manifests, &mut state, &mut pending, force, options) {
+                Some(changed_keys) => keys = changed_keys,
+                // A manifest that does not load leaves what is applied untouched.
                 None => eprintln!("lvs-agent: keeping the last good manifests applied"),
             }
         }
-        let round = engine.reconcile(&spec, resync);
+        if drain_due {
+            keys.extend(draining.iter().copied());
+        }
+        if !resync && keys.is_empty() && !(changed && force) {
+            continue;
+        }
+        let scope = if resync { Scope::Full } else { Scope::Services(keys) };
+        let round = engine.reconcile(state.spec(), scope);
         log_round(
             &round,
             if changed {
@@ -272,44 +828,106 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
             },
         );
         next_check = round.next_check;
+        draining = round.draining;
         if resync {
             next_resync = Instant::now() + options.resync;
         }
     }
 }
 
-/// The manifests' desired state for this host, or `None` (errors printed) when
-/// they do not load.
-fn load_spec(options: &ApplyOptions) -> Option<LvsNodeSpec> {
-    let services = match load_manifests(&options.path) {
-        Ok(services) => services,
-        Err(errors) => {
-            for error in errors {
-                eprintln!("lvs-agent: {error}");
+/// Reads the manifests' changes into `state`; returns the service keys to plan,
+/// or `None` (errors printed) when the manifests do not load: then nothing is
+/// taken, and the change waits in `pending` for the next good load.
+fn load(
+    manifests: &mut Manifests,
+    state: &mut LocalState,
+    pending: &mut ManifestChange,
+    force: bool,
+    options: &ApplyOptions,
+) -> Option<BTreeSet<ServiceKey>> {
+    let change = manifests.reload(force);
+    pending.removed.extend(change.removed);
+    pending.added.extend(change.added);
+    if !change.errors.is_empty() {
+        for error in change.errors {
+            eprintln!("lvs-agent: {error}");
+        }
+        return None;
+    }
+    let addresses: Vec<IpAddr> = if !state.needs_addresses() {
+        vec![]
+    } else {
+        match address::local_addresses() {
+            Ok(addresses) => addresses.into_iter().map(|a| a.address).collect(),
+            Err(e) if options.dry_run => {
+                eprintln!("lvs-agent: warning: local addresses unknown ({e:#}); assuming none");
+                vec![]
             }
-            return None;
+            Err(e) => {
+                eprintln!("lvs-agent: local addresses: {e:#}");
+                return None;
+            }
         }
     };
-    let addresses: Vec<IpAddr> = match address::local_addresses() {
-        Ok(addresses) => addresses.into_iter().map(|a| a.address).collect(),
-        Err(e) if options.dry_run => {
-            eprintln!("lvs-agent: warning: local addresses unknown ({e:#}); assuming none");
-            vec![]
+    let change = std::mem::take(pending);
+    Some(state.update(&change, &addresses))
+}
+
+/// Tells `events` whenever a manifest under `path` may have changed: inotify on
+/// the directory (or the file's directory, since editors replace files by
+/// renaming), else a poll of the files' sizes and change times.
+fn watch_manifests(path: &Path, events: mpsc::Sender<Event>) {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+    let (directory, only) = if path.is_dir() {
+        (path.to_path_buf(), None)
+    } else {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        (parent.to_path_buf(), path.file_name().map(|n| n.to_os_string()))
+    };
+    let flags = AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_DELETE;
+    let inotify =
+        Inotify::init(InitFlags::IN_CLOEXEC).and_then(|i| i.add_watch(&directory, flags).map(|_| i));
+    match inotify {
+        Ok(inotify) => {
+            std::thread::spawn(move || {
+                while let Ok(found) = inotify.read_events() {
+                    let relevant = found.iter().any(|event| {
+                        event.name.as_ref().is_some_and(|name| match &only {
+                            Some(only) => name == only,
+                            None => is_manifest(Path::new(name)),
+                        })
+                    });
+                    if relevant && events.send(Event::Manifests).is_err() {
+                        return;
+                    }
+                }
+            });
         }
         Err(e) => {
-            eprintln!("lvs-agent: local addresses: {e:#}");
-            return None;
-        }
-    };
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map_or_else(|_| "localhost".into(), |h| h.trim().to_string());
-    let (spec, verdicts) = local_state(&services, &host, &addresses, options.role);
-    for ((namespace, name), verdict) in &verdicts {
-        if *verdict != Verdict::Accepted {
-            eprintln!("lvs-agent: {namespace}/{name} not applied: {}", verdict.message());
+            eprintln!(
+                "lvs-agent: no inotify on {} ({e}); polling every {POLL_INTERVAL:?}",
+                directory.display()
+            );
+            let path = path.to_path_buf();
+            std::thread::spawn(move || {
+                let mut seen = fingerprint(&path);
+                loop {
+                    std::thread::sleep(POLL_INTERVAL);
+                    let current = fingerprint(&path);
+                    if current != seen {
+                        seen = current;
+                        if events.send(Event::Manifests).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
         }
     }
-    Some(spec)
 }
 
 /// `--dry-run`: the IPVS operations as ipvsadm lines (against the kernel's table

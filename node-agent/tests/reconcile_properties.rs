@@ -16,7 +16,9 @@ use lvs_agent::{
         ServiceEntry, ServiceFlags, ServiceKey, Stats,
     },
     ipvsadm::TableEntry,
-    reconcile::{Drains, Ownership, Plan, plan, waits_for_connections},
+    reconcile::{
+        Drains, KernelTable, Ownership, Plan, apply_to_table, plan, plan_services, waits_for_connections,
+    },
 };
 use proptest::{array::uniform3, option, prelude::*};
 
@@ -387,6 +389,44 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+proptest! {
+    /// A plan for some services does what the whole plan does for them, and
+    /// carries the others' ownership and drains over untouched.
+    #[test]
+    fn subset_plan_is_the_whole_plan_restricted(world in world(), chosen in proptest::collection::vec(any::<bool>(), 8)) {
+        let keys: BTreeSet<ServiceKey> =
+            key_pool().into_iter().zip(chosen).filter(|(_, c)| *c).map(|(k, _)| k).collect();
+        let cached: KernelTable = world.observed.iter().map(|e| (e.0.service.key, e.clone())).collect();
+        let whole = world.plan(NOW);
+        let part = plan_services(&keys, &world.desired, &cached, &world.owned, &world.drains, NOW, world.exclusive);
+        let restricted: Vec<&IpvsOp> = whole.ops.iter().filter(|op| keys.contains(&service_of(op))).collect();
+        prop_assert_eq!(part.ops.iter().collect::<Vec<_>>(), restricted);
+        for key in key_pool() {
+            let (expected_owned, expected_drains) = if keys.contains(&key) {
+                (&whole.owned, &whole.drains)
+            } else {
+                (&world.owned, &world.drains)
+            };
+            prop_assert_eq!(part.owned.0.get(&key), expected_owned.0.get(&key), "ownership of {}", key);
+            let drains_of = |d: &Drains| d.0.iter().filter(|((k, _), _)| *k == key).map(|(a, t)| (*a, *t)).collect::<Vec<_>>();
+            prop_assert_eq!(drains_of(&part.drains), drains_of(expected_drains), "drains of {}", key);
+        }
+        if whole.next_check.is_some() && keys.len() == key_pool().len() {
+            prop_assert_eq!(part.next_check, whole.next_check);
+        }
+    }
+
+    /// The engine's cache follows a plan without reading the kernel back: as the kernel model does.
+    #[test]
+    fn cache_follows_the_applied_plan(world in world()) {
+        let plan = world.plan(NOW);
+        let mut cached: KernelTable = world.observed.iter().map(|e| (e.0.service.key, e.clone())).collect();
+        apply_to_table(&mut cached, &plan.ops);
+        let expected = table(&world.after(&plan).observed);
+        prop_assert_eq!(table(&cached.into_values().collect::<Vec<_>>()), expected);
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod address;
 pub mod announce;
 pub mod nat;
+mod rtnl;
 pub mod sysctl;
 pub mod tunnel;
 

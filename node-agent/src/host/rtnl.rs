@@ -1,0 +1,157 @@
+//! A small blocking rtnetlink connection (`NETLINK_ROUTE`): links, addresses and
+//! route lookups without an `ip` process each. Requests go out pipelined, many per
+//! `send`, every one asking for an acknowledgement; replies are matched to
+//! requests by sequence number (as the IPVS handle does, see ipvs/handle.rs).
+
+use std::io;
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+/// Requests sent before their replies are read: bounded so that the replies
+/// (a route lookup's answer is ~100 bytes) fit the receive buffer.
+const CHUNK_REQUESTS: usize = 256;
+/// Receive buffer asked of the kernel (it caps the request at `rmem_max`).
+const RECEIVE_BUFFER: usize = 1 << 20;
+/// Large enough for the largest datagram the kernel builds for a dump (32 KiB).
+const DATAGRAM: usize = 64 << 10;
+/// `MSG_TRUNC`: `recv` then reports a datagram's full length.
+const MSG_TRUNC: i32 = 0x20;
+
+/// The answer to one request: its data replies, or the kernel's error number.
+pub(crate) type Answer = Result<Vec<RouteNetlinkMessage>, i32>;
+
+/// One socket in the network namespace of the thread that opened it.
+pub(crate) struct Rtnl {
+    socket: Socket,
+    next_sequence: u32,
+    datagram: Vec<u8>,
+    outgoing: Vec<u8>,
+}
+
+impl Rtnl {
+    pub(crate) fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        // Best effort: more room only matters for very large batches.
+        let _ = socket.set_rx_buf_sz(RECEIVE_BUFFER);
+        let _ = socket.set_cap_ack(true);
+        Ok(Rtnl { socket, next_sequence: 1, datagram: Vec::with_capacity(DATAGRAM), outgoing: Vec::new() })
+    }
+
+    /// Every object of a kind (`RTM_GET*` with `NLM_F_DUMP`).
+    pub(crate) fn dump(&mut self, request: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let seq = self.encode(request, NLM_F_REQUEST | NLM_F_DUMP);
+        self.flush()?;
+        let mut objects = Vec::new();
+        loop {
+            self.receive()?;
+            for (reply_seq, payload) in parse(&self.datagram)? {
+                if reply_seq != seq {
+                    continue; // left over from an earlier request
+                }
+                match payload {
+                    NetlinkPayload::InnerMessage(message) => objects.push(message),
+                    NetlinkPayload::Done(_) => return Ok(objects),
+                    NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends `requests` pipelined and returns each one's answer, in order. An
+    /// error of the socket itself fails the whole batch.
+    pub(crate) fn batch(
+        &mut self,
+        requests: Vec<RouteNetlinkMessage>,
+        flags: u16,
+    ) -> io::Result<Vec<Answer>> {
+        let mut answers = Vec::with_capacity(requests.len());
+        let mut requests = requests.into_iter().peekable();
+        while requests.peek().is_some() {
+            let chunk: Vec<u32> = requests
+                .by_ref()
+                .take(CHUNK_REQUESTS)
+                .map(|request| self.encode(request, NLM_F_REQUEST | NLM_F_ACK | flags))
+                .collect();
+            self.flush()?;
+            let first = chunk[0];
+            let mut pending: Vec<Option<Answer>> = vec![None; chunk.len()];
+            let mut data: Vec<Vec<RouteNetlinkMessage>> = vec![Vec::new(); chunk.len()];
+            let mut open = chunk.len();
+            while open > 0 {
+                self.receive()?;
+                for (seq, payload) in parse(&self.datagram)? {
+                    let index = seq.wrapping_sub(first) as usize;
+                    if index >= chunk.len() || pending[index].is_some() {
+                        continue;
+                    }
+                    match payload {
+                        NetlinkPayload::InnerMessage(message) => data[index].push(message),
+                        NetlinkPayload::Error(e) => {
+                            pending[index] = Some(match e.code {
+                                None => Ok(std::mem::take(&mut data[index])),
+                                Some(code) => Err(-code.get()),
+                            });
+                            open -= 1;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            answers.extend(pending.into_iter().map(|answer| answer.expect("every request answered")));
+        }
+        Ok(answers)
+    }
+
+    fn encode(&mut self, request: RouteNetlinkMessage, flags: u16) -> u32 {
+        let seq = self.next_sequence;
+        self.next_sequence = self.next_sequence.wrapping_add(1).max(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = seq;
+        let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
+        message.finalize();
+        let start = self.outgoing.len();
+        self.outgoing.resize(start + message.buffer_len(), 0);
+        message.serialize(&mut self.outgoing[start..]);
+        seq
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let sent = self.socket.send(&self.outgoing, 0);
+        self.outgoing.clear();
+        sent.map(drop)
+    }
+
+    fn receive(&mut self) -> io::Result<()> {
+        self.datagram.clear();
+        let length = self.socket.recv(&mut self.datagram, MSG_TRUNC)?;
+        if length > self.datagram.len() {
+            return Err(io::Error::other(format!("a {length}-byte netlink reply did not fit the buffer")));
+        }
+        Ok(())
+    }
+}
+
+/// Splits a datagram into its messages: (sequence number, payload).
+fn parse(datagram: &[u8]) -> io::Result<Vec<(u32, NetlinkPayload<RouteNetlinkMessage>)>> {
+    let mut messages = Vec::new();
+    let mut offset = 0;
+    while offset + 16 <= datagram.len() {
+        let length = u32::from_ne_bytes(datagram[offset..offset + 4].try_into().expect("4 bytes")) as usize;
+        if length < 16 || offset + length > datagram.len() {
+            return Err(io::Error::other("a truncated netlink reply"));
+        }
+        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&datagram[offset..offset + length])
+            .map_err(|e| io::Error::other(format!("an undecodable netlink reply: {e}")))?;
+        messages.push((message.header.sequence_number, message.payload));
+        offset += length.div_ceil(4) * 4;
+    }
+    Ok(messages)
+}
