@@ -380,8 +380,8 @@ impl Router {
             send_errors: AtomicU64::new(0),
             transitions: AtomicU64::new(0),
         });
-        let instance = Instance::new(&self.handle, config.clone(), self.hooks.clone(), status.clone());
-        let task = self.handle.spawn(instance.run(self.shared.clone(), receiver));
+        let instance = Instance::new(config.clone(), status.clone());
+        let task = self.handle.spawn(instance.run(self.hooks.clone(), self.shared.clone(), receiver));
         Running { config, commands, task, status }
     }
 
@@ -447,17 +447,30 @@ struct Instance {
 }
 
 impl Instance {
-    fn new(handle: &Handle, config: InstanceConfig, hooks: Arc<dyn Hooks>, status: Arc<Status>) -> Self {
+    fn new(config: InstanceConfig, status: Arc<Status>) -> Self {
+        Instance { config, status, hook_queue: None, hook_thread: None }
+    }
+
+    /// Starts the thread that runs the hooks in order. Called from the
+    /// instance's task, so that the thread is the runtime's (and in its
+    /// network namespace), not the caller's of `set_instances`.
+    fn start_hooks(&mut self, hooks: Arc<dyn Hooks>) {
         let (hook_queue, transitions) = std::sync::mpsc::channel::<(InstanceConfig, VrrpState, VrrpState)>();
-        let hook_thread = handle.spawn_blocking(move || {
+        self.hook_thread = Some(tokio::task::spawn_blocking(move || {
             for (config, from, to) in transitions {
                 hooks.transition(&config, from, to);
             }
-        });
-        Instance { config, status, hook_queue: Some(hook_queue), hook_thread: Some(hook_thread) }
+        }));
+        self.hook_queue = Some(hook_queue);
     }
 
-    async fn run(mut self, shared: Arc<Shared>, mut commands: UnboundedReceiver<Command>) {
+    async fn run(
+        mut self,
+        hooks: Arc<dyn Hooks>,
+        shared: Arc<Shared>,
+        mut commands: UnboundedReceiver<Command>,
+    ) {
+        self.start_hooks(hooks);
         // Until the socket opens, the instance stays in Initialize.
         let link = loop {
             match shared.link(&self.config.interface, self.config.family) {

@@ -341,7 +341,12 @@ mod tests {
         let parsed = Advertisement::parse(&bytes[header_length..], source, destination).unwrap();
         assert_eq!(
             parsed,
-            Advertisement { virtual_router_id: 51, priority: 100, max_advert_interval: 100, addresses: vec![vip()] }
+            Advertisement {
+                virtual_router_id: 51,
+                priority: 100,
+                max_advert_interval: 100,
+                addresses: vec![vip()]
+            }
         );
         // Our emitter produces the same bytes.
         assert_eq!(parsed.emit(source, destination), bytes[header_length..]);
