@@ -10,7 +10,11 @@
 //!
 //! Every target starts healthy (see [`RiseFall`] for why), and the first check
 //! of each target waits a random part of its interval so that thousands of
-//! checks spread over the interval instead of firing together.
+//! checks spread over the interval instead of firing together; checks start
+//! on a 10 ms grid ([`CHECK_GRID`]) so that the runtime wakes up once per
+//! step, not once per check. TCP connections of checks end with a reset (see
+//! [`Probe`]). tests/bench/health-checks measures the CPU of 5,000 checks per
+//! second.
 
 pub mod probe;
 pub mod state;
@@ -23,7 +27,7 @@ use std::{
         atomic::{AtomicU64, Ordering::Relaxed},
         mpsc::Sender,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lvs_crds::{
@@ -150,11 +154,22 @@ pub struct TargetStatus {
     pub checks: u64,
 }
 
-/// The delay before a target's first check: uniform in `[0, interval)`, so
-/// that targets set at the same moment spread over their interval.
-pub fn first_check_delay(interval: Duration, rng: &mut fastrand::Rng) -> Duration {
+/// Checks start on a grid of this step (from the checker's creation), so that
+/// the runtime wakes up once for the several checks due in the same step
+/// rather than once per check: fewer wake-ups and context switches, and the
+/// checks still spread over 100 steps per second.
+pub const CHECK_GRID: Duration = Duration::from_millis(10);
+
+/// When a target set `now` (time since the checker's epoch) runs its first
+/// check: after a uniform random part of its interval, so that targets set at
+/// the same moment spread over the interval, then rounded up to
+/// [`CHECK_GRID`]. Whole-second intervals keep every later check on the grid.
+pub fn first_check(now: Duration, interval: Duration, rng: &mut fastrand::Rng) -> Duration {
     let nanos = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
-    Duration::from_nanos(if nanos == 0 { 0 } else { rng.u64(0..nanos) })
+    let at = now + Duration::from_nanos(if nanos == 0 { 0 } else { rng.u64(0..nanos) });
+    let grid = CHECK_GRID.as_nanos();
+    let steps = at.as_nanos().div_ceil(grid);
+    Duration::from_nanos(u64::try_from(steps * grid).unwrap_or(u64::MAX))
 }
 
 type TargetKey = (ServiceKey, SocketAddr);
@@ -163,6 +178,8 @@ type TargetKey = (ServiceKey, SocketAddr);
 /// target, no thread per check. Dropping it stops every check.
 pub struct Checker {
     handle: Handle,
+    /// Origin of the check grid.
+    epoch: Instant,
     events: Sender<HealthChange>,
     counters: Arc<Counters>,
     running: HashMap<TargetKey, Running>,
@@ -211,7 +228,14 @@ impl Checker {
     /// A checker with no targets whose tasks run on `handle` and whose
     /// changes go to `events` (a closed receiver is ignored).
     pub fn new(handle: Handle, events: Sender<HealthChange>) -> Self {
-        Self { handle, events, counters: Arc::default(), running: HashMap::new(), rng: fastrand::Rng::new() }
+        Self {
+            handle,
+            epoch: Instant::now(),
+            events,
+            counters: Arc::default(),
+            running: HashMap::new(),
+            rng: fastrand::Rng::new(),
+        }
     }
 
     /// Makes `targets` the set of checked targets: starts the new ones
@@ -251,7 +275,7 @@ impl Checker {
             destination: target.destination,
             probe: Probe::new(&check, target.destination),
             interval,
-            first_delay: first_check_delay(interval, &mut self.rng),
+            first: self.epoch + first_check(self.epoch.elapsed(), interval, &mut self.rng),
             slot: slot.clone(),
             counters: self.counters.clone(),
             events: self.events.clone(),
@@ -333,7 +357,7 @@ struct Task {
     destination: SocketAddr,
     probe: Probe,
     interval: Duration,
-    first_delay: Duration,
+    first: Instant,
     slot: Arc<Mutex<Slot>>,
     counters: Arc<Counters>,
     events: Sender<HealthChange>,
@@ -341,11 +365,12 @@ struct Task {
 
 impl Task {
     async fn run(self) {
-        tokio::time::sleep(self.first_delay).await;
-        let mut ticks = tokio::time::interval(self.interval);
-        // A check that overran (a stalled runtime) moves the later ones
-        // rather than firing the missed ones at once.
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ticks = tokio::time::interval_at(self.first.into(), self.interval);
+        // Ticks missed (a stalled runtime) are skipped, not fired at once, and
+        // the next one keeps the target's place in the interval: after a
+        // stall the checks stay as spread as before (with `Delay` they would
+        // all restart together at the end of the stall).
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
             ticks.tick().await;
             let result = self.probe.run().await;

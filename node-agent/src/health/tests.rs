@@ -83,18 +83,21 @@ fn targets_of_a_director() {
 }
 
 #[test]
-fn first_check_delay_is_within_the_interval_and_spread() {
+fn first_check_is_within_the_interval_spread_and_on_the_grid() {
     let mut rng = fastrand::Rng::with_seed(7);
     let interval = Duration::from_secs(2);
+    let now = Duration::from_millis(12_345) + Duration::from_nanos(678);
     let mut deciles = [0u32; 10];
     for _ in 0..10_000 {
-        let delay = first_check_delay(interval, &mut rng);
-        assert!(delay < interval, "{delay:?}");
-        deciles[(delay.as_nanos() * 10 / interval.as_nanos()) as usize] += 1;
+        let first = first_check(now, interval, &mut rng);
+        assert!(first >= now && first < now + interval + CHECK_GRID, "{first:?}");
+        assert_eq!(first.as_nanos() % CHECK_GRID.as_nanos(), 0, "{first:?}");
+        deciles[((first - now).as_nanos() * 10 / interval.as_nanos()).min(9) as usize] += 1;
     }
     // Uniform: about 1,000 per tenth of the interval.
     assert!(deciles.iter().all(|&n| (800..1200).contains(&n)), "{deciles:?}");
-    assert_eq!(first_check_delay(Duration::ZERO, &mut rng), Duration::ZERO);
+    assert_eq!(first_check(Duration::ZERO, Duration::ZERO, &mut rng), Duration::ZERO);
+    assert_eq!(first_check(Duration::from_millis(1), Duration::ZERO, &mut rng), CHECK_GRID);
 }
 
 #[test]
