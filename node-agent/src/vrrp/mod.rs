@@ -190,7 +190,7 @@ pub trait Hooks: Send + Sync + 'static {
     /// advertisements go on meanwhile). `to == Master`: take the addresses and
     /// announce them; anything else: release them. Also called with
     /// `from == to == Master` when a Master's address list changed, with the
-    /// new list.
+    /// new list, and when another master lost to this one (announce again).
     fn transition(&self, instance: &InstanceConfig, from: VrrpState, to: VrrpState);
 }
 
@@ -544,6 +544,9 @@ impl Instance {
                     Ok(()) => self.status.adverts_sent.fetch_add(1, Ordering::Relaxed),
                     Err(_) => self.status.send_errors.fetch_add(1, Ordering::Relaxed),
                 };
+            }
+            if action == Action::Reassert {
+                self.hook(VrrpState::Master, VrrpState::Master);
             }
             // BecomeMaster / BecomeBackup: the state change below covers them.
         }

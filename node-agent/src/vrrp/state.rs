@@ -77,6 +77,10 @@ pub enum Action {
     BecomeMaster,
     /// The router became Backup: release the addresses.
     BecomeBackup,
+    /// Another master showed up and loses to this one (e.g. after a network
+    /// partition healed): announce the addresses again, since neighbours may
+    /// have learnt the other master's link address for them meanwhile.
+    Reassert,
 }
 
 /// The timer running in each state: the RFC's Master_Down_Timer (Backup) or
@@ -188,7 +192,8 @@ impl Machine {
                     self.learn(interval);
                     self.become_backup(now)
                 } else {
-                    Vec::new()
+                    // Two masters: answer at once, so the other steps down now.
+                    vec![Action::SendAdvert { priority: self.config.priority }, Action::Reassert]
                 }
             }
             VrrpState::Initialize | VrrpState::Fault => Vec::new(),
@@ -407,10 +412,13 @@ mod tests {
     }
 
     #[test]
-    fn master_ignores_a_lower_priority() {
+    fn master_reasserts_itself_against_a_lower_priority() {
         let (mut machine, now) = master(100, false);
         let deadline = machine.next_deadline();
-        assert_eq!(machine.on_advert(now + ms(10), ip(HIGHER_PEER), 99, 100), []);
+        assert_eq!(
+            machine.on_advert(now + ms(10), ip(HIGHER_PEER), 99, 100),
+            [Action::SendAdvert { priority: 100 }, Action::Reassert]
+        );
         assert_eq!((machine.state(), machine.next_deadline()), (VrrpState::Master, deadline));
     }
 
@@ -421,17 +429,22 @@ mod tests {
         assert_eq!(machine.on_advert(now, ip(HIGHER_PEER), 100, 100), [Action::BecomeBackup]);
         // A smaller one loses: we stay Master.
         let (mut machine, now) = master(100, true);
-        assert_eq!(machine.on_advert(now, ip(LOWER_PEER), 100, 100), []);
+        assert_eq!(
+            machine.on_advert(now, ip(LOWER_PEER), 100, 100),
+            [Action::SendAdvert { priority: 100 }, Action::Reassert]
+        );
         assert_eq!(machine.state(), VrrpState::Master);
         // Addresses compare as unsigned numbers, not as text.
         let (mut machine, now) = master(100, true);
-        assert_eq!(machine.on_advert(now, ip("192.168.16.9"), 100, 100), []);
+        assert_eq!(machine.on_advert(now, ip("192.168.16.9"), 100, 100).len(), 2);
+        assert_eq!(machine.state(), VrrpState::Master);
         // IPv6 too.
         let mut v6 = Machine::new(config(100, true), ip("fe80::a"));
         let at = Instant::now();
         v6.startup(at);
         v6.on_timer(v6.next_deadline().unwrap());
-        assert_eq!(v6.on_advert(at, ip("fe80::9"), 100, 100), []);
+        assert_eq!(v6.on_advert(at, ip("fe80::9"), 100, 100).len(), 2);
+        assert_eq!(v6.state(), VrrpState::Master);
         assert_eq!(v6.on_advert(at, ip("fe80::b"), 100, 100), [Action::BecomeBackup]);
     }
 
