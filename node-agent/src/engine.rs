@@ -351,7 +351,7 @@ impl Engine {
     fn save(&self) -> Result<()> {
         // Write then rename, so a crash never leaves half a state file.
         let partial = self.state_file.with_extension("json.partial");
-        std::fs::write(&partial, serde_json::to_vec_pretty(&self.state)?)
+        std::fs::write(&partial, serde_json::to_vec(&self.state)?)
             .with_context(|| format!("writing {}", partial.display()))?;
         std::fs::rename(&partial, &self.state_file)
             .with_context(|| format!("writing {}", self.state_file.display()))
@@ -375,6 +375,9 @@ fn director_sysctls(
 
 /// The real servers of FullNAT services, which the director masquerades to.
 fn full_nat_destinations(director: &DirectorState) -> Vec<IpNet> {
+    if !director.full_nat_masquerade {
+        return Vec::new(); // no FullNAT service
+    }
     let mut nets: Vec<IpNet> = director
         .services
         .iter()

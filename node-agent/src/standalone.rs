@@ -250,6 +250,7 @@ impl Manifests {
     /// Every problem, by file and document.
     fn errors(&self) -> Vec<ManifestError> {
         let mut errors = Vec::new();
+        let duplicates = self.definitions.values().any(|n| *n > 1);
         for (file, cached) in &self.files {
             for (index, (_, parsed)) in cached.documents.iter().enumerate() {
                 let source = if cached.stamp.is_none() && cached.documents.len() == 1 {
@@ -264,7 +265,9 @@ impl Manifests {
                             message: message.clone(),
                         }))
                     }
-                    Ok(Some(vs)) if self.definitions.get(&object_id(vs)).is_some_and(|n| *n > 1) => {
+                    Ok(Some(vs))
+                        if duplicates && self.definitions.get(&object_id(vs)).is_some_and(|n| *n > 1) =>
+                    {
                         let (namespace, name) = object_id(vs);
                         errors.push(ManifestError {
                             source,
@@ -532,11 +535,23 @@ impl LocalState {
         // The services of the touched claims, as their winners have them now.
         let mut director = self.spec.director.take().unwrap_or_default();
         let mut services = std::mem::take(&mut director.services);
-        services.retain(|s| !claims_touched.contains(&claim(&s.key)));
-        for claim in &claims_touched {
-            if let Some(service) = self.winner(claim).and_then(|winner| winner.service.as_ref()) {
-                let at = services.partition_point(|s| s.key < service.key);
-                services.insert(at, service.clone());
+        for claim_key in &claims_touched {
+            let winner = self.winner(claim_key).and_then(|winner| winner.service.as_ref());
+            let at = services.iter().position(|s| claim(&s.key) == *claim_key);
+            match (at, winner) {
+                // The common case, an edit: in place.
+                (Some(at), Some(service)) if services[at].key == service.key => {
+                    services[at] = service.clone()
+                }
+                (at, winner) => {
+                    if let Some(at) = at {
+                        services.remove(at);
+                    }
+                    if let Some(service) = winner {
+                        let at = services.partition_point(|s| s.key < service.key);
+                        services.insert(at, service.clone());
+                    }
+                }
             }
         }
         if host_part_changed || winners_changed {
@@ -846,7 +861,13 @@ fn load(
     options: &ApplyOptions,
 ) -> Option<BTreeSet<ServiceKey>> {
     let change = manifests.reload(force);
-    pending.removed.extend(change.removed);
+    // A VirtualService added by a load that was not taken and removed since was never applied.
+    for vs in change.removed {
+        match pending.added.iter().position(|added| Arc::ptr_eq(added, &vs)) {
+            Some(at) => drop(pending.added.remove(at)),
+            None => pending.removed.push(vs),
+        }
+    }
     pending.added.extend(change.added);
     if !change.errors.is_empty() {
         for error in change.errors {
