@@ -32,7 +32,8 @@ use lvs_crds::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    desired::{desired_services, service_key},
+    desired::{DesiredService, Health, desired_service, desired_services_with, service_key},
+    health::HealthMap,
     host::{DeviceAddress, HostChanges, Sysctls, address, nat, sysctl, tunnel},
     ipvs::{IpvsHandle, KernelError, ServiceKey},
     ipvsadm::op_rule,
@@ -117,6 +118,11 @@ pub struct Engine {
     table: Option<KernelTable>,
     /// The host part of the spec last configured without failures.
     host: Option<HostInputs>,
+    /// The health checks' verdicts, applied to the desired destinations.
+    health: HealthMap,
+    /// Whether VRRP decides who holds the VIPs that have a `vrrp` section (a
+    /// long-running agent); else this node holds them all (`apply --once`).
+    vrrp: bool,
 }
 
 impl Engine {
@@ -139,7 +145,27 @@ impl Engine {
             exclusive,
             table: None,
             host: None,
+            health: HealthMap::default(),
+            vrrp: false,
         })
+    }
+
+    /// The health checks' latest verdicts, for the next rounds. A round whose
+    /// scope is a set of services applies them to those services only.
+    pub fn set_health(&mut self, health: HealthMap) {
+        self.health = health;
+    }
+
+    /// Leaves the VIPs with a `vrrp` section to VRRP (see [`crate::failover`]):
+    /// the engine neither takes nor removes them, but prepares their interfaces.
+    pub fn set_vrrp(&mut self, vrrp: bool) {
+        self.vrrp = vrrp;
+    }
+
+    /// The kernel table as the engine last saw it: dumped at the last full
+    /// round, then updated with its own changes.
+    pub fn table(&self) -> Option<&KernelTable> {
+        self.table.as_ref()
     }
 
     /// Makes the kernel and the host match `spec`, looking at what `scope` says
@@ -166,11 +192,16 @@ impl Engine {
         let drains = Drains(self.state.drains.iter().map(|(k, a, t)| ((*k, *a), *t)).collect());
         let plan = match &keys {
             Some(keys) => {
-                let desired = spec.director.as_ref().map(|d| desired_of(d, keys)).unwrap_or_default();
+                let desired =
+                    spec.director.as_ref().map(|d| desired_of(d, keys, &self.health)).unwrap_or_default();
                 plan_services(keys, &desired, table, &owned, &drains, now(), self.exclusive)
             }
             None => {
-                let desired = spec.director.as_ref().map(desired_services).unwrap_or_default();
+                let desired = spec
+                    .director
+                    .as_ref()
+                    .map(|d| desired_services_with(d, &self.health))
+                    .unwrap_or_default();
                 plan_table(&desired, table, &owned, &drains, now(), self.exclusive)
             }
         };
@@ -316,7 +347,9 @@ impl Engine {
                             }
                         },
                     );
-                if ready && held != Some(&interface) {
+                // VRRP takes and releases its VIPs itself, as it changes state.
+                let by_vrrp = self.vrrp && vip.vrrp.is_some();
+                if ready && held != Some(&interface) && !by_vrrp {
                     to_take.push(vip_address);
                 }
             }
@@ -404,10 +437,19 @@ fn services_by_key(spec: &LvsNodeSpec) -> BTreeMap<ServiceKey, &lvs_crds::lvs_no
 }
 
 /// The desired services of `keys` alone (a change that concerns only them).
-fn desired_of(director: &DirectorState, keys: &BTreeSet<ServiceKey>) -> Vec<crate::desired::DesiredService> {
-    let services =
-        director.services.iter().filter(|s| service_key(&s.key).is_some_and(|key| keys.contains(&key)));
-    desired_services(&DirectorState { services: services.cloned().collect(), ..DirectorState::default() })
+fn desired_of(
+    director: &DirectorState,
+    keys: &BTreeSet<ServiceKey>,
+    health: &dyn Health,
+) -> Vec<DesiredService> {
+    let mut desired: Vec<DesiredService> = director
+        .services
+        .iter()
+        .filter(|s| service_key(&s.key).is_some_and(|key| keys.contains(&key)))
+        .filter_map(|s| desired_service(s, health))
+        .collect();
+    desired.sort_by_key(|d| d.service.key);
+    desired
 }
 
 /// The time since the UNIX epoch, as drains are recorded.

@@ -12,4 +12,5 @@ pub mod ipvs;
 pub mod ipvsadm;
 pub mod reconcile;
 pub mod standalone;
+pub mod supervisor;
 pub mod vrrp;

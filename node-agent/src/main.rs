@@ -182,7 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Apply { path, once, dry_run, role, engine, vrrp_priority: _ } => {
+        Command::Apply { path, once, dry_run, role, engine, vrrp_priority } => {
             let options = ApplyOptions {
                 path,
                 once,
@@ -192,6 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 state_dir: engine.state_dir,
                 sysctl_root: engine.sysctl_root,
                 exclusive: engine.exclusive,
+                vrrp_priority,
             };
             if !standalone::apply(&options)? {
                 return Ok(ExitCode::FAILURE);

@@ -32,7 +32,10 @@ use lvs_crds::{
         ConnectionSync, DirectorState, DirectorVip, IpvsService, IpvsServiceKey, LvsNodeSpec, RealServerMode,
         RealServerState, RealServerVip,
     },
-    translate::{ClusterState, DIRECTOR_LABEL, TranslateOptions, Verdict, assemble, translate},
+    translate::{
+        ClusterState, DIRECTOR_LABEL, TranslateOptions, VRRP_PRIORITY_ANNOTATION, Verdict, assemble,
+        translate,
+    },
     validation::validate,
     virtual_service::{Protocol, VirtualService},
 };
@@ -44,6 +47,7 @@ use crate::{
     ipvs::{IpvsHandle, ServiceKey},
     ipvsadm::op_rule,
     reconcile::{Drains, Ownership, plan},
+    supervisor::{self, Supervisor},
 };
 use serde::Deserialize;
 
@@ -426,6 +430,7 @@ struct Local {
 pub struct LocalState {
     host: String,
     role: Role,
+    vrrp_priority: u8,
     addresses: Option<Vec<IpAddr>>,
     by_id: BTreeMap<(String, String), Local>,
     /// Each claimed key's claimants, oldest (the winner) first.
@@ -434,11 +439,18 @@ pub struct LocalState {
 }
 
 impl LocalState {
+    /// This host's VRRP priority (`--vrrp-priority`), for the next translations.
+    pub fn with_vrrp_priority(mut self, priority: u8) -> Self {
+        self.vrrp_priority = priority;
+        self
+    }
+
     pub fn new(host: &str, role: Role) -> Self {
         let spec = LvsNodeSpec { node: host.into(), chunks: 1, ..LvsNodeSpec::default() };
         LocalState {
             host: host.into(),
             role,
+            vrrp_priority: DEFAULT_VRRP_PRIORITY,
             addresses: None,
             by_id: BTreeMap::new(),
             claims: HashMap::new(),
@@ -483,7 +495,7 @@ impl LocalState {
                 dirty.insert(id.clone());
             }
         }
-        let node = local_node(&self.host, addresses);
+        let node = local_node(&self.host, addresses, self.vrrp_priority);
         let work: Vec<(&Id, &Option<Arc<VirtualService>>)> = current.iter().collect();
         let translated = parallel_map(&work, |(_, vs)| vs.as_ref().map(|vs| self.translate_one(vs, &node)));
 
@@ -709,11 +721,13 @@ fn describe(claim: &IpvsServiceKey) -> String {
 }
 
 /// The one node of a standalone "cluster": this host, a director, with its addresses.
-fn local_node(host: &str, addresses: &[IpAddr]) -> Node {
+fn local_node(host: &str, addresses: &[IpAddr], vrrp_priority: u8) -> Node {
     Node {
         metadata: ObjectMeta {
             name: Some(host.into()),
             labels: Some([(DIRECTOR_LABEL.0.to_string(), DIRECTOR_LABEL.1.to_string())].into()),
+            // As a cluster node carries it.
+            annotations: Some([(VRRP_PRIORITY_ANNOTATION.to_string(), vrrp_priority.to_string())].into()),
             ..ObjectMeta::default()
         },
         status: Some(NodeStatus {
@@ -740,7 +754,12 @@ pub struct ApplyOptions {
     pub sysctl_root: PathBuf,
     pub exclusive: bool,
     pub resync: Duration,
+    /// This director's VRRP priority, 1-254.
+    pub vrrp_priority: u8,
 }
+
+/// `--vrrp-priority`'s default, as a node without the annotation gets.
+pub const DEFAULT_VRRP_PRIORITY: u8 = 100;
 
 /// What wakes the apply loop.
 #[derive(Debug)]
@@ -749,6 +768,8 @@ pub enum Event {
     Manifests,
     /// SIGHUP: read every manifest again.
     Reload,
+    /// SIGTERM, SIGINT: leave gracefully (VRRP masters hand over at once).
+    Stop,
 }
 
 /// How often the manifests are checked for changes where inotify is unavailable.
@@ -763,20 +784,12 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
     if !options.once && !options.dry_run {
         // Before the first read, so that a change made while applying is seen.
         watch_manifests(&options.path, events.clone());
-        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
-        let hangups = events.clone();
-        std::thread::spawn(move || {
-            for _ in signals.forever() {
-                if hangups.send(Event::Reload).is_err() {
-                    return;
-                }
-            }
-        });
+        watch_signals(events.clone())?;
     }
     let mut manifests = Manifests::new(&options.path);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map_or_else(|_| "localhost".into(), |h| h.trim().to_string());
-    let mut state = LocalState::new(&host, options.role);
+    let mut state = LocalState::new(&host, options.role).with_vrrp_priority(options.vrrp_priority);
     let mut pending = ManifestChange::default();
     if load(&mut manifests, &mut state, &mut pending, false, options).is_none() {
         return Ok(false);
@@ -786,21 +799,31 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
         return Ok(true);
     }
     let mut engine = Engine::open(&options.state_dir, &options.sysctl_root, options.exclusive)?;
-    let round = engine.reconcile(state.spec(), Scope::Full);
-    log_round(&round, "applied");
     if options.once {
+        // No health checks, no VRRP: this host holds every VIP it directs.
+        let round = engine.reconcile(state.spec(), Scope::Full);
+        log_round(&round, "applied");
         return Ok(round.failures.is_empty());
     }
 
+    // Health checks and VRRP run on this runtime; the engine stays on this thread.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lvs-agent-tasks")
+        .enable_all()
+        .build()?;
+    let mut agent = Supervisor::new(engine, runtime.handle().clone());
+    let round = agent.apply(state.spec(), Scope::Full);
+    log_round(&round, "applied");
     let mut next_resync = Instant::now() + options.resync;
     let mut next_check = round.next_check;
     let mut draining = round.draining;
     loop {
-        let mut wait = next_resync.saturating_duration_since(Instant::now());
+        let mut wait = next_resync.saturating_duration_since(Instant::now()).min(supervisor::POLL_INTERVAL);
         if let Some(at) = next_check {
             wait = wait.min(at.saturating_sub(engine::now()));
         }
-        let (mut changed, mut force) = (false, false);
+        let (mut changed, mut force, mut stop) = (false, false, false);
         match inbox.recv_timeout(wait) {
             Ok(event) => {
                 // Everything already queued is handled by this one round.
@@ -808,11 +831,20 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
                     match event {
                         Event::Manifests => changed = true,
                         Event::Reload => (changed, force) = (true, true),
+                        Event::Stop => stop = true,
                     }
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("the manifest watcher stopped"),
+        }
+        if stop {
+            eprintln!("lvs-agent: stopping; the kernel's rules stay as they are");
+            agent.shutdown();
+            return Ok(true);
+        }
+        if let Some(round) = agent.poll(state.spec()) {
+            log_round(&round, "health");
         }
         let resync = Instant::now() >= next_resync;
         let drain_due = next_check.is_some_and(|at| engine::now() >= at);
@@ -830,8 +862,13 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
         if !resync && keys.is_empty() && !(changed && force) {
             continue;
         }
-        let scope = if resync { Scope::Full } else { Scope::Services(keys) };
-        let round = engine.reconcile(state.spec(), scope);
+        let round = if resync {
+            agent.resync(state.spec())
+        } else if changed {
+            agent.apply(state.spec(), Scope::Services(keys))
+        } else {
+            agent.reconcile_services(state.spec(), keys)
+        };
         log_round(
             &round,
             if changed {
@@ -848,6 +885,21 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
             next_resync = Instant::now() + options.resync;
         }
     }
+}
+
+/// SIGHUP reloads every manifest; SIGTERM and SIGINT stop the agent gracefully.
+fn watch_signals(events: mpsc::Sender<Event>) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            let event = if signal == SIGHUP { Event::Reload } else { Event::Stop };
+            if events.send(event).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Reads the manifests' changes into `state`; returns the service keys to plan,

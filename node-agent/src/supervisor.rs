@@ -1,0 +1,186 @@
+//! The long-running agent's core, shared by `apply` and `run`: the [`Engine`]
+//! keeps one desired state applied, with the health checks' verdicts and VRRP's
+//! VIP ownership folded in.
+//!
+//! ```text
+//! desired spec ─────────────┬─> Engine (IPVS, host) ──> kernel
+//!      │                    │        ^
+//!      ├─> health::Checker ─┴─ health changes (one service planned each)
+//!      └─> vrrp::Router ──> FailoverHooks: VIPs, announcements, sync daemon
+//! ```
+//!
+//! Health checks and VRRP run as tasks on a tokio runtime; the engine stays on
+//! the caller's thread, which calls [`Supervisor::poll`] often (every few tens
+//! of milliseconds) to apply what the checks found.
+
+use std::{collections::BTreeSet, sync::mpsc, time::Duration};
+
+use lvs_crds::{
+    lvs_node::{ConnectionSync, DirectorState, DirectorVip, LvsNodeSpec},
+    virtual_service::VrrpState,
+};
+use tokio::runtime::Handle;
+
+use crate::{
+    engine::{Engine, Round, Scope},
+    failover::{FailoverHooks, Transition},
+    health::{self, Checker, CheckerStats, HealthChange, HealthMap},
+    host::address,
+    ipvs::ServiceKey,
+    vrrp::{self, InstanceKey, Router},
+};
+
+pub struct Supervisor {
+    engine: Engine,
+    handle: Handle,
+    checker: Checker,
+    health_changes: mpsc::Receiver<HealthChange>,
+    router: Router,
+    hooks: FailoverHooks,
+    transitions: mpsc::Receiver<Transition>,
+    /// The connection sync last given to the hooks (`None` before the first).
+    sync: Option<Option<ConnectionSync>>,
+}
+
+impl Supervisor {
+    /// Runs health checks and VRRP on `handle`'s runtime. The engine is told
+    /// that VRRP decides who holds VIPs with a `vrrp` section.
+    pub fn new(mut engine: Engine, handle: Handle) -> Self {
+        engine.set_vrrp(true);
+        let (health_tx, health_changes) = mpsc::channel();
+        let (transition_tx, transitions) = mpsc::channel();
+        let hooks = FailoverHooks::new(transition_tx);
+        let router = Router::new(handle.clone(), hooks.hooks());
+        Supervisor {
+            engine,
+            checker: Checker::new(handle.clone(), health_tx),
+            health_changes,
+            router,
+            hooks,
+            transitions,
+            sync: None,
+            handle,
+        }
+    }
+
+    /// Applies a new desired state (`scope`: what changed in it, see [`Scope`]);
+    /// health checks and VRRP instances follow it.
+    pub fn apply(&mut self, spec: &LvsNodeSpec, scope: Scope) -> Round {
+        let empty = DirectorState::default();
+        let director = spec.director.as_ref().unwrap_or(&empty);
+        self.checker.set_targets(health::targets(director));
+        self.engine.set_health(self.checker.health());
+        let mut round = self.engine.reconcile(spec, scope);
+        if let Err(e) = self.follow_vrrp(director) {
+            round.failures.push(e);
+        }
+        round
+    }
+
+    /// The VRRP instances and the sync daemon for `director`.
+    fn follow_vrrp(&mut self, director: &DirectorState) -> Result<(), String> {
+        // VIPs without an interface go where the route towards them goes.
+        let unrouted: Vec<&DirectorVip> =
+            director.vips.iter().filter(|v| v.vrrp.is_some() && v.interface.is_none()).collect();
+        let routes = address::route_devices(&unrouted.iter().map(|v| v.address).collect::<Vec<_>>());
+        let interface_of = |vip: &DirectorVip| {
+            let index = unrouted.iter().position(|v| *v == vip)?;
+            routes.get(index)?.as_ref().ok().cloned()
+        };
+        let instances = vrrp::instances(director, interface_of).map_err(|e| format!("VRRP: {e}"))?;
+        let sync = director.connection_sync.clone().and_then(|mut sync| {
+            // No interface named: the first VRRP instance's.
+            if sync.interface.is_empty() {
+                sync.interface = instances.first()?.interface.clone();
+            }
+            Some(sync)
+        });
+        self.router.set_instances(instances);
+        if self.sync.as_ref() != Some(&sync) {
+            self.sync = Some(sync.clone());
+            self.hooks.set_sync(sync).map_err(|e| format!("connection sync daemon: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// A full round (the periodic resync).
+    pub fn resync(&mut self, spec: &LvsNodeSpec) -> Round {
+        self.engine.set_health(self.checker.health());
+        self.engine.reconcile(spec, Scope::Full)
+    }
+
+    /// A round for the services in `keys` only (changed, or drains due).
+    pub fn reconcile_services(&mut self, spec: &LvsNodeSpec, keys: BTreeSet<ServiceKey>) -> Round {
+        self.engine.set_health(self.checker.health());
+        self.engine.reconcile(spec, Scope::Services(keys))
+    }
+
+    /// Applies the health changes that arrived since the last call (a round for
+    /// the services they concern) and logs VRRP transitions. Returns the round,
+    /// if one ran.
+    pub fn poll(&mut self, spec: &LvsNodeSpec) -> Option<Round> {
+        for transition in self.transitions.try_iter() {
+            log_transition(&transition);
+        }
+        let changes: Vec<HealthChange> = self.health_changes.try_iter().collect();
+        if changes.is_empty() {
+            return None;
+        }
+        for change in &changes {
+            eprintln!(
+                "lvs-agent: health: {} of {} is {} ({})",
+                change.destination,
+                change.service,
+                if change.healthy { "healthy" } else { "unhealthy" },
+                change.reason
+            );
+        }
+        let keys = changes.iter().map(|c| c.service).collect();
+        Some(self.reconcile_services(spec, keys))
+    }
+
+    /// Each health-checked destination's verdict.
+    pub fn health(&self) -> HealthMap {
+        self.checker.health()
+    }
+
+    pub fn health_stats(&self) -> CheckerStats {
+        self.checker.stats()
+    }
+
+    /// Each VRRP instance's state.
+    pub fn vrrp_states(&self) -> Vec<(InstanceKey, VrrpState)> {
+        self.router.states()
+    }
+
+    pub fn vrrp_stats(&self) -> vrrp::Stats {
+        self.router.stats()
+    }
+
+    /// Leaves gracefully: masters send priority 0 (a backup takes over at once)
+    /// and give their VIPs up. IPVS rules stay, as on any backup.
+    pub fn shutdown(mut self) {
+        self.handle.block_on(self.router.shutdown());
+        for transition in self.transitions.try_iter() {
+            log_transition(&transition);
+        }
+    }
+}
+
+fn log_transition(transition: &Transition) {
+    let addresses: Vec<String> = transition.addresses.iter().map(ToString::to_string).collect();
+    eprintln!(
+        "lvs-agent: VRRP router {} on {}: {:?} -> {:?} ({})",
+        transition.instance.vrid,
+        transition.instance.interface,
+        transition.from,
+        transition.to,
+        addresses.join(", ")
+    );
+    for failure in &transition.failures {
+        eprintln!("lvs-agent: failed: {failure}");
+    }
+}
+
+/// How often the loops call [`Supervisor::poll`].
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
