@@ -140,7 +140,10 @@ fn vips(instance: &InstanceConfig) -> Vec<DeviceAddress> {
 /// Adds and announces the instance's VIPs.
 fn take(instance: &InstanceConfig) -> Vec<String> {
     let failures = address::take_vips(&mut HostChanges::default(), &vips(instance));
-    failures.into_iter().map(|(vip, e)| format!("taking VIP {} on {}: {e:#}", vip.address, vip.device)).collect()
+    failures
+        .into_iter()
+        .map(|(vip, e)| format!("taking VIP {} on {}: {e:#}", vip.address, vip.device))
+        .collect()
 }
 
 /// Removes the instance's VIPs. They are the instance's whoever added them (a
