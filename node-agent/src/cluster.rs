@@ -13,10 +13,14 @@
 //! to the API server is async.
 
 use std::{
-    collections::{BTreeSet, HashMap},
-    net::SocketAddr,
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::{Arc, mpsc},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -48,8 +52,11 @@ use serde_json::json;
 
 use crate::{
     engine::{self, Engine, Round, Scope},
-    ipvs::{DestinationEntry, IpvsHandle, Stats},
+    health::{CheckerStats, HealthMap},
+    ipvs::{DestinationEntry, IpvsHandle, ServiceKey, Stats},
     ipvsadm::TableEntry,
+    supervisor::{POLL_INTERVAL, Supervisor},
+    vrrp,
 };
 
 /// The field manager of the agent's status writes.
@@ -108,27 +115,36 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let (rounds_tx, mut rounds_rx) = tokio::sync::mpsc::unbounded_channel();
     let engine_metrics = Arc::clone(&metrics);
     let resync = options.resync;
-    std::thread::Builder::new()
-        .name("engine".into())
-        .spawn(move || drive_engine(engine, &desired_rx, &rounds_tx, resync, &engine_metrics))?;
+    // Health checks and VRRP run on this runtime, the engine on its own thread.
+    let handle = tokio::runtime::Handle::current();
+    let stop = Arc::new(AtomicBool::new(false));
+    let engine_stop = Arc::clone(&stop);
+    let engine_thread = std::thread::Builder::new().name("engine".into()).spawn(move || {
+        let agent = Supervisor::new(engine, handle);
+        drive_engine(agent, &desired_rx, &rounds_tx, resync, &engine_metrics, &engine_stop);
+    })?;
 
     let api: Api<LvsNode> = Api::all(client);
     let mut status = StatusWriter::new(api.clone());
     let write_statuses = async move {
-        while let Some((desired, round)) = rounds_rx.recv().await {
-            status.write(&desired, &round).await;
+        while let Some(report) = rounds_rx.recv().await {
+            status.write(&report.desired, &report.round, &report.observed).await;
         }
     };
     let listener = tokio::net::TcpListener::bind(options.metrics_address)
         .await
         .with_context(|| format!("listening on {}", options.metrics_address))?;
     eprintln!("lvs-agent: node {}, metrics on {}", options.node_name, options.metrics_address);
-    tokio::select! {
+    let result = tokio::select! {
         result = watch_desired(api, &options.node_name, desired_tx) => result,
-        () = write_statuses => anyhow::bail!("the engine thread stopped"),
+        () = write_statuses => Err(anyhow::anyhow!("the engine thread stopped")),
         result = axum::serve(listener, router(metrics)) => result.context("serving /metrics"),
         () = shutdown_signal() => Ok(()),
-    }
+    };
+    // A graceful exit: VRRP masters hand their VIPs over at once.
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
+    result
 }
 
 async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client> {
@@ -184,58 +200,125 @@ async fn watch_desired(api: Api<LvsNode>, node: &str, engine: mpsc::Sender<Desir
     anyhow::bail!("the LvsNode watch ended")
 }
 
+/// One round with what the agent observed after it, for the status writer.
+#[derive(Debug)]
+pub struct Report {
+    pub desired: Desired,
+    pub round: Round,
+    pub observed: Observed,
+}
+
 /// The engine's loop: the first desired state, then every new one as it comes
-/// (planned against the cached table), a full resync every `resync`, and a look
-/// when a drain ends. Each round goes to the status writer.
+/// (planned for the services that differ, against the cached table), health
+/// changes as the checks find them, a full resync every `resync`, and a look
+/// when a drain ends. Each round goes to the status writer. On `stop`, leaves
+/// gracefully (VRRP masters send priority 0).
 fn drive_engine(
-    mut engine: Engine,
+    mut agent: Supervisor,
     desired: &mpsc::Receiver<Desired>,
-    rounds: &tokio::sync::mpsc::UnboundedSender<(Desired, Round)>,
+    reports: &tokio::sync::mpsc::UnboundedSender<Report>,
     resync: Duration,
     metrics: &AgentMetrics,
+    stop: &AtomicBool,
 ) {
     // Nothing is applied before the node's objects are known: an empty state
     // would remove every owned service.
-    let Ok(mut current) = desired.recv() else { return };
+    let mut current = loop {
+        if stop.load(Ordering::Relaxed) {
+            return agent.shutdown();
+        }
+        match desired.recv_timeout(POLL_INTERVAL) {
+            Ok(first) => break first,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return agent.shutdown(),
+        }
+    };
+    let mut round = agent.apply(&current.spec, Scope::Full);
     let mut full = true;
-    let mut next_resync = Instant::now();
-    // What the last round applied, and what drains there: a new version is
-    // planned for the services that differ, a look at a drain's end for those.
+    // What the last round applied: a new version is planned for the services
+    // that differ.
     let mut applied = current.spec.clone();
-    let mut draining = BTreeSet::new();
+    let mut next_resync = Instant::now();
     loop {
-        let scope = if full {
-            Scope::Full
-        } else {
-            let mut keys = engine::changed_services(&applied, &current.spec);
-            keys.extend(std::mem::take(&mut draining));
-            Scope::Services(keys)
-        };
-        let round = engine.reconcile(&current.spec, scope);
-        applied = current.spec.clone();
-        draining = round.draining.clone();
         metrics.record(&round, full);
+        metrics.observe(&agent);
         log_round(&round, &current.spec.revision);
         if full {
             next_resync = Instant::now() + resync;
         }
         let next_check = round.next_check;
-        if rounds.send((current.clone(), round)).is_err() {
-            return;
+        let draining = round.draining.clone();
+        let report = Report { desired: current.clone(), round, observed: Observed::of(&agent) };
+        if reports.send(report).is_err() {
+            return agent.shutdown();
         }
-        let mut wait = next_resync.saturating_duration_since(Instant::now());
-        if let Some(at) = next_check {
-            wait = wait.min(at.saturating_sub(engine::now()));
-        }
-        match desired.recv_timeout(wait) {
-            Ok(new) => {
-                // Only the latest version matters.
-                current = desired.try_iter().last().unwrap_or(new);
-                full = false;
+        round = loop {
+            if stop.load(Ordering::Relaxed) {
+                return agent.shutdown();
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => full = Instant::now() >= next_resync,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        }
+            let mut wait = next_resync.saturating_duration_since(Instant::now()).min(POLL_INTERVAL);
+            if let Some(at) = next_check {
+                wait = wait.min(at.saturating_sub(engine::now()));
+            }
+            match desired.recv_timeout(wait) {
+                Ok(new) => {
+                    // Only the latest version matters.
+                    current = desired.try_iter().last().unwrap_or(new);
+                    let mut keys = engine::changed_services(&applied, &current.spec);
+                    keys.extend(draining.iter().copied());
+                    applied = current.spec.clone();
+                    full = false;
+                    break agent.apply(&current.spec, Scope::Services(keys));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return agent.shutdown(),
+            }
+            if let Some(round) = agent.poll(&current.spec) {
+                full = false;
+                break round;
+            }
+            if Instant::now() >= next_resync {
+                full = true;
+                break agent.resync(&current.spec);
+            }
+            if next_check.is_some_and(|at| engine::now() >= at) {
+                full = false;
+                break agent.reconcile_services(&current.spec, draining.clone());
+            }
+        };
+    }
+}
+
+/// What the agent sees besides a round's result: health verdicts, the kernel's
+/// weights and connections, VRRP states.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub health: HealthMap,
+    /// (service, destination) -> (weight, active, inactive connections) in the
+    /// kernel as the engine last saw it; `None` when it has not seen the table.
+    pub kernel: Option<HashMap<(ServiceKey, SocketAddr), KernelDestination>>,
+    /// The VRRP state of each VIP with a VRRP instance.
+    pub vips: HashMap<IpAddr, VrrpState>,
+}
+
+/// A destination in the kernel: weight, active and inactive connections.
+pub type KernelDestination = (u16, u64, u64);
+
+impl Observed {
+    pub fn of(agent: &Supervisor) -> Self {
+        let kernel = agent.table().map(|table| {
+            table
+                .iter()
+                .flat_map(|(key, (_, destinations))| {
+                    destinations.iter().map(move |d| {
+                        let weight = u16::try_from(d.destination.weight).unwrap_or(u16::MAX);
+                        let connections = (d.active_connections.into(), d.inactive_connections.into());
+                        ((*key, d.destination.address), (weight, connections.0, connections.1))
+                    })
+                })
+                .collect()
+        });
+        Observed { health: agent.health(), kernel, vips: agent.vip_states() }
     }
 }
 
@@ -262,9 +345,9 @@ impl StatusWriter {
 
     /// Reports `round` on the objects of `desired`. A failed write is logged and
     /// retried after the next round (a resync at the latest).
-    pub async fn write(&mut self, desired: &Desired, round: &Round) {
+    pub async fn write(&mut self, desired: &Desired, round: &Round, observed: &Observed) {
         let now = Time(Timestamp::now());
-        for (object, status) in statuses(desired, round) {
+        for (object, status) in statuses(desired, round, observed) {
             let name = object.name_any();
             // What the object holds as far as this agent knows: its own last
             // write, or what the watch saw (after a restart).
@@ -292,7 +375,11 @@ impl StatusWriter {
 /// The status of each object of `desired` after `round`: its services and VIPs,
 /// a service programmed unless a failure names it. Failures that name no
 /// service go to the first chunk's `errors`.
-pub fn statuses<'a>(desired: &'a Desired, round: &Round) -> Vec<(&'a LvsNode, LvsNodeStatus)> {
+pub fn statuses<'a>(
+    desired: &'a Desired,
+    round: &Round,
+    observed: &Observed,
+) -> Vec<(&'a LvsNode, LvsNodeStatus)> {
     let all_keys: Vec<String> =
         desired.spec.director.iter().flat_map(|d| &d.services).map(|s| key_text(&s.key)).collect();
     let general: Vec<String> = round
@@ -314,23 +401,36 @@ pub fn statuses<'a>(desired: &'a Desired, round: &Round) -> Vec<(&'a LvsNode, Lv
                     let key = key_text(&service.key);
                     let errors: Vec<&str> =
                         round.failures.iter().filter(|f| names(f, &key)).map(String::as_str).collect();
+                    let service_key = crate::desired::service_key(&service.key);
                     ServiceReport {
                         owner: service.owner.clone(),
                         key: service.key.clone(),
                         programmed: errors.is_empty(),
                         error: (!errors.is_empty()).then(|| errors.join("; ")),
-                        // Health checks are not run yet: every destination counts
-                        // as healthy, with the weight it was programmed with.
                         destinations: service
                             .destinations
                             .iter()
-                            .map(|d| DestinationReport {
-                                address: d.address,
-                                port: d.port,
-                                healthy: true,
-                                weight: d.weight,
-                                active_connections: 0,
-                                inactive_connections: 0,
+                            .map(|d| {
+                                let address = SocketAddr::new(d.address, d.port);
+                                let healthy =
+                                    service_key.is_none_or(|key| observed.health.is_healthy(key, address));
+                                // Absent from the kernel: removed (failed check) or not
+                                // programmed; without a table, as specified.
+                                let (weight, active_connections, inactive_connections) =
+                                    match (&observed.kernel, service_key) {
+                                        (Some(kernel), Some(key)) => {
+                                            kernel.get(&(key, address)).copied().unwrap_or_default()
+                                        }
+                                        _ => (d.weight, 0, 0),
+                                    };
+                                DestinationReport {
+                                    address: d.address,
+                                    port: d.port,
+                                    healthy,
+                                    weight,
+                                    active_connections,
+                                    inactive_connections,
+                                }
                             })
                             .collect(),
                     }
@@ -339,11 +439,16 @@ pub fn statuses<'a>(desired: &'a Desired, round: &Round) -> Vec<(&'a LvsNode, Lv
             let vips = director
                 .iter()
                 .flat_map(|d| &d.vips)
-                .map(|vip| VipReport {
-                    address: vip.address,
-                    // Without a VRRP instance running, a director holds its VIPs.
-                    vrrp_state: VrrpState::Master,
-                    held: !round.failures.iter().any(|f| names(f, &format!("director VIP {}", vip.address))),
+                .map(|vip| {
+                    let failed =
+                        round.failures.iter().any(|f| names(f, &format!("director VIP {}", vip.address)));
+                    // Without a VRRP instance, a director holds its VIPs.
+                    let vrrp_state = observed.vips.get(&vip.address).copied().unwrap_or(VrrpState::Master);
+                    VipReport {
+                        address: vip.address,
+                        vrrp_state,
+                        held: vrrp_state == VrrpState::Master && !failed,
+                    }
                 })
                 .collect();
             let status = LvsNodeStatus {
@@ -430,12 +535,42 @@ struct DestinationLabels {
     destination: String,
 }
 
-/// The agent's own counters; the IPVS figures are read at scrape time.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    /// `success`, or the kind of failure (`timeout`, `refused`, `status`, ...).
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthTransitionLabels {
+    /// `healthy` or `unhealthy`.
+    to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VrrpLabels {
+    interface: String,
+    vrid: u8,
+    family: &'static str,
+}
+
+/// A VRRP instance's counter: name, help, value.
+type VrrpCounter = (&'static str, &'static str, fn(&vrrp::InstanceStats) -> u64);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
+}
+
+/// The agent's own counters, and the latest health-check and VRRP figures the
+/// engine thread saw; the IPVS figures are read at scrape time.
 #[derive(Default)]
 pub struct AgentMetrics {
     rounds: Family<RoundLabels, Counter>,
     operations: Counter,
     failures: Counter,
+    health: Mutex<Option<CheckerStats>>,
+    vrrp: Mutex<Option<vrrp::Stats>>,
 }
 
 impl AgentMetrics {
@@ -443,6 +578,72 @@ impl AgentMetrics {
         self.rounds.get_or_create(&RoundLabels { kind: if full { "resync" } else { "change" } }).inc();
         self.operations.inc_by(round.applied.len() as u64);
         self.failures.inc_by(round.failures.len() as u64);
+    }
+
+    /// Takes the health checks' and VRRP's figures from `agent`.
+    pub fn observe(&self, agent: &Supervisor) {
+        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = Some(agent.health_stats());
+        *self.vrrp.lock().unwrap_or_else(PoisonError::into_inner) = Some(agent.vrrp_stats());
+    }
+
+    fn register_health(&self, registry: &mut Registry) {
+        let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(health) = health.as_ref() else { return };
+        let checks = Family::<CheckLabels, Counter>::default();
+        checks.get_or_create(&CheckLabels { result: "success" }).inc_by(health.successes);
+        for (kind, count) in &health.failures {
+            checks.get_or_create(&CheckLabels { result: kind.label() }).inc_by(*count);
+        }
+        registry.register("health_checks", "Health checks completed, by result", checks);
+        let transitions = Family::<HealthTransitionLabels, Counter>::default();
+        transitions.get_or_create(&HealthTransitionLabels { to: "healthy" }).inc_by(health.ups);
+        transitions.get_or_create(&HealthTransitionLabels { to: "unhealthy" }).inc_by(health.downs);
+        registry.register("health_transitions", "Real servers turning healthy or unhealthy", transitions);
+        let healthy = Family::<DestinationLabels, Gauge>::default();
+        for target in &health.targets {
+            let labels = DestinationLabels {
+                service: target.service.to_string(),
+                destination: target.destination.to_string(),
+            };
+            healthy.get_or_create(&labels).set(i64::from(target.healthy));
+        }
+        registry.register("destination_healthy", "1 while the real server passes its health check", healthy);
+    }
+
+    fn register_vrrp(&self, registry: &mut Registry) {
+        let vrrp = self.vrrp.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(vrrp) = vrrp.as_ref() else { return };
+        let master = Family::<VrrpLabels, Gauge>::default();
+        let counters: [VrrpCounter; 4] = [
+            ("vrrp_transitions", "VRRP state transitions", |i| i.transitions),
+            ("vrrp_adverts_sent", "VRRP advertisements sent", |i| i.adverts_sent),
+            ("vrrp_adverts_received", "VRRP advertisements received", |i| i.adverts_received),
+            ("vrrp_send_errors", "VRRP advertisements that could not be sent", |i| i.send_errors),
+        ];
+        let families: Vec<Family<VrrpLabels, Counter>> = counters.iter().map(|_| Family::default()).collect();
+        for instance in &vrrp.instances {
+            let labels = VrrpLabels {
+                interface: instance.key.interface.clone(),
+                vrid: instance.key.vrid,
+                family: match instance.key.family {
+                    lvs_crds::virtual_service::AddressFamily::IPv4 => "IPv4",
+                    lvs_crds::virtual_service::AddressFamily::IPv6 => "IPv6",
+                },
+            };
+            master.get_or_create(&labels).set(i64::from(instance.state == VrrpState::Master));
+            for ((_, _, value), family) in counters.iter().zip(&families) {
+                family.get_or_create(&labels).inc_by(value(instance));
+            }
+        }
+        registry.register("vrrp_master", "1 while this node is the VRRP master", master);
+        for ((name, help, _), family) in counters.iter().zip(families) {
+            registry.register(*name, *help, family);
+        }
+        let drops = Family::<DropLabels, Counter>::default();
+        for (reason, count) in vrrp.drops.by_reason() {
+            drops.get_or_create(&DropLabels { reason }).inc_by(count);
+        }
+        registry.register("vrrp_dropped", "Received VRRP packets ignored, by reason", drops);
     }
 }
 
@@ -486,6 +687,8 @@ pub fn metrics_text(metrics: &AgentMetrics, table: Option<&[TableEntry]>) -> Str
     let up = Gauge::<i64>::default();
     up.set(i64::from(table.is_some()));
     registry.register("ipvs_up", "1 when the kernel's IPVS table could be read", up);
+    metrics.register_health(&mut registry);
+    metrics.register_vrrp(&mut registry);
 
     let table = table.unwrap_or_default();
     let services = table
@@ -672,14 +875,14 @@ spec:
                 "director VIP 192.0.2.10 on eth0: operation not permitted".into(),
             ],
             next_check: None,
-            draining: BTreeSet::new(),
+            draining: std::collections::BTreeSet::new(),
         }
     }
 
     #[test]
     fn statuses_report_each_chunk_its_services() {
         let desired = Desired::of("lvs1", vec![chunk(0, 2, "r1"), chunk(1, 2, "r1")]).unwrap();
-        let statuses = statuses(&desired, &failing_round());
+        let statuses = statuses(&desired, &failing_round(), &Observed::default());
         let [(first, chunk0), (_, chunk1)] = &statuses[..] else { panic!("two statuses") };
         assert_eq!(first.name_any(), "lvs1");
         for status in [chunk0, chunk1] {
@@ -710,7 +913,7 @@ spec:
     fn a_status_change_is_not_a_new_version() {
         let desired = Desired::of("lvs1", vec![chunk(0, 1, "r1")]).unwrap();
         let mut reported = (*chunk(0, 1, "r1")).clone();
-        reported.status = Some(statuses(&desired, &Round::default()).remove(0).1);
+        reported.status = Some(statuses(&desired, &Round::default(), &Observed::default()).remove(0).1);
         let again = Desired::of("lvs1", vec![Arc::new(reported)]).unwrap();
         assert_eq!(again.version(), desired.version());
         let next = Desired::of("lvs1", vec![chunk(0, 1, "r2")]).unwrap();
@@ -777,7 +980,7 @@ spec:
     #[test]
     fn conditions_move_only_when_their_status_changes() {
         let desired = Desired::of("lvs1", vec![chunk(0, 1, "r1")]).unwrap();
-        let ok = statuses(&desired, &Round::default()).remove(0).1;
+        let ok = statuses(&desired, &Round::default(), &Observed::default()).remove(0).1;
         let (t0, t1, t2) =
             (time("2026-01-01T00:00:00Z"), time("2026-01-01T00:01:00Z"), time("2026-01-01T00:02:00Z"));
 
@@ -789,7 +992,7 @@ spec:
         // Unchanged: identical, so nothing is written.
         assert_eq!(with_conditions(ok, Some(&first), &t1), first);
 
-        let failed = statuses(&desired, &failing_round()).remove(0).1;
+        let failed = statuses(&desired, &failing_round(), &Observed::default()).remove(0).1;
         let second = with_conditions(failed, Some(&first), &t2);
         let states: Vec<_> = second
             .conditions
@@ -855,6 +1058,84 @@ spec:
         assert!(metrics_text(&metrics, None).contains("lvs_agent_ipvs_up 0"));
     }
 
+    #[test]
+    fn metrics_carry_health_checks_and_vrrp() {
+        use crate::health::{FailureKind, TargetStatus};
+        let metrics = AgentMetrics::default();
+        let service = ServiceKey::tcp("192.0.2.10:80".parse().unwrap());
+        *metrics.health.lock().unwrap() = Some(CheckerStats {
+            checks: 7,
+            successes: 5,
+            failures: [(FailureKind::Timeout, 2)].into(),
+            ups: 1,
+            downs: 2,
+            targets: vec![TargetStatus {
+                service,
+                destination: "198.51.100.1:80".parse().unwrap(),
+                healthy: false,
+                last_check_passed: Some(false),
+                reason: Some("timeout after 1 s".into()),
+                checks: 7,
+            }],
+        });
+        *metrics.vrrp.lock().unwrap() = Some(vrrp::Stats {
+            instances: vec![vrrp::InstanceStats {
+                key: vrrp::InstanceKey {
+                    interface: "eth0".into(),
+                    family: lvs_crds::virtual_service::AddressFamily::IPv4,
+                    vrid: 51,
+                },
+                state: VrrpState::Master,
+                adverts_sent: 10,
+                adverts_received: 3,
+                send_errors: 0,
+                transitions: 2,
+            }],
+            drops: crate::vrrp::socket::Drops { bad_checksum: 4, ..Default::default() },
+        });
+        let text = metrics_text(&metrics, None);
+        let instance = r#"interface="eth0",vrid="51",family="IPv4""#;
+        for line in [
+            r#"lvs_agent_health_checks_total{result="success"} 5"#.to_string(),
+            r#"lvs_agent_health_checks_total{result="timeout"} 2"#.into(),
+            r#"lvs_agent_health_transitions_total{to="unhealthy"} 2"#.into(),
+            r#"lvs_agent_destination_healthy{service="TCP 192.0.2.10:80",destination="198.51.100.1:80"} 0"#
+                .into(),
+            format!("lvs_agent_vrrp_master{{{instance}}} 1"),
+            format!("lvs_agent_vrrp_transitions_total{{{instance}}} 2"),
+            format!("lvs_agent_vrrp_adverts_sent_total{{{instance}}} 10"),
+            r#"lvs_agent_vrrp_dropped_total{reason="bad_checksum"} 4"#.into(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn statuses_report_health_kernel_weights_and_vrrp() {
+        let desired = Desired::of("lvs1", vec![chunk(0, 1, "r1")]).unwrap();
+        let service = ServiceKey::tcp("192.0.2.10:80".parse().unwrap());
+        let (rs1, rs2): (SocketAddr, SocketAddr) =
+            ("198.51.100.1:80".parse().unwrap(), "198.51.100.2:80".parse().unwrap());
+        // rs1 failed its check and is quiesced; rs2 carries two connections.
+        let health = [((service, rs1), false)].into_iter().collect();
+        let observed = Observed {
+            health,
+            kernel: Some([((service, rs1), (0, 0, 1)), ((service, rs2), (2, 2, 0))].into()),
+            vips: [("192.0.2.10".parse().unwrap(), VrrpState::Backup)].into(),
+        };
+        let status = statuses(&desired, &Round::default(), &observed).remove(0).1;
+        let rows: Vec<(u16, u64, u64)> = status.services[0]
+            .destinations
+            .iter()
+            .map(|d| (d.weight, d.active_connections, d.inactive_connections))
+            .collect();
+        assert_eq!(rows, [(0, 0, 1), (2, 2, 0)]);
+        let healthy: Vec<bool> = status.services[0].destinations.iter().map(|d| d.healthy).collect();
+        assert_eq!(healthy, [false, true]);
+        assert_eq!(status.vips[0].vrrp_state, VrrpState::Backup);
+        assert!(!status.vips[0].held, "a backup does not hold the VIP");
+    }
+
     type ApiServerHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
     /// Plays the API server for one status write of LvsNode `name`: checks the
@@ -890,7 +1171,7 @@ spec:
         let mut done = (*chunk(1, 2, "r1")).clone();
         // Chunk 1 already reports this round: only chunk 0 is written.
         let both = Desired::of("lvs1", vec![chunk(0, 2, "r1"), chunk(1, 2, "r1")]).unwrap();
-        let reported = statuses(&both, &failing_round())[1].1.clone();
+        let reported = statuses(&both, &failing_round(), &Observed::default())[1].1.clone();
         done.status = Some(with_conditions(reported, None, &time("2026-01-01T00:00:00Z")));
         let desired = Desired::of("lvs1", vec![chunk(0, 2, "r1"), Arc::new(done)]).unwrap();
         let round = failing_round();
@@ -899,18 +1180,20 @@ spec:
             let status = expect_status_patch(&mut handle, "lvs1").await;
             (status, handle)
         });
-        tokio::time::timeout(Duration::from_secs(5), writer.write(&desired, &round)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), writer.write(&desired, &round, &Observed::default()))
+            .await
+            .unwrap();
         let (mut status, mut handle) = server.await.unwrap();
         let conditions: Vec<(&str, &str)> =
             status.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
         assert_eq!(conditions, [("Applied", "False"), ("Degraded", "True")]);
         status.conditions.clear();
-        assert_eq!(status, statuses(&desired, &round)[0].1);
+        assert_eq!(status, statuses(&desired, &round, &Observed::default())[0].1);
         assert_eq!(status.applied_revision.as_deref(), Some("r1"));
         assert!(status.services[0].programmed);
 
         // The same round again (a resync): nothing to write.
-        writer.write(&desired, &round).await;
+        writer.write(&desired, &round, &Observed::default()).await;
         drop(writer);
         assert!(handle.next_request().await.is_none(), "no second write");
     }

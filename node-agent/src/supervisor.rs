@@ -13,7 +13,12 @@
 //! the caller's thread, which calls [`Supervisor::poll`] often (every few tens
 //! of milliseconds) to apply what the checks found.
 
-use std::{collections::BTreeSet, sync::mpsc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+    sync::mpsc,
+    time::Duration,
+};
 
 use lvs_crds::{
     lvs_node::{ConnectionSync, DirectorState, DirectorVip, LvsNodeSpec},
@@ -27,7 +32,8 @@ use crate::{
     health::{self, Checker, CheckerStats, HealthChange, HealthMap},
     host::address,
     ipvs::ServiceKey,
-    vrrp::{self, InstanceKey, Router},
+    reconcile::KernelTable,
+    vrrp::{self, InstanceConfig, InstanceKey, Router},
 };
 
 pub struct Supervisor {
@@ -40,6 +46,8 @@ pub struct Supervisor {
     transitions: mpsc::Receiver<Transition>,
     /// The connection sync last given to the hooks (`None` before the first).
     sync: Option<Option<ConnectionSync>>,
+    /// The VRRP instances last given to the router.
+    instances: Vec<InstanceConfig>,
 }
 
 impl Supervisor {
@@ -59,6 +67,7 @@ impl Supervisor {
             hooks,
             transitions,
             sync: None,
+            instances: Vec::new(),
             handle,
         }
     }
@@ -95,6 +104,7 @@ impl Supervisor {
             }
             Some(sync)
         });
+        self.instances.clone_from(&instances);
         self.router.set_instances(instances);
         if self.sync.as_ref() != Some(&sync) {
             self.sync = Some(sync.clone());
@@ -148,9 +158,21 @@ impl Supervisor {
         self.checker.stats()
     }
 
-    /// Each VRRP instance's state.
-    pub fn vrrp_states(&self) -> Vec<(InstanceKey, VrrpState)> {
-        self.router.states()
+    /// The VRRP state of each VIP that has a VRRP instance.
+    pub fn vip_states(&self) -> HashMap<IpAddr, VrrpState> {
+        let states: HashMap<InstanceKey, VrrpState> = self.router.states().into_iter().collect();
+        self.instances
+            .iter()
+            .flat_map(|instance| {
+                let state = states.get(&instance.key()).copied().unwrap_or(VrrpState::Initialize);
+                instance.addresses.iter().map(move |address| (*address, state))
+            })
+            .collect()
+    }
+
+    /// The kernel table as the engine last saw it (see [`Engine::table`]).
+    pub fn table(&self) -> Option<&KernelTable> {
+        self.engine.table()
     }
 
     pub fn vrrp_stats(&self) -> vrrp::Stats {

@@ -115,6 +115,12 @@ impl HealthMap {
     }
 }
 
+impl FromIterator<((ServiceKey, SocketAddr), bool)> for HealthMap {
+    fn from_iter<I: IntoIterator<Item = ((ServiceKey, SocketAddr), bool)>>(verdicts: I) -> Self {
+        HealthMap { healthy: verdicts.into_iter().collect() }
+    }
+}
+
 /// The desired state's view: a destination without a check, or not checked
 /// yet, is healthy.
 impl crate::desired::Health for HealthMap {
