@@ -26,8 +26,12 @@ fn repo() -> PathBuf {
 
 fn topology(args: &str) {
     let script = repo().join("tests/lab/topology");
+    // A deleted namespace goes away asynchronously (slowly with IPVS sync
+    // daemons in it): its interfaces may still exist for a moment.
     sh(&format!(
-        "rm -rf /run/lvs-agent-test; {0} down >/dev/null 2>&1; {0} {args} >/dev/null && {0} web >/dev/null",
+        "rm -rf /run/lvs-agent-test; {0} down >/dev/null 2>&1; \
+         for try in 1 2 3 4 5; do {0} {args} >/dev/null 2>&1 && break; sleep 2; {0} down >/dev/null 2>&1; done; \
+         {0} {args} >/dev/null && {0} web >/dev/null",
         script.display()
     ));
 }
@@ -111,7 +115,28 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- {}:\n{}", self.log, self.log());
+        }
     }
+}
+
+/// What the lab looks like, for a failure's message.
+fn diagnostics() -> String {
+    let mut text = String::new();
+    for (ns, command) in [
+        ("client", "ip neigh"),
+        ("director1", "ip -br addr"),
+        ("director2", "ip -br addr"),
+        ("director1", "ipvsadm -Lnc"),
+        ("director2", "ipvsadm -Lnc"),
+        ("director1", "ipvsadm -L --daemon"),
+        ("director2", "ipvsadm -L --daemon"),
+    ] {
+        let output = Command::new("ip").args(["netns", "exec", ns, "sh", "-c", command]).output().unwrap();
+        text += &format!("--- {ns}: {command}\n{}", String::from_utf8_lossy(&output.stdout));
+    }
+    text
 }
 
 /// Polls `done` every 20 ms; returns how long it took, panics after `timeout`.
@@ -357,7 +382,11 @@ impl FailoverLab {
     /// The stream goes on and new connections succeed.
     fn service_goes_on(&self) {
         let before = self.received();
-        wait_until("the stream goes on", Duration::from_secs(10), || self.received() >= before + 10);
+        let start = Instant::now();
+        while self.received() < before + 10 {
+            assert!(start.elapsed() < Duration::from_secs(10), "the stream stalled\n{}", diagnostics());
+            sleep(Duration::from_millis(50));
+        }
         let answers = requests(4);
         assert!(answers.keys().all(|a| a == "web1" || a == "web2"), "answers: {answers:?}");
     }
@@ -375,9 +404,11 @@ fn the_backup_takes_over_when_the_master_agent_is_killed() {
 
     // The higher priority comes back and preempts; the stream survives that too.
     let director1 = Agent::start("director1", &lab.manifest, &["--vrrp-priority", "150"]);
-    wait_until("director1 preempts", Duration::from_secs(15), || {
-        holds_vip("director1") && !holds_vip("director2")
-    });
+    let start = Instant::now();
+    while !(holds_vip("director1") && !holds_vip("director2")) {
+        assert!(start.elapsed() < Duration::from_secs(15), "director1 did not preempt\n{}", diagnostics());
+        sleep(Duration::from_millis(50));
+    }
     lab.service_goes_on();
     drop(director1);
 }
