@@ -77,8 +77,8 @@ pub struct Round {
     pub draining: BTreeSet<ServiceKey>,
 }
 
-/// The host's part of a spec: what [`Engine::configure_host`] reads. A round
-/// whose spec has the same skips the host.
+/// The host's part of a spec: what [`Engine::configure_host`] reads. A change
+/// round whose spec has the same skips the host.
 #[derive(Debug, Clone, PartialEq)]
 struct HostInputs {
     director_vips: Option<Vec<DirectorVip>>,
@@ -116,7 +116,7 @@ pub struct Engine {
     exclusive: bool,
     /// The kernel table as last dumped and then changed by the agent.
     table: Option<KernelTable>,
-    /// The host part of the spec last configured without failures.
+    /// The host part of the spec last configured (failures included).
     host: Option<HostInputs>,
     /// The health checks' verdicts, applied to the desired destinations.
     health: HealthMap,
@@ -209,9 +209,11 @@ impl Engine {
         self.apply(&plan, &mut round);
         let host_due = keys.is_none() || !self.host.as_ref().is_some_and(|host| host.matches(spec));
         if host_due {
-            let failures = round.failures.len();
             self.configure_host(spec, &mut round);
-            self.host = (round.failures.len() == failures).then(|| HostInputs::of(spec));
+            // Recorded even when some of it failed: a change round that leaves the
+            // host part as it is does not redo the host (thousands of VIPs) for
+            // another service's weight; the failures are retried at the resync.
+            self.host = Some(HostInputs::of(spec));
         }
         if (changed_state || host_due)
             && let Err(e) = self.save()
@@ -302,9 +304,12 @@ impl Engine {
             }
         }
         if let Some(director) = &spec.director {
-            // One address listing per round; a VIP already in place costs nothing more.
+            // One address listing per round; a VIP already in place costs nothing
+            // more. A director's VIP on `lo` is not in place (it does not answer ARP).
             let present: BTreeMap<_, _> = match address::local_addresses() {
-                Ok(present) => present.into_iter().map(|a| (a.address, a.device)).collect(),
+                Ok(present) => {
+                    present.into_iter().filter(|a| a.device != "lo").map(|a| (a.address, a.device)).collect()
+                }
                 Err(e) => {
                     fail("listing local addresses", e);
                     BTreeMap::new()

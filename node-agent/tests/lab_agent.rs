@@ -312,6 +312,11 @@ fn an_agent_restart_keeps_established_connections_and_rules() {
     wait_until("programmed", Duration::from_secs(20), || {
         in_ns("director1", "ipvsadm -S -n").contains("-r 192.168.16.21:9000")
     });
+    // The example fails over with VRRP: a lone director holds the VIP once it has
+    // heard no master for a master down interval (about 3.6 s).
+    wait_until("director1 holds the VIP", Duration::from_secs(20), || {
+        in_ns("director1", "ip -br addr show eth0").contains("192.168.16.100")
+    });
     let rules = sorted_lines(&in_ns("director1", "ipvsadm -S -n"));
     // The client's stdin stays open: at its end nc would half-close the connection.
     let stream = std::fs::File::create("/tmp/lvs-stream").unwrap();

@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow};
+use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
@@ -74,30 +75,81 @@ pub fn route_device(address: IpAddr) -> Result<String> {
 }
 
 /// [`route_device`] for many addresses, in one batch of lookups.
+///
+/// An address this host holds routes through `lo` (the local table comes
+/// first), as a VIP does that is still here from before a restart: its device
+/// is then the one that holds it, or else the one whose subnet contains it.
 pub fn route_devices(addresses: &[IpAddr]) -> Vec<Result<String>> {
     let lookup = || -> Result<Vec<Result<String>>> {
         let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
         let names = link_names(&mut rtnl)?;
         let requests = addresses.iter().map(|address| RouteNetlinkMessage::GetRoute(route_query(*address)));
         let answers = rtnl.batch(requests.collect(), 0).context("looking up routes")?;
-        Ok(addresses
-            .iter()
-            .zip(answers)
-            .map(|(address, answer)| {
-                let no_route = || anyhow!("no route to {address}: set spec.directors.interface");
-                let replies = answer.map_err(|_| no_route())?;
-                let index = replies.iter().find_map(|reply| match reply {
+        let mut subnets = None;
+        let mut devices = Vec::with_capacity(addresses.len());
+        for (address, answer) in addresses.iter().zip(answers) {
+            let no_route = || anyhow!("no route to {address}: set spec.directors.interface");
+            let index = answer.ok().and_then(|replies| {
+                replies.iter().find_map(|reply| match reply {
                     RouteNetlinkMessage::NewRoute(route) => route.attributes.iter().find_map(|a| match a {
                         RouteAttribute::Oif(index) => Some(*index),
                         _ => None,
                     }),
                     _ => None,
-                });
-                index.and_then(|i| names.get(&i).cloned()).ok_or_else(no_route)
-            })
-            .collect())
+                })
+            });
+            let device = match index.and_then(|i| names.get(&i)) {
+                Some(name) if name == LOOPBACK => {
+                    if subnets.is_none() {
+                        subnets = Some(subnet_dump(&mut rtnl, &names)?);
+                    }
+                    local_device(subnets.as_deref().unwrap_or_default(), *address).ok_or_else(no_route)
+                }
+                Some(name) => Ok(name.clone()),
+                None => Err(no_route()),
+            };
+            devices.push(device);
+        }
+        Ok(devices)
     };
-    lookup().unwrap_or_else(|e| addresses.iter().map(|a| Err(anyhow!("route to {a}: {e:#}"))).collect())
+    match lookup() {
+        Ok(devices) => devices,
+        Err(e) => addresses.iter().map(|_| Err(anyhow!("{e:#}"))).collect(),
+    }
+}
+
+const LOOPBACK: &str = "lo";
+
+/// Every address of the host as (device, address with its prefix).
+fn subnet_dump(rtnl: &mut Rtnl, names: &BTreeMap<u32, String>) -> Result<Vec<(String, IpNet)>> {
+    let replies =
+        rtnl.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default())).context("listing addresses")?;
+    Ok(replies
+        .into_iter()
+        .filter_map(|reply| match reply {
+            RouteNetlinkMessage::NewAddress(message) => {
+                let address = message.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })?;
+                let net = IpNet::new(address, message.header.prefix_len).ok()?;
+                Some((names.get(&message.header.index)?.clone(), net))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// The device of a local `address` other than `lo`: the one holding it, else
+/// the one with the longest subnet containing it.
+fn local_device(subnets: &[(String, IpNet)], address: IpAddr) -> Option<String> {
+    let others = subnets.iter().filter(|(device, _)| device != LOOPBACK);
+    let holder = others.clone().find(|(_, net)| net.addr() == address).map(|(device, _)| device);
+    let subnet = others
+        .filter(|(_, net)| net.prefix_len() < net.max_prefix_len() && net.contains(&address))
+        .max_by_key(|(_, net)| net.prefix_len())
+        .map(|(device, _)| device);
+    holder.or(subnet).cloned()
 }
 
 fn route_query(address: IpAddr) -> RouteMessage {
@@ -471,6 +523,22 @@ fn errno_text(errno: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn subnets(list: &[(&str, &str)]) -> Vec<(String, IpNet)> {
+        list.iter().map(|(device, net)| (device.to_string(), net.parse().unwrap())).collect()
+    }
+
+    #[test]
+    fn a_local_vip_belongs_to_its_holder_or_its_subnet_never_lo() {
+        let vip: IpAddr = "192.168.16.100".parse().unwrap();
+        let held =
+            subnets(&[("lo", "127.0.0.1/8"), ("eth0", "192.168.16.11/24"), ("eth1", "192.168.16.100/32")]);
+        assert_eq!(local_device(&held, vip).as_deref(), Some("eth1"));
+        let on_lo =
+            subnets(&[("lo", "192.168.16.100/32"), ("eth1", "192.168.0.1/16"), ("eth0", "192.168.16.11/24")]);
+        assert_eq!(local_device(&on_lo, vip).as_deref(), Some("eth0"), "the longest subnet");
+        assert_eq!(local_device(&subnets(&[("lo", "192.168.16.100/32")]), vip), None);
+    }
 
     #[test]
     fn host_addresses_have_full_prefixes_and_ipv6_skips_dad() {

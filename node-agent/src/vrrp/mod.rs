@@ -444,11 +444,13 @@ struct Instance {
     /// Transitions for the hook thread, in order.
     hook_queue: Option<std::sync::mpsc::Sender<(InstanceConfig, VrrpState, VrrpState)>>,
     hook_thread: Option<JoinHandle<()>>,
+    /// Whether the last advertisement could not be sent (link down).
+    send_failing: bool,
 }
 
 impl Instance {
     fn new(config: InstanceConfig, status: Arc<Status>) -> Self {
-        Instance { config, status, hook_queue: None, hook_thread: None }
+        Instance { config, status, hook_queue: None, hook_thread: None, send_failing: false }
     }
 
     /// Starts the thread that runs the hooks in order. Called from the
@@ -531,7 +533,7 @@ impl Instance {
     }
 
     /// Sends what the machine asked for and reports its state change.
-    fn perform(&self, link: &Link, machine: &mut Machine, from: VrrpState, actions: Vec<Action>) {
+    fn perform(&mut self, link: &Link, machine: &mut Machine, from: VrrpState, actions: Vec<Action>) {
         for action in actions {
             if let Action::SendAdvert { priority } = action {
                 let advert = Advertisement {
@@ -540,10 +542,20 @@ impl Instance {
                     max_advert_interval: machine.config().advert_interval_centiseconds(),
                     addresses: self.config.addresses.clone(),
                 };
-                match link.socket.send(&advert) {
-                    Ok(()) => self.status.adverts_sent.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => self.status.send_errors.fetch_add(1, Ordering::Relaxed),
-                };
+                let sent = link.socket.send(&advert).is_ok();
+                let counter = if sent { &self.status.adverts_sent } else { &self.status.send_errors };
+                counter.fetch_add(1, Ordering::Relaxed);
+                // A master whose link comes back announces its VIPs again: while it
+                // was cut off another master took them, and the neighbours still
+                // send there even after that one steps down on hearing this one.
+                if sent
+                    && self.send_failing
+                    && from == VrrpState::Master
+                    && machine.state() == VrrpState::Master
+                {
+                    self.hook(VrrpState::Master, VrrpState::Master);
+                }
+                self.send_failing = !sent;
             }
             if action == Action::Reassert {
                 self.hook(VrrpState::Master, VrrpState::Master);

@@ -189,8 +189,13 @@ impl Machine {
                 } else if priority > self.config.priority
                     || (priority == self.config.priority && source > self.own_address)
                 {
+                    // One last advertisement before going quiet: should the new
+                    // master not have heard this one (a healed partition), it hears
+                    // a losing master now and announces the VIPs again, which
+                    // neighbours may still send here.
                     self.learn(interval);
-                    self.become_backup(now)
+                    let last = Action::SendAdvert { priority: self.config.priority };
+                    [vec![last], self.become_backup(now)].concat()
                 } else {
                     // Two masters: answer at once, so the other steps down now.
                     vec![Action::SendAdvert { priority: self.config.priority }, Action::Reassert]
@@ -402,10 +407,13 @@ mod tests {
     }
 
     #[test]
-    fn master_yields_to_a_higher_priority() {
+    fn master_yields_to_a_higher_priority_after_one_last_advert() {
         let (mut machine, now) = master(100, true);
         let at = now + ms(10);
-        assert_eq!(machine.on_advert(at, ip(LOWER_PEER), 101, 20), [Action::BecomeBackup]);
+        assert_eq!(
+            machine.on_advert(at, ip(LOWER_PEER), 101, 20),
+            [Action::SendAdvert { priority: 100 }, Action::BecomeBackup]
+        );
         assert_eq!(machine.state(), VrrpState::Backup);
         assert_eq!(machine.master_adver_interval(), ms(200));
         assert_eq!(machine.next_deadline(), Some(at + ms(721) + Duration::from_micros(875)));
@@ -426,7 +434,10 @@ mod tests {
     fn equal_priority_tie_break_on_the_primary_address() {
         // A greater source address wins: we step down.
         let (mut machine, now) = master(100, true);
-        assert_eq!(machine.on_advert(now, ip(HIGHER_PEER), 100, 100), [Action::BecomeBackup]);
+        assert_eq!(
+            machine.on_advert(now, ip(HIGHER_PEER), 100, 100),
+            [Action::SendAdvert { priority: 100 }, Action::BecomeBackup]
+        );
         // A smaller one loses: we stay Master.
         let (mut machine, now) = master(100, true);
         assert_eq!(
@@ -445,7 +456,7 @@ mod tests {
         v6.on_timer(v6.next_deadline().unwrap());
         assert_eq!(v6.on_advert(at, ip("fe80::9"), 100, 100).len(), 2);
         assert_eq!(v6.state(), VrrpState::Master);
-        assert_eq!(v6.on_advert(at, ip("fe80::b"), 100, 100), [Action::BecomeBackup]);
+        assert_eq!(v6.on_advert(at, ip("fe80::b"), 100, 100)[1], Action::BecomeBackup);
     }
 
     #[test]
