@@ -5,7 +5,8 @@
 //!   apply_phases DIR --kernel   also dumps the kernel table, plans against it and applies
 //!                               the plan in one batch (in the lab)
 //!
-//! Prints one `PHASE name seconds` line per phase (to stdout) and what it produced.
+//! Prints one `PHASE name seconds` and one `MEMORY name rss MiB hwm MiB` line per
+//! phase (to stdout) and what it produced.
 use std::{path::Path, time::Instant};
 
 use lvs_agent::{
@@ -19,7 +20,18 @@ fn phase<T>(name: &str, f: impl FnOnce() -> T) -> T {
     let t = Instant::now();
     let value = f();
     println!("PHASE {name} {:.4}", t.elapsed().as_secs_f64());
+    println!("MEMORY {name} {}", memory());
     value
+}
+
+/// VmRSS and VmHWM of this process, in MiB.
+fn memory() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |field: &str| -> f64 {
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_default();
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    };
+    format!("rss {:.1} hwm {:.1}", kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
 
 fn main() {
