@@ -14,7 +14,7 @@
 
 use std::{
     io::{self, IoSliceMut},
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::AsRawFd,
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -187,7 +187,7 @@ pub(crate) fn own_address(interface: &str, family: AddressFamily) -> io::Result<
             AddressFamily::IPv6 => address
                 .as_sockaddr_in6()
                 .map(|a| a.ip())
-                .filter(|ip| ip.segments()[0] & 0xffc0 == 0xfe80)
+                .filter(|ip| ip.segments()[0] & 0xffc0 == 0xfe80 && !tentative(ip))
                 .map(IpAddr::V6),
         })
         .ok_or_else(|| {
@@ -197,6 +197,25 @@ pub(crate) fn own_address(interface: &str, family: AddressFamily) -> io::Result<
             };
             io::Error::new(io::ErrorKind::NotFound, format!("interface {interface} has no {what}"))
         })
+}
+
+/// Whether `address` is still tentative (duplicate address detection running,
+/// or failed), as /proc/net/if_inet6 says: the kernel sends nothing from it,
+/// so an instance using it would hear no one and be heard by no one.
+fn tentative(address: &Ipv6Addr) -> bool {
+    let listed = format!("{:032x}", u128::from(*address));
+    let table = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+    table.lines().any(|line| is_tentative_entry(line, &listed))
+}
+
+/// One /proc/net/if_inet6 line (address, index, prefix, scope, flags, name, in
+/// hex) for the address `listed`, with IFA_F_TENTATIVE or IFA_F_DADFAILED.
+fn is_tentative_entry(line: &str, listed: &str) -> bool {
+    const TENTATIVE: u32 = 0x40;
+    const DAD_FAILED: u32 = 0x08;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let flags = fields.get(4).and_then(|f| u32::from_str_radix(f, 16).ok()).unwrap_or(0);
+    fields.first() == Some(&listed) && flags & (TENTATIVE | DAD_FAILED) != 0
 }
 
 /// A VRRP socket on one interface for one family. The raw socket is driven
@@ -330,6 +349,17 @@ fn receive_v6(socket: &UdpSocket, buffer: &mut [u8]) -> io::Result<Result<RawPac
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tentative_link_local_addresses_are_recognised() {
+        let address = "fe8000000000000090be43fffedb352e";
+        assert!(is_tentative_entry(&format!("{address} 02 40 20 40     eth0"), address));
+        assert!(is_tentative_entry(&format!("{address} 02 40 20 08     eth0"), address), "DAD failed");
+        assert!(!is_tentative_entry(&format!("{address} 02 40 20 80     eth0"), address), "permanent");
+        assert!(!is_tentative_entry("fe800000000000000000000000000001 02 40 20 40 eth1", address));
+        let ip: Ipv6Addr = "fe80::90be:43ff:fedb:352e".parse().unwrap();
+        assert_eq!(format!("{:032x}", u128::from(ip)), address);
+    }
 
     const GROUP: IpAddr = IpAddr::V4(packet::MULTICAST_V4);
 
