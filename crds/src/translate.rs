@@ -148,6 +148,9 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translatio
 
     let mut services: Vec<Resolved<'_>> =
         accepted.into_iter().map(|vs| resolve(vs, &nodes, &backends)).collect();
+    for resolved in &mut services {
+        resolved.fingerprint = Fingerprint::of(&resolved.service);
+    }
     // In key order once, so that every node's lists come out in key order.
     services.sort_by(|a, b| a.service.key.cmp(&b.service.key));
 
@@ -174,6 +177,55 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translatio
         .collect();
     lvs_nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     Translation { lvs_nodes, verdicts }
+}
+
+/// One VirtualService's part of one node's desired state, translated alone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodePart {
+    /// On its own: `Invalid`, `VipNotAllowed` or `Accepted` (conflicts between
+    /// VirtualServices are the caller's to settle).
+    pub verdict: Verdict,
+    /// Its service when accepted, whether or not the node directs it.
+    pub service: Option<IpvsService>,
+    /// Whether the node is one of its directors.
+    pub directs: bool,
+    /// The VIP a director of it holds, with the node's VRRP priority.
+    pub director_vip: Option<DirectorVip>,
+    /// The VIP the node binds when it is one of its DirectRouting or Tunnel real servers.
+    pub real_server_vip: Option<RealServerVip>,
+    /// The director settings it asks for alone (no services, no VIPs).
+    pub director_settings: Option<DirectorState>,
+}
+
+/// What [`translate`] makes of one VirtualService for one node, without
+/// building LvsNode objects: for an agent that keeps its manifests' state
+/// per VirtualService and updates it one document at a time. No
+/// EndpointSlices: `backendService` contributes no destinations here.
+pub fn translate_for_node(vs: &VirtualService, node: &Node, options: &TranslateOptions) -> NodePart {
+    let (accepted, verdicts) = judge(std::slice::from_ref(vs), options);
+    let verdict = verdicts.into_values().next().unwrap_or(Verdict::Accepted);
+    let mut part = NodePart {
+        verdict,
+        service: None,
+        directs: false,
+        director_vip: None,
+        real_server_vip: None,
+        director_settings: None,
+    };
+    if accepted.is_empty() {
+        return part;
+    }
+    let nodes = NodeIndex::new(std::slice::from_ref(node));
+    let resolved = resolve(vs, &nodes, &Backends::new(&[]));
+    part.directs = !resolved.directors.is_empty();
+    part.director_vip = resolved.director_vip(nodes.vrrp_priority(0));
+    if !nodes.owners_of(resolved.real_server_addresses()).is_empty() {
+        part.real_server_vip = resolved.real_server_vip.clone();
+    }
+    let alone = NodeState { services: vec![&resolved], ..NodeState::default() };
+    part.director_settings = alone.director_settings();
+    part.service = Some(resolved.service);
+    part
 }
 
 /// (namespace, name) of an object.
@@ -415,7 +467,8 @@ fn slice_port(slice: &EndpointSlice, wanted: Option<u16>, protocol: Protocol) ->
 struct Resolved<'a> {
     spec: &'a VirtualServiceSpec,
     service: IpvsService,
-    /// Size and hash of `service`'s JSON, computed once for all directors.
+    /// Size and hash of `service`'s JSON, computed once for all directors
+    /// (by [`translate`], which cuts objects by size).
     fingerprint: Fingerprint,
     directors: Vec<usize>,
     /// The VIP its DirectRouting or Tunnel real servers bind.
@@ -462,6 +515,7 @@ fn resolve<'a>(vs: &'a VirtualService, nodes: &NodeIndex<'_>, backends: &Backend
     // Stable sort: of equal (address, port), the first source's entry stays.
     destinations.sort_by_key(|d| (d.address, d.port));
     destinations.dedup_by_key(|d| (d.address, d.port));
+    destinations.shrink_to_fit(); // kept per service, thousands of times
 
     let sorry_server = spec.sorry_server.as_ref().and_then(|sorry| {
         Some(destination(parse_ip(&sorry.address)?, sorry.port.unwrap_or(service_port), 1))
@@ -507,7 +561,7 @@ fn resolve<'a>(vs: &'a VirtualService, nodes: &NodeIndex<'_>, backends: &Backend
     };
     Resolved {
         spec,
-        fingerprint: Fingerprint::of(&service),
+        fingerprint: Fingerprint::default(),
         service,
         directors: nodes.directors(spec),
         real_server_vip,

@@ -13,8 +13,8 @@ use std::{
 use cluster::{annotated, endpoint_slice, json, node, states, with_meta};
 use k8s_openapi::api::core::v1::Node;
 use lvs_crds::{
-    ClusterState, TranslateOptions, Translation, Verdict, VirtualService, VirtualServiceSpec, translate,
-    validation::parse_ip,
+    ClusterState, TranslateOptions, Translation, Verdict, VirtualService, VirtualServiceSpec, assemble,
+    lvs_node::DirectorState, translate, translate::translate_for_node, validation::parse_ip,
 };
 use proptest::{prelude::*, sample::select};
 use serde_json::{Value, json};
@@ -186,6 +186,38 @@ fn allowed(vs: &VirtualService, options: &TranslateOptions) -> bool {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// What the standalone agent caches per VirtualService is what the whole
+    /// translation gives for that VirtualService alone on that node.
+    #[test]
+    fn one_virtual_service_for_one_node_agrees_with_the_whole_translation(
+        cluster in cluster(),
+        options in options(),
+    ) {
+        for vs in &cluster.virtual_services {
+            for node in &cluster.nodes {
+                let alone = ClusterState {
+                    virtual_services: vec![vs.clone()],
+                    nodes: vec![node.clone()],
+                    endpoint_slices: vec![],
+                };
+                let whole = translate(&alone, &options);
+                let part = translate_for_node(vs, node, &options);
+                prop_assert_eq!(&part.verdict, &whole.verdicts[&id(vs)]);
+                let spec = assemble(whole.lvs_nodes.iter().map(|n| &n.spec));
+                let director = spec.as_ref().and_then(|s| s.director.as_ref());
+                prop_assert_eq!(part.directs && part.verdict == Verdict::Accepted, director.is_some());
+                if let Some(director) = director {
+                    prop_assert_eq!(director.services.first(), part.service.as_ref());
+                    prop_assert_eq!(director.vips.first(), part.director_vip.as_ref());
+                    let settings = DirectorState { services: vec![], vips: vec![], ..director.clone() };
+                    prop_assert_eq!(Some(settings), part.director_settings.clone());
+                }
+                let real_server = spec.as_ref().and_then(|s| s.real_server.as_ref());
+                prop_assert_eq!(real_server.and_then(|r| r.vips.first()), part.real_server_vip.as_ref());
+            }
+        }
+    }
 
     #[test]
     fn the_same_input_in_any_order_gives_byte_identical_output(

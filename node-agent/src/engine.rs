@@ -207,6 +207,7 @@ impl Engine {
         };
         let changed_state = !plan.ops.is_empty() || owned != plan.owned || drains != plan.drains;
         self.apply(&plan, &mut round);
+        drop(plan); // before the host's turn, which has its own thousands of messages
         let host_due = keys.is_none() || !self.host.as_ref().is_some_and(|host| host.matches(spec));
         if host_due {
             self.configure_host(spec, &mut round);

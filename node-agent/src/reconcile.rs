@@ -167,6 +167,9 @@ pub fn apply_to_table<'a>(table: &mut KernelTable, ops: impl IntoIterator<Item =
         persistent_connections: 0,
         stats: Stats::default(),
     };
+    // Lists that grew, trimmed at the end: a cache of many thousand services
+    // keeps no spare capacity.
+    let mut grown = BTreeSet::new();
     for op in ops {
         match op {
             IpvsOp::AddService(service) => {
@@ -185,6 +188,7 @@ pub fn apply_to_table<'a>(table: &mut KernelTable, ops: impl IntoIterator<Item =
                 if let Some((_, destinations)) = table.get_mut(key) {
                     destinations.retain(|d| d.destination.address != destination.address);
                     destinations.push(new_destination(destination));
+                    grown.insert(*key);
                 }
             }
             IpvsOp::EditDestination(key, destination) => {
@@ -202,6 +206,11 @@ pub fn apply_to_table<'a>(table: &mut KernelTable, ops: impl IntoIterator<Item =
                 }
             }
             _ => {}
+        }
+    }
+    for key in grown {
+        if let Some((_, destinations)) = table.get_mut(&key) {
+            destinations.shrink_to_fit();
         }
     }
 }

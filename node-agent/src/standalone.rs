@@ -33,8 +33,7 @@ use lvs_crds::{
         RealServerState, RealServerVip,
     },
     translate::{
-        ClusterState, DIRECTOR_LABEL, TranslateOptions, VRRP_PRIORITY_ANNOTATION, Verdict, assemble,
-        translate,
+        DIRECTOR_LABEL, NodePart, TranslateOptions, VRRP_PRIORITY_ANNOTATION, Verdict, translate_for_node,
     },
     validation::validate,
     virtual_service::{Protocol, VirtualService},
@@ -118,6 +117,8 @@ pub struct Manifests {
     files: BTreeMap<PathBuf, ManifestFile>,
     /// How many documents define each (namespace, name): more than one is an error.
     definitions: HashMap<(String, String), usize>,
+    /// How many of them are defined more than once.
+    duplicated: usize,
 }
 
 /// A file's size, change time and inode.
@@ -128,6 +129,35 @@ struct ManifestFile {
     stamp: Option<Stamp>,
     /// Each document's text hash and what it holds.
     documents: Vec<(u64, Arc<Parsed>)>,
+    /// The problems of its documents, named by file and document (kept, so
+    /// that a change elsewhere does not look at every document again).
+    errors: Vec<ManifestError>,
+}
+
+impl ManifestFile {
+    fn new(path: &Path, stamp: Option<Stamp>, documents: Vec<(u64, Arc<Parsed>)>) -> Self {
+        let mut file = ManifestFile { stamp, documents, errors: Vec::new() };
+        for (index, (_, parsed)) in file.documents.iter().enumerate() {
+            if let Err(messages) = parsed.as_ref() {
+                let source = file.source(path, index);
+                file.errors.extend(
+                    messages
+                        .iter()
+                        .map(|message| ManifestError { source: source.clone(), message: message.clone() }),
+                );
+            }
+        }
+        file
+    }
+
+    /// How errors name document `index`: by the file alone when it could not be read.
+    fn source(&self, path: &Path, index: usize) -> String {
+        if self.stamp.is_none() && self.documents.len() == 1 {
+            path.display().to_string()
+        } else {
+            format!("{} (document {})", path.display(), index + 1)
+        }
+    }
 }
 
 /// What a load found changed since the previous one.
@@ -142,7 +172,12 @@ pub struct ManifestChange {
 
 impl Manifests {
     pub fn new(path: &Path) -> Self {
-        Manifests { path: path.to_path_buf(), files: BTreeMap::new(), definitions: HashMap::new() }
+        Manifests {
+            path: path.to_path_buf(),
+            files: BTreeMap::new(),
+            definitions: HashMap::new(),
+            duplicated: 0,
+        }
     }
 
     /// Reads what changed. With `force` (SIGHUP), every file is read again.
@@ -185,7 +220,7 @@ impl Manifests {
                     let documents = self.files.remove(file).map(|f| f.documents).unwrap_or_default();
                     self.forget(&documents, &mut change);
                     let error = vec![e.to_string()];
-                    let entry = ManifestFile { stamp: None, documents: vec![(0, Arc::new(Err(error)))] };
+                    let entry = ManifestFile::new(file, None, vec![(0, Arc::new(Err(error)))]);
                     self.files.insert(file.clone(), entry);
                 }
             }
@@ -229,10 +264,14 @@ impl Manifests {
             let added: Vec<_> = documents.iter().filter(|(h, _)| !old_hashes.contains(h)).cloned().collect();
             self.forget(&removed, &mut change);
             for vs in added.iter().filter_map(|(_, parsed)| parsed.as_ref().as_ref().ok()?.clone()) {
-                *self.definitions.entry(object_id(&vs)).or_default() += 1;
+                let count = self.definitions.entry(object_id(&vs)).or_default();
+                *count += 1;
+                if *count == 2 {
+                    self.duplicated += 1;
+                }
                 change.added.push(vs);
             }
-            self.files.insert(file, ManifestFile { stamp, documents });
+            self.files.insert(file.clone(), ManifestFile::new(&file, stamp, documents));
         }
         change.errors = self.errors();
         change
@@ -243,6 +282,9 @@ impl Manifests {
             let id = object_id(&vs);
             if let Some(count) = self.definitions.get_mut(&id) {
                 *count -= 1;
+                if *count == 1 {
+                    self.duplicated -= 1;
+                }
                 if *count == 0 {
                     self.definitions.remove(&id);
                 }
@@ -253,32 +295,21 @@ impl Manifests {
 
     /// Every problem, by file and document.
     fn errors(&self) -> Vec<ManifestError> {
-        let mut errors = Vec::new();
-        let duplicates = self.definitions.values().any(|n| *n > 1);
-        for (file, cached) in &self.files {
-            for (index, (_, parsed)) in cached.documents.iter().enumerate() {
-                let source = if cached.stamp.is_none() && cached.documents.len() == 1 {
-                    file.display().to_string()
-                } else {
-                    format!("{} (document {})", file.display(), index + 1)
-                };
-                match parsed.as_ref() {
-                    Err(messages) => {
-                        errors.extend(messages.iter().map(|message| ManifestError {
-                            source: source.clone(),
-                            message: message.clone(),
-                        }))
-                    }
-                    Ok(Some(vs))
-                        if duplicates && self.definitions.get(&object_id(vs)).is_some_and(|n| *n > 1) =>
-                    {
-                        let (namespace, name) = object_id(vs);
-                        errors.push(ManifestError {
-                            source,
-                            message: format!("{namespace}/{name} is defined more than once"),
-                        });
-                    }
-                    Ok(_) => {}
+        let mut errors: Vec<ManifestError> =
+            self.files.values().flat_map(|f| f.errors.iter().cloned()).collect();
+        if self.duplicated == 0 {
+            return errors;
+        }
+        for (path, file) in &self.files {
+            for (index, (_, parsed)) in file.documents.iter().enumerate() {
+                if let Ok(Some(vs)) = parsed.as_ref()
+                    && self.definitions.get(&object_id(vs)).is_some_and(|n| *n > 1)
+                {
+                    let (namespace, name) = object_id(vs);
+                    errors.push(ManifestError {
+                        source: file.source(path, index),
+                        message: format!("{namespace}/{name} is defined more than once"),
+                    });
                 }
             }
         }
@@ -434,7 +465,9 @@ pub struct LocalState {
     addresses: Option<Vec<IpAddr>>,
     by_id: BTreeMap<(String, String), Local>,
     /// Each claimed key's claimants, oldest (the winner) first.
-    claims: HashMap<IpvsServiceKey, BTreeSet<Age>>,
+    /// (A sorted Vec: almost always one claimant, and a set's node would be
+    /// ten times its size.)
+    claims: HashMap<IpvsServiceKey, Vec<Age>>,
     spec: LvsNodeSpec,
 }
 
@@ -461,6 +494,11 @@ impl LocalState {
     /// The desired spec.
     pub fn spec(&self) -> &LvsNodeSpec {
         &self.spec
+    }
+
+    /// The desired state alone, the rest dropped (`apply --once` needs no more).
+    pub fn into_spec(self) -> LvsNodeSpec {
+        self.spec
     }
 
     /// Whether this role needs the local addresses (only to find out where it is a real server).
@@ -497,18 +535,24 @@ impl LocalState {
         }
         let node = local_node(&self.host, addresses, self.vrrp_priority);
         let work: Vec<(&Id, &Option<Arc<VirtualService>>)> = current.iter().collect();
-        let translated = parallel_map(&work, |(_, vs)| vs.as_ref().map(|vs| self.translate_one(vs, &node)));
+        // On this thread: as fast as on several here (it allocates more than it
+        // computes), and without the other threads' malloc arenas (megabytes).
+        // Boxed while in flight: thousands of them on the first load.
+        let translated: Vec<Option<Box<Local>>> = work
+            .iter()
+            .map(|(_, vs)| vs.as_ref().map(|vs| Box::new(self.translate_one(vs, &node))))
+            .collect();
 
-        let changes: Vec<((String, String), Option<Local>)> = work
+        let changes: Vec<(Id, Option<Box<Local>>)> = work
             .into_iter()
             .zip(translated)
-            .filter(|((id, _), new)| self.by_id.get(*id) != new.as_ref())
+            .filter(|((id, _), new)| self.by_id.get(*id) != new.as_deref())
             .map(|((id, _), new)| (id.clone(), new))
             .collect();
         let mut keys = BTreeSet::new();
         let mut claims_touched = BTreeSet::new();
         for (id, new) in &changes {
-            for local in self.by_id.get(id).into_iter().chain(new) {
+            for local in self.by_id.get(id).into_iter().chain(new.as_deref()) {
                 keys.extend(local.service.as_ref().and_then(|s| service_key(&s.key)));
                 keys.extend(local.claim.as_ref().and_then(service_key));
                 claims_touched.extend(local.claim.clone());
@@ -519,16 +563,21 @@ impl LocalState {
         };
         let winners_before = winner_ages(self);
         let mut host_part_changed = false;
+        fn host_part(
+            l: Option<&Local>,
+        ) -> Option<(&Option<DirectorVip>, &Option<RealServerVip>, &Option<DirectorState>)> {
+            l.map(|l| (&l.director_vip, &l.real_server_vip, &l.settings))
+        }
         for (id, new) in changes {
-            let old = match &new {
-                Some(new) => self.by_id.insert(id, new.clone()),
-                None => self.by_id.remove(&id),
-            };
-            if let Some(old) = &old
+            let old = self.by_id.get(&id);
+            host_part_changed |= host_part(old) != host_part(new.as_deref());
+            if let Some(old) = old
                 && let Some(claim) = &old.claim
                 && let Some(claimants) = self.claims.get_mut(claim)
             {
-                claimants.remove(&old.age);
+                if let Ok(at) = claimants.binary_search(&old.age) {
+                    claimants.remove(at);
+                }
                 if claimants.is_empty() {
                     self.claims.remove(claim);
                 }
@@ -536,32 +585,49 @@ impl LocalState {
             if let Some(new) = &new
                 && let Some(claim) = &new.claim
             {
-                self.claims.entry(claim.clone()).or_default().insert(new.age.clone());
+                let claimants = self.claims.entry(claim.clone()).or_default();
+                if let Err(at) = claimants.binary_search(&new.age) {
+                    claimants.insert(at, new.age.clone());
+                }
             }
-            let host_part = |l: &Option<Local>| {
-                l.as_ref().map(|l| (l.director_vip.clone(), l.real_server_vip.clone(), l.settings.clone()))
+            match new {
+                Some(new) => self.by_id.insert(id, *new),
+                None => self.by_id.remove(&id),
             };
-            host_part_changed |= host_part(&old) != host_part(&new);
         }
         let winners_changed = winner_ages(self) != winners_before;
         // The services of the touched claims, as their winners have them now.
         let mut director = self.spec.director.take().unwrap_or_default();
         let mut services = std::mem::take(&mut director.services);
-        for claim_key in &claims_touched {
-            let winner = self.winner(claim_key).and_then(|winner| winner.service.as_ref());
-            let at = services.iter().position(|s| claim(&s.key) == *claim_key);
-            match (at, winner) {
-                // The common case, an edit: in place.
-                (Some(at), Some(service)) if services[at].key == service.key => {
-                    services[at] = service.clone()
-                }
-                (at, winner) => {
-                    if let Some(at) = at {
-                        services.remove(at);
+        if claims_touched.len() > 64 {
+            // Many (the first load): rebuilt by claim rather than searched one by one.
+            let mut by_claim: BTreeMap<IpvsServiceKey, IpvsService> =
+                services.into_iter().map(|s| (claim(&s.key), s)).collect();
+            for claim_key in &claims_touched {
+                match self.winner(claim_key).and_then(|winner| winner.service.as_ref()) {
+                    Some(service) => by_claim.insert(claim_key.clone(), service.clone()),
+                    None => by_claim.remove(claim_key),
+                };
+            }
+            services = by_claim.into_values().collect();
+            services.sort_by(|a, b| a.key.cmp(&b.key));
+        } else {
+            for claim_key in &claims_touched {
+                let winner = self.winner(claim_key).and_then(|winner| winner.service.as_ref());
+                let at = services.iter().position(|s| claim(&s.key) == *claim_key);
+                match (at, winner) {
+                    // The common case, an edit: in place.
+                    (Some(at), Some(service)) if services[at].key == service.key => {
+                        services[at] = service.clone()
                     }
-                    if let Some(service) = winner {
-                        let at = services.partition_point(|s| s.key < service.key);
-                        services.insert(at, service.clone());
+                    (at, winner) => {
+                        if let Some(at) = at {
+                            services.remove(at);
+                        }
+                        if let Some(service) = winner {
+                            let at = services.partition_point(|s| s.key < service.key);
+                            services.insert(at, service.clone());
+                        }
                     }
                 }
             }
@@ -583,27 +649,25 @@ impl LocalState {
     }
 
     fn translate_one(&self, vs: &Arc<VirtualService>, node: &Node) -> Local {
-        let mut local_vs = (**vs).clone();
-        // This host directs every service, whatever nodes a cluster would pick.
-        if let Some(directors) = local_vs.spec.directors.as_mut() {
-            directors.node_selector.clear();
-        }
-        local_vs.metadata.namespace.get_or_insert_with(|| "default".into());
-        let id = object_id(&local_vs);
-        let created = local_vs.metadata.creation_timestamp.clone();
-        let state = ClusterState {
-            virtual_services: vec![local_vs],
-            nodes: vec![node.clone()],
-            endpoint_slices: vec![],
+        let id = object_id(vs);
+        let created = vs.metadata.creation_timestamp.clone();
+        let part = if vs.metadata.namespace.is_some() {
+            translate_for_node(vs, node, &TranslateOptions::default())
+        } else {
+            let mut named = (**vs).clone();
+            named.metadata.namespace = Some(id.0.clone());
+            translate_for_node(&named, node, &TranslateOptions::default())
         };
-        let translation = translate(&state, &TranslateOptions::default());
-        let verdict = translation.verdicts.get(&id).cloned().unwrap_or(Verdict::Accepted);
-        let spec = assemble(translation.lvs_nodes.iter().map(|n| &n.spec));
-        let director = spec.as_ref().and_then(|s| s.director.clone());
-        let mut service = director.as_ref().and_then(|d| d.services.first().cloned());
-        let mut director_vip = director.as_ref().and_then(|d| d.vips.first().cloned());
-        let mut settings = director.map(|d| DirectorState { services: vec![], vips: vec![], ..d });
-        let mut real_server_vip = spec.and_then(|s| s.real_server).and_then(|r| r.vips.into_iter().next());
+        // This host directs every service, whatever nodes a cluster would pick
+        // (`part.directs` follows the node selector).
+        let NodePart {
+            verdict,
+            mut service,
+            mut director_vip,
+            mut real_server_vip,
+            director_settings: mut settings,
+            ..
+        } = part;
         let claim_key =
             (verdict == Verdict::Accepted).then(|| service.as_ref().map(|s| claim(&s.key))).flatten();
         let directs = match self.role {
@@ -800,8 +864,12 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
     }
     let mut engine = Engine::open(&options.state_dir, &options.sysctl_root, options.exclusive)?;
     if options.once {
+        // The manifests and their translations go before the kernel work, which
+        // needs memory of its own: the agent's peak stays that of one of them.
+        drop(manifests);
+        let spec = state.into_spec();
         // No health checks, no VRRP: this host holds every VIP it directs.
-        let round = engine.reconcile(state.spec(), Scope::Full);
+        let round = engine.reconcile(&spec, Scope::Full);
         log_round(&round, "applied");
         return Ok(round.failures.is_empty());
     }

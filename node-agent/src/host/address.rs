@@ -80,6 +80,9 @@ pub fn route_device(address: IpAddr) -> Result<String> {
 /// first), as a VIP does that is still here from before a restart: its device
 /// is then the one that holds it, or else the one whose subnet contains it.
 pub fn route_devices(addresses: &[IpAddr]) -> Vec<Result<String>> {
+    if addresses.is_empty() {
+        return Vec::new();
+    }
     let lookup = || -> Result<Vec<Result<String>>> {
         let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
         let names = link_names(&mut rtnl)?;

@@ -1,0 +1,79 @@
+//! Times the host-side phases of one weight change in a large manifest
+//! directory, as `lvs-agent apply` (watching) goes through them before the
+//! kernel is asked: for tests/bench/agent-apply (where do the milliseconds go?).
+//!
+//!   change_phases DIR      (DIR as tests/bench/gen-manifests writes it; a copy is edited)
+//!
+//! Prints `PHASE name milliseconds` per phase of the change round, with the
+//! process's memory after it.
+use std::time::Instant;
+
+use lvs_agent::{
+    health,
+    standalone::{LocalState, Manifests, Role},
+};
+
+fn phase<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let value = f();
+    println!("PHASE {name} {:.3} ms, {}", t.elapsed().as_secs_f64() * 1000.0, memory());
+    value
+}
+
+/// VmRSS and VmHWM of this process, in MiB.
+fn memory() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |field: &str| -> f64 {
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_default();
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    };
+    format!("rss {:.1} MiB, hwm {:.1} MiB", kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+}
+
+fn main() {
+    let source = std::env::args().nth(1).expect("usage: change_phases DIR");
+    let dir = std::env::temp_dir().join(format!("change-phases-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    for entry in std::fs::read_dir(&source).expect("DIR") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
+    }
+    let mut manifests = Manifests::new(&dir);
+    let mut state = LocalState::new("bench", Role::Director);
+    let change = phase("first-load", || manifests.reload(false));
+    phase("first-update", || state.update(&change, &[]));
+
+    // One weight in the middle of the first file, as weight_watch changes it.
+    let file = dir.join("services-00.yaml");
+    let text = std::fs::read_to_string(&file).expect("services-00.yaml");
+    let at = text.len() / 2 + text[text.len() / 2..].find("weight: ").expect("a weight") + "weight: ".len();
+    let end = at + text[at..].find('}').expect("closing brace");
+    let new = format!("{}{}{}", &text[..at], 99, &text[end..]);
+    std::fs::write(&file, new).expect("write");
+
+    let change = phase("reload", || manifests.reload(false));
+    println!("COUNT removed={} added={}", change.removed.len(), change.added.len());
+    let keys = phase("update", || state.update(&change, &[]));
+    println!("COUNT keys={}", keys.len());
+    let director = state.spec().director.as_ref().expect("directs");
+    phase("health-targets", || health::targets(director).len());
+    phase("host-inputs-compare", || state.spec().clone());
+    let text = std::fs::read_to_string(&file).expect("services-00.yaml");
+    phase("read-file", || std::fs::read_to_string(&file).map(|t| t.len()).unwrap_or(0));
+    phase("hash-file", || {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        text.hash(&mut hasher);
+        hasher.finish()
+    });
+    if std::env::var_os("CHANGE_PHASES_LOOP").is_some() {
+        // For a profiler: the change round, again and again.
+        for weight in 0..3000 {
+            let edited = format!("{}{}{}", &text[..at], weight % 50 + 1, &text[end..]);
+            std::fs::write(&file, edited).expect("write");
+            let change = manifests.reload(false);
+            state.update(&change, &[]);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
