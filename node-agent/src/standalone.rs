@@ -385,7 +385,9 @@ fn parse_document(text: &str) -> Parsed {
         Some(_) => None,
         None => parse_generic(text)?,
     };
-    let Some(vs) = vs else { return Ok(None) };
+    let Some(mut vs) = vs else { return Ok(None) };
+    // Kept for as long as the file is unchanged, thousands of them: no spare capacity.
+    vs.spec.real_servers.shrink_to_fit();
     match validate(&vs.spec) {
         Ok(()) => Ok(Some(Arc::new(vs))),
         Err(problems) => {
