@@ -1,0 +1,96 @@
+//! Properties of the standalone agent's incremental state: whatever the order
+//! in which VirtualServices are added, changed and removed, the desired state
+//! after each change is the one a fresh start on the same manifests computes
+//! (conflicts settled the same way, winners never lost).
+
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+
+use lvs_agent::standalone::{LocalState, ManifestChange, Role, local_state};
+use lvs_crds::VirtualService;
+use proptest::{prelude::*, sample::select};
+
+const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
+
+/// A VirtualService from a small pool of keys (so that they conflict often),
+/// ages and contents; sometimes invalid.
+fn virtual_service(name: &'static str) -> impl Strategy<Value = VirtualService> {
+    (
+        select(vec!["192.168.16.100", "192.168.16.101"]),
+        select(vec![80u16, 443]),
+        select(vec![None, Some("2026-01-01T00:00:00Z"), Some("2026-01-02T00:00:00Z")]),
+        1u16..4,
+        select(vec!["DirectRouting", "NAT", "Tunnel"]),
+        any::<bool>(),
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(move |(vip, port, created, weight, forwarding, vrrp, invalid)| {
+            let created = created.map_or(String::new(), |t| format!(", creationTimestamp: \"{t}\""));
+            let failover = if vrrp {
+                "  failover: {vrrp: {virtualRouterId: 51, advertIntervalMs: 1000, preempt: true}}\n"
+            } else {
+                ""
+            };
+            let second = if invalid { "192.168.16.999" } else { "192.168.16.22" };
+            let text = format!(
+                "apiVersion: lvs.dev/v1alpha1\nkind: VirtualService\n\
+                 metadata: {{name: {name}, namespace: default{created}}}\n\
+                 spec:\n  vip: {vip}\n  port: {port}\n  scheduler: wrr\n  forwarding: {forwarding}\n\
+                 {failover}  realServers:\n    - {{address: 192.168.16.21, weight: {weight}}}\n\
+                 \x20   - {{address: {second}, weight: 1}}\n"
+            );
+            serde_yaml::from_str(&text).expect("a VirtualService")
+        })
+}
+
+/// One step: each name is left alone, (re)defined or removed.
+fn step() -> impl Strategy<Value = Vec<(&'static str, Option<Option<VirtualService>>)>> {
+    let one = |name: &'static str| {
+        prop_oneof![
+            2 => Just(None),
+            2 => virtual_service(name).prop_map(|vs| Some(Some(vs))),
+            1 => Just(Some(None)),
+        ]
+        .prop_map(move |action| (name, action))
+    };
+    NAMES.map(one).to_vec()
+}
+
+fn roles() -> impl Strategy<Value = (Role, Vec<IpAddr>)> {
+    prop_oneof![
+        Just((Role::Director, vec![])),
+        Just((Role::Auto, vec![])),
+        Just((Role::Auto, vec!["192.168.16.21".parse().unwrap()])),
+        Just((Role::RealServer, vec!["192.168.16.22".parse().unwrap()])),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn each_change_gives_what_a_fresh_start_gives(
+        steps in prop::collection::vec(step(), 1..8),
+        (role, addresses) in roles(),
+    ) {
+        let mut state = LocalState::new("bench", role);
+        let mut current: BTreeMap<&str, Arc<VirtualService>> = BTreeMap::new();
+        for step in steps {
+            let mut change = ManifestChange::default();
+            for (name, action) in step {
+                let Some(new) = action else { continue };
+                if let Some(old) = current.remove(name) {
+                    change.removed.push(old);
+                }
+                if let Some(new) = new {
+                    let new = Arc::new(new);
+                    current.insert(name, Arc::clone(&new));
+                    change.added.push(new);
+                }
+            }
+            state.update(&change, &addresses);
+            let all: Vec<VirtualService> = current.values().map(|vs| (**vs).clone()).collect();
+            let (fresh, _) = local_state(&all, "bench", &addresses, role);
+            prop_assert_eq!(state.spec(), &fresh);
+        }
+    }
+}
