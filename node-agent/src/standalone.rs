@@ -545,12 +545,17 @@ impl LocalState {
             .map(|(_, vs)| vs.as_ref().map(|vs| Box::new(self.translate_one(vs, &node))))
             .collect();
 
-        let changes: Vec<(Id, Option<Box<Local>>)> = work
-            .into_iter()
-            .zip(translated)
-            .filter(|((id, _), new)| self.by_id.get(*id) != new.as_deref())
-            .map(|((id, _), new)| (id.clone(), new))
-            .collect();
+        let mut changes: Vec<(Id, Option<Box<Local>>)> = Vec::new();
+        for ((id, _), new) in work.into_iter().zip(translated) {
+            match (self.by_id.get_mut(id), new) {
+                // The same meaning from another document (a comment changed, say):
+                // nothing to do but remember the new object, which the next change
+                // of that document removes.
+                (Some(old), Some(new)) if *old == *new => old.vs = new.vs,
+                (None, None) => {}
+                (_, new) => changes.push((id.clone(), new)),
+            }
+        }
         let mut keys = BTreeSet::new();
         let mut claims_touched = BTreeSet::new();
         for (id, new) in &changes {
