@@ -118,6 +118,9 @@ pub struct Engine {
     table: Option<KernelTable>,
     /// The host part of the spec last configured (failures included).
     host: Option<HostInputs>,
+    /// What the agent owns and drains (the state file's lists, as maps).
+    owned: Ownership,
+    drains: Drains,
     /// The health checks' verdicts, applied to the desired destinations.
     health: HealthMap,
     /// Whether VRRP decides who holds the VIPs that have a `vrrp` section (a
@@ -137,11 +140,15 @@ impl Engine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => AgentState::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", state_file.display())),
         };
+        let owned = Ownership(state.owned.iter().copied().collect());
+        let drains = Drains(state.drains.iter().map(|(k, a, t)| ((*k, *a), *t)).collect());
         Ok(Engine {
             ipvs: IpvsHandle::connect()?,
             sysctls: Sysctls::new(sysctl_root),
             state_file,
             state,
+            owned,
+            drains,
             exclusive,
             table: None,
             host: None,
@@ -188,13 +195,25 @@ impl Engine {
             }
         }
         let table = self.table.as_ref().expect("dumped above");
-        let owned = Ownership(self.state.owned.iter().copied().collect());
-        let drains = Drains(self.state.drains.iter().map(|(k, a, t)| ((*k, *a), *t)).collect());
         let plan = match &keys {
             Some(keys) => {
+                // Only the keys' part of what is owned and drained: a change round
+                // costs what the change touches, whatever the table's size.
+                let owned =
+                    Ownership(keys.iter().filter_map(|k| Some((*k, *self.owned.0.get(k)?))).collect());
+                let drains = Drains(
+                    self.drains
+                        .0
+                        .iter()
+                        .filter(|((k, _), _)| keys.contains(k))
+                        .map(|(d, t)| (*d, *t))
+                        .collect(),
+                );
                 let desired =
                     spec.director.as_ref().map(|d| desired_of(d, keys, &self.health)).unwrap_or_default();
-                plan_services(keys, &desired, table, &owned, &drains, now(), self.exclusive)
+                let plan = plan_services(keys, &desired, table, &owned, &drains, now(), self.exclusive);
+                let changed = !plan.ops.is_empty() || owned != plan.owned || drains != plan.drains;
+                (plan, changed)
             }
             None => {
                 let desired = spec
@@ -202,12 +221,14 @@ impl Engine {
                     .as_ref()
                     .map(|d| desired_services_with(d, &self.health))
                     .unwrap_or_default();
-                plan_table(&desired, table, &owned, &drains, now(), self.exclusive)
+                let plan = plan_table(&desired, table, &self.owned, &self.drains, now(), self.exclusive);
+                let changed = !plan.ops.is_empty() || self.owned != plan.owned || self.drains != plan.drains;
+                (plan, changed)
             }
         };
-        let changed_state = !plan.ops.is_empty() || owned != plan.owned || drains != plan.drains;
+        let (plan, changed_state) = plan;
         self.apply(&plan, &mut round);
-        drop(plan); // before the host's turn, which has its own thousands of messages
+        self.keep(plan, keys.as_ref(), &mut round);
         let host_due = keys.is_none() || !self.host.as_ref().is_some_and(|host| host.matches(spec));
         if host_due {
             self.configure_host(spec, &mut round);
@@ -235,10 +256,6 @@ impl Engine {
             .filter(|(i, _)| !failed.contains(i))
             .map(|(_, op)| op_rule(op))
             .collect();
-        round.next_check = plan.next_check;
-        round.draining = plan.drains.0.keys().map(|(key, _)| *key).collect();
-        self.state.owned = plan.owned.0.iter().map(|(k, d)| (*k, *d)).collect();
-        self.state.drains = plan.drains.0.iter().map(|((k, a), t)| (*k, *a, *t)).collect();
         // The cache follows the operations that succeeded, without reading the
         // kernel back; a service with a failed operation is read back, since what
         // the kernel made of the rest of its operations is unsure.
@@ -387,7 +404,38 @@ impl Engine {
         }
     }
 
-    fn save(&self) -> Result<()> {
+    /// Takes the plan's ownership and drains: all of them after a full round,
+    /// those of `keys` after a change round. Drops the plan (before the host's
+    /// turn, which has its own thousands of messages).
+    fn keep(&mut self, plan: Plan, keys: Option<&BTreeSet<ServiceKey>>, round: &mut Round) {
+        match keys {
+            None => {
+                round.next_check = plan.next_check;
+                (self.owned, self.drains) = (plan.owned, plan.drains);
+            }
+            Some(keys) => {
+                // As plan_services would tell it with the whole state: the drains
+                // of other services end when they end.
+                let mut next_check = plan.next_check;
+                for (&(key, _), &start) in self.drains.0.iter().filter(|((key, _), _)| !keys.contains(key)) {
+                    let end = start.saturating_add(self.owned.0.get(&key).copied().unwrap_or_default());
+                    next_check = Some(next_check.map_or(end, |next: Duration| next.min(end)));
+                }
+                round.next_check = next_check;
+                for key in keys {
+                    self.owned.0.remove(key);
+                }
+                self.owned.0.extend(plan.owned.0);
+                self.drains.0.retain(|(key, _), _| !keys.contains(key));
+                self.drains.0.extend(plan.drains.0);
+            }
+        }
+        round.draining = self.drains.0.keys().map(|(key, _)| *key).collect();
+    }
+
+    fn save(&mut self) -> Result<()> {
+        self.state.owned = self.owned.0.iter().map(|(k, d)| (*k, *d)).collect();
+        self.state.drains = self.drains.0.iter().map(|((k, a), t)| (*k, *a, *t)).collect();
         // Write then rename, so a crash never leaves half a state file.
         let partial = self.state_file.with_extension("json.partial");
         std::fs::write(&partial, serde_json::to_vec(&self.state)?)
