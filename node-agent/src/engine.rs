@@ -184,6 +184,9 @@ impl Engine {
             _ => None,
         };
         if keys.is_none() {
+            // The old cache goes first: two tables of 100,000 entries at once would
+            // be the agent's peak.
+            self.table = None;
             match self.ipvs.table() {
                 Ok(table) => {
                     self.table = Some(table.into_iter().map(|entry| (entry.0.service.key, entry)).collect())
