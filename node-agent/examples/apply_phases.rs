@@ -7,7 +7,12 @@
 //!
 //! Prints one `PHASE name seconds` and one `MEMORY name rss MiB hwm MiB` line per
 //! phase (to stdout) and what it produced.
-use std::{path::Path, time::Instant};
+#[path = "common/phases.rs"]
+mod phases;
+
+use std::path::Path;
+
+use phases::phase;
 
 use lvs_agent::{
     desired::desired_services,
@@ -15,24 +20,6 @@ use lvs_agent::{
     reconcile::{Drains, Ownership, plan},
     standalone::{Role, load_manifests, local_state},
 };
-
-fn phase<T>(name: &str, f: impl FnOnce() -> T) -> T {
-    let t = Instant::now();
-    let value = f();
-    println!("PHASE {name} {:.4}", t.elapsed().as_secs_f64());
-    println!("MEMORY {name} {}", memory());
-    value
-}
-
-/// VmRSS and VmHWM of this process, in MiB.
-fn memory() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = |field: &str| -> f64 {
-        let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_default();
-        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-    };
-    format!("rss {:.1} hwm {:.1}", kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

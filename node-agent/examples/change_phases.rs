@@ -4,31 +4,17 @@
 //!
 //!   change_phases DIR      (DIR as tests/bench/gen-manifests writes it; a copy is edited)
 //!
-//! Prints `PHASE name milliseconds` per phase of the change round, with the
-//! process's memory after it.
-use std::time::Instant;
+//! Prints `PHASE name seconds` and `MEMORY name ...` per phase of the change round.
+
+#[path = "common/phases.rs"]
+mod phases;
+
+use phases::phase;
 
 use lvs_agent::{
     health,
     standalone::{LocalState, Manifests, Role},
 };
-
-fn phase<T>(name: &str, f: impl FnOnce() -> T) -> T {
-    let t = Instant::now();
-    let value = f();
-    println!("PHASE {name} {:.3} ms, {}", t.elapsed().as_secs_f64() * 1000.0, memory());
-    value
-}
-
-/// VmRSS and VmHWM of this process, in MiB.
-fn memory() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = |field: &str| -> f64 {
-        let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_default();
-        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-    };
-    format!("rss {:.1} MiB, hwm {:.1} MiB", kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
-}
 
 fn main() {
     let source = std::env::args().nth(1).expect("usage: change_phases DIR");
@@ -57,15 +43,6 @@ fn main() {
     println!("COUNT keys={}", keys.len());
     let director = state.spec().director.as_ref().expect("directs");
     phase("health-targets", || health::targets(director).len());
-    phase("host-inputs-compare", || state.spec().clone());
-    let text = std::fs::read_to_string(&file).expect("services-00.yaml");
-    phase("read-file", || std::fs::read_to_string(&file).map(|t| t.len()).unwrap_or(0));
-    phase("hash-file", || {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::hash::DefaultHasher::new();
-        text.hash(&mut hasher);
-        hasher.finish()
-    });
     if std::env::var_os("CHANGE_PHASES_LOOP").is_some() {
         // For a profiler: the change round, again and again.
         for weight in 0..3000 {

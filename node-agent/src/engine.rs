@@ -198,7 +198,7 @@ impl Engine {
             }
         }
         let table = self.table.as_ref().expect("dumped above");
-        let plan = match &keys {
+        let (plan, changed_state) = match &keys {
             Some(keys) => {
                 // Only the keys' part of what is owned and drained: a change round
                 // costs what the change touches, whatever the table's size.
@@ -229,7 +229,6 @@ impl Engine {
                 (plan, changed)
             }
         };
-        let (plan, changed_state) = plan;
         self.apply(&plan, &mut round);
         self.keep(plan, keys.as_ref(), &mut round);
         let host_due = keys.is_none() || !self.host.as_ref().is_some_and(|host| host.matches(spec));
