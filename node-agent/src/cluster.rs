@@ -309,8 +309,8 @@ impl Observed {
         let kernel = agent.table().map(|table| {
             table
                 .iter()
-                .flat_map(|(key, (_, destinations))| {
-                    destinations.iter().map(move |d| {
+                .flat_map(|(key, observed)| {
+                    observed.destinations.iter().map(move |d| {
                         let weight = u16::try_from(d.destination.weight).unwrap_or(u16::MAX);
                         let connections = (d.active_connections.into(), d.inactive_connections.into());
                         ((*key, d.destination.address), (weight, connections.0, connections.1))

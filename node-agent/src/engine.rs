@@ -37,7 +37,9 @@ use crate::{
     host::{DeviceAddress, HostChanges, Sysctls, address, nat, sysctl, tunnel},
     ipvs::{IpvsHandle, KernelError, ServiceKey},
     ipvsadm::op_rule,
-    reconcile::{Drains, KernelTable, Ownership, Plan, apply_to_table, plan_services, plan_table},
+    reconcile::{
+        Drains, KernelTable, ObservedService, Ownership, Plan, apply_to_table, plan_services, plan_table,
+    },
 };
 
 /// What the agent keeps across restarts (`<state-dir>/state.json`).
@@ -189,7 +191,9 @@ impl Engine {
             self.table = None;
             match self.ipvs.table() {
                 Ok(table) => {
-                    self.table = Some(table.into_iter().map(|entry| (entry.0.service.key, entry)).collect())
+                    let observed =
+                        table.iter().map(|entry| (entry.0.service.key, ObservedService::from(entry)));
+                    self.table = Some(observed.collect())
                 }
                 Err(e) => {
                     round.failures.push(e.to_string());
@@ -269,8 +273,8 @@ impl Engine {
         for key in unsure {
             table.remove(&key);
             let refreshed = match self.ipvs.service(&key) {
-                Ok(service) => self.ipvs.destinations(&key).map(|d| {
-                    table.insert(key, (service, d));
+                Ok(service) => self.ipvs.destinations(&key).map(|destinations| {
+                    table.insert(key, ObservedService::from(&(service, destinations)));
                 }),
                 Err(e) if e.kernel_error() == Some(&KernelError::NoSuchService) => Ok(()),
                 Err(e) => Err(e),

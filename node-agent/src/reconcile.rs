@@ -61,7 +61,7 @@ use std::{
 
 use crate::{
     desired::DesiredService,
-    ipvs::{Destination, DestinationEntry, IpvsOp, Protocol, Service, ServiceEntry, ServiceKey, Stats},
+    ipvs::{Destination, DestinationEntry, IpvsOp, Protocol, Service, ServiceKey},
     ipvsadm::TableEntry,
 };
 
@@ -110,11 +110,48 @@ pub fn plan(
     now: Duration,
     exclusive: bool,
 ) -> Plan {
-    plan_of(desired, observed, owned, drains, now, exclusive)
+    let observed: Vec<ObservedService> = observed.iter().map(ObservedService::from).collect();
+    plan_of(desired, &observed, owned, drains, now, exclusive)
+}
+
+/// A service in the kernel as the planner reads it: its configuration and its
+/// destinations', with their connections, without the counters a dump also
+/// brings (the cache of a large table is half the size without them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedService {
+    pub service: Service,
+    pub destinations: Vec<ObservedDestination>,
+}
+
+/// A destination in the kernel: its configuration and connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObservedDestination {
+    pub destination: Destination,
+    pub active_connections: u32,
+    pub inactive_connections: u32,
+}
+
+impl From<&DestinationEntry> for ObservedDestination {
+    fn from(entry: &DestinationEntry) -> Self {
+        ObservedDestination {
+            destination: entry.destination,
+            active_connections: entry.active_connections,
+            inactive_connections: entry.inactive_connections,
+        }
+    }
+}
+
+impl From<&TableEntry> for ObservedService {
+    fn from((service, destinations): &TableEntry) -> Self {
+        ObservedService {
+            service: service.service.clone(),
+            destinations: destinations.iter().map(ObservedDestination::from).collect(),
+        }
+    }
 }
 
 /// The kernel table as the engine caches it, by service key.
-pub type KernelTable = BTreeMap<ServiceKey, TableEntry>;
+pub type KernelTable = BTreeMap<ServiceKey, ObservedService>;
 
 /// [`plan`] against the cached table.
 pub fn plan_table(
@@ -160,12 +197,10 @@ pub fn plan_services(
 /// changed service's cache entry without reading it back. New destinations
 /// have no connections yet; edited ones keep their counters.
 pub fn apply_to_table<'a>(table: &mut KernelTable, ops: impl IntoIterator<Item = &'a IpvsOp>) {
-    let new_destination = |destination: &Destination| DestinationEntry {
+    let new_destination = |destination: &Destination| ObservedDestination {
         destination: *destination,
         active_connections: 0,
         inactive_connections: 0,
-        persistent_connections: 0,
-        stats: Stats::default(),
     };
     // Lists that grew, trimmed at the end: a cache of many thousand services
     // keeps no spare capacity.
@@ -173,11 +208,11 @@ pub fn apply_to_table<'a>(table: &mut KernelTable, ops: impl IntoIterator<Item =
     for op in ops {
         match op {
             IpvsOp::AddService(service) => {
-                let entry = ServiceEntry { service: service.clone(), stats: Stats::default() };
-                table.insert(service.key, (entry, Vec::new()));
+                let entry = ObservedService { service: service.clone(), destinations: Vec::new() };
+                table.insert(service.key, entry);
             }
             IpvsOp::EditService(service) => {
-                if let Some((entry, _)) = table.get_mut(&service.key) {
+                if let Some(entry) = table.get_mut(&service.key) {
                     entry.service = service.clone();
                 }
             }
@@ -185,14 +220,14 @@ pub fn apply_to_table<'a>(table: &mut KernelTable, ops: impl IntoIterator<Item =
                 table.remove(key);
             }
             IpvsOp::AddDestination(key, destination) => {
-                if let Some((_, destinations)) = table.get_mut(key) {
+                if let Some(ObservedService { destinations, .. }) = table.get_mut(key) {
                     destinations.retain(|d| d.destination.address != destination.address);
                     destinations.push(new_destination(destination));
                     grown.insert(*key);
                 }
             }
             IpvsOp::EditDestination(key, destination) => {
-                let entries = table.get_mut(key).map(|(_, destinations)| destinations);
+                let entries = table.get_mut(key).map(|entry| &mut entry.destinations);
                 let address = destination.address;
                 if let Some(entry) =
                     entries.and_then(|ds| ds.iter_mut().find(|d| d.destination.address == address))
@@ -201,7 +236,7 @@ pub fn apply_to_table<'a>(table: &mut KernelTable, ops: impl IntoIterator<Item =
                 }
             }
             IpvsOp::DeleteDestination(key, address) => {
-                if let Some((_, destinations)) = table.get_mut(key) {
+                if let Some(ObservedService { destinations, .. }) = table.get_mut(key) {
                     destinations.retain(|d| d.destination.address != *address);
                 }
             }
@@ -209,34 +244,33 @@ pub fn apply_to_table<'a>(table: &mut KernelTable, ops: impl IntoIterator<Item =
         }
     }
     for key in grown {
-        if let Some((_, destinations)) = table.get_mut(&key) {
-            destinations.shrink_to_fit();
+        if let Some(entry) = table.get_mut(&key) {
+            entry.destinations.shrink_to_fit();
         }
     }
 }
 
 fn plan_of<'a>(
     desired: impl IntoIterator<Item = &'a DesiredService>,
-    observed: impl IntoIterator<Item = &'a TableEntry>,
+    observed: impl IntoIterator<Item = &'a ObservedService>,
     owned: &Ownership,
     drains: &Drains,
     now: Duration,
     exclusive: bool,
 ) -> Plan {
     let desired: BTreeMap<_, _> = desired.into_iter().map(|d| (d.service.key, d)).collect();
-    let observed: BTreeMap<_, _> =
-        observed.into_iter().map(|entry| (entry.0.service.key, Observed::of(entry))).collect();
+    let observed: BTreeMap<_, _> = observed.into_iter().map(|entry| (entry.service.key, entry)).collect();
     let keys: BTreeSet<_> = desired.keys().chain(observed.keys()).copied().collect();
 
     let mut planner = Planner { now, drains, plan: Plan::default() };
     for key in keys {
         match (desired.get(&key), observed.get(&key)) {
             (Some(want), None) => planner.add_service(want),
-            (Some(want), Some(have)) => planner.update_service(want, have),
+            (Some(want), Some(have)) => planner.update_service(want, &Observed::of(have)),
             (None, Some(have)) => {
                 let period = owned.0.get(&key).copied().or(exclusive.then_some(Duration::ZERO));
                 if let Some(period) = period {
-                    planner.remove_service(have, period);
+                    planner.remove_service(&Observed::of(have), period);
                 }
             }
             (None, None) => unreachable!("every key comes from one side"),
@@ -246,16 +280,17 @@ fn plan_of<'a>(
 }
 
 /// A service in the kernel, its destinations by address (for plans that do not
-/// depend on the dump's order).
+/// depend on the dump's order). Made for one service at a time: a full round's
+/// maps never exist at once.
 struct Observed<'a> {
     service: &'a Service,
-    destinations: BTreeMap<SocketAddr, &'a DestinationEntry>,
+    destinations: BTreeMap<SocketAddr, &'a ObservedDestination>,
 }
 
 impl<'a> Observed<'a> {
-    fn of((service, destinations): &'a TableEntry) -> Self {
-        let destinations = destinations.iter().map(|d| (d.destination.address, d)).collect();
-        Observed { service: &service.service, destinations }
+    fn of(observed: &'a ObservedService) -> Self {
+        let destinations = observed.destinations.iter().map(|d| (d.destination.address, d)).collect();
+        Observed { service: &observed.service, destinations }
     }
 }
 
@@ -313,7 +348,7 @@ impl Planner<'_> {
     }
 
     /// Drains or deletes a destination that is no longer desired.
-    fn retire(&mut self, key: ServiceKey, entry: &DestinationEntry, period: Duration) {
+    fn retire(&mut self, key: ServiceKey, entry: &ObservedDestination, period: Duration) {
         let destination = &entry.destination;
         let Some(start) = self.drain_start(key, entry, period) else {
             self.plan.ops.push(IpvsOp::DeleteDestination(key, destination.address));
@@ -329,7 +364,12 @@ impl Planner<'_> {
 
     /// When the drain of a destination that is no longer desired started, or None
     /// if it may be deleted now.
-    fn drain_start(&self, key: ServiceKey, entry: &DestinationEntry, period: Duration) -> Option<Duration> {
+    fn drain_start(
+        &self,
+        key: ServiceKey,
+        entry: &ObservedDestination,
+        period: Duration,
+    ) -> Option<Duration> {
         let connections = u64::from(entry.active_connections) + u64::from(entry.inactive_connections);
         if !waits_for_connections(&key) || connections == 0 {
             return None;
@@ -353,7 +393,7 @@ mod tests {
     use pretty_assertions::assert_eq;
 
     use super::*;
-    use crate::ipvs::ForwardMethod;
+    use crate::ipvs::{ForwardMethod, ServiceEntry, Stats};
 
     const NOW: Duration = Duration::from_secs(1_000);
     const DRAIN: Duration = Duration::from_secs(30);
