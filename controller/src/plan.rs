@@ -121,7 +121,7 @@ mod tests {
     }
 
     fn directing(node: &str, services: &[&str]) -> LvsNode {
-        let services: Vec<IpvsService> = services
+        let services: Vec<Arc<IpvsService>> = services
             .iter()
             .map(|name| IpvsService {
                 owner: owner(name),
@@ -135,6 +135,7 @@ mod tests {
                 drain_seconds: 0,
                 sorry_server: None,
             })
+            .map(Arc::new)
             .collect();
         let spec = LvsNodeSpec {
             node: node.into(),

@@ -116,7 +116,7 @@ fn directors_of<'a>(
     for object in desired {
         let services = object.spec.director.iter().flat_map(|d| &d.services);
         for ipvs_service in services.filter(|s| is_owner(&s.owner, owner)) {
-            service.get_or_insert(ipvs_service);
+            service.get_or_insert(&**ipvs_service);
             directors.insert(object.spec.node.as_str(), object.spec.revision.as_str());
         }
     }
@@ -333,7 +333,7 @@ mod tests {
                     chunks: 1,
                     revision: format!("rev-{generation}"),
                     director: Some(DirectorState {
-                        services: vec![ipvs_service(generation)],
+                        services: vec![ipvs_service(generation).into()],
                         ..Default::default()
                     }),
                     ..Default::default()

@@ -256,7 +256,10 @@ mod tests {
             "lvs1",
             LvsNodeSpec {
                 node: "lvs1".into(),
-                director: Some(DirectorState { services: vec![ipvs_service.clone()], ..Default::default() }),
+                director: Some(DirectorState {
+                    services: vec![ipvs_service.clone().into()],
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
         );

@@ -12,7 +12,7 @@
 // `pub` is unreachable; the lint would flag every copy.
 #![allow(unreachable_pub)]
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -96,8 +96,10 @@ impl LvsNode {
 #[serde(rename_all = "camelCase")]
 pub struct DirectorState {
     /// IPVS services to program, each with all its destinations.
+    // Shared: the agent keeps each VirtualService's translation and the node's
+    // services, one copy for both (megabytes at 10,000 services).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<IpvsService>,
+    pub services: Vec<Arc<IpvsService>>,
 
     /// VIPs this node may hold, with their VRRP parameters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -29,6 +29,7 @@ use std::{
     io,
     net::IpAddr,
     ops::Range,
+    sync::Arc,
 };
 
 use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
@@ -186,7 +187,7 @@ pub struct NodePart {
     /// VirtualServices are the caller's to settle).
     pub verdict: Verdict,
     /// Its service when accepted, whether or not the node directs it.
-    pub service: Option<IpvsService>,
+    pub service: Option<Arc<IpvsService>>,
     /// Whether the node is one of its directors.
     pub directs: bool,
     /// The VIP a director of it holds, with the node's VRRP priority.
@@ -466,7 +467,7 @@ fn slice_port(slice: &EndpointSlice, wanted: Option<u16>, protocol: Protocol) ->
 /// One accepted VirtualService, resolved.
 struct Resolved<'a> {
     spec: &'a VirtualServiceSpec,
-    service: IpvsService,
+    service: Arc<IpvsService>,
     /// Size and hash of `service`'s JSON, computed once for all directors
     /// (by [`translate`], which cuts objects by size).
     fingerprint: Fingerprint,
@@ -562,7 +563,7 @@ fn resolve<'a>(vs: &'a VirtualService, nodes: &NodeIndex<'_>, backends: &Backend
     Resolved {
         spec,
         fingerprint: Fingerprint::default(),
-        service,
+        service: Arc::new(service),
         directors: nodes.directors(spec),
         real_server_vip,
     }

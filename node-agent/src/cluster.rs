@@ -835,17 +835,17 @@ spec:
     fn key_text_is_how_the_kernel_layer_names_services() {
         let mut object = (*chunk(0, 1, "r1")).clone();
         let director = object.spec.director.as_mut().unwrap();
-        let mut v6 = director.services[0].clone();
+        let mut v6 = (*director.services[0]).clone();
         v6.key = IpvsServiceKey {
             family: AddressFamily::IPv6,
             address: Some("2001:db8::1".parse().unwrap()),
             ..v6.key
         };
-        let mut fwmark = director.services[0].clone();
+        let mut fwmark = (*director.services[0]).clone();
         fwmark.key = IpvsServiceKey { address: None, port: 0, fwmark: Some(7), ..fwmark.key };
         let mut fwmark6 = fwmark.clone();
         fwmark6.key.family = AddressFamily::IPv6;
-        director.services.extend([v6, fwmark, fwmark6]);
+        director.services.extend([v6, fwmark, fwmark6].map(Arc::new));
         let mut ours: Vec<String> = director.services.iter().map(|s| key_text(&s.key)).collect();
         let mut kernel: Vec<String> =
             desired_services(director).iter().map(|d| d.service.key.to_string()).collect();

@@ -200,7 +200,10 @@ fn tunnel(spec: &api::Tunnel) -> Tunnel {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
+    use std::{
+        net::{IpAddr, Ipv4Addr},
+        sync::Arc,
+    };
 
     use lvs_crds::lvs_node::{IpvsPersistence, ServiceOwner};
     use pretty_assertions::assert_eq;
@@ -247,7 +250,7 @@ mod tests {
     }
 
     fn director(services: Vec<IpvsService>) -> DirectorState {
-        DirectorState { services, ..DirectorState::default() }
+        DirectorState { services: services.into_iter().map(Arc::new).collect(), ..DirectorState::default() }
     }
 
     #[test]

@@ -38,7 +38,8 @@ use crate::{
     ipvs::{IpvsHandle, KernelError, ServiceKey},
     ipvsadm::op_rule,
     reconcile::{
-        Drains, KernelTable, ObservedService, Ownership, Plan, apply_to_table, plan_services, plan_table,
+        Drains, KernelTable, ObservedDestination, ObservedService, Ownership, Plan, apply_to_table,
+        plan_services, plan_table,
     },
 };
 
@@ -189,10 +190,11 @@ impl Engine {
             // The old cache goes first: two tables of 100,000 entries at once would
             // be the agent's peak.
             self.table = None;
-            match self.ipvs.table() {
+            match self.ipvs.table_of(|entry| ObservedDestination::from(&entry)) {
                 Ok(table) => {
-                    let observed =
-                        table.iter().map(|entry| (entry.0.service.key, ObservedService::from(entry)));
+                    let observed = table.into_iter().map(|(entry, destinations)| {
+                        (entry.service.key, ObservedService { service: entry.service, destinations })
+                    });
                     self.table = Some(observed.collect())
                 }
                 Err(e) => {
@@ -493,7 +495,7 @@ pub fn changed_services(old: &LvsNodeSpec, new: &LvsNodeSpec) -> BTreeSet<Servic
 
 fn services_by_key(spec: &LvsNodeSpec) -> BTreeMap<ServiceKey, &lvs_crds::lvs_node::IpvsService> {
     let services = spec.director.iter().flat_map(|d| &d.services);
-    services.filter_map(|s| Some((service_key(&s.key)?, s))).collect()
+    services.filter_map(|s| Some((service_key(&s.key)?, &**s))).collect()
 }
 
 /// The desired services of `keys` alone (a change that concerns only them).

@@ -450,8 +450,8 @@ struct Local {
     /// What it claims (None when refused on its own: invalid, VIP not allowed).
     claim: Option<IpvsServiceKey>,
     verdict: Verdict,
-    /// Its service, when this host directs it.
-    service: Option<IpvsService>,
+    /// Its service, when this host directs it (shared with the spec's).
+    service: Option<Arc<IpvsService>>,
     director_vip: Option<DirectorVip>,
     /// Its VIP, when this host is one of its real servers.
     real_server_vip: Option<RealServerVip>,
@@ -465,7 +465,9 @@ pub struct LocalState {
     role: Role,
     vrrp_priority: u8,
     addresses: Option<Vec<IpAddr>>,
-    by_id: BTreeMap<(String, String), Local>,
+    /// Boxed: a map's nodes hold eleven entries, half of them empty after
+    /// sorted inserts, and a Local is large.
+    by_id: BTreeMap<(String, String), Box<Local>>,
     /// Each claimed key's claimants, oldest (the winner) first.
     /// (A sorted Vec: almost always one claimant, and a set's node would be
     /// ten times its size.)
@@ -539,7 +541,6 @@ impl LocalState {
         let work: Vec<(&Id, &Option<Arc<VirtualService>>)> = current.iter().collect();
         // On this thread: as fast as on several here (it allocates more than it
         // computes), and without the other threads' malloc arenas (megabytes).
-        // Boxed while in flight: thousands of them on the first load.
         let translated: Vec<Option<Box<Local>>> = work
             .iter()
             .map(|(_, vs)| vs.as_ref().map(|vs| Box::new(self.translate_one(vs, &node))))
@@ -551,7 +552,7 @@ impl LocalState {
                 // The same meaning from another document (a comment changed, say):
                 // nothing to do but remember the new object, which the next change
                 // of that document removes.
-                (Some(old), Some(new)) if *old == *new => old.vs = new.vs,
+                (Some(old), Some(new)) if old == &new => old.vs = new.vs,
                 (None, None) => {}
                 (_, new) => changes.push((id.clone(), new)),
             }
@@ -559,7 +560,7 @@ impl LocalState {
         let mut keys = BTreeSet::new();
         let mut claims_touched = BTreeSet::new();
         for (id, new) in &changes {
-            for local in self.by_id.get(id).into_iter().chain(new.as_deref()) {
+            for local in self.by_id.get(id).map(|old| &**old).into_iter().chain(new.as_deref()) {
                 keys.extend(local.service.as_ref().and_then(|s| service_key(&s.key)));
                 keys.extend(local.claim.as_ref().and_then(service_key));
                 claims_touched.extend(local.claim.clone());
@@ -576,7 +577,7 @@ impl LocalState {
             l.map(|l| (&l.director_vip, &l.real_server_vip, &l.settings))
         }
         for (id, new) in changes {
-            let old = self.by_id.get(&id);
+            let old = self.by_id.get(&id).map(|old| &**old);
             host_part_changed |= host_part(old) != host_part(new.as_deref());
             if let Some(old) = old
                 && let Some(claim) = &old.claim
@@ -598,7 +599,7 @@ impl LocalState {
                 }
             }
             match new {
-                Some(new) => self.by_id.insert(id, *new),
+                Some(new) => self.by_id.insert(id, new),
                 None => self.by_id.remove(&id),
             };
         }
@@ -608,11 +609,11 @@ impl LocalState {
         let mut services = std::mem::take(&mut director.services);
         if claims_touched.len() > 64 {
             // Many (the first load): rebuilt by claim rather than searched one by one.
-            let mut by_claim: BTreeMap<IpvsServiceKey, IpvsService> =
+            let mut by_claim: BTreeMap<IpvsServiceKey, Arc<IpvsService>> =
                 services.into_iter().map(|s| (claim(&s.key), s)).collect();
             for claim_key in &claims_touched {
                 match self.winner(claim_key).and_then(|winner| winner.service.as_ref()) {
-                    Some(service) => by_claim.insert(claim_key.clone(), service.clone()),
+                    Some(service) => by_claim.insert(claim_key.clone(), Arc::clone(service)),
                     None => by_claim.remove(claim_key),
                 };
             }
@@ -625,7 +626,7 @@ impl LocalState {
                 match (at, winner) {
                     // The common case, an edit: in place.
                     (Some(at), Some(service)) if services[at].key == service.key => {
-                        services[at] = service.clone()
+                        services[at] = Arc::clone(service)
                     }
                     (at, winner) => {
                         if let Some(at) = at {
@@ -633,7 +634,7 @@ impl LocalState {
                         }
                         if let Some(service) = winner {
                             let at = services.partition_point(|s| s.key < service.key);
-                            services.insert(at, service.clone());
+                            services.insert(at, Arc::clone(service));
                         }
                     }
                 }
@@ -703,7 +704,7 @@ impl LocalState {
 
     fn winner(&self, claim: &IpvsServiceKey) -> Option<&Local> {
         let age = self.claims.get(claim)?.first()?;
-        self.by_id.get(&age.2)
+        self.by_id.get(&age.2).map(|local| &**local)
     }
 
     /// Accepted, or refused alone, or the loser of a conflict.
@@ -749,7 +750,7 @@ impl LocalState {
     }
 
     /// The VIPs and settings, from all winners (when any of them changed).
-    fn assemble_host_part(&mut self, services: Vec<IpvsService>) {
+    fn assemble_host_part(&mut self, services: Vec<Arc<IpvsService>>) {
         let winners = self.winners();
         let real_server_vips: Vec<RealServerVip> =
             winners.iter().filter_map(|l| l.real_server_vip.clone()).collect();
