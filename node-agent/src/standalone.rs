@@ -264,11 +264,7 @@ impl Manifests {
             let added: Vec<_> = documents.iter().filter(|(h, _)| !old_hashes.contains(h)).cloned().collect();
             self.forget(&removed, &mut change);
             for vs in added.iter().filter_map(|(_, parsed)| parsed.as_ref().as_ref().ok()?.clone()) {
-                let count = self.definitions.entry(object_id(&vs)).or_default();
-                *count += 1;
-                if *count == 2 {
-                    self.duplicated += 1;
-                }
+                self.count_definition(&vs, true);
                 change.added.push(vs);
             }
             self.files.insert(file.clone(), ManifestFile::new(&file, stamp, documents));
@@ -279,17 +275,24 @@ impl Manifests {
 
     fn forget(&mut self, documents: &[(u64, Arc<Parsed>)], change: &mut ManifestChange) {
         for vs in documents.iter().filter_map(|(_, parsed)| parsed.as_ref().as_ref().ok()?.clone()) {
-            let id = object_id(&vs);
-            if let Some(count) = self.definitions.get_mut(&id) {
-                *count -= 1;
-                if *count == 1 {
-                    self.duplicated -= 1;
-                }
-                if *count == 0 {
-                    self.definitions.remove(&id);
-                }
-            }
+            self.count_definition(&vs, false);
             change.removed.push(vs);
+        }
+    }
+
+    /// One document more (or fewer) defines `vs`'s name; `duplicated` follows.
+    fn count_definition(&mut self, vs: &VirtualService, defined: bool) {
+        let id = object_id(vs);
+        let before = self.definitions.get(&id).copied().unwrap_or(0);
+        let after = if defined { before + 1 } else { before.saturating_sub(1) };
+        match after {
+            0 => self.definitions.remove(&id),
+            _ => self.definitions.insert(id, after),
+        };
+        match (before > 1, after > 1) {
+            (false, true) => self.duplicated += 1,
+            (true, false) => self.duplicated -= 1,
+            _ => {}
         }
     }
 
@@ -607,39 +610,12 @@ impl LocalState {
         // The services of the touched claims, as their winners have them now.
         let mut director = self.spec.director.take().unwrap_or_default();
         let mut services = std::mem::take(&mut director.services);
-        if claims_touched.len() > 64 {
-            // Many (the first load): rebuilt by claim rather than searched one by one.
-            let mut by_claim: BTreeMap<IpvsServiceKey, Arc<IpvsService>> =
-                services.into_iter().map(|s| (claim(&s.key), s)).collect();
-            for claim_key in &claims_touched {
-                match self.winner(claim_key).and_then(|winner| winner.service.as_ref()) {
-                    Some(service) => by_claim.insert(claim_key.clone(), Arc::clone(service)),
-                    None => by_claim.remove(claim_key),
-                };
-            }
-            services = by_claim.into_values().collect();
-            services.sort_by(|a, b| a.key.cmp(&b.key));
-        } else {
-            for claim_key in &claims_touched {
-                let winner = self.winner(claim_key).and_then(|winner| winner.service.as_ref());
-                let at = services.iter().position(|s| claim(&s.key) == *claim_key);
-                match (at, winner) {
-                    // The common case, an edit: in place.
-                    (Some(at), Some(service)) if services[at].key == service.key => {
-                        services[at] = Arc::clone(service)
-                    }
-                    (at, winner) => {
-                        if let Some(at) = at {
-                            services.remove(at);
-                        }
-                        if let Some(service) = winner {
-                            let at = services.partition_point(|s| s.key < service.key);
-                            services.insert(at, Arc::clone(service));
-                        }
-                    }
-                }
-            }
-        }
+        services.retain(|s| !claims_touched.contains(&claim(&s.key)));
+        services.extend(
+            claims_touched.iter().filter_map(|c| self.winner(c).and_then(|winner| winner.service.clone())),
+        );
+        // A sorted run and a few more (a change) sort in one pass.
+        services.sort_by(|a, b| a.key.cmp(&b.key));
         if host_part_changed || winners_changed {
             self.assemble_host_part(services);
         } else if !services.is_empty() {
