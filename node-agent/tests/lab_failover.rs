@@ -27,14 +27,11 @@ fn repo() -> PathBuf {
 }
 
 fn topology(args: &str) {
-    let script = repo().join("tests/lab/topology");
-    // A deleted namespace goes away asynchronously (slowly with IPVS sync
-    // daemons in it): its interfaces may still exist for a moment.
+    // `down` deletes the lab veths itself, before the namespaces (whose
+    // destruction is asynchronous) would keep their names taken.
     sh(&format!(
-        "rm -rf /run/lvs-agent-test; {0} down >/dev/null 2>&1; \
-         for try in 1 2 3 4 5; do {0} {args} >/dev/null 2>&1 && break; sleep 2; {0} down >/dev/null 2>&1; done; \
-         {0} {args} >/dev/null && {0} web >/dev/null",
-        script.display()
+        "rm -rf /run/lvs-agent-test; {0} down >/dev/null 2>&1; {0} {args} >/dev/null && {0} web >/dev/null",
+        repo().join("tests/lab/topology").display()
     ));
 }
 

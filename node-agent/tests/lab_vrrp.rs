@@ -44,13 +44,8 @@ fn repo() -> PathBuf {
 
 fn topology_classic() {
     let script = repo().join("tests/lab/topology");
+    // `down` deletes the lab veths first (their names outlive a deleted namespace).
     sh(&format!("{} down >/dev/null 2>&1", script.display()));
-    // A deleted namespace is destroyed asynchronously: its veths (whose host
-    // ends `classic` would reuse) can outlive it for a while. Delete them.
-    for host in ["client", "director1", "director2", "rs1", "rs2"] {
-        let _ =
-            Command::new("ip").args(["link", "del", &format!("{host}-eth0")]).stderr(Stdio::null()).status();
-    }
     sh(&format!("{} classic >/dev/null", script.display()));
     sh("mkdir -p /run/lvs-lab-vrrp");
 }
