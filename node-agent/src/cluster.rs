@@ -238,14 +238,11 @@ fn drive_engine(
     // What the last round applied: a new version is planned for the services
     // that differ.
     let mut applied = current.spec.clone();
-    let mut next_resync = Instant::now();
+    let mut next_resync = Instant::now() + resync;
     loop {
         metrics.record(&round, full);
         metrics.observe(&agent);
         log_round(&round, &current.spec.revision);
-        if full {
-            next_resync = Instant::now() + resync;
-        }
         let next_check = round.next_check;
         let draining = round.draining.clone();
         let report = Report { desired: current.clone(), round, observed: Observed::of(&agent) };
@@ -277,9 +274,14 @@ fn drive_engine(
                 full = false;
                 break round;
             }
+            // The resync's dump runs beside the rounds of changes.
             if Instant::now() >= next_resync {
+                agent.start_resync();
+                next_resync = Instant::now() + resync;
+            }
+            if let Some(round) = agent.finish_resync(&current.spec) {
                 full = true;
-                break agent.resync(&current.spec);
+                break round;
             }
             if next_check.is_some_and(|at| engine::now() >= at) {
                 full = false;

@@ -20,6 +20,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::{Arc, mpsc},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -35,7 +36,7 @@ use crate::{
     desired::{DesiredService, Health, desired_service, desired_services_with, service_key},
     health::HealthMap,
     host::{DeviceAddress, HostChanges, Sysctls, address, nat, sysctl, tunnel},
-    ipvs::{IpvsHandle, KernelError, ServiceKey},
+    ipvs::{IpvsError, IpvsHandle, KernelError, ServiceKey},
     ipvsadm::op_rule,
     reconcile::{
         Drains, KernelTable, ObservedDestination, ObservedService, Ownership, Plan, apply_to_table,
@@ -129,6 +130,21 @@ pub struct Engine {
     /// Whether VRRP decides who holds the VIPs that have a `vrrp` section (a
     /// long-running agent); else this node holds them all (`apply --once`).
     vrrp: bool,
+    /// The periodic resync's dump while it runs, and the handle it runs on
+    /// (opened on the first resync: sockets belong to their creator's namespace).
+    resync: Option<ResyncDump>,
+    dumper: Option<Arc<IpvsHandle>>,
+}
+
+/// The periodic resync's dump of the kernel's table, on a thread of its own: the
+/// rounds of changes go on meanwhile (a dump of 100,000 destinations takes
+/// seconds under emulation).
+struct ResyncDump {
+    table: mpsc::Receiver<Result<KernelTable, IpvsError>>,
+    /// The services that rounds changed meanwhile: the dump may have read them
+    /// before or after the change, so the cache's entries (which follow the
+    /// rounds' operations) stand for them.
+    touched: BTreeSet<ServiceKey>,
 }
 
 impl Engine {
@@ -157,6 +173,8 @@ impl Engine {
             host: None,
             health: HealthMap::default(),
             vrrp: false,
+            resync: None,
+            dumper: None,
         })
     }
 
@@ -181,29 +199,91 @@ impl Engine {
     /// Makes the kernel and the host match `spec`, looking at what `scope` says
     /// changed (see [`Scope`]). Without a cached table, any scope is full.
     pub fn reconcile(&mut self, spec: &LvsNodeSpec, scope: Scope) -> Round {
-        let mut round = Round::default();
         let keys = match scope {
             Scope::Services(keys) if self.table.is_some() => Some(keys),
             _ => None,
         };
-        if keys.is_none() {
-            // The old cache goes first: two tables of 100,000 entries at once would
-            // be the agent's peak.
-            self.table = None;
-            match self.ipvs.table_of(|entry| ObservedDestination::from(&entry)) {
-                Ok(table) => {
-                    let observed = table.into_iter().map(|(entry, destinations)| {
-                        (entry.service.key, ObservedService { service: entry.service, destinations })
-                    });
-                    self.table = Some(observed.collect())
+        match &keys {
+            None => {
+                // A resync's dump in flight is older than this one. The old cache
+                // goes first: two tables at once would be the agent's peak.
+                (self.resync, self.table) = (None, None);
+                match dump_table(&self.ipvs) {
+                    Ok(table) => self.table = Some(table),
+                    Err(e) => return Round { failures: vec![e.to_string()], ..Round::default() },
                 }
-                Err(e) => {
-                    round.failures.push(e.to_string());
-                    return round;
+            }
+            Some(keys) => {
+                if let Some(resync) = &mut self.resync {
+                    resync.touched.extend(keys.iter().copied());
                 }
             }
         }
-        let table = self.table.as_ref().expect("dumped above");
+        self.round(spec, keys)
+    }
+
+    /// Starts the periodic resync: the kernel's table is dumped on another
+    /// thread while rounds go on, and [`Self::finish_resync`] makes the full
+    /// round once it is in. Nothing to do while one runs.
+    pub fn start_resync(&mut self) {
+        if self.resync.is_some() {
+            return;
+        }
+        let dumper = match &self.dumper {
+            Some(dumper) => Arc::clone(dumper),
+            None => match IpvsHandle::connect() {
+                Ok(handle) => Arc::clone(self.dumper.insert(Arc::new(handle))),
+                Err(e) => {
+                    // Reported by finish_resync, as a failed dump would be.
+                    let (sender, table) = mpsc::channel();
+                    let _ = sender.send(Err(e));
+                    self.resync = Some(ResyncDump { table, touched: BTreeSet::new() });
+                    return;
+                }
+            },
+        };
+        let (sender, table) = mpsc::channel();
+        std::thread::spawn(move || sender.send(dump_table(&dumper)));
+        self.resync = Some(ResyncDump { table, touched: BTreeSet::new() });
+    }
+
+    /// The resync's full round, once its dump is in (`None` before, and when
+    /// no resync runs): drift repaired, every service planned, the host configured.
+    pub fn finish_resync(&mut self, spec: &LvsNodeSpec, health: impl FnOnce() -> HealthMap) -> Option<Round> {
+        let failed = |message: String| Some(Round { failures: vec![message], ..Round::default() });
+        let dumped = match self.resync.as_ref()?.table.try_recv() {
+            Ok(dumped) => dumped,
+            Err(mpsc::TryRecvError::Empty) => return None,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                self.resync = None;
+                return failed("the resync's dump ended without a table".into());
+            }
+        };
+        let touched = self.resync.take().expect("checked above").touched;
+        self.set_health(health());
+        let mut table = match dumped {
+            Ok(table) => table,
+            Err(e) => return failed(e.to_string()),
+        };
+        let Some(cached) = &self.table else {
+            // No cache to stand for the touched services: dump again, here.
+            return Some(self.reconcile(spec, Scope::Full));
+        };
+        for key in touched {
+            match cached.get(&key) {
+                Some(entry) => table.insert(key, entry.clone()),
+                None => table.remove(&key),
+            };
+        }
+        self.table = Some(table);
+        Some(self.round(spec, None))
+    }
+
+    /// Plans the services `keys` (all with `None`) against the cached table,
+    /// applies the plan and configures the host when due.
+    fn round(&mut self, spec: &LvsNodeSpec, keys: Option<BTreeSet<ServiceKey>>) -> Round {
+        let mut round = Round::default();
+        let table = self.table.as_ref().expect("a round has a table");
         // Whether the state file changes: it holds ownership and drains, not
         // weights, so an edit alone does not rewrite it (megabytes at 10,000
         // services, longer to write than the edit takes).
@@ -454,6 +534,15 @@ impl Engine {
         std::fs::rename(&partial, &self.state_file)
             .with_context(|| format!("writing {}", self.state_file.display()))
     }
+}
+
+/// The kernel's table as the engine caches it.
+fn dump_table(ipvs: &IpvsHandle) -> Result<KernelTable, IpvsError> {
+    let table = ipvs.table_of(|entry| ObservedDestination::from(&entry))?;
+    let services = table.into_iter().map(|(entry, destinations)| {
+        (entry.service.key, ObservedService { service: entry.service, destinations })
+    });
+    Ok(services.collect())
 }
 
 /// The director's sysctls for `interface`, by how it forwards.

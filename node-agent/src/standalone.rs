@@ -898,7 +898,16 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
         if let Some(round) = agent.poll(state.spec()) {
             log_round(&round, "health");
         }
-        let resync = Instant::now() >= next_resync;
+        // The resync's dump runs beside the rounds below: a change does not wait for it.
+        if Instant::now() >= next_resync {
+            agent.start_resync();
+            next_resync = Instant::now() + options.resync;
+        }
+        if let Some(round) = agent.finish_resync(state.spec()) {
+            log_round(&round, "repaired");
+            next_check = round.next_check;
+            draining = round.draining;
+        }
         let drain_due = next_check.is_some_and(|at| engine::now() >= at);
         let mut keys = BTreeSet::new();
         if changed {
@@ -911,31 +920,17 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
         if drain_due {
             keys.extend(draining.iter().copied());
         }
-        if !resync && keys.is_empty() && !(changed && force) {
+        if keys.is_empty() && !(changed && force) {
             continue;
         }
-        let round = if resync {
-            agent.resync(state.spec())
-        } else if changed {
+        let round = if changed {
             agent.apply(state.spec(), Scope::Services(keys))
         } else {
             agent.reconcile_services(state.spec(), keys)
         };
-        log_round(
-            &round,
-            if changed {
-                "applied"
-            } else if resync {
-                "repaired"
-            } else {
-                "drained"
-            },
-        );
+        log_round(&round, if changed { "applied" } else { "drained" });
         next_check = round.next_check;
         draining = round.draining;
-        if resync {
-            next_resync = Instant::now() + options.resync;
-        }
     }
 }
 

@@ -113,10 +113,16 @@ impl Supervisor {
         Ok(())
     }
 
-    /// A full round (the periodic resync).
-    pub fn resync(&mut self, spec: &LvsNodeSpec) -> Round {
-        self.engine.set_health(self.checker.health());
-        self.engine.reconcile(spec, Scope::Full)
+    /// Starts the periodic resync: its dump runs beside the rounds of changes
+    /// (see [`Engine::start_resync`]).
+    pub fn start_resync(&mut self) {
+        self.engine.start_resync();
+    }
+
+    /// The resync's full round, once its dump is in.
+    pub fn finish_resync(&mut self, spec: &LvsNodeSpec) -> Option<Round> {
+        let checker = &self.checker;
+        self.engine.finish_resync(spec, || checker.health())
     }
 
     /// A round for the services in `keys` only (changed, or drains due).
