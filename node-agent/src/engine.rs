@@ -12,9 +12,12 @@
 //! concerns are planned against the table as the agent last saw it (updated from
 //! the operations that succeeded), so it reaches the kernel in milliseconds
 //! whatever the table's size, and the host is configured again only when its
-//! part of the desired state changed; [`Scope::Full`] (startup, the periodic
-//! resync) dumps the whole table, plans everything and repairs drift. What the agent owns (services, drains, host changes)
-//! lives in a state file, so a restart neither forgets nor flushes anything.
+//! part of the desired state changed; [`Scope::Full`] (startup) dumps the whole
+//! table, plans everything and repairs drift. The periodic resync does the same
+//! with a dump taken on another thread while the rounds of changes go on
+//! ([`Engine::start_resync`], [`Engine::finish_resync`]), so that no change waits
+//! for it. What the agent owns (services, drains, host changes) lives in a state
+//! file, so a restart neither forgets nor flushes anything.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -59,7 +62,8 @@ struct AgentState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// Everything: the kernel's table is dumped again, every service planned, the
-    /// host configured. For startup and the periodic resync (repairs drift).
+    /// host configured (repairs drift). For startup; the periodic resync dumps
+    /// beside the rounds instead (see [`Engine::start_resync`]).
     Full,
     /// Only these services' desired state changed (or their drains are due): they
     /// are planned against the cached table, the others are not looked at. The
