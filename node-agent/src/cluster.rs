@@ -274,14 +274,17 @@ fn drive_engine(
                 full = false;
                 break round;
             }
-            // The resync's dump runs beside the rounds of changes.
+            // The resync runs in steps between the rounds of changes; a step
+            // that did nothing is not reported.
             if Instant::now() >= next_resync {
                 agent.start_resync();
                 next_resync = Instant::now() + resync;
             }
-            if let Some(round) = agent.finish_resync(&current.spec) {
-                full = true;
-                break round;
+            if let Some(round) = agent.resync_step(&current.spec) {
+                full = !agent.resyncing();
+                if full || !round.applied.is_empty() || !round.failures.is_empty() {
+                    break round;
+                }
             }
             if next_check.is_some_and(|at| engine::now() >= at) {
                 full = false;

@@ -15,7 +15,7 @@
 //! part of the desired state changed; [`Scope::Full`] (startup) dumps the whole
 //! table, plans everything and repairs drift. The periodic resync does the same
 //! with a dump taken on another thread while the rounds of changes go on
-//! ([`Engine::start_resync`], [`Engine::finish_resync`]), so that no change waits
+//! and then in slices ([`Engine::start_resync`], [`Engine::resync_step`]), so that no change waits
 //! for it. What the agent owns (services, drains, host changes) lives in a state
 //! file, so a restart neither forgets nor flushes anything.
 
@@ -134,15 +134,25 @@ pub struct Engine {
     /// Whether VRRP decides who holds the VIPs that have a `vrrp` section (a
     /// long-running agent); else this node holds them all (`apply --once`).
     vrrp: bool,
-    /// The periodic resync's dump while it runs, and the handle it runs on
+    /// The periodic resync while it runs, and the handle its dumps run on
     /// (opened on the first resync: sockets belong to their creator's namespace).
-    resync: Option<ResyncDump>,
+    resync: Option<Resync>,
     dumper: Option<Arc<IpvsHandle>>,
 }
 
-/// The periodic resync's dump of the kernel's table, on a thread of its own: the
-/// rounds of changes go on meanwhile (a dump of 100,000 destinations takes
-/// seconds under emulation).
+/// The periodic resync, in steps between the rounds of changes, so that no
+/// change waits for it (its dump alone takes seconds under emulation).
+enum Resync {
+    /// The kernel's table being dumped on another thread.
+    Dumping(ResyncDump),
+    /// The services still to plan against the fresh table, a slice per step;
+    /// then the host.
+    Planning(BTreeSet<ServiceKey>),
+}
+
+/// Services planned per step of a resync: a few milliseconds' work.
+const RESYNC_SLICE: usize = 500;
+
 struct ResyncDump {
     table: mpsc::Receiver<Result<KernelTable, IpvsError>>,
     /// The services that rounds changed meanwhile: the dump may have read them
@@ -218,8 +228,8 @@ impl Engine {
                 }
             }
             Some(keys) => {
-                if let Some(resync) = &mut self.resync {
-                    resync.touched.extend(keys.iter().copied());
+                if let Some(Resync::Dumping(dump)) = &mut self.resync {
+                    dump.touched.extend(keys.iter().copied());
                 }
             }
         }
@@ -227,60 +237,105 @@ impl Engine {
     }
 
     /// Starts the periodic resync: the kernel's table is dumped on another
-    /// thread while rounds go on, and [`Self::finish_resync`] makes the full
-    /// round once it is in. Nothing to do while one runs.
+    /// thread while rounds go on; [`Self::resync_step`] does the rest. Nothing
+    /// to do while one runs.
     pub fn start_resync(&mut self) {
         if self.resync.is_some() {
             return;
         }
-        let dumper = match &self.dumper {
-            Some(dumper) => Arc::clone(dumper),
-            None => match IpvsHandle::connect() {
-                Ok(handle) => Arc::clone(self.dumper.insert(Arc::new(handle))),
-                Err(e) => {
-                    // Reported by finish_resync, as a failed dump would be.
-                    let (sender, table) = mpsc::channel();
-                    let _ = sender.send(Err(e));
-                    self.resync = Some(ResyncDump { table, touched: BTreeSet::new() });
-                    return;
-                }
-            },
-        };
         let (sender, table) = mpsc::channel();
-        std::thread::spawn(move || sender.send(dump_table(&dumper)));
-        self.resync = Some(ResyncDump { table, touched: BTreeSet::new() });
+        let dumper = match &self.dumper {
+            Some(dumper) => Ok(Arc::clone(dumper)),
+            None => IpvsHandle::connect().map(|handle| Arc::clone(self.dumper.insert(Arc::new(handle)))),
+        };
+        match dumper {
+            Ok(dumper) => drop(std::thread::spawn(move || sender.send(dump_table(&dumper)))),
+            // Reported by the next step, as a failed dump would be.
+            Err(e) => drop(sender.send(Err(e))),
+        }
+        self.resync = Some(Resync::Dumping(ResyncDump { table, touched: BTreeSet::new() }));
     }
 
-    /// The resync's full round, once its dump is in (`None` before, and when
-    /// no resync runs): drift repaired, every service planned, the host configured.
-    pub fn finish_resync(&mut self, spec: &LvsNodeSpec, health: impl FnOnce() -> HealthMap) -> Option<Round> {
-        let failed = |message: String| Some(Round { failures: vec![message], ..Round::default() });
-        let dumped = match self.resync.as_ref()?.table.try_recv() {
-            Ok(dumped) => dumped,
-            Err(mpsc::TryRecvError::Empty) => return None,
-            Err(mpsc::TryRecvError::Disconnected) => {
+    /// Whether a resync runs (started, not finished).
+    pub fn resyncing(&self) -> bool {
+        self.resync.is_some()
+    }
+
+    /// One step of the running resync, a few milliseconds' work, if there is one
+    /// to take: once the dump is in, it becomes the cache (the services changed
+    /// meanwhile keep their cached entries) and every service is planned against
+    /// it, a slice per step (drift repaired); the last step configures the host.
+    /// The rounds of the steps are returned.
+    pub fn resync_step(&mut self, spec: &LvsNodeSpec, health: impl FnOnce() -> HealthMap) -> Option<Round> {
+        match self.resync.as_mut()? {
+            Resync::Dumping(dump) => {
+                let dumped = match dump.table.try_recv() {
+                    Ok(dumped) => dumped,
+                    Err(mpsc::TryRecvError::Empty) => return None,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        self.resync = None;
+                        return Some(self.idle_round(vec!["the resync's dump ended without a table".into()]));
+                    }
+                };
+                let touched = std::mem::take(&mut dump.touched);
                 self.resync = None;
-                return failed("the resync's dump ended without a table".into());
+                let mut table = match dumped {
+                    Ok(table) => table,
+                    Err(e) => return Some(self.idle_round(vec![e.to_string()])),
+                };
+                let Some(cached) = &self.table else {
+                    // No cache to stand for the touched services: dump again, here.
+                    self.set_health(health());
+                    return Some(self.reconcile(spec, Scope::Full));
+                };
+                for key in touched {
+                    match cached.get(&key) {
+                        Some(entry) => table.insert(key, entry.clone()),
+                        None => table.remove(&key),
+                    };
+                }
+                // Everything a full plan looks at: the kernel's, the owned and the desired services.
+                let mut keys: BTreeSet<ServiceKey> =
+                    table.keys().chain(self.owned.0.keys()).copied().collect();
+                keys.extend(services_by_key(spec).into_keys());
+                self.table = Some(table);
+                self.resync = Some(Resync::Planning(keys));
+                None
             }
-        };
-        let touched = self.resync.take().expect("checked above").touched;
-        self.set_health(health());
-        let mut table = match dumped {
-            Ok(table) => table,
-            Err(e) => return failed(e.to_string()),
-        };
-        let Some(cached) = &self.table else {
-            // No cache to stand for the touched services: dump again, here.
-            return Some(self.reconcile(spec, Scope::Full));
-        };
-        for key in touched {
-            match cached.get(&key) {
-                Some(entry) => table.insert(key, entry.clone()),
-                None => table.remove(&key),
-            };
+            // A round dropped the cache meanwhile: a full round, here.
+            Resync::Planning(_) if self.table.is_none() => {
+                self.set_health(health());
+                Some(self.reconcile(spec, Scope::Full))
+            }
+            Resync::Planning(remaining) if remaining.is_empty() => {
+                self.resync = None;
+                // The host, as a full round configures it (the state file
+                // written again only if that changed what it records).
+                let mut round = self.idle_round(Vec::new());
+                let recorded = self.state.host.clone();
+                self.configure_host(spec, &mut round);
+                self.host = Some(HostInputs::of(spec));
+                if self.state.host != recorded
+                    && let Err(e) = self.save()
+                {
+                    round.failures.push(format!("{e:#}"));
+                }
+                Some(round)
+            }
+            Resync::Planning(remaining) => {
+                let slice: BTreeSet<ServiceKey> =
+                    std::iter::from_fn(|| remaining.pop_first()).take(RESYNC_SLICE).collect();
+                self.set_health(health());
+                Some(self.round(spec, Some(slice)))
+            }
         }
-        self.table = Some(table);
-        Some(self.round(spec, None))
+    }
+
+    /// A round that applies nothing: these failures, the drains as they run.
+    fn idle_round(&mut self, failures: Vec<String>) -> Round {
+        let mut round = Round { failures, ..Round::default() };
+        self.keep(Plan::default(), Some(&BTreeSet::new()), &mut round);
+        round
     }
 
     /// Plans the services `keys` (all with `None`) against the cached table,

@@ -898,12 +898,12 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
         if let Some(round) = agent.poll(state.spec()) {
             log_round(&round, "health");
         }
-        // The resync's dump runs beside the rounds below: a change does not wait for it.
+        // The resync runs in steps between the rounds below: a change does not wait for it.
         if Instant::now() >= next_resync {
             agent.start_resync();
             next_resync = Instant::now() + options.resync;
         }
-        if let Some(round) = agent.finish_resync(state.spec()) {
+        if let Some(round) = agent.resync_step(state.spec()) {
             log_round(&round, "repaired");
             next_check = round.next_check;
             draining = round.draining;

@@ -119,10 +119,15 @@ impl Supervisor {
         self.engine.start_resync();
     }
 
-    /// The resync's full round, once its dump is in.
-    pub fn finish_resync(&mut self, spec: &LvsNodeSpec) -> Option<Round> {
+    /// One step of the running resync (see [`Engine::resync_step`]).
+    pub fn resync_step(&mut self, spec: &LvsNodeSpec) -> Option<Round> {
         let checker = &self.checker;
-        self.engine.finish_resync(spec, || checker.health())
+        self.engine.resync_step(spec, || checker.health())
+    }
+
+    /// Whether a resync runs.
+    pub fn resyncing(&self) -> bool {
+        self.engine.resyncing()
     }
 
     /// A round for the services in `keys` only (changed, or drains due).
