@@ -14,10 +14,11 @@
 //! whatever the table's size, and the host is configured again only when its
 //! part of the desired state changed; [`Scope::Full`] (startup) dumps the whole
 //! table, plans everything and repairs drift. The periodic resync does the same
-//! with a dump taken on another thread while the rounds of changes go on
-//! and then in slices ([`Engine::start_resync`], [`Engine::resync_step`]), so that no change waits
-//! for it. What the agent owns (services, drains, host changes) lives in a state
-//! file, so a restart neither forgets nor flushes anything.
+//! in steps between the rounds of changes ([`Engine::start_resync`],
+//! [`Engine::resync_step`]): the dump on another thread, then the services a
+//! slice at a time, then the host; a change waits for one step at most. What the
+//! agent owns (services, drains, host changes) lives in a state file, so a
+//! restart neither forgets nor flushes anything.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
