@@ -298,7 +298,9 @@ impl Engine {
                 // Everything a full plan looks at: the kernel's, the owned and the desired services.
                 let mut keys: BTreeSet<ServiceKey> =
                     table.keys().chain(self.owned.0.keys()).copied().collect();
-                keys.extend(services_by_key(spec).into_keys());
+                keys.extend(
+                    spec.director.iter().flat_map(|d| &d.services).filter_map(|s| service_key(&s.key)),
+                );
                 self.table = Some(table);
                 self.resync = Some(Resync::Planning(keys));
                 None
@@ -333,9 +335,9 @@ impl Engine {
     }
 
     /// A round that applies nothing: these failures, the drains as they run.
-    fn idle_round(&mut self, failures: Vec<String>) -> Round {
+    fn idle_round(&self, failures: Vec<String>) -> Round {
         let mut round = Round { failures, ..Round::default() };
-        self.keep(Plan::default(), Some(&BTreeSet::new()), &mut round);
+        self.schedule_drains(&mut round);
         round
     }
 
@@ -560,19 +562,8 @@ impl Engine {
     /// turn, which has its own thousands of messages).
     fn keep(&mut self, plan: Plan, keys: Option<&BTreeSet<ServiceKey>>, round: &mut Round) {
         match keys {
-            None => {
-                round.next_check = plan.next_check;
-                (self.owned, self.drains) = (plan.owned, plan.drains);
-            }
+            None => (self.owned, self.drains) = (plan.owned, plan.drains),
             Some(keys) => {
-                // As plan_services would tell it with the whole state: the drains
-                // of other services end when they end.
-                let mut next_check = plan.next_check;
-                for (&(key, _), &start) in self.drains.0.iter().filter(|((key, _), _)| !keys.contains(key)) {
-                    let end = start.saturating_add(self.owned.0.get(&key).copied().unwrap_or_default());
-                    next_check = Some(next_check.map_or(end, |next: Duration| next.min(end)));
-                }
-                round.next_check = next_check;
                 for key in keys {
                     self.owned.0.remove(key);
                 }
@@ -581,6 +572,17 @@ impl Engine {
                 self.drains.0.extend(plan.drains.0);
             }
         }
+        self.schedule_drains(round);
+    }
+
+    /// When the first drain ends (each runs its service's owned period, as the
+    /// planner counts it) and which services drain, from what the engine keeps:
+    /// the same whatever part of the table the round planned.
+    fn schedule_drains(&self, round: &mut Round) {
+        let end = |&(key, _): &(ServiceKey, SocketAddr), start: &Duration| {
+            start.saturating_add(self.owned.0.get(&key).copied().unwrap_or_default())
+        };
+        round.next_check = self.drains.0.iter().map(|(drain, start)| end(drain, start)).min();
         round.draining = self.drains.0.keys().map(|(key, _)| *key).collect();
     }
 

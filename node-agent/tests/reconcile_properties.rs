@@ -367,6 +367,17 @@ proptest! {
         }
     }
 
+    /// The plan's next check is the first end of its drains, each running its
+    /// service's owned period: what the engine derives from the drains it keeps.
+    #[test]
+    fn next_check_is_the_first_drain_end(world in world(), elapsed in 0..400u64) {
+        let plan = world.plan(NOW + Duration::from_secs(elapsed));
+        let first_end = plan.drains.0.iter().map(|((key, _), start)| {
+            start.saturating_add(plan.owned.0.get(key).copied().unwrap_or_default())
+        }).min();
+        prop_assert_eq!(plan.next_check, first_end);
+    }
+
     /// (e) A busy destination of a TCP/SCTP/fwmark service is deleted only once its drain is over;
     /// until then it has weight 0 and its drain is recorded.
     #[test]
