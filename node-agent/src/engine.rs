@@ -317,11 +317,8 @@ impl Engine {
                 let mut round = self.idle_round(Vec::new());
                 let recorded = self.state.host.clone();
                 self.configure_host(spec, &mut round);
-                self.host = Some(HostInputs::of(spec));
-                if self.state.host != recorded
-                    && let Err(e) = self.save()
-                {
-                    round.failures.push(format!("{e:#}"));
+                if self.state.host != recorded {
+                    self.save(&mut round);
                 }
                 Some(round)
             }
@@ -385,15 +382,9 @@ impl Engine {
         let host_due = keys.is_none() || !self.host.as_ref().is_some_and(|host| host.matches(spec));
         if host_due {
             self.configure_host(spec, &mut round);
-            // Recorded even when some of it failed: a change round that leaves the
-            // host part as it is does not redo the host (thousands of VIPs) for
-            // another service's weight; the failures are retried at the resync.
-            self.host = Some(HostInputs::of(spec));
         }
-        if (changed_state || host_due)
-            && let Err(e) = self.save()
-        {
-            round.failures.push(format!("{e:#}"));
+        if changed_state || host_due {
+            self.save(&mut round);
         }
         round
     }
@@ -555,6 +546,10 @@ impl Engine {
         {
             fail("restoring the host", e);
         }
+        // Recorded even when some of it failed: a change round that leaves the
+        // host part as it is does not redo the host (thousands of VIPs) for
+        // another service's weight; the failures are retried at the resync.
+        self.host = Some(HostInputs::of(spec));
     }
 
     /// Takes the plan's ownership and drains: all of them after a full round,
@@ -586,7 +581,14 @@ impl Engine {
         round.draining = self.drains.0.keys().map(|(key, _)| *key).collect();
     }
 
-    fn save(&mut self) -> Result<()> {
+    /// Writes the state file; a failure is the round's.
+    fn save(&mut self, round: &mut Round) {
+        if let Err(e) = self.write_state() {
+            round.failures.push(format!("{e:#}"));
+        }
+    }
+
+    fn write_state(&mut self) -> Result<()> {
         self.state.owned = self.owned.0.iter().map(|(k, d)| (*k, *d)).collect();
         self.state.drains = self.drains.0.iter().map(|((k, a), t)| (*k, *a, *t)).collect();
         // Write then rename, so a crash never leaves half a state file.
