@@ -22,16 +22,15 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, mpsc},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result};
-use ipnet::IpNet;
 use lvs_crds::{
-    lvs_node::{DirectorState, DirectorVip, LvsNodeSpec, RealServerMode, RealServerState},
+    lvs_node::{DirectorState, DirectorVip, LvsNodeSpec, RealServerState},
     virtual_service::Forwarding,
 };
 use serde::{Deserialize, Serialize};
@@ -39,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     desired::{DesiredService, Health, desired_service, desired_services_with, service_key},
     health::HealthMap,
-    host::{DeviceAddress, HostChanges, Sysctls, address, nat, sysctl, tunnel},
+    host::{DeviceAddress, HostChanges, Sysctls, address, nat, real_server, sysctl},
     ipvs::{IpvsError, IpvsHandle, KernelError, ServiceKey},
     ipvsadm::op_rule,
     reconcile::{
@@ -92,7 +91,7 @@ pub struct Round {
 struct HostInputs {
     director_vips: Option<Vec<DirectorVip>>,
     ip_forward: bool,
-    full_nat: Vec<IpNet>,
+    full_nat: Vec<IpAddr>,
     real_server: Option<RealServerState>,
 }
 
@@ -434,35 +433,9 @@ impl Engine {
         let mut fail = |what: &str, e: anyhow::Error| round.failures.push(format!("{what}: {e:#}"));
 
         if let Some(real_server) = &spec.real_server {
-            let mut direct = Vec::new();
-            for vip in &real_server.vips {
-                match vip.mode {
-                    RealServerMode::DirectRouting => direct
-                        .push(DeviceAddress { device: address::VIP_DEVICE.into(), address: vip.address }),
-                    RealServerMode::Tunnel => {
-                        wanted.insert(DeviceAddress {
-                            device: tunnel::TUNNEL_DEVICE.into(),
-                            address: vip.address,
-                        });
-                        if let Err(e) = tunnel::configure_real_server(changes, &self.sysctls, vip.address) {
-                            fail(&format!("real server VIP {}", vip.address), e);
-                        }
-                    }
-                }
-            }
-            wanted.extend(direct.iter().cloned());
-            if !direct.is_empty() {
-                // The device and its ARP sysctls before any VIP appears on it.
-                let prepared = address::ensure_dummy(changes, address::VIP_DEVICE)
-                    .and_then(|()| self.sysctls.apply(changes, &sysctl::real_server_dr(address::VIP_DEVICE)));
-                match prepared {
-                    Ok(()) => {
-                        for (vip, e) in address::add_addresses(changes, &direct) {
-                            fail(&format!("real server VIP {}", vip.address), e);
-                        }
-                    }
-                    Err(e) => fail(&format!("real server VIPs on {}", address::VIP_DEVICE), e),
-                }
+            wanted.extend(real_server::vip_addresses(&real_server.vips));
+            for (vip, e) in real_server::configure(changes, &self.sysctls, &real_server.vips) {
+                fail(&format!("real server VIP {vip}"), e);
             }
         }
         if let Some(director) = &spec.director {
@@ -625,20 +598,20 @@ fn director_sysctls(
 }
 
 /// The real servers of FullNAT services, which the director masquerades to.
-fn full_nat_destinations(director: &DirectorState) -> Vec<IpNet> {
+fn full_nat_destinations(director: &DirectorState) -> Vec<IpAddr> {
     if !director.full_nat_masquerade {
         return Vec::new(); // no FullNAT service
     }
-    let mut nets: Vec<IpNet> = director
+    let mut addresses: Vec<IpAddr> = director
         .services
         .iter()
         .flat_map(|s| &s.destinations)
         .filter(|d| d.forwarding == Forwarding::FullNat)
-        .map(|d| IpNet::from(d.address))
+        .map(|d| d.address)
         .collect();
-    nets.sort();
-    nets.dedup();
-    nets
+    addresses.sort();
+    addresses.dedup();
+    addresses
 }
 
 /// The services whose desired state differs between two specs: a new version's

@@ -40,11 +40,45 @@ fn in_ns(ns: &str, command: &str) -> String {
     sh(&format!("ip netns exec {ns} {command}"))
 }
 
-/// `lvs-agent apply --once` of `manifest` on `node`; panics with the agent's
-/// output if it fails.
+/// The agent as its image runs it: no environment but a `PATH` with nothing on
+/// it (the image holds no `ip`, `nft` or `modprobe`).
+const AS_DEPLOYED: &str = "env -i PATH=/nonexistent";
+
+/// `lvs-agent apply --once` of `manifest` on `node`, as deployed; panics with
+/// the agent's output if it fails.
 fn apply_once(node: &str, manifest: &str) {
-    in_ns(node, &format!("{AGENT} apply -f {manifest} --once --state-dir /run/lvs-agent-test/{node} 2>&1"));
+    in_ns(
+        node,
+        &format!(
+            "{AS_DEPLOYED} {AGENT} apply -f {manifest} --once --state-dir /run/lvs-agent-test/{node} 2>&1"
+        ),
+    );
 }
+
+/// Unloads the kernel modules named (or prefixed) in `modules`, as on a node
+/// where nothing loaded them yet, so that the agent's requests must make the
+/// kernel load each one. Retries while the previous topology's namespaces,
+/// which hold references, are being torn down.
+fn unload_modules(modules: &[&str]) {
+    let wanted = |name: &str| modules.iter().any(|m| name == *m || name.starts_with(&format!("{m}_")));
+    let start = Instant::now();
+    loop {
+        let listing = std::fs::read_to_string("/proc/modules").unwrap();
+        let loaded: Vec<&str> =
+            listing.lines().filter_map(|line| line.split(' ').next()).filter(|name| wanted(name)).collect();
+        if loaded.is_empty() {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "cannot unload {loaded:?}:\n{listing}");
+        for module in loaded {
+            let _ = Command::new("rmmod").arg(module).stderr(Stdio::null()).status();
+        }
+        sleep(Duration::from_millis(200));
+    }
+}
+
+/// What a director's IPVS work makes the kernel load.
+const IPVS_MODULES: [&str; 1] = ["ip_vs"];
 
 /// Answers of `n` requests from the client to the VIP, counted by body.
 fn requests(n: usize) -> BTreeMap<String, usize> {
@@ -65,6 +99,7 @@ fn both_real_servers_answer(answers: &BTreeMap<String, usize>) {
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn direct_routing_example_serves_through_the_vip_with_weights_2_to_1() {
     topology("classic");
+    unload_modules(&[&IPVS_MODULES[..], &["dummy"]].concat());
     for node in ["rs1", "rs2", "director1"] {
         apply_once(node, &example("dr.yaml"));
     }
@@ -78,6 +113,7 @@ fn direct_routing_example_serves_through_the_vip_with_weights_2_to_1() {
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn nat_example_serves_through_the_director() {
     topology("routed");
+    unload_modules(&IPVS_MODULES);
     apply_once("director1", &example("nat.yaml"));
     assert_eq!(in_ns("director1", "sysctl -n net.ipv4.ip_forward").trim(), "1");
     both_real_servers_answer(&requests(4));
@@ -87,6 +123,7 @@ fn nat_example_serves_through_the_director() {
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn tunnel_example_serves_through_ipip() {
     topology("routed --router");
+    unload_modules(&[&IPVS_MODULES[..], &["ipip", "tunnel4", "ip_tunnel"]].concat());
     for node in ["rs1", "rs2", "director1"] {
         apply_once(node, &example("tun.yaml"));
     }
@@ -98,6 +135,7 @@ fn tunnel_example_serves_through_ipip() {
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn full_nat_example_serves_real_servers_without_a_route_back() {
     topology("routed --rs-gateway none");
+    unload_modules(&[&IPVS_MODULES[..], &["nft_masq", "nft_chain_nat", "nf_tables"]].concat());
     apply_once("director1", &example("fullnat.yaml"));
     assert!(in_ns("director1", "nft list tables").contains("lvs_agent"));
     both_real_servers_answer(&requests(4));
@@ -158,7 +196,7 @@ struct Agent(Child);
 impl Agent {
     fn start(node: &str, manifest: &str, resync_seconds: u32) -> Self {
         let child = Command::new("ip")
-            .args(["netns", "exec", node, AGENT, "apply", "-f", manifest])
+            .args(["netns", "exec", node, "env", "-i", "PATH=/nonexistent", AGENT, "apply", "-f", manifest])
             .args(["--state-dir", &format!("/run/lvs-agent-test/{node}")])
             .args(["--resync-interval", &resync_seconds.to_string()])
             .spawn()

@@ -8,14 +8,41 @@ use std::net::IpAddr;
 
 use common::Netns;
 use lvs_agent::host::{
-    HostChanges, Sysctls, address,
-    address::VIP_DEVICE,
-    announce, nat,
-    tunnel::{self, TUNNEL_DEVICE},
+    HostChanges, Sysctls, address, announce, nat,
+    real_server::{self, VIP_DEVICE},
+    tunnel::TUNNEL_DEVICE,
+};
+use lvs_crds::{
+    lvs_node::{RealServerMode, RealServerVip, ServiceOwner},
+    virtual_service::{Tunnel, TunnelEncapsulation},
 };
 
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
+}
+
+/// A real server's VIP, as the translation gives it.
+fn real_server_vip(
+    address: &str,
+    mode: RealServerMode,
+    encapsulation: Option<TunnelEncapsulation>,
+) -> RealServerVip {
+    RealServerVip {
+        address: ip(address),
+        mode,
+        tunnel: encapsulation.map(|encapsulation| Tunnel { encapsulation, ..Tunnel::default() }),
+        owner: ServiceOwner::default(),
+    }
+}
+
+/// What the engine calls for a real server's VIPs; panics on any failure.
+fn configure_real_server(changes: &mut HostChanges, sysctls: &Sysctls, vips: &[RealServerVip]) {
+    let failures = real_server::configure(changes, sysctls, vips);
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+fn dr(address: &str) -> RealServerVip {
+    real_server_vip(address, RealServerMode::DirectRouting, None)
 }
 
 fn sysctl(ns: &Netns, key: &str) -> String {
@@ -40,8 +67,7 @@ fn dr_real_server_is_configured_and_undone() {
     ns.sh("sysctl -qw net.ipv4.conf.all.arp_announce=1");
 
     let changes = with_changes(&ns, HostChanges::default(), |changes, sysctls| {
-        address::configure_real_server(changes, sysctls, ip("192.168.16.100")).unwrap();
-        address::add_address(changes, VIP_DEVICE, ip("2001:db8::100")).unwrap();
+        configure_real_server(changes, sysctls, &[dr("192.168.16.100"), dr("2001:db8::100")]);
         let addresses = address::addresses(VIP_DEVICE).unwrap();
         assert!(
             addresses.contains(&ip("192.168.16.100")) && addresses.contains(&ip("2001:db8::100")),
@@ -74,8 +100,8 @@ fn undo_leaves_what_others_made() {
     ns.sh("ip link add lvs0 type dummy && ip addr add 10.9.9.9/32 dev lvs0 && ip addr add 192.168.16.100/32 dev lvs0");
 
     let changes = with_changes(&ns, HostChanges::default(), |changes, sysctls| {
-        address::configure_real_server(changes, sysctls, ip("192.168.16.100")).unwrap();
-        address::configure_real_server(changes, sysctls, ip("192.168.16.101")).unwrap();
+        configure_real_server(changes, sysctls, &[dr("192.168.16.100")]);
+        configure_real_server(changes, sysctls, &[dr("192.168.16.101")]);
         // Not the agent's: never removed.
         address::remove_address(changes, VIP_DEVICE, ip("10.9.9.9")).unwrap();
     });
@@ -98,7 +124,8 @@ fn tun_real_server_is_configured_and_undone() {
     ns.sh("sysctl -qw net.ipv4.conf.all.rp_filter=1");
 
     let changes = with_changes(&ns, HostChanges::default(), |changes, sysctls| {
-        tunnel::configure_real_server(changes, sysctls, ip("192.168.16.100")).unwrap();
+        let vip = real_server_vip("192.168.16.100", RealServerMode::Tunnel, Some(TunnelEncapsulation::Ipip));
+        configure_real_server(changes, sysctls, &[vip]);
     });
     assert!(ns.sh("ip link show tunl0").contains(",UP"));
     assert!(ns.sh("ip -br addr show dev tunl0").contains("192.168.16.100/32"));
@@ -117,20 +144,46 @@ fn tun_real_server_is_configured_and_undone() {
 
 #[test]
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn gre_and_ipv6_tunnels_end_on_their_fallback_devices() {
+    let ns = Netns::new("tun-kinds");
+    let changes = with_changes(&ns, HostChanges::default(), |changes, sysctls| {
+        let gre = real_server_vip("192.168.16.101", RealServerMode::Tunnel, Some(TunnelEncapsulation::Gre));
+        let ip6 = real_server_vip("2001:db8::100", RealServerMode::Tunnel, Some(TunnelEncapsulation::Ipip));
+        configure_real_server(changes, sysctls, &[gre, ip6]);
+    });
+    assert!(ns.sh("ip -br addr show dev gre0").contains("192.168.16.101/32"));
+    assert!(ns.sh("ip -br addr show dev ip6tnl0").contains("2001:db8::100/128"));
+    assert_eq!(sysctl(&ns, "net.ipv4.conf.gre0.rp_filter"), "0");
+
+    let changes = with_changes(&ns, changes, |changes, sysctls| changes.undo(sysctls).unwrap());
+    assert!(changes.is_empty(), "{changes:?}");
+    assert!(!ns.sh("ip -br addr show dev gre0").contains("192.168.16.101"));
+    assert!(!ns.sh("ip -br addr show dev ip6tnl0").contains("2001:db8::100"));
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn masquerade_table_is_replaced_and_removed() {
     let ns = Netns::new("nft");
     ns.sh("nft add table ip other");
 
     let changes = with_changes(&ns, HostChanges::default(), |changes, _| {
-        let nets = ["10.0.2.0/24".parse().unwrap(), "2001:db8:2::/64".parse().unwrap()];
-        nat::set_masquerade(changes, &nets).unwrap();
-        nat::set_masquerade(changes, &["10.0.3.7/32".parse().unwrap()]).unwrap();
-        assert_eq!(nat::tables().unwrap(), ["ip other", "inet lvs_agent"]);
+        nat::set_masquerade(changes, &[ip("10.0.2.2"), ip("2001:db8:2::1"), ip("10.0.2.1")]).unwrap();
+    });
+    let table = ns.sh("nft list table inet lvs_agent");
+    assert!(
+        table.contains("ip daddr { 10.0.2.1, 10.0.2.2 } masquerade")
+            && table.contains("ip6 daddr 2001:db8:2::1 masquerade"),
+        "{table}"
+    );
+    let changes = with_changes(&ns, changes, |changes, _| {
+        nat::set_masquerade(changes, &[ip("10.0.3.7")]).unwrap();
     });
     assert!(changes.nft_table);
+    assert_eq!(ns.sh("nft list tables"), "table ip other\ntable inet lvs_agent\n");
     let table = ns.sh("nft list table inet lvs_agent");
     assert!(table.contains("hook postrouting") && table.contains("ip daddr 10.0.3.7 masquerade"), "{table}");
-    assert!(!table.contains("10.0.2.0") && !table.contains("ip6"), "replaced: {table}");
+    assert!(!table.contains("10.0.2.") && !table.contains("ip6"), "replaced: {table}");
 
     with_changes(&ns, changes, |changes, sysctls| changes.undo(sysctls).unwrap());
     assert_eq!(ns.sh("nft list tables").trim(), "table ip other");

@@ -1,12 +1,10 @@
-//! Devices and addresses: the dummy device `lvs0` that holds a real server's VIPs,
-//! VIPs on a director's interface, and the local addresses `--role auto` compares
-//! with the real servers.
+//! Addresses: VIPs on a director's interface or a real server's device, and the
+//! local addresses `--role auto` compares with the real servers.
 //!
-//! Addresses, links and route lookups go over rtnetlink ([`rtnl`]), many requests
-//! per system call, so that taking 10,000 VIPs costs a few batches rather than
-//! 20,000 `ip` processes; the rare device changes (create, up, down, delete) still
-//! run `ip`. Every function opens its own socket: callable from any thread, in the
-//! network namespace of that thread.
+//! Addresses and route lookups go over rtnetlink ([`super::rtnl`]), many
+//! requests per system call, so that taking 10,000 VIPs costs a few batches.
+//! Every function opens its own socket: callable from any thread, in the network
+//! namespace of that thread.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,30 +19,14 @@ use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage},
-    link::{LinkAttribute, LinkFlags, LinkMessage},
     route::{RouteAddress, RouteAttribute, RouteMessage},
 };
+use nix::errno::Errno;
 use nix::sys::socket::{
     AddressFamily as SocketFamily, LinkAddr, MsgFlags, SockFlag, SockType, sendto, socket,
 };
 
-use super::{DeviceAddress, HostChanges, Sysctls, announce, rtnl::Rtnl, run, sysctl};
-
-/// The dummy device that holds a real server's VIPs: dummy devices are NOARP, so
-/// the VIP is never announced from it.
-pub const VIP_DEVICE: &str = "lvs0";
-
-const EEXIST: i32 = 17;
-const EADDRNOTAVAIL: i32 = 99;
-const ENODEV: i32 = 19;
-
-/// Configures a DR real server for `vip`: `lvs0`, its ARP sysctls (before the VIP
-/// appears, or neighbours may learn this host's MAC for it), then the VIP on it.
-pub fn configure_real_server(changes: &mut HostChanges, sysctls: &Sysctls, vip: IpAddr) -> Result<()> {
-    ensure_dummy(changes, VIP_DEVICE)?;
-    sysctls.apply(changes, &sysctl::real_server_dr(VIP_DEVICE))?;
-    add_address(changes, VIP_DEVICE, vip)
-}
+use super::{DeviceAddress, HostChanges, announce, link::link_names, rtnl::Rtnl};
 
 /// A director takes `vip`: adds it to `interface` (if not there yet) and announces
 /// it, so neighbours send its traffic here at once rather than to the previous
@@ -167,92 +149,6 @@ fn family(address: IpAddr) -> AddressFamily {
     if address.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 }
 }
 
-/// One network device: index, name, whether it is up.
-#[derive(Debug, Clone)]
-struct Link {
-    index: u32,
-    name: String,
-    up: bool,
-}
-
-fn links(rtnl: &mut Rtnl) -> Result<Vec<Link>> {
-    let replies = rtnl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default())).context("listing links")?;
-    Ok(replies
-        .into_iter()
-        .filter_map(|reply| match reply {
-            RouteNetlinkMessage::NewLink(link) => Some(link),
-            _ => None,
-        })
-        .filter_map(|link| {
-            let name = link.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(name) => Some(name.clone()),
-                _ => None,
-            })?;
-            Some(Link { index: link.header.index, name, up: link.header.flags.contains(LinkFlags::Up) })
-        })
-        .collect())
-}
-
-fn link_names(rtnl: &mut Rtnl) -> Result<BTreeMap<u32, String>> {
-    Ok(links(rtnl)?.into_iter().map(|link| (link.index, link.name)).collect())
-}
-
-fn link(device: &str) -> Result<Option<Link>> {
-    let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
-    Ok(links(&mut rtnl)?.into_iter().find(|link| link.name == device))
-}
-
-/// Whether a device of this name exists.
-pub fn device_exists(device: &str) -> bool {
-    link(device).is_ok_and(|link| link.is_some())
-}
-
-fn is_up(device: &str) -> Result<bool> {
-    Ok(link(device)?.is_some_and(|link| link.up))
-}
-
-/// Makes sure the dummy device `name` exists and is up. It is created only when
-/// absent, and then recorded, so that undo deletes only a device the agent made.
-pub fn ensure_dummy(changes: &mut HostChanges, name: &str) -> Result<()> {
-    if !device_exists(name) {
-        run("ip", &["link", "add", name, "type", "dummy"])?;
-        // No IPv6 link-local address: the device only holds VIPs. (Fails, harmlessly,
-        // where IPv6 is disabled.)
-        let _ = run("ip", &["link", "set", name, "addrgenmode", "none"]);
-        changes.created_devices.insert(name.to_string());
-    }
-    raise_device(changes, name)
-}
-
-/// Brings `device` up; recorded when it was down, so that undo brings it down.
-pub fn raise_device(changes: &mut HostChanges, device: &str) -> Result<()> {
-    if !is_up(device)? {
-        run("ip", &["link", "set", device, "up"])?;
-        if !changes.created_devices.contains(device) {
-            changes.raised_devices.insert(device.to_string());
-        }
-    }
-    Ok(())
-}
-
-/// Brings down a device the agent brought up, and forgets it.
-pub fn lower_device(changes: &mut HostChanges, device: &str) -> Result<()> {
-    if changes.raised_devices.contains(device) && device_exists(device) {
-        run("ip", &["link", "set", device, "down"])?;
-    }
-    changes.raised_devices.remove(device);
-    Ok(())
-}
-
-/// Deletes a device the agent created, and forgets it; any other is left alone.
-pub fn delete_device(changes: &mut HostChanges, device: &str) -> Result<()> {
-    if changes.created_devices.contains(device) && device_exists(device) {
-        run("ip", &["link", "delete", device])?;
-    }
-    changes.created_devices.remove(device);
-    Ok(())
-}
-
 /// The addresses of `device`.
 pub fn addresses(device: &str) -> Result<Vec<IpAddr>> {
     Ok(local_addresses()?.into_iter().filter(|a| a.device == device).map(|a| a.address).collect())
@@ -357,15 +253,15 @@ pub fn add_addresses(
         }
     };
     for ((address, _), answer) in to_add.iter().zip(answers) {
-        match answer {
+        match answer.map_err(Errno::from_raw) {
             Ok(_) => {
                 changes.addresses.insert((*address).clone());
             }
             // Someone else's, in the meantime.
-            Err(EEXIST) => {}
+            Err(Errno::EEXIST) => {}
             Err(errno) => failures.push((
                 (*address).clone(),
-                anyhow!("adding {} to {}: {}", address.address, address.device, errno_text(errno)),
+                anyhow!("adding {} to {}: {}", address.address, address.device, errno.desc()),
             )),
         }
     }
@@ -422,13 +318,13 @@ pub fn remove_addresses(
     };
     let mut failures = Vec::new();
     for ((address, _), answer) in to_remove.into_iter().zip(answers) {
-        match answer {
-            Ok(_) | Err(EADDRNOTAVAIL | ENODEV) => {
+        match answer.map_err(Errno::from_raw) {
+            Ok(_) | Err(Errno::EADDRNOTAVAIL | Errno::ENODEV) => {
                 changes.addresses.remove(address);
             }
             Err(errno) => failures.push((
                 address.clone(),
-                anyhow!("removing {} from {}: {}", address.address, address.device, errno_text(errno)),
+                anyhow!("removing {} from {}: {}", address.address, address.device, errno.desc()),
             )),
         }
     }
@@ -517,10 +413,6 @@ fn all_failed(
 
 fn first_failure(failures: Vec<(DeviceAddress, anyhow::Error)>) -> Result<()> {
     failures.into_iter().next().map_or(Ok(()), |(_, e)| Err(e))
-}
-
-fn errno_text(errno: i32) -> String {
-    std::io::Error::from_raw_os_error(errno).to_string()
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@
 
 pub mod address;
 pub mod announce;
+pub mod link;
 pub mod nat;
+mod nftables;
+pub mod real_server;
 mod rtnl;
 pub mod sysctl;
 pub mod tunnel;
@@ -17,10 +20,9 @@ pub mod tunnel;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    process::Command,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 pub use sysctl::Sysctls;
@@ -70,12 +72,12 @@ impl HostChanges {
             }
         }
         for device in self.raised_devices.clone() {
-            if let Err(e) = address::lower_device(self, &device) {
+            if let Err(e) = link::lower_device(self, &device) {
                 failures.push(format!("{e:#}"));
             }
         }
         for device in self.created_devices.clone() {
-            if let Err(e) = address::delete_device(self, &device) {
+            if let Err(e) = link::delete_device(self, &device) {
                 failures.push(format!("{e:#}"));
             }
         }
@@ -84,36 +86,4 @@ impl HostChanges {
         }
         if failures.is_empty() { Ok(()) } else { bail!("host changes not undone: {}", failures.join("; ")) }
     }
-}
-
-/// Runs a command to completion and returns its standard output; fails with its
-/// standard error when it exits non-zero.
-fn run(program: &str, args: &[&str]) -> Result<String> {
-    run_with_input(program, args, None)
-}
-
-fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> Result<String> {
-    use std::io::Write;
-    use std::process::Stdio;
-
-    let command_line = format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run `{command_line}`"))?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes()).with_context(|| format!("writing to `{command_line}`"))?;
-    }
-    let output = child.wait_with_output().with_context(|| format!("waiting for `{command_line}`"))?;
-    if !output.status.success() {
-        bail!(
-            "`{command_line}` failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

@@ -174,14 +174,15 @@ pub fn real_server_dr(vip_device: &str) -> Vec<Setting> {
         .collect()
 }
 
-/// A TUN real server holding the VIP on `tunl0`: the DR ARP settings (the VIP may
-/// be in a local subnet) plus `rp_filter=0` on `tunl0` and `all`. The decapsulated
-/// packets come from the client's address through `tunl0`, which has no route
-/// back to it, so reverse-path filtering would drop them; the kernel uses the
-/// maximum of `all` and the interface, and distributions often set `all` to 1.
-pub fn real_server_tun() -> Vec<Setting> {
-    let mut settings = real_server_dr(super::tunnel::TUNNEL_DEVICE);
-    for device in ["all", super::tunnel::TUNNEL_DEVICE] {
+/// A TUN real server holding the VIP on the tunnel device `tunnel_device`
+/// (`tunl0`, `gre0`, ...): the DR ARP settings (the VIP may be in a local subnet)
+/// plus `rp_filter=0` on the device and `all`. The decapsulated packets come from
+/// the client's address through the tunnel device, which has no route back to
+/// it, so reverse-path filtering would drop them; the kernel uses the maximum of
+/// `all` and the interface, and distributions often set `all` to 1.
+pub fn real_server_tun(tunnel_device: &str) -> Vec<Setting> {
+    let mut settings = real_server_dr(tunnel_device);
+    for device in ["all", tunnel_device] {
         settings.push(setting(format!("net.ipv4.conf.{device}.rp_filter"), "0"));
     }
     settings
@@ -374,7 +375,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            pairs(&real_server_tun()),
+            pairs(&real_server_tun("tunl0")),
             [
                 ("net.ipv4.conf.all.arp_ignore", "1"),
                 ("net.ipv4.conf.all.arp_announce", "2"),

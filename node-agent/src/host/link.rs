@@ -1,0 +1,175 @@
+//! Network devices over rtnetlink: listing them, creating the agent's devices
+//! (the dummy `lvs0`, tunnel devices), bringing them up and down, deleting them.
+//! No `ip` process: the agent's image holds no such program.
+//!
+//! Creating a device of a kind whose module is not loaded (dummy, ipip, ip6_tunnel,
+//! ip_gre, ip6_gre) makes the kernel load it (`rtnl-link-<kind>` module aliases),
+//! so the agent never runs `modprobe` either.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, anyhow};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{
+        AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    },
+};
+use nix::errno::Errno;
+
+use super::{HostChanges, rtnl::Rtnl};
+
+/// One network device: index, name, whether it is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Link {
+    pub(crate) index: u32,
+    pub(crate) name: String,
+    pub(crate) up: bool,
+}
+
+pub(crate) fn links(rtnl: &mut Rtnl) -> Result<Vec<Link>> {
+    let replies = rtnl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default())).context("listing links")?;
+    Ok(replies
+        .into_iter()
+        .filter_map(|reply| match reply {
+            RouteNetlinkMessage::NewLink(link) => Some(link),
+            _ => None,
+        })
+        .filter_map(|link| {
+            let name = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            })?;
+            Some(Link { index: link.header.index, name, up: link.header.flags.contains(LinkFlags::Up) })
+        })
+        .collect())
+}
+
+/// Device names by index.
+pub(crate) fn link_names(rtnl: &mut Rtnl) -> Result<BTreeMap<u32, String>> {
+    Ok(links(rtnl)?.into_iter().map(|link| (link.index, link.name)).collect())
+}
+
+fn find(rtnl: &mut Rtnl, device: &str) -> Result<Option<Link>> {
+    Ok(links(rtnl)?.into_iter().find(|link| link.name == device))
+}
+
+fn open() -> Result<Rtnl> {
+    Rtnl::open().context("opening a netlink socket")
+}
+
+/// Whether a device of this name exists.
+pub fn device_exists(device: &str) -> bool {
+    open().and_then(|mut rtnl| find(&mut rtnl, device)).is_ok_and(|link| link.is_some())
+}
+
+/// One request that wants only an acknowledgement.
+fn request(rtnl: &mut Rtnl, message: RouteNetlinkMessage, flags: u16) -> Result<(), Errno> {
+    match rtnl.batch(vec![message], flags) {
+        Ok(mut answers) => answers.pop().expect("one answer").map(drop).map_err(Errno::from_raw),
+        Err(e) => Err(e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)),
+    }
+}
+
+/// Creates the device `name` of `kind` unless a device of that name exists (then
+/// it is someone else's, or the kernel's own, and nothing is recorded). A device
+/// the agent created is recorded, so that undo deletes it and nothing else.
+pub fn create_device(changes: &mut HostChanges, name: &str, kind: InfoKind) -> Result<()> {
+    let mut rtnl = open()?;
+    if find(&mut rtnl, name)?.is_some() {
+        return Ok(());
+    }
+    let mut message = LinkMessage::default();
+    message.attributes.push(LinkAttribute::IfName(name.to_string()));
+    message.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(kind.clone())]));
+    match request(&mut rtnl, RouteNetlinkMessage::NewLink(message), NLM_F_CREATE | NLM_F_EXCL) {
+        Ok(()) => {
+            changes.created_devices.insert(name.to_string());
+            Ok(())
+        }
+        // Loading the kind's module made it: a tunnel module's fallback device.
+        Err(Errno::EEXIST) => Ok(()),
+        Err(errno) => Err(anyhow!("creating {name} (type {kind}): {}", errno.desc())),
+    }
+}
+
+/// Makes sure the dummy device `name` exists and is up, without an IPv6
+/// link-local address (it only holds VIPs). Created only when absent.
+pub fn ensure_dummy(changes: &mut HostChanges, name: &str) -> Result<()> {
+    if !device_exists(name) {
+        create_device(changes, name, InfoKind::Dummy)?;
+        if changes.created_devices.contains(name) {
+            // Fails, harmlessly, where IPv6 is disabled.
+            let _ = set_link(name, |message| {
+                message.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+                    AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
+                ])]))
+            });
+        }
+    }
+    raise_device(changes, name)
+}
+
+/// A change of the existing device `device`, as `RTM_NEWLINK` on its index.
+fn set_link(device: &str, change: impl FnOnce(&mut LinkMessage)) -> Result<()> {
+    let mut rtnl = open()?;
+    let link = find(&mut rtnl, device)?.ok_or_else(|| anyhow!("no device {device}"))?;
+    let mut message = LinkMessage::default();
+    message.header.index = link.index;
+    change(&mut message);
+    request(&mut rtnl, RouteNetlinkMessage::SetLink(message), 0)
+        .map_err(|errno| anyhow!("changing {device}: {}", errno.desc()))
+}
+
+fn set_up(device: &str, up: bool) -> Result<()> {
+    set_link(device, |message| {
+        message.header.change_mask = LinkFlags::Up;
+        if up {
+            message.header.flags = LinkFlags::Up;
+        }
+    })
+    .with_context(|| format!("bringing {device} {}", if up { "up" } else { "down" }))
+}
+
+fn is_up(device: &str) -> Result<bool> {
+    let mut rtnl = open()?;
+    Ok(find(&mut rtnl, device)?.is_some_and(|link| link.up))
+}
+
+/// Brings `device` up; recorded when it was down, so that undo brings it down.
+pub fn raise_device(changes: &mut HostChanges, device: &str) -> Result<()> {
+    if !is_up(device)? {
+        set_up(device, true)?;
+        if !changes.created_devices.contains(device) {
+            changes.raised_devices.insert(device.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Brings down a device the agent brought up, and forgets it.
+pub fn lower_device(changes: &mut HostChanges, device: &str) -> Result<()> {
+    if changes.raised_devices.contains(device) && device_exists(device) {
+        set_up(device, false)?;
+    }
+    changes.raised_devices.remove(device);
+    Ok(())
+}
+
+/// Deletes a device the agent created, and forgets it; any other is left alone.
+pub fn delete_device(changes: &mut HostChanges, device: &str) -> Result<()> {
+    if changes.created_devices.contains(device) {
+        let mut rtnl = open()?;
+        if let Some(link) = find(&mut rtnl, device)? {
+            let mut message = LinkMessage::default();
+            message.header.index = link.index;
+            match request(&mut rtnl, RouteNetlinkMessage::DelLink(message), 0) {
+                Ok(()) | Err(Errno::ENODEV) => {}
+                Err(errno) => return Err(anyhow!("deleting {device}: {}", errno.desc())),
+            }
+        }
+    }
+    changes.created_devices.remove(device);
+    Ok(())
+}
