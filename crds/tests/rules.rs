@@ -14,7 +14,7 @@ use serde_json::Value;
 
 /// Specs the API accepts.
 const GOOD: &[&str] = &[
-    // The DESIGN.md example, every field set.
+    // The documented example (docs/api.md), every field set.
     r#"{vip: 192.168.16.100, port: 80, protocol: TCP, scheduler: wlc, forwarding: DirectRouting,
         persistence: {timeoutSeconds: 300, netmask: 255.255.255.255},
         realServers: [{address: 192.168.16.21, port: 80, weight: 1}, {address: 192.168.16.22}],

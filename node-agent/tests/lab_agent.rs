@@ -40,9 +40,11 @@ fn in_ns(ns: &str, command: &str) -> String {
     sh(&format!("ip netns exec {ns} {command}"))
 }
 
-/// The agent as its image runs it: no environment but a `PATH` with nothing on
-/// it (the image holds no `ip`, `nft` or `modprobe`).
-const AS_DEPLOYED: &str = "env -i PATH=/nonexistent";
+/// The agent as its image runs it: no capability but NET_ADMIN and NET_RAW (the
+/// DaemonSet's), no environment but a `PATH` with nothing on it (the image holds
+/// no `ip`, `nft` or `modprobe`).
+const AS_DEPLOYED: &str = "setpriv --inh-caps=-all,+net_admin,+net_raw --bounding-set=-all,+net_admin,+net_raw \
+                           env -i PATH=/nonexistent";
 
 /// `lvs-agent apply --once` of `manifest` on `node`, as deployed; panics with
 /// the agent's output if it fails.
@@ -195,8 +197,16 @@ struct Agent(Child);
 
 impl Agent {
     fn start(node: &str, manifest: &str, resync_seconds: u32) -> Self {
-        let child = Command::new("ip")
-            .args(["netns", "exec", node, "env", "-i", "PATH=/nonexistent", AGENT, "apply", "-f", manifest])
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                &format!("exec ip netns exec {node} {AS_DEPLOYED} \"$@\""),
+                "agent",
+                AGENT,
+                "apply",
+                "-f",
+                manifest,
+            ])
             .args(["--state-dir", &format!("/run/lvs-agent-test/{node}")])
             .args(["--resync-interval", &resync_seconds.to_string()])
             .spawn()
