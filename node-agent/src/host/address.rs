@@ -26,7 +26,12 @@ use nix::sys::socket::{
     AddressFamily as SocketFamily, LinkAddr, MsgFlags, SockFlag, SockType, sendto, socket,
 };
 
-use super::{DeviceAddress, HostChanges, announce, link::link_names, rtnl::Rtnl};
+use super::{
+    announce,
+    changes::{DeviceAddress, HostChanges},
+    link::link_names,
+    rtnl::Rtnl,
+};
 
 /// A director takes `vip`: adds it to `interface` (if not there yet) and announces
 /// it, so neighbours send its traffic here at once rather than to the previous

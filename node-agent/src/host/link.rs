@@ -18,7 +18,7 @@ use netlink_packet_route::{
 };
 use nix::errno::Errno;
 
-use super::{HostChanges, rtnl::Rtnl};
+use super::{changes::HostChanges, rtnl::Rtnl};
 
 /// One network device: index, name, whether it is up.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,6 @@
-//! Host configuration, owned and reversible: sysctls, addresses, the ipip tunnel,
-//! the FullNAT masquerade table and gratuitous ARP / unsolicited NA.
+//! Host configuration, owned and reversible: sysctls, addresses, devices and
+//! tunnels, the FullNAT masquerade table and gratuitous ARP / unsolicited NA,
+//! all over netlink (no external program).
 //!
 //! Everything the agent changes on the host is written into a [`HostChanges`]
 //! record, which the caller persists in its state file under `--state-dir`, so
@@ -9,6 +10,7 @@
 
 pub mod address;
 pub mod announce;
+mod changes;
 pub mod link;
 pub mod nat;
 mod nftables;
@@ -17,45 +19,14 @@ mod rtnl;
 pub mod sysctl;
 pub mod tunnel;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
-
 use anyhow::{Result, bail};
-use serde::{Deserialize, Serialize};
 
+pub use changes::{DeviceAddress, HostChanges};
 pub use sysctl::Sysctls;
 
-/// What the agent changed on the host, so it can be undone.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct HostChanges {
-    /// The value each sysctl key had before the agent first changed it.
-    pub sysctls: BTreeMap<String, String>,
-    /// Devices the agent created (e.g. the dummy device `lvs0`).
-    pub created_devices: BTreeSet<String>,
-    /// Devices that were down until the agent brought them up (e.g. `tunl0`).
-    pub raised_devices: BTreeSet<String>,
-    /// Addresses the agent added, with their device.
-    pub addresses: BTreeSet<DeviceAddress>,
-    /// Whether the agent's nftables table exists (see [`nat`]).
-    pub nft_table: bool,
-}
-
-/// An address on a device.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct DeviceAddress {
-    pub device: String,
-    pub address: IpAddr,
-}
-
+// Here rather than beside the record (changes.rs): undoing calls every module
+// that configures, and they all write into the record.
 impl HostChanges {
-    /// True when the agent has nothing on the host to undo.
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-
     /// Undoes every recorded change, in the reverse order of configuration: the
     /// masquerade table, the addresses, the devices, and the sysctls last (the
     /// ARP settings must outlive the VIPs they hide). Keeps going after a failure,

@@ -24,7 +24,7 @@ use std::net::IpAddr;
 use anyhow::Result;
 
 use super::{
-    HostChanges,
+    changes::HostChanges,
     nftables::{Attr, FAMILY_INET, Kind, NFPROTO_IPV4, NFPROTO_IPV6, Request, commit},
 };
 

@@ -12,7 +12,13 @@ use lvs_crds::{
     virtual_service::TunnelEncapsulation,
 };
 
-use super::{DeviceAddress, HostChanges, Sysctls, address, link, sysctl, tunnel};
+use super::{
+    address,
+    changes::{DeviceAddress, HostChanges},
+    link,
+    sysctl::{self, Sysctls},
+    tunnel,
+};
 
 /// The dummy device that holds a real server's DirectRouting VIPs: dummy devices
 /// are NOARP, so the VIP is never announced from it.

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::HostChanges;
+use super::changes::HostChanges;
 
 /// The host's sysctls, as files under a root directory: `/proc/sys` by default,
 /// `/host/proc/sys` where the DaemonSet mounts the host's.

@@ -17,7 +17,7 @@ use anyhow::{Result, bail};
 use lvs_crds::virtual_service::TunnelEncapsulation;
 use netlink_packet_route::link::InfoKind;
 
-use super::{HostChanges, link};
+use super::{changes::HostChanges, link};
 
 /// The device that receives a tunnel's packets for a VIP.
 #[derive(Debug, Clone, PartialEq, Eq)]

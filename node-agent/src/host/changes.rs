@@ -1,0 +1,40 @@
+//! The record of what the agent changed on the host: every other module of
+//! `host` writes into it, and nothing in it calls them back (the undo lives in
+//! the parent module, which depends on all of them).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// What the agent changed on the host, so it can be undone.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HostChanges {
+    /// The value each sysctl key had before the agent first changed it.
+    pub sysctls: BTreeMap<String, String>,
+    /// Devices the agent created (e.g. the dummy device `lvs0`).
+    pub created_devices: BTreeSet<String>,
+    /// Devices that were down until the agent brought them up (e.g. `tunl0`).
+    pub raised_devices: BTreeSet<String>,
+    /// Addresses the agent added, with their device.
+    pub addresses: BTreeSet<DeviceAddress>,
+    /// Whether the agent's nftables table exists (see [`super::nat`]).
+    pub nft_table: bool,
+}
+
+/// An address on a device.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeviceAddress {
+    pub device: String,
+    pub address: IpAddr,
+}
+
+impl HostChanges {
+    /// True when the agent has nothing on the host to undo.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
