@@ -13,7 +13,7 @@
 //! to the API server is async.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{
@@ -39,7 +39,7 @@ use kube::{
 };
 use lvs_crds::{
     LvsNode, LvsNodeStatus,
-    lvs_node::{DestinationReport, IpvsServiceKey, LvsNodeSpec, NODE_LABEL, ServiceReport, VipReport},
+    lvs_node::{DestinationReport, LvsNodeSpec, NODE_LABEL, ServiceReport, VipReport},
     translate::assemble,
     virtual_service::VrrpState,
 };
@@ -51,7 +51,7 @@ use prometheus_client::{
 use serde_json::json;
 
 use crate::{
-    engine::{self, Engine, Round, Scope},
+    engine::{self, Engine, Failure, Round, Scope, Subject},
     health::{CheckerStats, HealthMap},
     ipvs::{DestinationEntry, IpvsHandle, ServiceKey, Stats},
     ipvsadm::TableEntry,
@@ -385,13 +385,18 @@ pub fn statuses<'a>(
     round: &Round,
     observed: &Observed,
 ) -> Vec<(&'a LvsNode, LvsNodeStatus)> {
-    let all_keys: Vec<String> =
-        desired.spec.director.iter().flat_map(|d| &d.services).map(|s| key_text(&s.key)).collect();
+    let desired_keys: BTreeSet<ServiceKey> = desired
+        .spec
+        .director
+        .iter()
+        .flat_map(|d| &d.services)
+        .filter_map(|s| crate::desired::service_key(&s.key))
+        .collect();
     let general: Vec<String> = round
         .failures
         .iter()
-        .filter(|failure| !all_keys.iter().any(|key| names(failure, key)))
-        .cloned()
+        .filter(|failure| !matches!(failure.subject, Subject::Service(key) if desired_keys.contains(&key)))
+        .map(Failure::to_string)
         .collect();
     desired
         .objects
@@ -403,10 +408,13 @@ pub fn statuses<'a>(
                 .iter()
                 .flat_map(|d| &d.services)
                 .map(|service| {
-                    let key = key_text(&service.key);
-                    let errors: Vec<&str> =
-                        round.failures.iter().filter(|f| names(f, &key)).map(String::as_str).collect();
                     let service_key = crate::desired::service_key(&service.key);
+                    let errors: Vec<String> = round
+                        .failures
+                        .iter()
+                        .filter(|f| service_key.is_some_and(|key| f.subject == Subject::Service(key)))
+                        .map(Failure::to_string)
+                        .collect();
                     ServiceReport {
                         owner: service.owner.clone(),
                         key: service.key.clone(),
@@ -446,7 +454,7 @@ pub fn statuses<'a>(
                 .flat_map(|d| &d.vips)
                 .map(|vip| {
                     let failed =
-                        round.failures.iter().any(|f| names(f, &format!("director VIP {}", vip.address)));
+                        round.failures.iter().any(|f| f.subject == Subject::DirectorVip(vip.address));
                     // Without a VRRP instance, a director holds its VIPs.
                     let vrrp_state = observed.vips.get(&vip.address).copied().unwrap_or(VrrpState::Master);
                     VipReport {
@@ -506,21 +514,6 @@ pub fn with_conditions(mut status: LvsNodeStatus, old: Option<&LvsNodeStatus>, n
     status.conditions =
         vec![condition(conditions::APPLIED, applied), condition(conditions::DEGRADED, degraded)];
     status
-}
-
-/// A service as the engine's failures name it: `TCP 10.0.0.1:80`, `FWM 7`.
-pub fn key_text(key: &IpvsServiceKey) -> String {
-    // The kernel layer's own naming, which its errors use.
-    crate::desired::service_key(key).map_or_else(String::new, |key| key.to_string())
-}
-
-/// Whether `failure` names `subject` as a whole (`TCP 10.0.0.1:80` is not named
-/// by a failure about `TCP 10.0.0.1:8080`, nor `FWM 7` by one about `FWM 7 IPv6`).
-fn names(failure: &str, subject: &str) -> bool {
-    failure.match_indices(subject).any(|(at, _)| {
-        let rest = &failure[at + subject.len()..];
-        (rest.is_empty() || rest.starts_with(' ') || rest.starts_with(": ")) && !rest.starts_with(" IPv6")
-    })
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -776,11 +769,13 @@ mod tests {
     use pretty_assertions::assert_eq;
 
     use super::*;
-    use crate::{
-        desired::desired_services,
-        ipvs::{Destination, ForwardMethod, Service, ServiceEntry, ServiceKey},
+    use crate::ipvs::{
+        Destination, ForwardMethod, IpvsError, KernelError, Service, ServiceEntry, ServiceKey,
     };
-    use lvs_crds::virtual_service::AddressFamily;
+    use lvs_crds::{
+        lvs_node::IpvsServiceKey,
+        virtual_service::{AddressFamily, Protocol},
+    };
 
     /// Chunk `chunk` of node `lvs1`'s state at `revision`, generation 3: one
     /// service `default/<name>` on VIP 192.0.2.<chunk + 10>:80 with two real
@@ -836,48 +831,33 @@ spec:
         assert_eq!(empty.spec, LvsNodeSpec { node: "lvs1".into(), chunks: 1, ..LvsNodeSpec::default() });
     }
 
-    #[test]
-    fn key_text_is_how_the_kernel_layer_names_services() {
-        let mut object = (*chunk(0, 1, "r1")).clone();
-        let director = object.spec.director.as_mut().unwrap();
-        let mut v6 = (*director.services[0]).clone();
-        v6.key = IpvsServiceKey {
-            family: AddressFamily::IPv6,
-            address: Some("2001:db8::1".parse().unwrap()),
-            ..v6.key
+    fn tcp_service(address: &str) -> ServiceKey {
+        let address: SocketAddr = address.parse().unwrap();
+        let key = IpvsServiceKey {
+            family: AddressFamily::IPv4,
+            protocol: Protocol::TCP,
+            address: Some(address.ip()),
+            port: address.port(),
+            fwmark: None,
         };
-        let mut fwmark = (*director.services[0]).clone();
-        fwmark.key = IpvsServiceKey { address: None, port: 0, fwmark: Some(7), ..fwmark.key };
-        let mut fwmark6 = fwmark.clone();
-        fwmark6.key.family = AddressFamily::IPv6;
-        director.services.extend([v6, fwmark, fwmark6].map(Arc::new));
-        let mut ours: Vec<String> = director.services.iter().map(|s| key_text(&s.key)).collect();
-        let mut kernel: Vec<String> =
-            desired_services(director).iter().map(|d| d.service.key.to_string()).collect();
-        ours.sort();
-        kernel.sort();
-        assert_eq!(ours, kernel);
-        assert!(ours.contains(&"TCP [2001:db8::1]:80".to_string()), "{ours:?}");
-    }
-
-    #[test]
-    fn a_failure_names_a_service_only_as_a_whole() {
-        let failure = "add destination 10.0.0.11:80 to TCP 10.0.0.1:80: already exists";
-        assert!(names(failure, "TCP 10.0.0.1:80"));
-        assert!(!names("delete service TCP 10.0.0.1:8080: no such service", "TCP 10.0.0.1:80"));
-        assert!(!names("edit service FWM 7 IPv6: invalid argument", "FWM 7"));
-        assert!(names("edit service FWM 7 IPv6: invalid argument", "FWM 7 IPv6"));
-        assert!(names("edit service FWM 7", "FWM 7"));
-        assert!(names("director VIP 192.0.2.10 on eth0: permission denied", "director VIP 192.0.2.10"));
-        assert!(!names("director VIP 192.0.2.100: no route", "director VIP 192.0.2.10"));
+        crate::desired::service_key(&key).unwrap()
     }
 
     fn failing_round() -> Round {
         Round {
             applied: vec!["-a -t 192.0.2.10:80 -r 198.51.100.1:80 -g -w 1".into()],
             failures: vec![
-                "add destination 198.51.100.2:80 to TCP 192.0.2.11:80: out of range".into(),
-                "director VIP 192.0.2.10 on eth0: operation not permitted".into(),
+                Failure::new(
+                    Subject::Service(tcp_service("192.0.2.11:80")),
+                    IpvsError::Kernel {
+                        op: "add destination 198.51.100.2:80 to TCP 192.0.2.11:80".into(),
+                        error: KernelError::OutOfRange,
+                    },
+                ),
+                Failure::new(
+                    Subject::DirectorVip("192.0.2.10".parse().unwrap()),
+                    "adding 192.0.2.10 to eth0: operation not permitted".to_string(),
+                ),
             ],
             next_check: None,
             draining: std::collections::BTreeSet::new(),
@@ -904,10 +884,13 @@ spec:
         assert!(!web1.programmed);
         assert_eq!(
             web1.error.as_deref(),
-            Some("add destination 198.51.100.2:80 to TCP 192.0.2.11:80: out of range")
+            Some("add destination 198.51.100.2:80 to TCP 192.0.2.11:80: value out of range")
         );
         // The VIP failure names no service: an error of the first chunk.
-        assert_eq!(chunk0.errors, ["director VIP 192.0.2.10 on eth0: operation not permitted"]);
+        assert_eq!(
+            chunk0.errors,
+            ["director VIP 192.0.2.10: adding 192.0.2.10 to eth0: operation not permitted"]
+        );
         assert!(chunk1.errors.is_empty());
         assert_eq!(chunk0.vips.len(), 1);
         assert!(!chunk0.vips[0].held);

@@ -22,6 +22,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    fmt,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, mpsc},
@@ -77,12 +78,101 @@ pub enum Scope {
 pub struct Round {
     /// The IPVS operations applied, as ipvsadm lines.
     pub applied: Vec<String>,
-    /// Everything that failed, each naming its object.
-    pub failures: Vec<String>,
+    /// Everything that failed, each with its subject.
+    pub failures: Vec<Failure>,
     /// When a drain ends and the agent should look again.
     pub next_check: Option<Duration>,
     /// The services whose drains are running (what to plan when `next_check` comes).
     pub draining: BTreeSet<ServiceKey>,
+}
+
+/// What a failure is about: status reports find their services and VIPs by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// An IPVS service: one of its operations, or reading it back.
+    Service(ServiceKey),
+    /// A VIP this director holds: adding, announcing or routing it.
+    DirectorVip(IpAddr),
+    /// A VIP this real server binds.
+    RealServerVip(IpAddr),
+    /// A director interface's sysctls.
+    DirectorSysctls(String),
+    /// FullNAT's masquerade table.
+    Masquerade,
+    /// This host's addresses, as listed or removed.
+    HostAddresses,
+    /// Putting the host back as it was, once nothing is wanted.
+    HostRestore,
+    /// The kernel's IPVS table as a whole (a dump).
+    IpvsTable,
+    /// The agent's state file.
+    StateFile,
+    /// VRRP instances and the sync daemon.
+    Failover,
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Service(key) => write!(f, "{key}"),
+            Subject::DirectorVip(vip) => write!(f, "director VIP {vip}"),
+            Subject::RealServerVip(vip) => write!(f, "real server VIP {vip}"),
+            Subject::DirectorSysctls(interface) => write!(f, "director sysctls of {interface}"),
+            Subject::Masquerade => f.write_str("FullNAT masquerade"),
+            Subject::HostAddresses => f.write_str("host addresses"),
+            Subject::HostRestore => f.write_str("restoring the host"),
+            Subject::IpvsTable => f.write_str("IPVS table"),
+            Subject::StateFile => f.write_str("state file"),
+            Subject::Failover => f.write_str("failover"),
+        }
+    }
+}
+
+/// Why something failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FailureError {
+    /// The kernel refused an IPVS request, or the IPVS socket failed.
+    #[error(transparent)]
+    Ipvs(#[from] IpvsError),
+    /// A host change failed.
+    #[error("{0:#}")]
+    Host(anyhow::Error),
+    /// Anything else (the state file, VRRP settings).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// One failure of a round.
+#[derive(Debug)]
+pub struct Failure {
+    pub subject: Subject,
+    pub error: FailureError,
+}
+
+impl Failure {
+    pub fn new(subject: Subject, error: impl Into<FailureError>) -> Self {
+        Failure { subject, error: error.into() }
+    }
+
+    fn host(subject: Subject, error: anyhow::Error) -> Self {
+        Failure { subject, error: FailureError::Host(error) }
+    }
+}
+
+impl From<String> for FailureError {
+    fn from(text: String) -> Self {
+        FailureError::Other(text)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.error {
+            // An IPVS error names its operation and service itself.
+            FailureError::Ipvs(e) => write!(f, "{e}"),
+            error => write!(f, "{}: {error}", self.subject),
+        }
+    }
 }
 
 /// The host's part of a spec: what [`Engine::configure_host`] reads. A change
@@ -224,7 +314,12 @@ impl Engine {
                 (self.resync, self.table) = (None, None);
                 match dump_table(&self.ipvs) {
                     Ok(table) => self.table = Some(table),
-                    Err(e) => return Round { failures: vec![e.to_string()], ..Round::default() },
+                    Err(e) => {
+                        return Round {
+                            failures: vec![Failure::new(Subject::IpvsTable, e)],
+                            ..Round::default()
+                        };
+                    }
                 }
             }
             Some(keys) => {
@@ -274,14 +369,15 @@ impl Engine {
                     Err(mpsc::TryRecvError::Empty) => return None,
                     Err(mpsc::TryRecvError::Disconnected) => {
                         self.resync = None;
-                        return Some(self.idle_round(vec!["the resync's dump ended without a table".into()]));
+                        let lost = "the resync's dump ended without a table".to_string();
+                        return Some(self.idle_round(vec![Failure::new(Subject::IpvsTable, lost)]));
                     }
                 };
                 let touched = std::mem::take(&mut dump.touched);
                 self.resync = None;
                 let mut table = match dumped {
                     Ok(table) => table,
-                    Err(e) => return Some(self.idle_round(vec![e.to_string()])),
+                    Err(e) => return Some(self.idle_round(vec![Failure::new(Subject::IpvsTable, e)])),
                 };
                 let Some(cached) = &self.table else {
                     // No cache to stand for the touched services: dump again, here.
@@ -331,7 +427,7 @@ impl Engine {
     }
 
     /// A round that applies nothing: these failures, the drains as they run.
-    fn idle_round(&self, failures: Vec<String>) -> Round {
+    fn idle_round(&self, failures: Vec<Failure>) -> Round {
         let mut round = Round { failures, ..Round::default() };
         self.schedule_drains(&mut round);
         round
@@ -391,7 +487,10 @@ impl Engine {
     fn apply(&mut self, plan: &Plan, round: &mut Round) {
         let report = self.ipvs.apply_batch(&plan.ops);
         let failed: BTreeSet<usize> = report.failures.iter().map(|(i, _)| *i).collect();
-        round.failures.extend(report.failures.iter().map(|(_, e)| e.to_string()));
+        round.failures.extend(report.failures.into_iter().map(|(i, e)| match plan.ops[i].service_key() {
+            Some(key) => Failure::new(Subject::Service(key), e),
+            None => Failure::new(Subject::IpvsTable, e),
+        }));
         round.applied = plan
             .ops
             .iter()
@@ -430,12 +529,12 @@ impl Engine {
     fn configure_host(&mut self, spec: &LvsNodeSpec, round: &mut Round) {
         let changes = &mut self.state.host;
         let mut wanted: BTreeSet<DeviceAddress> = BTreeSet::new();
-        let mut fail = |what: &str, e: anyhow::Error| round.failures.push(format!("{what}: {e:#}"));
+        let mut fail = |subject: Subject, e: anyhow::Error| round.failures.push(Failure::host(subject, e));
 
         if let Some(real_server) = &spec.real_server {
             wanted.extend(real_server::vip_addresses(&real_server.vips));
             for (vip, e) in real_server::configure(changes, &self.sysctls, &real_server.vips) {
-                fail(&format!("real server VIP {vip}"), e);
+                fail(Subject::RealServerVip(vip), e);
             }
         }
         if let Some(director) = &spec.director {
@@ -446,7 +545,7 @@ impl Engine {
                     present.into_iter().filter(|a| a.device != "lo").map(|a| (a.address, a.device)).collect()
                 }
                 Err(e) => {
-                    fail("listing local addresses", e);
+                    fail(Subject::HostAddresses, e);
                     BTreeMap::new()
                 }
             };
@@ -467,7 +566,7 @@ impl Engine {
                     (None, None) => match routes.remove(&vip.address) {
                         Some(Ok(interface)) => interface,
                         Some(Err(e)) => {
-                            fail(&format!("director VIP {}", vip.address), e);
+                            fail(Subject::DirectorVip(vip.address), e);
                             continue;
                         }
                         None => continue, // listed twice; done the first time
@@ -482,7 +581,7 @@ impl Engine {
                         || match director_sysctls(changes, &self.sysctls, director, &interface) {
                             Ok(()) => true,
                             Err(e) => {
-                                fail(&format!("director sysctls of {interface}"), e);
+                                fail(Subject::DirectorSysctls(interface.clone()), e);
                                 false
                             }
                         },
@@ -494,7 +593,7 @@ impl Engine {
                 }
             }
             for (vip, e) in address::take_vips(changes, &to_take) {
-                fail(&format!("director VIP {} on {}", vip.address, vip.device), e);
+                fail(Subject::DirectorVip(vip.address), e);
             }
             let full_nat = full_nat_destinations(director);
             let result = if full_nat.is_empty() {
@@ -503,13 +602,13 @@ impl Engine {
                 nat::set_masquerade(changes, &full_nat)
             };
             if let Err(e) = result {
-                fail("FullNAT masquerade", e);
+                fail(Subject::Masquerade, e);
             }
         }
         let stale: Vec<DeviceAddress> =
             changes.addresses.iter().filter(|a| !wanted.contains(*a)).cloned().collect();
-        for (stale, e) in address::remove_addresses(changes, &stale) {
-            fail(&format!("removing {} from {}", stale.address, stale.device), e);
+        for (_, e) in address::remove_addresses(changes, &stale) {
+            fail(Subject::HostAddresses, e);
         }
         let wants_nothing =
             spec.director.is_none() && spec.real_server.as_ref().is_none_or(|r| r.vips.is_empty());
@@ -517,7 +616,7 @@ impl Engine {
             && !changes.is_empty()
             && let Err(e) = changes.undo(&self.sysctls)
         {
-            fail("restoring the host", e);
+            fail(Subject::HostRestore, e);
         }
         // Recorded even when some of it failed: a change round that leaves the
         // host part as it is does not redo the host (thousands of VIPs) for
@@ -557,7 +656,7 @@ impl Engine {
     /// Writes the state file; a failure is the round's.
     fn save(&mut self, round: &mut Round) {
         if let Err(e) = self.write_state() {
-            round.failures.push(format!("{e:#}"));
+            round.failures.push(Failure::new(Subject::StateFile, format!("{e:#}")));
         }
     }
 

@@ -27,7 +27,7 @@ use lvs_crds::{
 use tokio::runtime::Handle;
 
 use crate::{
-    engine::{Engine, Round, Scope},
+    engine::{Engine, Failure, Round, Scope, Subject},
     failover::{FailoverHooks, Transition},
     health::{self, Checker, CheckerStats, HealthChange, HealthMap},
     host::address,
@@ -81,7 +81,7 @@ impl Supervisor {
         self.engine.set_health(self.checker.health());
         let mut round = self.engine.reconcile(spec, scope);
         if let Err(e) = self.follow_vrrp(director) {
-            round.failures.push(e);
+            round.failures.push(Failure::new(Subject::Failover, e));
         }
         round
     }
