@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     desired::{DesiredService, Health, desired_service, desired_services_with, service_key},
     health::HealthMap,
-    host::{DeviceAddress, HostChanges, Sysctls, address, nat, real_server, sysctl},
+    host::{DeviceAddress, HostChanges, Sysctls, address, local_routes, nat, real_server, sysctl},
     ipvs::{IpvsError, IpvsHandle, KernelError, ServiceKey},
     ipvsadm::op_rule,
     reconcile::{
@@ -539,8 +539,9 @@ impl Engine {
         }
         if let Some(director) = &spec.director {
             // One address listing per round; a VIP already in place costs nothing
-            // more. A director's VIP on `lo` is not in place (it does not answer ARP).
-            let present: BTreeMap<_, _> = match address::local_addresses() {
+            // more. A director's VIP on `lo` is not in place (it does not answer
+            // ARP); one under the agent's own local route is (on its device).
+            let mut held: BTreeMap<IpAddr, String> = match address::local_addresses() {
                 Ok(present) => {
                     present.into_iter().filter(|a| a.device != "lo").map(|a| (a.address, a.device)).collect()
                 }
@@ -549,19 +550,28 @@ impl Engine {
                     BTreeMap::new()
                 }
             };
+            for vip in &director.vips {
+                if !held.contains_key(&vip.address)
+                    && let Some(device) = local_routes::routed_device(changes, vip.address)
+                {
+                    held.insert(vip.address, device.to_string());
+                }
+            }
             let unrouted: Vec<_> = director
                 .vips
                 .iter()
-                .filter(|vip| vip.interface.is_none() && !present.contains_key(&vip.address))
+                .filter(|vip| vip.interface.is_none() && !held.contains_key(&vip.address))
                 .map(|vip| vip.address)
                 .collect();
             let mut routes: BTreeMap<_, _> =
                 unrouted.iter().copied().zip(address::route_devices(&unrouted)).collect();
             let mut configured_interfaces: BTreeMap<String, bool> = BTreeMap::new();
-            let mut to_take = Vec::new();
+            // The VIPs this round holds, and those it leaves as they are (VRRP's,
+            // or on an interface whose sysctls failed).
+            let mut to_hold = Vec::new();
+            let mut left = BTreeSet::new();
             for vip in &director.vips {
-                let held = present.get(&vip.address);
-                let interface = match (&vip.interface, held) {
+                let interface = match (&vip.interface, held.get(&vip.address)) {
                     (Some(interface), _) | (None, Some(interface)) => interface.clone(),
                     (None, None) => match routes.remove(&vip.address) {
                         Some(Ok(interface)) => interface,
@@ -573,7 +583,7 @@ impl Engine {
                     },
                 };
                 let vip_address = DeviceAddress { device: interface.clone(), address: vip.address };
-                if !wanted.insert(vip_address.clone()) {
+                if to_hold.contains(&vip_address) || left.contains(&vip_address) {
                     continue;
                 }
                 let ready =
@@ -588,13 +598,46 @@ impl Engine {
                     );
                 // VRRP takes and releases its VIPs itself, as it changes state.
                 let by_vrrp = self.vrrp && vip.vrrp.is_some();
-                if ready && held != Some(&interface) && !by_vrrp {
-                    to_take.push(vip_address);
+                if ready && !by_vrrp {
+                    to_hold.push(vip_address);
+                } else {
+                    left.insert(vip_address);
                 }
             }
+            let holdings = local_routes::holdings(&to_hold);
+            let (added, failed) = local_routes::add_routes(changes, &holdings.routes);
+            for (route, e) in failed {
+                let reason = format!("{e:#}");
+                for vip in
+                    to_hold.iter().filter(|v| v.device == route.device && route.block.contains(&v.address))
+                {
+                    fail(Subject::DirectorVip(vip.address), anyhow::anyhow!("{reason}"));
+                }
+            }
+            let routed: Vec<DeviceAddress> = to_hold
+                .iter()
+                .filter(|v| added.iter().any(|r| r.device == v.device && r.block.contains(&v.address)))
+                .cloned()
+                .collect();
+            for (vip, e) in address::announce_vips(&routed) {
+                fail(Subject::DirectorVip(vip.address), e);
+            }
+            let to_take: Vec<DeviceAddress> = holdings
+                .addresses
+                .iter()
+                .filter(|a| held.get(&a.address) != Some(&a.device))
+                .cloned()
+                .collect();
             for (vip, e) in address::take_vips(changes, &to_take) {
                 fail(Subject::DirectorVip(vip.address), e);
             }
+            let stale_routes: Vec<_> =
+                changes.routes.iter().filter(|r| !holdings.routes.contains(r)).cloned().collect();
+            for (_, e) in local_routes::remove_routes(changes, &stale_routes) {
+                fail(Subject::HostAddresses, e);
+            }
+            wanted.extend(holdings.addresses);
+            wanted.extend(left);
             let full_nat = full_nat_destinations(director);
             let result = if full_nat.is_empty() {
                 nat::remove_masquerade(changes)

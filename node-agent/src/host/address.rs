@@ -336,6 +336,12 @@ pub fn remove_addresses(
     failures
 }
 
+/// Announces VIPs held otherwise than as addresses (see [`super::local_routes`]).
+/// Returns the VIPs that could not be announced, each with why.
+pub fn announce_vips(vips: &[DeviceAddress]) -> Vec<(DeviceAddress, anyhow::Error)> {
+    announce_all(&vips.iter().collect::<Vec<_>>())
+}
+
 /// Announces each VIP [`announce::COUNT`] times: every VIP once, a pause, every
 /// VIP again, so that many VIPs cost the pauses of one.
 fn announce_all(vips: &[&DeviceAddress]) -> Vec<(DeviceAddress, anyhow::Error)> {

@@ -7,6 +7,7 @@ use std::{
     net::IpAddr,
 };
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// What the agent changed on the host, so it can be undone.
@@ -21,6 +22,9 @@ pub struct HostChanges {
     pub raised_devices: BTreeSet<String>,
     /// Addresses the agent added, with their device.
     pub addresses: BTreeSet<DeviceAddress>,
+    /// Local routes the agent added, each holding a block of VIPs (see
+    /// [`super::local_routes`]).
+    pub routes: BTreeSet<DeviceRoute>,
     /// Whether the agent's nftables table exists (see [`super::nat`]).
     pub nft_table: bool,
 }
@@ -37,4 +41,11 @@ impl HostChanges {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+}
+
+/// A local route on a device, holding a block of VIPs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeviceRoute {
+    pub device: String,
+    pub block: IpNet,
 }

@@ -12,6 +12,7 @@ pub mod address;
 pub mod announce;
 mod changes;
 pub mod link;
+pub mod local_routes;
 pub mod nat;
 mod nftables;
 pub mod real_server;
@@ -21,14 +22,14 @@ pub mod tunnel;
 
 use anyhow::{Result, bail};
 
-pub use changes::{DeviceAddress, HostChanges};
+pub use changes::{DeviceAddress, DeviceRoute, HostChanges};
 pub use sysctl::Sysctls;
 
 // Here rather than beside the record (changes.rs): undoing calls every module
 // that configures, and they all write into the record.
 impl HostChanges {
     /// Undoes every recorded change, in the reverse order of configuration: the
-    /// masquerade table, the addresses, the devices, and the sysctls last (the
+    /// masquerade table, the routes and addresses, the devices, and the sysctls last (the
     /// ARP settings must outlive the VIPs they hide). Keeps going after a failure,
     /// so that one stuck item does not pin the others, and reports the failures;
     /// what could not be undone stays recorded.
@@ -37,11 +38,12 @@ impl HostChanges {
         if let Err(e) = nat::remove_masquerade(self) {
             failures.push(format!("{e:#}"));
         }
-        for owned in self.addresses.clone() {
-            if let Err(e) = address::remove_address(self, &owned.device, owned.address) {
-                failures.push(format!("{e:#}"));
-            }
-        }
+        let routes: Vec<DeviceRoute> = self.routes.iter().cloned().collect();
+        failures
+            .extend(local_routes::remove_routes(self, &routes).into_iter().map(|(_, e)| format!("{e:#}")));
+        let addresses: Vec<DeviceAddress> = self.addresses.iter().cloned().collect();
+        failures
+            .extend(address::remove_addresses(self, &addresses).into_iter().map(|(_, e)| format!("{e:#}")));
         for device in self.raised_devices.clone() {
             if let Err(e) = link::lower_device(self, &device) {
                 failures.push(format!("{e:#}"));
