@@ -394,3 +394,42 @@ fn an_agent_restart_keeps_established_connections_and_rules() {
         "{connections}"
     );
 }
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn a_block_of_vips_is_one_local_route_that_serves_and_answers_arp_for_each() {
+    topology("classic");
+    // Eight services on 192.168.16.104-111: the block 192.168.16.104/29.
+    let manifest = "/tmp/lvs-agent-block.yaml";
+    let dr = std::fs::read_to_string(example("dr.yaml")).unwrap();
+    let documents: Vec<String> = (104..112)
+        .map(|host| {
+            dr.replace("name: web-dr", &format!("name: web-{host}"))
+                .replace("192.168.16.100", &format!("192.168.16.{host}"))
+        })
+        .collect();
+    std::fs::write(manifest, documents.join("---\n")).unwrap();
+    for node in ["rs1", "rs2", "director1"] {
+        apply_once(node, manifest);
+    }
+    let local = in_ns("director1", "ip -4 route show table local");
+    assert!(local.contains("local 192.168.16.104/29 dev eth0"), "{local}");
+    let addresses = in_ns("director1", "ip -4 -br addr show");
+    assert!(!addresses.contains("192.168.16.10"), "no address per VIP: {addresses}");
+    for host in [104, 107, 111] {
+        let answer = in_ns("client", &format!("curl -sS --max-time 5 http://192.168.16.{host}/"));
+        assert!(["web1", "web2"].contains(&answer.trim()), "192.168.16.{host}: {answer}");
+        let neighbour = in_ns("client", &format!("ip neigh show 192.168.16.{host}"));
+        let mac = in_ns("director1", "cat /sys/class/net/eth0/address");
+        assert!(neighbour.contains(mac.trim()), "the director answers ARP for {host}: {neighbour}");
+    }
+    // Removing one VIP splits the block; the others keep being served.
+    std::fs::write(manifest, documents[..7].join("---\n")).unwrap();
+    apply_once("director1", manifest);
+    let local = in_ns("director1", "ip -4 route show table local");
+    assert!(!local.contains("192.168.16.104/29"), "{local}");
+    assert!(local.contains("local 192.168.16.104/30 dev eth0"), "{local}");
+    let answer = in_ns("client", "curl -sS --max-time 5 http://192.168.16.110/");
+    assert!(["web1", "web2"].contains(&answer.trim()), "{answer}");
+    assert!(in_ns("director1", "ip -4 -br addr show dev eth0").contains("192.168.16.110/32"));
+}
