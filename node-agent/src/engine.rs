@@ -541,7 +541,7 @@ impl Engine {
             // One address listing per round; a VIP already in place costs nothing
             // more. A director's VIP on `lo` is not in place (it does not answer
             // ARP); one under the agent's own local route is (on its device).
-            let mut held: BTreeMap<IpAddr, String> = match address::local_addresses() {
+            let addressed: BTreeMap<IpAddr, String> = match address::local_addresses() {
                 Ok(present) => {
                     present.into_iter().filter(|a| a.device != "lo").map(|a| (a.address, a.device)).collect()
                 }
@@ -550,6 +550,8 @@ impl Engine {
                     BTreeMap::new()
                 }
             };
+            // Where each VIP is held (by address or route), which is its device.
+            let mut held = addressed.clone();
             for vip in &director.vips {
                 if !held.contains_key(&vip.address)
                     && let Some(device) = local_routes::routed_device(changes, vip.address)
@@ -625,7 +627,7 @@ impl Engine {
             let to_take: Vec<DeviceAddress> = holdings
                 .addresses
                 .iter()
-                .filter(|a| held.get(&a.address) != Some(&a.device))
+                .filter(|a| addressed.get(&a.address) != Some(&a.device))
                 .cloned()
                 .collect();
             for (vip, e) in address::take_vips(changes, &to_take) {
