@@ -441,8 +441,8 @@ struct Local {
     vs: Arc<VirtualService>,
     /// Its place in the conflict order.
     age: Age,
-    /// What it claims (None when refused on its own: invalid, VIP not allowed).
-    claim: Option<IpvsServiceKey>,
+    /// Its service's key (None when refused on its own: invalid, VIP not allowed).
+    key: Option<IpvsServiceKey>,
     verdict: Verdict,
     /// Its service, when this host directs it (shared with the spec's).
     service: Option<Arc<IpvsService>>,
@@ -451,6 +451,13 @@ struct Local {
     real_server_vip: Option<RealServerVip>,
     /// Its director settings (forwarding, connection sync).
     settings: Option<DirectorState>,
+}
+
+impl Local {
+    /// What it claims.
+    fn claim(&self) -> Option<IpvsServiceKey> {
+        self.key.as_ref().map(claim)
+    }
 }
 
 /// This host's desired state, kept up to date change by change.
@@ -556,8 +563,8 @@ impl LocalState {
         for (id, new) in &changes {
             for local in self.by_id.get(id).map(|old| &**old).into_iter().chain(new.as_deref()) {
                 keys.extend(local.service.as_ref().and_then(|s| service_key(&s.key)));
-                keys.extend(local.claim.as_ref().and_then(service_key));
-                claims_touched.extend(local.claim.clone());
+                keys.extend(local.key.as_ref().and_then(service_key));
+                claims_touched.extend(local.claim());
             }
         }
         let winner_ages = |state: &Self| -> Vec<Option<Age>> {
@@ -574,20 +581,20 @@ impl LocalState {
             let old = self.by_id.get(&id).map(|old| &**old);
             host_part_changed |= host_part(old) != host_part(new.as_deref());
             if let Some(old) = old
-                && let Some(claim) = &old.claim
-                && let Some(claimants) = self.claims.get_mut(claim)
+                && let Some(claim) = old.claim()
+                && let Some(claimants) = self.claims.get_mut(&claim)
             {
                 if let Ok(at) = claimants.binary_search(&old.age) {
                     claimants.remove(at);
                 }
                 if claimants.is_empty() {
-                    self.claims.remove(claim);
+                    self.claims.remove(&claim);
                 }
             }
             if let Some(new) = &new
-                && let Some(claim) = &new.claim
+                && let Some(claim) = new.claim()
             {
-                let claimants = self.claims.entry(claim.clone()).or_default();
+                let claimants = self.claims.entry(claim).or_default();
                 if let Err(at) = claimants.binary_search(&new.age) {
                     claimants.insert(at, new.age.clone());
                 }
@@ -635,8 +642,7 @@ impl LocalState {
             director_settings: mut settings,
             ..
         } = part;
-        let claim_key =
-            (verdict == Verdict::Accepted).then(|| service.as_ref().map(|s| claim(&s.key))).flatten();
+        let key = (verdict == Verdict::Accepted).then(|| service.as_ref().map(|s| s.key.clone())).flatten();
         let directs = match self.role {
             Role::Director => {
                 real_server_vip = None;
@@ -652,7 +658,7 @@ impl LocalState {
         Local {
             vs: Arc::clone(vs),
             age: Age::of(vs),
-            claim: claim_key,
+            key,
             verdict,
             service,
             director_vip,
@@ -668,17 +674,19 @@ impl LocalState {
 
     /// Accepted, or refused alone, or the loser of a conflict.
     fn verdict(&self, id: &ObjectId, local: &Local) -> Verdict {
-        let Some(claim) = &local.claim else { return local.verdict.clone() };
-        match self.claims.get(claim).and_then(|c| c.first()) {
-            Some(winner) if winner.id != *id => Verdict::conflict(winner.id.clone(), claim),
+        let Some(claim) = local.claim() else { return local.verdict.clone() };
+        match self.claims.get(&claim).and_then(|c| c.first()) {
+            Some(winner) if winner.id != *id => Verdict::conflict(winner.id.clone(), &claim),
             _ => Verdict::Accepted,
         }
     }
 
-    /// The winners, in the order of their service keys.
+    /// The winners, in the order of their service keys, as the translation
+    /// merges them (not of their claims: fwmark services of two protocols sort
+    /// the other way by claim, which ignores the protocol).
     fn winners(&self) -> Vec<&Local> {
         let mut winners: Vec<&Local> = self.claims.keys().filter_map(|claim| self.winner(claim)).collect();
-        winners.sort_by(|a, b| a.claim.cmp(&b.claim));
+        winners.sort_by(|a, b| a.key.cmp(&b.key));
         winners
     }
 
