@@ -32,7 +32,10 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
+use k8s_openapi::{
+    api::{core::v1::Node, discovery::v1::EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
 use serde::Serialize;
 
 use crate::{
@@ -97,8 +100,39 @@ impl Default for TranslateOptions {
 pub struct Translation {
     /// Every LvsNode that should exist, sorted by name; byte-identical for identical input.
     pub lvs_nodes: Vec<LvsNode>,
-    /// One verdict per VirtualService, keyed by (namespace, name).
-    pub verdicts: BTreeMap<(String, String), Verdict>,
+    /// One verdict per VirtualService.
+    pub verdicts: BTreeMap<ObjectId, Verdict>,
+}
+
+/// (namespace, name) of a VirtualService.
+pub type ObjectId = (String, String);
+
+/// A VirtualService's (namespace, name); the namespace is empty when it has
+/// none (a manifest of the standalone agent may name none).
+pub fn object_id(vs: &VirtualService) -> ObjectId {
+    (vs.metadata.namespace.clone().unwrap_or_default(), vs.metadata.name.clone().unwrap_or_default())
+}
+
+/// How messages name an object: `namespace/name`, or the name alone without a namespace.
+pub fn qualified_name((namespace, name): &ObjectId) -> String {
+    if namespace.is_empty() { name.clone() } else { format!("{namespace}/{name}") }
+}
+
+/// A VirtualService's place in the conflict order, the older first: by
+/// creationTimestamp (objects without one count as the newest), then by
+/// namespace/name. Of the VirtualServices that claim one key, the oldest wins.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Age {
+    undated: bool,
+    created: Option<Time>,
+    pub id: ObjectId,
+}
+
+impl Age {
+    pub fn of(vs: &VirtualService) -> Self {
+        let created = vs.metadata.creation_timestamp.clone();
+        Age { undated: created.is_none(), created, id: object_id(vs) }
+    }
 }
 
 /// Whether a VirtualService is programmed, and why not.
@@ -107,7 +141,7 @@ pub enum Verdict {
     Accepted,
     /// Another VirtualService (older) claims the same (vip, port, protocol) / fwmark.
     Conflict {
-        winner: (String, String),
+        winner: ObjectId,
         key: String,
     },
     Invalid(Vec<ValidationError>),
@@ -117,6 +151,11 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The verdict on a VirtualService that claims `claim`, which the older `winner` holds.
+    pub fn conflict(winner: ObjectId, claim: &IpvsServiceKey) -> Self {
+        Verdict::Conflict { winner, key: describe_claim(claim) }
+    }
+
     /// The `reason` of the `Accepted` condition.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -131,8 +170,8 @@ impl Verdict {
     pub fn message(&self) -> String {
         match self {
             Verdict::Accepted => "valid, and no older VirtualService claims its key".to_owned(),
-            Verdict::Conflict { winner: (namespace, name), key } => {
-                format!("{key} is already claimed by the older VirtualService {namespace}/{name}")
+            Verdict::Conflict { winner, key } => {
+                format!("{key} is already claimed by the older VirtualService {}", qualified_name(winner))
             }
             Verdict::Invalid(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
             Verdict::VipNotAllowed { vip } => format!("vip {vip} lies outside the allowed VIP CIDRs"),
@@ -223,15 +262,9 @@ pub fn translate_for_node(vs: &VirtualService, node: &Node, options: &TranslateO
     if !nodes.owners_of(resolved.real_server_addresses()).is_empty() {
         part.real_server_vip = resolved.real_server_vip.clone();
     }
-    let alone = NodeState { services: vec![&resolved], ..NodeState::default() };
-    part.director_settings = alone.director_settings();
+    part.director_settings = Some(resolved.director_settings);
     part.service = Some(resolved.service);
     part
-}
-
-/// (namespace, name) of an object.
-fn object_id(vs: &VirtualService) -> (String, String) {
-    (vs.metadata.namespace.clone().unwrap_or_default(), vs.metadata.name.clone().unwrap_or_default())
 }
 
 /// Verdicts in age order: each valid, allowed VirtualService claims its key
@@ -239,20 +272,14 @@ fn object_id(vs: &VirtualService) -> (String, String) {
 fn judge<'a>(
     services: &'a [VirtualService],
     options: &TranslateOptions,
-) -> (Vec<&'a VirtualService>, BTreeMap<(String, String), Verdict>) {
-    let mut by_age: Vec<(_, &VirtualService)> = services
-        .iter()
-        .map(|vs| {
-            let created = vs.metadata.creation_timestamp.as_ref();
-            ((created.is_none(), created, object_id(vs)), vs)
-        })
-        .collect();
+) -> (Vec<&'a VirtualService>, BTreeMap<ObjectId, Verdict>) {
+    let mut by_age: Vec<(Age, &VirtualService)> = services.iter().map(|vs| (Age::of(vs), vs)).collect();
     by_age.sort_by(|a, b| a.0.cmp(&b.0));
 
-    let mut claims: HashMap<IpvsServiceKey, (String, String)> = HashMap::new();
+    let mut claims: HashMap<IpvsServiceKey, ObjectId> = HashMap::new();
     let mut accepted = Vec::new();
     let mut verdicts = BTreeMap::new();
-    for ((_, _, id), vs) in by_age {
+    for (Age { id, .. }, vs) in by_age {
         let spec = &vs.spec;
         let verdict = if let Err(errors) = spec.validate() {
             Verdict::Invalid(errors)
@@ -263,9 +290,7 @@ fn judge<'a>(
         } else {
             let key = service_key(spec);
             match claims.entry(claim(&key)) {
-                Entry::Occupied(winner) => {
-                    Verdict::Conflict { winner: winner.get().clone(), key: describe(winner.key()) }
-                }
+                Entry::Occupied(winner) => Verdict::conflict(winner.get().clone(), winner.key()),
                 Entry::Vacant(free) => {
                     free.insert(id.clone());
                     accepted.push(vs);
@@ -293,9 +318,10 @@ fn service_key(spec: &VirtualServiceSpec) -> IpvsServiceKey {
     }
 }
 
-/// What two services may not share: the kernel tells fwmark services apart by
-/// (fwmark, family) alone.
-fn claim(key: &IpvsServiceKey) -> IpvsServiceKey {
+/// What a service with key `key` claims, which no two accepted services may
+/// share: its key, but the kernel tells fwmark services apart by (fwmark,
+/// family) alone.
+pub fn claim(key: &IpvsServiceKey) -> IpvsServiceKey {
     match key.fwmark {
         Some(_) => IpvsServiceKey { protocol: Protocol::default(), ..key.clone() },
         None => key.clone(),
@@ -303,7 +329,7 @@ fn claim(key: &IpvsServiceKey) -> IpvsServiceKey {
 }
 
 /// A claim as people read it: `TCP 192.168.16.100:80`, `fwmark 5 (IPv6)`.
-fn describe(claim: &IpvsServiceKey) -> String {
+pub fn describe_claim(claim: &IpvsServiceKey) -> String {
     match (claim.fwmark, claim.address) {
         (Some(mark), _) => format!("fwmark {mark} ({:?})", claim.family),
         (None, Some(IpAddr::V6(vip))) => format!("{:?} [{vip}]:{}", claim.protocol, claim.port),
@@ -474,6 +500,8 @@ struct Resolved<'a> {
     directors: Vec<usize>,
     /// The VIP its DirectRouting or Tunnel real servers bind.
     real_server_vip: Option<RealServerVip>,
+    /// What its directors need for it alone (no services, no VIPs).
+    director_settings: DirectorState,
 }
 
 fn resolve<'a>(vs: &'a VirtualService, nodes: &NodeIndex<'_>, backends: &Backends<'_>) -> Resolved<'a> {
@@ -566,7 +594,66 @@ fn resolve<'a>(vs: &'a VirtualService, nodes: &NodeIndex<'_>, backends: &Backend
         service: Arc::new(service),
         directors: nodes.directors(spec),
         real_server_vip,
+        director_settings: director_settings(spec),
     }
+}
+
+/// What a director of a service of `spec` needs for it alone (no services, no VIPs).
+fn director_settings(spec: &VirtualServiceSpec) -> DirectorState {
+    let connection_sync = spec.connection_sync.then(|| ConnectionSync {
+        // Empty: the service names no interface for its directors.
+        interface: spec.directors.as_ref().and_then(|d| d.interface.clone()).unwrap_or_default(),
+        // The VRRP router ID is unique among the directors' groups; so is then the
+        // sync ID. 0: the service has no failover.
+        sync_id: spec.failover.as_ref().map_or(0, |f| f.vrrp.virtual_router_id),
+    });
+    DirectorState {
+        services: Vec::new(),
+        vips: Vec::new(),
+        connection_sync,
+        ip_forward: matches!(spec.forwarding, Forwarding::Nat | Forwarding::FullNat),
+        full_nat_masquerade: spec.forwarding == Forwarding::FullNat,
+    }
+}
+
+/// The director settings of a node, from those of the services it directs
+/// (each as [`NodePart::director_settings`] has them) in the order of their
+/// keys: IP forwarding and FullNAT masquerading when any service needs them;
+/// connection sync when any service is synced, on the interface and with the
+/// sync ID of the first synced service that names one. `None` without services.
+pub fn merge_director_settings<'a>(
+    services: impl IntoIterator<Item = &'a DirectorState>,
+) -> Option<DirectorState> {
+    let mut merged: Option<DirectorState> = None;
+    for service in services {
+        let merged = merged.get_or_insert_with(DirectorState::default);
+        merged.ip_forward |= service.ip_forward;
+        merged.full_nat_masquerade |= service.full_nat_masquerade;
+        if let Some(sync) = &service.connection_sync {
+            let into = merged
+                .connection_sync
+                .get_or_insert_with(|| ConnectionSync { interface: String::new(), sync_id: 0 });
+            if into.interface.is_empty() {
+                into.interface.clone_from(&sync.interface);
+            }
+            if into.sync_id == 0 {
+                into.sync_id = sync.sync_id;
+            }
+        }
+    }
+    merged
+}
+
+/// A node's director VIPs as its state lists them: sorted (by address,
+/// interface, then VRRP parameters), each once (services on one VIP give it once).
+pub fn merge_director_vips(vips: &mut Vec<DirectorVip>) {
+    vips.sort_by(|a, b| director_vip_order(a).cmp(&director_vip_order(b)));
+    vips.dedup();
+}
+
+fn director_vip_order(vip: &DirectorVip) -> impl Ord + '_ {
+    let vrrp = vip.vrrp.as_ref().map(|v| (v.virtual_router_id, v.advert_interval_ms, v.preempt, v.priority));
+    (vip.address, &vip.interface, vrrp)
 }
 
 impl Resolved<'_> {
@@ -603,39 +690,13 @@ struct NodeState<'a> {
 const LIST_OVERHEAD: usize = 16;
 
 impl NodeState<'_> {
-    /// The director's settings that hold for the whole node; repeated in
-    /// every chunk, so any one chunk tells them.
-    fn director_settings(&self) -> Option<DirectorState> {
-        if self.services.is_empty() {
-            return None;
-        }
-        let forwardings = || self.services.iter().map(|s| s.spec.forwarding);
-        let synced = || self.services.iter().map(|s| s.spec).filter(|spec| spec.connection_sync);
-        let connection_sync = synced().next().map(|_| ConnectionSync {
-            // Empty: none of the synced services names the directors' interface.
-            interface: synced()
-                .find_map(|spec| spec.directors.as_ref()?.interface.clone())
-                .unwrap_or_default(),
-            // The VRRP router ID is unique among the directors' groups; so is then the sync ID.
-            sync_id: synced()
-                .find_map(|spec| Some(spec.failover.as_ref()?.vrrp.virtual_router_id))
-                .unwrap_or(0),
-        });
-        Some(DirectorState {
-            services: Vec::new(),
-            vips: Vec::new(),
-            connection_sync,
-            ip_forward: forwardings().any(|f| matches!(f, Forwarding::Nat | Forwarding::FullNat)),
-            full_nat_masquerade: forwardings().any(|f| f == Forwarding::FullNat),
-        })
-    }
-
     /// The node's objects: every list cut into consecutive runs so that each
     /// object's JSON stays within `max_bytes`.
     fn into_objects(mut self, node: &str, max_bytes: usize, names: &ChunkNames<'_>) -> Vec<LvsNode> {
-        self.director_vips.sort_by(|a, b| director_vip_order(a).cmp(&director_vip_order(b)));
-        self.director_vips.dedup();
-        let director = self.director_settings();
+        merge_director_vips(&mut self.director_vips);
+        // The settings that hold for the whole node: repeated in every chunk, so
+        // any one chunk tells them.
+        let director = merge_director_settings(self.services.iter().map(|s| &s.director_settings));
         let real_server = (!self.real_server_vips.is_empty()).then(RealServerState::default);
 
         let vip_fingerprints: Vec<Fingerprint> = self.director_vips.iter().map(Fingerprint::of).collect();
@@ -694,11 +755,6 @@ impl NodeState<'_> {
             })
             .collect()
     }
-}
-
-fn director_vip_order(vip: &DirectorVip) -> impl Ord + '_ {
-    let vrrp = vip.vrrp.as_ref().map(|v| (v.virtual_router_id, v.advert_interval_ms, v.preempt, v.priority));
-    (vip.address, &vip.interface, vrrp)
 }
 
 /// The part of `run` that falls into the list at `start..end` of the items,

@@ -11,6 +11,7 @@ use lvs_agent::{
     ipvsadm::{self, ListView},
     standalone::{self, ApplyOptions, Role},
 };
+use lvs_crds::translate::DEFAULT_VRRP_PRIORITY;
 
 #[derive(Parser)]
 #[command(name = "lvs-agent", version, about = "Declarative Linux Virtual Server: the node agent")]
@@ -102,7 +103,7 @@ enum Command {
         #[command(flatten)]
         engine: EngineArgs,
         /// This director's VRRP priority (1-254).
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=254))]
+        #[arg(long, default_value_t = DEFAULT_VRRP_PRIORITY, value_parser = clap::value_parser!(u8).range(1..=254))]
         vrrp_priority: u8,
     },
     /// Convert ipvsadm rules (`ipvsadm -S`) or a keepalived.conf's

@@ -26,17 +26,19 @@ use std::{
 use anyhow::Result;
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lvs_crds::{
     lvs_node::{
-        ConnectionSync, DirectorState, DirectorVip, IpvsService, IpvsServiceKey, LvsNodeSpec, RealServerMode,
+        DirectorState, DirectorVip, IpvsService, IpvsServiceKey, LvsNodeSpec, RealServerMode,
         RealServerState, RealServerVip,
     },
     translate::{
-        DIRECTOR_LABEL, NodePart, TranslateOptions, VRRP_PRIORITY_ANNOTATION, Verdict, translate_for_node,
+        Age, DEFAULT_VRRP_PRIORITY, DIRECTOR_LABEL, NodePart, ObjectId, TranslateOptions,
+        VRRP_PRIORITY_ANNOTATION, Verdict, claim, merge_director_settings, merge_director_vips, object_id,
+        qualified_name, translate_for_node,
     },
     validation::validate,
-    virtual_service::{Protocol, VirtualService},
+    virtual_service::VirtualService,
 };
 
 use crate::{
@@ -116,7 +118,7 @@ pub struct Manifests {
     path: PathBuf,
     files: BTreeMap<PathBuf, ManifestFile>,
     /// How many documents define each (namespace, name): more than one is an error.
-    definitions: HashMap<(String, String), usize>,
+    definitions: HashMap<ObjectId, usize>,
     /// How many of them are defined more than once.
     duplicated: usize,
 }
@@ -306,12 +308,12 @@ impl Manifests {
         for (path, file) in &self.files {
             for (index, (_, parsed)) in file.documents.iter().enumerate() {
                 if let Ok(Some(vs)) = parsed.as_ref()
-                    && self.definitions.get(&object_id(vs)).is_some_and(|n| *n > 1)
+                    && let id = object_id(vs)
+                    && self.definitions.get(&id).is_some_and(|n| *n > 1)
                 {
-                    let (namespace, name) = object_id(vs);
                     errors.push(ManifestError {
                         source: file.source(path, index),
-                        message: format!("{namespace}/{name} is defined more than once"),
+                        message: format!("{} is defined more than once", qualified_name(&id)),
                     });
                 }
             }
@@ -394,8 +396,8 @@ fn parse_document(text: &str) -> Parsed {
     match validate(&vs.spec) {
         Ok(()) => Ok(Some(Arc::new(vs))),
         Err(problems) => {
-            let (namespace, name) = object_id(&vs);
-            Err(problems.into_iter().map(|p| format!("{namespace}/{name}: {p}")).collect())
+            let name = qualified_name(&object_id(&vs));
+            Err(problems.into_iter().map(|p| format!("{name}: {p}")).collect())
         }
     }
 }
@@ -418,12 +420,6 @@ fn parse_generic(text: &str) -> Result<Option<VirtualService>, Vec<String>> {
     Ok(found)
 }
 
-/// (namespace, name), the namespace `default` when absent.
-fn object_id(vs: &VirtualService) -> (String, String) {
-    let meta = &vs.metadata;
-    (meta.namespace.clone().unwrap_or_else(|| "default".into()), meta.name.clone().unwrap_or_default())
-}
-
 /// This host's desired state for `services`, and the verdict on each service
 /// (conflicts between manifests are settled as the controller settles them).
 pub fn local_state(
@@ -431,7 +427,7 @@ pub fn local_state(
     host: &str,
     local_addresses: &[IpAddr],
     role: Role,
-) -> (LvsNodeSpec, BTreeMap<(String, String), Verdict>) {
+) -> (LvsNodeSpec, BTreeMap<ObjectId, Verdict>) {
     let mut state = LocalState::new(host, role);
     let services: Vec<Arc<VirtualService>> = services.iter().cloned().map(Arc::new).collect();
     state.update(&ManifestChange { added: services, ..ManifestChange::default() }, local_addresses);
@@ -439,19 +435,14 @@ pub fn local_state(
     (state.spec, verdicts)
 }
 
-/// (namespace, name) of a VirtualService.
-type Id = (String, String);
-
-/// The ordering of the translation's verdicts: creation time (none = newest), then name.
-type Age = (bool, Option<Time>, (String, String));
-
 /// One VirtualService translated alone for this host.
 #[derive(Debug, Clone, PartialEq)]
 struct Local {
     vs: Arc<VirtualService>,
+    /// Its place in the conflict order.
     age: Age,
-    /// What it claims (None when refused on its own: invalid, VIP not allowed).
-    claim: Option<IpvsServiceKey>,
+    /// Its service's key (None when refused on its own: invalid, VIP not allowed).
+    key: Option<IpvsServiceKey>,
     verdict: Verdict,
     /// Its service, when this host directs it (shared with the spec's).
     service: Option<Arc<IpvsService>>,
@@ -462,6 +453,13 @@ struct Local {
     settings: Option<DirectorState>,
 }
 
+impl Local {
+    /// What it claims.
+    fn claim(&self) -> Option<IpvsServiceKey> {
+        self.key.as_ref().map(claim)
+    }
+}
+
 /// This host's desired state, kept up to date change by change.
 pub struct LocalState {
     host: String,
@@ -470,7 +468,7 @@ pub struct LocalState {
     addresses: Option<Vec<IpAddr>>,
     /// Boxed: a map's nodes hold eleven entries, half of them empty after
     /// sorted inserts, and a Local is large.
-    by_id: BTreeMap<(String, String), Box<Local>>,
+    by_id: BTreeMap<ObjectId, Box<Local>>,
     /// Each claimed key's claimants, oldest (the winner) first.
     /// (A sorted Vec: almost always one claimant, and a set's node would be
     /// ten times its size.)
@@ -517,8 +515,8 @@ impl LocalState {
     /// service keys whose desired state may have changed, and prints the verdicts
     /// of the VirtualServices it concerns that are not accepted.
     pub fn update(&mut self, change: &ManifestChange, addresses: &[IpAddr]) -> BTreeSet<ServiceKey> {
-        let mut dirty: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut current: BTreeMap<(String, String), Option<Arc<VirtualService>>> = BTreeMap::new();
+        let mut dirty: BTreeSet<ObjectId> = BTreeSet::new();
+        let mut current: BTreeMap<ObjectId, Option<Arc<VirtualService>>> = BTreeMap::new();
         for vs in &change.removed {
             let id = object_id(vs);
             if self.by_id.get(&id).is_some_and(|local| Arc::ptr_eq(&local.vs, vs)) {
@@ -541,7 +539,7 @@ impl LocalState {
             }
         }
         let node = local_node(&self.host, addresses, self.vrrp_priority);
-        let work: Vec<(&Id, &Option<Arc<VirtualService>>)> = current.iter().collect();
+        let work: Vec<(&ObjectId, &Option<Arc<VirtualService>>)> = current.iter().collect();
         // On this thread: as fast as on several here (it allocates more than it
         // computes), and without the other threads' malloc arenas (megabytes).
         let translated: Vec<Option<Box<Local>>> = work
@@ -549,7 +547,7 @@ impl LocalState {
             .map(|(_, vs)| vs.as_ref().map(|vs| Box::new(self.translate_one(vs, &node))))
             .collect();
 
-        let mut changes: Vec<(Id, Option<Box<Local>>)> = Vec::new();
+        let mut changes: Vec<(ObjectId, Option<Box<Local>>)> = Vec::new();
         for ((id, _), new) in work.into_iter().zip(translated) {
             match (self.by_id.get_mut(id), new) {
                 // The same meaning from another document (a comment changed, say):
@@ -565,8 +563,8 @@ impl LocalState {
         for (id, new) in &changes {
             for local in self.by_id.get(id).map(|old| &**old).into_iter().chain(new.as_deref()) {
                 keys.extend(local.service.as_ref().and_then(|s| service_key(&s.key)));
-                keys.extend(local.claim.as_ref().and_then(service_key));
-                claims_touched.extend(local.claim.clone());
+                keys.extend(local.key.as_ref().and_then(service_key));
+                claims_touched.extend(local.claim());
             }
         }
         let winner_ages = |state: &Self| -> Vec<Option<Age>> {
@@ -583,20 +581,20 @@ impl LocalState {
             let old = self.by_id.get(&id).map(|old| &**old);
             host_part_changed |= host_part(old) != host_part(new.as_deref());
             if let Some(old) = old
-                && let Some(claim) = &old.claim
-                && let Some(claimants) = self.claims.get_mut(claim)
+                && let Some(claim) = old.claim()
+                && let Some(claimants) = self.claims.get_mut(&claim)
             {
                 if let Ok(at) = claimants.binary_search(&old.age) {
                     claimants.remove(at);
                 }
                 if claimants.is_empty() {
-                    self.claims.remove(claim);
+                    self.claims.remove(&claim);
                 }
             }
             if let Some(new) = &new
-                && let Some(claim) = &new.claim
+                && let Some(claim) = new.claim()
             {
-                let claimants = self.claims.entry(claim.clone()).or_default();
+                let claimants = self.claims.entry(claim).or_default();
                 if let Err(at) = claimants.binary_search(&new.age) {
                     claimants.insert(at, new.age.clone());
                 }
@@ -625,7 +623,7 @@ impl LocalState {
             if let Some(local) = self.by_id.get(id) {
                 let verdict = self.verdict(id, local);
                 if verdict != Verdict::Accepted {
-                    eprintln!("lvs-agent: {}/{} not applied: {}", id.0, id.1, verdict.message());
+                    eprintln!("lvs-agent: {} not applied: {}", qualified_name(id), verdict.message());
                 }
             }
         }
@@ -633,15 +631,7 @@ impl LocalState {
     }
 
     fn translate_one(&self, vs: &Arc<VirtualService>, node: &Node) -> Local {
-        let id = object_id(vs);
-        let created = vs.metadata.creation_timestamp.clone();
-        let part = if vs.metadata.namespace.is_some() {
-            translate_for_node(vs, node, &TranslateOptions::default())
-        } else {
-            let mut named = (**vs).clone();
-            named.metadata.namespace = Some(id.0.clone());
-            translate_for_node(&named, node, &TranslateOptions::default())
-        };
+        let part = translate_for_node(vs, node, &TranslateOptions::default());
         // This host directs every service, whatever nodes a cluster would pick
         // (`part.directs` follows the node selector).
         let NodePart {
@@ -652,8 +642,7 @@ impl LocalState {
             director_settings: mut settings,
             ..
         } = part;
-        let claim_key =
-            (verdict == Verdict::Accepted).then(|| service.as_ref().map(|s| claim(&s.key))).flatten();
+        let key = (verdict == Verdict::Accepted).then(|| service.as_ref().map(|s| s.key.clone())).flatten();
         let directs = match self.role {
             Role::Director => {
                 real_server_vip = None;
@@ -668,8 +657,8 @@ impl LocalState {
         }
         Local {
             vs: Arc::clone(vs),
-            age: (created.is_none(), created, id),
-            claim: claim_key,
+            age: Age::of(vs),
+            key,
             verdict,
             service,
             director_vip,
@@ -680,49 +669,25 @@ impl LocalState {
 
     fn winner(&self, claim: &IpvsServiceKey) -> Option<&Local> {
         let age = self.claims.get(claim)?.first()?;
-        self.by_id.get(&age.2).map(|local| &**local)
+        self.by_id.get(&age.id).map(|local| &**local)
     }
 
     /// Accepted, or refused alone, or the loser of a conflict.
-    fn verdict(&self, id: &(String, String), local: &Local) -> Verdict {
-        let Some(claim) = &local.claim else { return local.verdict.clone() };
-        match self.claims.get(claim).and_then(|c| c.first()) {
-            Some(winner) if winner.2 != *id => {
-                Verdict::Conflict { winner: winner.2.clone(), key: describe(claim) }
-            }
+    fn verdict(&self, id: &ObjectId, local: &Local) -> Verdict {
+        let Some(claim) = local.claim() else { return local.verdict.clone() };
+        match self.claims.get(&claim).and_then(|c| c.first()) {
+            Some(winner) if winner.id != *id => Verdict::conflict(winner.id.clone(), &claim),
             _ => Verdict::Accepted,
         }
     }
 
-    /// The winners, in the order of their service keys.
+    /// The winners, in the order of their service keys, as the translation
+    /// merges them (not of their claims: fwmark services of two protocols sort
+    /// the other way by claim, which ignores the protocol).
     fn winners(&self) -> Vec<&Local> {
         let mut winners: Vec<&Local> = self.claims.keys().filter_map(|claim| self.winner(claim)).collect();
-        winners.sort_by(|a, b| a.claim.cmp(&b.claim));
+        winners.sort_by(|a, b| a.key.cmp(&b.key));
         winners
-    }
-
-    /// The director settings for the node, merged over the directed winners as
-    /// the translation merges them: forwarding needs from any, connection sync
-    /// from the first synced service that names each part.
-    fn director_settings(&self) -> Option<DirectorState> {
-        let mut merged: Option<DirectorState> = None;
-        for settings in self.winners().into_iter().filter_map(|l| l.settings.as_ref()) {
-            let merged = merged.get_or_insert_with(DirectorState::default);
-            merged.ip_forward |= settings.ip_forward;
-            merged.full_nat_masquerade |= settings.full_nat_masquerade;
-            if let Some(sync) = &settings.connection_sync {
-                let into = merged
-                    .connection_sync
-                    .get_or_insert_with(|| ConnectionSync { interface: String::new(), sync_id: 0 });
-                if into.interface.is_empty() {
-                    into.interface = sync.interface.clone();
-                }
-                if into.sync_id == 0 {
-                    into.sync_id = sync.sync_id;
-                }
-            }
-        }
-        merged
     }
 
     /// The VIPs and settings, from all winners (when any of them changed).
@@ -735,36 +700,11 @@ impl LocalState {
             .filter_map(|l| l.director_vip.clone())
             .filter(|vip| !real_server_vips.iter().any(|r| r.address == vip.address))
             .collect();
-        director_vips.sort_by(|a, b| director_vip_order(a).cmp(&director_vip_order(b)));
-        director_vips.dedup();
-        let director = self.director_settings();
+        merge_director_vips(&mut director_vips);
+        let director = merge_director_settings(winners.iter().filter_map(|l| l.settings.as_ref()));
         self.spec.director = director.map(|d| DirectorState { services, vips: director_vips, ..d });
         self.spec.real_server =
             (!real_server_vips.is_empty()).then_some(RealServerState { vips: real_server_vips });
-    }
-}
-
-fn director_vip_order(vip: &DirectorVip) -> impl Ord + '_ {
-    let vrrp = vip.vrrp.as_ref().map(|v| (v.virtual_router_id, v.advert_interval_ms, v.preempt, v.priority));
-    (vip.address, &vip.interface, vrrp)
-}
-
-/// What two services may not share: the kernel tells fwmark services apart by
-/// (fwmark, family) alone (as the translation's claims).
-fn claim(key: &IpvsServiceKey) -> IpvsServiceKey {
-    match key.fwmark {
-        Some(_) => IpvsServiceKey { protocol: Protocol::default(), ..key.clone() },
-        None => key.clone(),
-    }
-}
-
-/// A claim as people read it: `TCP 192.168.16.100:80`, `fwmark 5 (IPv6)`.
-fn describe(claim: &IpvsServiceKey) -> String {
-    match (claim.fwmark, claim.address) {
-        (Some(mark), _) => format!("fwmark {mark} ({:?})", claim.family),
-        (None, Some(IpAddr::V6(vip))) => format!("{:?} [{vip}]:{}", claim.protocol, claim.port),
-        (None, Some(vip)) => format!("{:?} {vip}:{}", claim.protocol, claim.port),
-        (None, None) => format!("{:?} port {}", claim.protocol, claim.port),
     }
 }
 
@@ -805,9 +745,6 @@ pub struct ApplyOptions {
     /// This director's VRRP priority, 1-254.
     pub vrrp_priority: u8,
 }
-
-/// `--vrrp-priority`'s default, as a node without the annotation gets.
-pub const DEFAULT_VRRP_PRIORITY: u8 = 100;
 
 /// What wakes the apply loop.
 #[derive(Debug)]
