@@ -39,7 +39,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     desired::{DesiredService, Health, desired_service, desired_services_with, service_key},
     health::HealthMap,
-    host::{DeviceAddress, HostChanges, Sysctls, address, local_routes, nat, real_server, sysctl},
+    host::{
+        DeviceAddress, HostChanges, HostError, Sysctls, address, announce, local_routes, nat, real_server, sysctl,
+    },
     ipvs::{IpvsError, IpvsHandle, KernelError, ServiceKey},
     ipvsadm::op_rule,
     reconcile::{
@@ -135,8 +137,8 @@ pub enum FailureError {
     #[error(transparent)]
     Ipvs(#[from] IpvsError),
     /// A host change failed.
-    #[error("{0:#}")]
-    Host(anyhow::Error),
+    #[error(transparent)]
+    Host(#[from] HostError),
     /// Anything else (the state file, VRRP settings).
     #[error("{0}")]
     Other(String),
@@ -154,9 +156,6 @@ impl Failure {
         Failure { subject, error: error.into() }
     }
 
-    fn host(subject: Subject, error: anyhow::Error) -> Self {
-        Failure { subject, error: FailureError::Host(error) }
-    }
 }
 
 impl From<String> for FailureError {
@@ -529,7 +528,7 @@ impl Engine {
     fn configure_host(&mut self, spec: &LvsNodeSpec, round: &mut Round) {
         let changes = &mut self.state.host;
         let mut wanted: BTreeSet<DeviceAddress> = BTreeSet::new();
-        let mut fail = |subject: Subject, e: anyhow::Error| round.failures.push(Failure::host(subject, e));
+        let mut fail = |subject: Subject, e: HostError| round.failures.push(Failure::new(subject, e));
 
         if let Some(real_server) = &spec.real_server {
             wanted.extend(real_server::vip_addresses(&real_server.vips));
@@ -609,11 +608,10 @@ impl Engine {
             let holdings = local_routes::holdings(&to_hold);
             let (added, failed) = local_routes::add_routes(changes, &holdings.routes);
             for (route, e) in failed {
-                let reason = format!("{e:#}");
                 for vip in
                     to_hold.iter().filter(|v| v.device == route.device && route.block.contains(&v.address))
                 {
-                    fail(Subject::DirectorVip(vip.address), anyhow::anyhow!("{reason}"));
+                    fail(Subject::DirectorVip(vip.address), e.clone());
                 }
             }
             let routed: Vec<DeviceAddress> = to_hold
@@ -621,7 +619,7 @@ impl Engine {
                 .filter(|v| added.iter().any(|r| r.device == v.device && r.block.contains(&v.address)))
                 .cloned()
                 .collect();
-            for (vip, e) in address::announce_vips(&routed) {
+            for (vip, e) in announce::announce_vips(&routed) {
                 fail(Subject::DirectorVip(vip.address), e);
             }
             let to_take: Vec<DeviceAddress> = holdings
@@ -732,7 +730,7 @@ fn director_sysctls(
     sysctls: &Sysctls,
     director: &DirectorState,
     interface: &str,
-) -> Result<()> {
+) -> Result<(), HostError> {
     let forwarding = match (director.full_nat_masquerade, director.ip_forward) {
         (true, _) => sysctl::Forwarding::FullNat,
         (false, true) => sysctl::Forwarding::Nat,

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use common::Netns;
 use lvs_agent::host::{
-    HostChanges, Sysctls, address, announce, nat,
+    DeviceAddress, HostChanges, HostError, Sysctls, address, announce, nat,
     real_server::{self, VIP_DEVICE},
     tunnel::TUNNEL_DEVICE,
 };
@@ -19,6 +19,14 @@ use lvs_crds::{
 
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
+}
+
+fn on_va(vip: &str) -> DeviceAddress {
+    DeviceAddress { device: "va".into(), address: ip(vip) }
+}
+
+fn no_failures(failures: Vec<(DeviceAddress, HostError)>) {
+    assert!(failures.is_empty(), "{failures:?}");
 }
 
 /// A real server's VIP, as the translation gives it.
@@ -103,7 +111,8 @@ fn undo_leaves_what_others_made() {
         configure_real_server(changes, sysctls, &[dr("192.168.16.100")]);
         configure_real_server(changes, sysctls, &[dr("192.168.16.101")]);
         // Not the agent's: never removed.
-        address::remove_address(changes, VIP_DEVICE, ip("10.9.9.9")).unwrap();
+        let foreign = DeviceAddress { device: VIP_DEVICE.into(), address: ip("10.9.9.9") };
+        no_failures(address::remove_addresses(changes, &[foreign]));
     });
     assert!(changes.created_devices.is_empty());
     assert!(changes.raised_devices.contains(VIP_DEVICE), "{changes:?}");
@@ -205,8 +214,8 @@ fn announcements_update_a_neighbours_entry() {
 
     let changes = director.run(|| {
         let mut changes = HostChanges::default();
-        address::take_vip(&mut changes, "va", ip("10.0.0.100")).unwrap();
-        announce::announce("va", ip("2001:db8::100")).unwrap();
+        no_failures(address::take_vips(&mut changes, &[on_va("10.0.0.100")]));
+        no_failures(announce::announce_vips(&[on_va("2001:db8::100")]));
         changes
     });
     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -219,7 +228,7 @@ fn announcements_update_a_neighbours_entry() {
 
     let changes = director.run(move || {
         let mut changes = changes;
-        address::release_vip(&mut changes, "va", ip("10.0.0.100")).unwrap();
+        no_failures(address::remove_addresses(&mut changes, &[on_va("10.0.0.100")]));
         changes
     });
     assert!(changes.is_empty(), "{changes:?}");

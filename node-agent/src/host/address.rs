@@ -9,11 +9,8 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    os::fd::AsRawFd,
-    time::Duration,
 };
 
-use anyhow::{Context, Result, anyhow};
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::{
@@ -22,46 +19,28 @@ use netlink_packet_route::{
     route::{RouteAddress, RouteAttribute, RouteMessage},
 };
 use nix::errno::Errno;
-use nix::sys::socket::{
-    AddressFamily as SocketFamily, LinkAddr, MsgFlags, SockFlag, SockType, sendto, socket,
-};
 
 use super::{
     announce,
     changes::{DeviceAddress, HostChanges},
+    error::{Cause, HostError, Result},
     link::link_names,
     rtnl::Rtnl,
 };
 
-/// A director takes `vip`: adds it to `interface` (if not there yet) and announces
-/// it, so neighbours send its traffic here at once rather than to the previous
-/// holder until their entries expire.
-pub fn take_vip(changes: &mut HostChanges, interface: &str, vip: IpAddr) -> Result<()> {
-    let wanted = DeviceAddress { device: interface.into(), address: vip };
-    first_failure(take_vips(changes, &[wanted]))
-}
-
-/// [`take_vip`] for many VIPs at once: the addresses are added in one batch, then
-/// announced together. Returns the VIPs that could not be taken, each with why.
-pub fn take_vips(changes: &mut HostChanges, vips: &[DeviceAddress]) -> Vec<(DeviceAddress, anyhow::Error)> {
+/// A director takes `vips`: adds them (those not there yet) in one batch, and
+/// announces them together, so that neighbours send their traffic here at once
+/// rather than to the previous holder until their entries expire. Returns the
+/// VIPs that could not be taken, each with why.
+pub fn take_vips(changes: &mut HostChanges, vips: &[DeviceAddress]) -> Vec<(DeviceAddress, HostError)> {
     let mut failures = add_addresses(changes, vips);
     let taken: Vec<&DeviceAddress> = vips.iter().filter(|v| !failures.iter().any(|(f, _)| f == *v)).collect();
-    failures.extend(announce_all(&taken));
+    failures.extend(announce::announce_all(&taken));
     failures
 }
 
-/// A director gives `vip` up: removes it from `interface` if the agent added it.
-pub fn release_vip(changes: &mut HostChanges, interface: &str, vip: IpAddr) -> Result<()> {
-    remove_address(changes, interface, vip)
-}
-
-/// The device the kernel routes `address` through: where a VIP without an
-/// explicit interface belongs.
-pub fn route_device(address: IpAddr) -> Result<String> {
-    route_devices(&[address]).pop().expect("one answer per address")
-}
-
-/// [`route_device`] for many addresses, in one batch of lookups.
+/// The devices the kernel routes `addresses` through, in one batch of lookups:
+/// where VIPs without an explicit interface belong.
 ///
 /// An address this host holds routes through `lo` (the local table comes
 /// first), as a VIP does that is still here from before a restart: its device
@@ -71,14 +50,14 @@ pub fn route_devices(addresses: &[IpAddr]) -> Vec<Result<String>> {
         return Vec::new();
     }
     let lookup = || -> Result<Vec<Result<String>>> {
-        let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
+        let mut rtnl = Rtnl::connect()?;
         let names = link_names(&mut rtnl)?;
         let requests = addresses.iter().map(|address| RouteNetlinkMessage::GetRoute(route_query(*address)));
-        let answers = rtnl.batch(requests.collect(), 0).context("looking up routes")?;
+        let answers = rtnl.batch(requests.collect(), 0).map_err(|e| HostError::io("looking up routes", e))?;
         let mut subnets = None;
         let mut devices = Vec::with_capacity(addresses.len());
         for (address, answer) in addresses.iter().zip(answers) {
-            let no_route = || anyhow!("no route to {address}: set spec.directors.interface");
+            let no_route = || HostError::new(format!("choosing the interface of {address}"), Cause::NoRoute);
             let index = answer.ok().and_then(|replies| {
                 replies.iter().find_map(|reply| match reply {
                     RouteNetlinkMessage::NewRoute(route) => route.attributes.iter().find_map(|a| match a {
@@ -104,7 +83,7 @@ pub fn route_devices(addresses: &[IpAddr]) -> Vec<Result<String>> {
     };
     match lookup() {
         Ok(devices) => devices,
-        Err(e) => addresses.iter().map(|_| Err(anyhow!("{e:#}"))).collect(),
+        Err(e) => addresses.iter().map(|_| Err(e.clone())).collect(),
     }
 }
 
@@ -113,7 +92,7 @@ const LOOPBACK: &str = "lo";
 /// Every address of the host as (device, address with its prefix).
 fn subnet_dump(rtnl: &mut Rtnl, names: &BTreeMap<u32, String>) -> Result<Vec<(String, IpNet)>> {
     let replies =
-        rtnl.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default())).context("listing addresses")?;
+        rtnl.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default())).map_err(listing_addresses)?;
     Ok(replies
         .into_iter()
         .filter_map(|reply| match reply {
@@ -161,7 +140,7 @@ pub fn addresses(device: &str) -> Result<Vec<IpAddr>> {
 
 /// Every address of this host (of the agent's network namespace), with its device.
 pub fn local_addresses() -> Result<Vec<DeviceAddress>> {
-    let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
+    let mut rtnl = Rtnl::connect()?;
     let names = link_names(&mut rtnl)?;
     let mut addresses = address_dump(&mut rtnl, &names)?;
     addresses.sort();
@@ -170,7 +149,7 @@ pub fn local_addresses() -> Result<Vec<DeviceAddress>> {
 
 fn address_dump(rtnl: &mut Rtnl, names: &BTreeMap<u32, String>) -> Result<Vec<DeviceAddress>> {
     let replies =
-        rtnl.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default())).context("listing addresses")?;
+        rtnl.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default())).map_err(listing_addresses)?;
     Ok(replies
         .into_iter()
         .filter_map(|reply| match reply {
@@ -211,40 +190,30 @@ fn host_address(index: u32, address: IpAddr) -> AddressMessage {
     message
 }
 
-/// Adds `address` as a host address (/32 or /128) on `device`. Recorded only when
-/// the agent added it: an address that is already there belongs to someone else.
-/// IPv6 addresses skip duplicate address detection, which would hold a VIP
-/// (present on several hosts by design) tentative.
-pub fn add_address(changes: &mut HostChanges, device: &str, address: IpAddr) -> Result<()> {
-    let wanted = DeviceAddress { device: device.into(), address };
-    first_failure(add_addresses(changes, &[wanted]))
-}
-
-/// [`add_address`] for many addresses: one address listing, then one batch of
-/// adds. Returns the addresses that could not be added, each with why.
-pub fn add_addresses(
-    changes: &mut HostChanges,
-    wanted: &[DeviceAddress],
-) -> Vec<(DeviceAddress, anyhow::Error)> {
+/// Adds `wanted` as host addresses (/32 or /128) on their devices: one address
+/// listing, then one batch of adds. Recorded only when the agent added it: an
+/// address that is already there belongs to someone else. IPv6 addresses skip
+/// duplicate address detection, which would hold a VIP (present on several
+/// hosts by design) tentative. Returns the addresses that could not be added,
+/// each with why.
+pub fn add_addresses(changes: &mut HostChanges, wanted: &[DeviceAddress]) -> Vec<(DeviceAddress, HostError)> {
     let prepare = || -> Result<(Rtnl, BTreeMap<String, u32>, BTreeSet<DeviceAddress>)> {
-        let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
+        let mut rtnl = Rtnl::connect()?;
         let names = link_names(&mut rtnl)?;
         let present = address_dump(&mut rtnl, &names)?.into_iter().collect();
         Ok((rtnl, names.into_iter().map(|(index, name)| (name, index)).collect(), present))
     };
     let (mut rtnl, indexes, present) = match prepare() {
         Ok(prepared) => prepared,
-        Err(e) => return all_failed(wanted, "adding", &e),
+        Err(e) => return all_failed(wanted, adding, &e),
     };
     let mut failures = Vec::new();
     let mut to_add = Vec::new();
     for address in wanted.iter().filter(|a| !present.contains(a)) {
         match indexes.get(&address.device) {
             Some(index) => to_add.push((address, host_address(*index, address.address))),
-            None => failures.push((
-                address.clone(),
-                anyhow!("adding {} to {}: no such device", address.address, address.device),
-            )),
+            None => failures
+                .push((address.clone(), HostError::new(adding(address), Cause::NoDevice(address.device.clone())))),
         }
     }
     let requests =
@@ -253,7 +222,7 @@ pub fn add_addresses(
         Ok(answers) => answers,
         Err(e) => {
             let addresses: Vec<DeviceAddress> = to_add.iter().map(|(a, _)| (*a).clone()).collect();
-            failures.extend(all_failed(&addresses, "adding", &e.into()));
+            failures.extend(all_failed(&addresses, adding, &HostError::io("sending", e)));
             return failures;
         }
     };
@@ -264,34 +233,22 @@ pub fn add_addresses(
             }
             // Someone else's, in the meantime.
             Err(Errno::EEXIST) => {}
-            Err(errno) => failures.push((
-                (*address).clone(),
-                anyhow!("adding {} to {}: {}", address.address, address.device, errno.desc()),
-            )),
+            Err(errno) => failures.push(((*address).clone(), HostError::refused(adding(address), errno))),
         }
     }
     failures
 }
 
-/// Removes `address` from `device` if the agent added it, and forgets it; an
-/// address the agent did not add is never removed.
-pub fn remove_address(changes: &mut HostChanges, device: &str, address: IpAddr) -> Result<()> {
-    let owned = DeviceAddress { device: device.into(), address };
-    first_failure(remove_addresses(changes, &[owned]))
-}
-
-/// [`remove_address`] for many addresses, in one batch. Returns the addresses
-/// that could not be removed (and stay recorded), each with why.
-pub fn remove_addresses(
-    changes: &mut HostChanges,
-    addresses: &[DeviceAddress],
-) -> Vec<(DeviceAddress, anyhow::Error)> {
+/// Removes those of `addresses` that the agent added, in one batch, and forgets
+/// them; an address the agent did not add is never removed. Returns the
+/// addresses that could not be removed (and stay recorded), each with why.
+pub fn remove_addresses(changes: &mut HostChanges, addresses: &[DeviceAddress]) -> Vec<(DeviceAddress, HostError)> {
     let owned: Vec<&DeviceAddress> = addresses.iter().filter(|a| changes.addresses.contains(*a)).collect();
     if owned.is_empty() {
         return Vec::new();
     }
     let prepare = || -> Result<(Rtnl, BTreeMap<String, u32>)> {
-        let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
+        let mut rtnl = Rtnl::connect()?;
         let names = link_names(&mut rtnl)?;
         Ok((rtnl, names.into_iter().map(|(index, name)| (name, index)).collect()))
     };
@@ -299,7 +256,7 @@ pub fn remove_addresses(
         Ok(prepared) => prepared,
         Err(e) => {
             let owned: Vec<DeviceAddress> = owned.into_iter().cloned().collect();
-            return all_failed(&owned, "removing", &e);
+            return all_failed(&owned, removing, &e);
         }
     };
     let mut to_remove = Vec::new();
@@ -318,7 +275,7 @@ pub fn remove_addresses(
         Ok(answers) => answers,
         Err(e) => {
             let addresses: Vec<DeviceAddress> = to_remove.iter().map(|(a, _)| (*a).clone()).collect();
-            return all_failed(&addresses, "removing", &e.into());
+            return all_failed(&addresses, removing, &HostError::io("sending", e));
         }
     };
     let mut failures = Vec::new();
@@ -327,103 +284,31 @@ pub fn remove_addresses(
             Ok(_) | Err(Errno::EADDRNOTAVAIL | Errno::ENODEV) => {
                 changes.addresses.remove(address);
             }
-            Err(errno) => failures.push((
-                address.clone(),
-                anyhow!("removing {} from {}: {}", address.address, address.device, errno.desc()),
-            )),
+            Err(errno) => failures.push((address.clone(), HostError::refused(removing(address), errno))),
         }
     }
     failures
 }
 
-/// Announces VIPs held otherwise than as addresses (see [`super::local_routes`]).
-/// Returns the VIPs that could not be announced, each with why.
-pub fn announce_vips(vips: &[DeviceAddress]) -> Vec<(DeviceAddress, anyhow::Error)> {
-    announce_all(&vips.iter().collect::<Vec<_>>())
+fn adding(address: &DeviceAddress) -> String {
+    format!("adding {} to {}", address.address, address.device)
 }
 
-/// Announces each VIP [`announce::COUNT`] times: every VIP once, a pause, every
-/// VIP again, so that many VIPs cost the pauses of one.
-fn announce_all(vips: &[&DeviceAddress]) -> Vec<(DeviceAddress, anyhow::Error)> {
-    let mut failures = Vec::new();
-    let mut frames: Vec<(&DeviceAddress, LinkAddr, Vec<u8>)> = Vec::new();
-    let mut interfaces: BTreeMap<&str, Result<LinkAddr, String>> = BTreeMap::new();
-    for vip in vips {
-        let link = interfaces.entry(&vip.device).or_insert_with(|| link_address(&vip.device));
-        let frame = link.clone().and_then(|link| {
-            let mac =
-                link.addr().ok_or_else(|| format!("{} has no Ethernet address to announce", vip.device))?;
-            Ok((
-                link,
-                match vip.address {
-                    IpAddr::V4(ip) => announce::gratuitous_arp(mac, ip),
-                    IpAddr::V6(ip) => announce::unsolicited_neighbour_advertisement(mac, ip),
-                },
-            ))
-        });
-        match frame {
-            Ok((link, frame)) => frames.push((vip, link, frame)),
-            Err(e) => {
-                failures.push(((*vip).clone(), anyhow!("announcing {} on {}: {e}", vip.address, vip.device)))
-            }
-        }
-    }
-    if frames.is_empty() {
-        return failures;
-    }
-    let socket = match socket(SocketFamily::Packet, SockType::Raw, SockFlag::SOCK_CLOEXEC, None) {
-        Ok(socket) => socket,
-        Err(e) => {
-            let message = format!("opening a packet socket (needs CAP_NET_RAW): {e}");
-            failures.extend(
-                frames
-                    .iter()
-                    .map(|(vip, _, _)| ((*vip).clone(), anyhow!("announcing {}: {message}", vip.address))),
-            );
-            return failures;
-        }
-    };
-    let mut failed = BTreeSet::new();
-    for round in 0..announce::COUNT {
-        if round > 0 {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for (vip, link, frame) in &frames {
-            if failed.contains(vip) {
-                continue;
-            }
-            if let Err(e) = sendto(socket.as_raw_fd(), frame, link, MsgFlags::empty()) {
-                failed.insert(*vip);
-                failures.push(((*vip).clone(), anyhow!("announcing {} on {}: {e}", vip.address, vip.device)));
-            }
-        }
-    }
-    failures
+fn removing(address: &DeviceAddress) -> String {
+    format!("removing {} from {}", address.address, address.device)
 }
 
-/// The interface's link-layer address (index and MAC), as a packet socket address.
-fn link_address(interface: &str) -> Result<LinkAddr, String> {
-    nix::ifaddrs::getifaddrs()
-        .map_err(|e| format!("listing interfaces: {e}"))?
-        .filter(|entry| entry.interface_name == interface)
-        .find_map(|entry| entry.address.and_then(|address| address.as_link_addr().copied()))
-        .ok_or_else(|| format!("no interface {interface}"))
+fn listing_addresses(e: std::io::Error) -> HostError {
+    HostError::io("listing addresses", e)
 }
 
+/// Each address's failure: `e`'s cause, with the address's action.
 fn all_failed(
     addresses: &[DeviceAddress],
-    verb: &str,
-    e: &anyhow::Error,
-) -> Vec<(DeviceAddress, anyhow::Error)> {
-    let preposition = if verb == "adding" { "to" } else { "from" };
-    addresses
-        .iter()
-        .map(|a| (a.clone(), anyhow!("{verb} {} {preposition} {}: {e:#}", a.address, a.device)))
-        .collect()
-}
-
-fn first_failure(failures: Vec<(DeviceAddress, anyhow::Error)>) -> Result<()> {
-    failures.into_iter().next().map_or(Ok(()), |(_, e)| Err(e))
+    action: fn(&DeviceAddress) -> String,
+    e: &HostError,
+) -> Vec<(DeviceAddress, HostError)> {
+    addresses.iter().map(|a| (a.clone(), e.for_action(format!("{}: {}", action(a), e.action)))).collect()
 }
 
 #[cfg(test)]

@@ -6,14 +6,21 @@
 //! interface (needs CAP_NET_RAW).
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
+    sync::Arc,
+    time::Duration,
 };
 
-use anyhow::{Context, Result, anyhow};
 use nix::{
     ifaddrs::getifaddrs,
     sys::socket::{AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType, sendto, socket},
+};
+
+use super::{
+    changes::DeviceAddress,
+    error::{Cause, HostError},
 };
 
 /// How many announcements to send: one may be lost, a few are what keepalived
@@ -22,33 +29,76 @@ pub const COUNT: usize = 3;
 
 type Mac = [u8; 6];
 
-/// Announces `vip` on `interface` [`COUNT`] times, a few milliseconds apart.
-pub fn announce(interface: &str, vip: IpAddr) -> Result<()> {
-    let link = link_address(interface)?;
-    let mac = link.addr().ok_or_else(|| anyhow!("{interface} has no Ethernet address to announce"))?;
-    let frame = match vip {
-        IpAddr::V4(vip) => gratuitous_arp(mac, vip),
-        IpAddr::V6(vip) => unsolicited_neighbour_advertisement(mac, vip),
-    };
-    let socket = socket(AddressFamily::Packet, SockType::Raw, SockFlag::SOCK_CLOEXEC, None)
-        .context("opening a packet socket (needs CAP_NET_RAW)")?;
-    for i in 0..COUNT {
-        if i > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+/// Announces VIPs held otherwise than as addresses (see [`super::local_routes`]).
+/// Returns the VIPs that could not be announced, each with why.
+pub fn announce_vips(vips: &[DeviceAddress]) -> Vec<(DeviceAddress, HostError)> {
+    announce_all(&vips.iter().collect::<Vec<_>>())
+}
+
+/// Announces each VIP [`COUNT`] times: every VIP once, a pause, every VIP again,
+/// so that many VIPs cost the pauses of one.
+pub(crate) fn announce_all(vips: &[&DeviceAddress]) -> Vec<(DeviceAddress, HostError)> {
+    let action = |vip: &DeviceAddress| format!("announcing {} on {}", vip.address, vip.device);
+    let mut failures = Vec::new();
+    let mut frames: Vec<(&DeviceAddress, LinkAddr, Vec<u8>)> = Vec::new();
+    let mut interfaces: BTreeMap<&str, Result<LinkAddr, Cause>> = BTreeMap::new();
+    for vip in vips {
+        let link = interfaces.entry(&vip.device).or_insert_with(|| link_address(&vip.device));
+        let frame = link.clone().and_then(|link| {
+            let mac = link.addr().ok_or_else(|| {
+                Cause::Unsupported(format!("{} has no Ethernet address to announce from", vip.device))
+            })?;
+            Ok((
+                link,
+                match vip.address {
+                    IpAddr::V4(ip) => gratuitous_arp(mac, ip),
+                    IpAddr::V6(ip) => unsolicited_neighbour_advertisement(mac, ip),
+                },
+            ))
+        });
+        match frame {
+            Ok((link, frame)) => frames.push((vip, link, frame)),
+            Err(cause) => failures.push(((*vip).clone(), HostError::new(action(vip), cause))),
         }
-        sendto(socket.as_raw_fd(), &frame, &link, MsgFlags::empty())
-            .with_context(|| format!("announcing {vip} on {interface}"))?;
     }
-    Ok(())
+    if frames.is_empty() {
+        return failures;
+    }
+    let socket = match socket(AddressFamily::Packet, SockType::Raw, SockFlag::SOCK_CLOEXEC, None) {
+        Ok(socket) => socket,
+        Err(errno) => {
+            let why = HostError::refused("opening a packet socket (needs CAP_NET_RAW)", errno);
+            failures.extend(
+                frames.iter().map(|(vip, _, _)| ((*vip).clone(), why.for_action(format!("{}: {}", action(vip), why.action)))),
+            );
+            return failures;
+        }
+    };
+    let mut failed = BTreeSet::new();
+    for round in 0..COUNT {
+        if round > 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for (vip, link, frame) in &frames {
+            if failed.contains(vip) {
+                continue;
+            }
+            if let Err(errno) = sendto(socket.as_raw_fd(), frame, link, MsgFlags::empty()) {
+                failed.insert(*vip);
+                failures.push(((*vip).clone(), HostError::refused(action(vip), errno)));
+            }
+        }
+    }
+    failures
 }
 
 /// The interface's link-layer address (index and MAC), as a packet socket address.
-fn link_address(interface: &str) -> Result<LinkAddr> {
+fn link_address(interface: &str) -> Result<LinkAddr, Cause> {
     getifaddrs()
-        .context("listing interfaces")?
+        .map_err(|errno| Cause::Io(Arc::new(errno.into())))?
         .filter(|entry| entry.interface_name == interface)
         .find_map(|entry| entry.address.and_then(|address| address.as_link_addr().copied()))
-        .ok_or_else(|| anyhow!("no interface {interface}"))
+        .ok_or_else(|| Cause::NoDevice(interface.into()))
 }
 
 fn ethernet_header(destination: Mac, source: Mac, ether_type: u16) -> Vec<u8> {

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result, anyhow};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::{
     RouteNetlinkMessage,
@@ -18,7 +17,11 @@ use netlink_packet_route::{
 };
 use nix::errno::Errno;
 
-use super::{changes::HostChanges, rtnl::Rtnl};
+use super::{
+    changes::HostChanges,
+    error::{Cause, HostError, Result},
+    rtnl::Rtnl,
+};
 
 /// One network device: index, name, whether it is up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +32,9 @@ pub(crate) struct Link {
 }
 
 pub(crate) fn links(rtnl: &mut Rtnl) -> Result<Vec<Link>> {
-    let replies = rtnl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default())).context("listing links")?;
+    let replies = rtnl
+        .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
+        .map_err(|e| HostError::io("listing links", e))?;
     Ok(replies
         .into_iter()
         .filter_map(|reply| match reply {
@@ -55,13 +60,10 @@ fn find(rtnl: &mut Rtnl, device: &str) -> Result<Option<Link>> {
     Ok(links(rtnl)?.into_iter().find(|link| link.name == device))
 }
 
-fn open() -> Result<Rtnl> {
-    Rtnl::open().context("opening a netlink socket")
-}
 
 /// Whether a device of this name exists.
 pub fn device_exists(device: &str) -> bool {
-    open().and_then(|mut rtnl| find(&mut rtnl, device)).is_ok_and(|link| link.is_some())
+    Rtnl::connect().and_then(|mut rtnl| find(&mut rtnl, device)).is_ok_and(|link| link.is_some())
 }
 
 /// One request that wants only an acknowledgement.
@@ -76,7 +78,7 @@ fn request(rtnl: &mut Rtnl, message: RouteNetlinkMessage, flags: u16) -> Result<
 /// it is someone else's, or the kernel's own, and nothing is recorded). A device
 /// the agent created is recorded, so that undo deletes it and nothing else.
 pub fn create_device(changes: &mut HostChanges, name: &str, kind: InfoKind) -> Result<()> {
-    let mut rtnl = open()?;
+    let mut rtnl = Rtnl::connect()?;
     if find(&mut rtnl, name)?.is_some() {
         return Ok(());
     }
@@ -90,7 +92,7 @@ pub fn create_device(changes: &mut HostChanges, name: &str, kind: InfoKind) -> R
         }
         // Loading the kind's module made it: a tunnel module's fallback device.
         Err(Errno::EEXIST) => Ok(()),
-        Err(errno) => Err(anyhow!("creating {name} (type {kind}): {}", errno.desc())),
+        Err(errno) => Err(HostError::refused(format!("creating {name} (type {kind})"), errno)),
     }
 }
 
@@ -113,13 +115,14 @@ pub fn ensure_dummy(changes: &mut HostChanges, name: &str) -> Result<()> {
 
 /// A change of the existing device `device`, as `RTM_NEWLINK` on its index.
 fn set_link(device: &str, change: impl FnOnce(&mut LinkMessage)) -> Result<()> {
-    let mut rtnl = open()?;
-    let link = find(&mut rtnl, device)?.ok_or_else(|| anyhow!("no device {device}"))?;
+    let mut rtnl = Rtnl::connect()?;
+    let action = || format!("changing {device}");
+    let link =
+        find(&mut rtnl, device)?.ok_or_else(|| HostError::new(action(), Cause::NoDevice(device.into())))?;
     let mut message = LinkMessage::default();
     message.header.index = link.index;
     change(&mut message);
-    request(&mut rtnl, RouteNetlinkMessage::SetLink(message), 0)
-        .map_err(|errno| anyhow!("changing {device}: {}", errno.desc()))
+    request(&mut rtnl, RouteNetlinkMessage::SetLink(message), 0).map_err(|errno| HostError::refused(action(), errno))
 }
 
 fn set_up(device: &str, up: bool) -> Result<()> {
@@ -129,11 +132,11 @@ fn set_up(device: &str, up: bool) -> Result<()> {
             message.header.flags = LinkFlags::Up;
         }
     })
-    .with_context(|| format!("bringing {device} {}", if up { "up" } else { "down" }))
+    .map_err(|e| e.for_action(format!("bringing {device} {}", if up { "up" } else { "down" })))
 }
 
 fn is_up(device: &str) -> Result<bool> {
-    let mut rtnl = open()?;
+    let mut rtnl = Rtnl::connect()?;
     Ok(find(&mut rtnl, device)?.is_some_and(|link| link.up))
 }
 
@@ -160,13 +163,13 @@ pub fn lower_device(changes: &mut HostChanges, device: &str) -> Result<()> {
 /// Deletes a device the agent created, and forgets it; any other is left alone.
 pub fn delete_device(changes: &mut HostChanges, device: &str) -> Result<()> {
     if changes.created_devices.contains(device) {
-        let mut rtnl = open()?;
+        let mut rtnl = Rtnl::connect()?;
         if let Some(link) = find(&mut rtnl, device)? {
             let mut message = LinkMessage::default();
             message.header.index = link.index;
             match request(&mut rtnl, RouteNetlinkMessage::DelLink(message), 0) {
                 Ok(()) | Err(Errno::ENODEV) => {}
-                Err(errno) => return Err(anyhow!("deleting {device}: {}", errno.desc())),
+                Err(errno) => return Err(HostError::refused(format!("deleting {device}"), errno)),
             }
         }
     }

@@ -19,7 +19,6 @@ use std::{
     net::IpAddr,
 };
 
-use anyhow::{Context, Result, anyhow};
 use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::{
@@ -30,6 +29,7 @@ use nix::errno::Errno;
 
 use super::{
     changes::{DeviceAddress, DeviceRoute, HostChanges},
+    error::{Cause, HostError, Result},
     link::link_names,
     rtnl::Rtnl,
 };
@@ -90,34 +90,30 @@ pub fn routed_device(changes: &HostChanges, address: IpAddr) -> Option<&str> {
 pub fn add_routes(
     changes: &mut HostChanges,
     routes: &[DeviceRoute],
-) -> (Vec<DeviceRoute>, Vec<(DeviceRoute, anyhow::Error)>) {
+) -> (Vec<DeviceRoute>, Vec<(DeviceRoute, HostError)>) {
     let prepare = || -> Result<(Rtnl, BTreeMap<String, u32>, BTreeSet<DeviceRoute>)> {
-        let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
+        let mut rtnl = Rtnl::connect()?;
         let names = link_names(&mut rtnl)?;
         let present = local_routes(&mut rtnl, &names)?;
         Ok((rtnl, names.into_iter().map(|(index, name)| (name, index)).collect(), present))
     };
     let (mut rtnl, indexes, present) = match prepare() {
         Ok(prepared) => prepared,
-        Err(e) => return (Vec::new(), routes.iter().map(|r| (r.clone(), anyhow!("{e:#}"))).collect()),
+        Err(e) => return (Vec::new(), all_failed(routes.iter(), adding, &e)),
     };
     let mut failures = Vec::new();
     let mut to_add = Vec::new();
     for route in routes.iter().filter(|route| !present.contains(route)) {
         match indexes.get(&route.device) {
             Some(index) => to_add.push((route, local_route(*index, route.block))),
-            None => {
-                failures.push((route.clone(), anyhow!("adding local route {}: no such device", route.block)))
-            }
+            None => failures.push((route.clone(), HostError::new(adding(route), Cause::NoDevice(route.device.clone())))),
         }
     }
     let requests = to_add.iter().map(|(_, message)| RouteNetlinkMessage::NewRoute(message.clone())).collect();
     let answers = match rtnl.batch(requests, NLM_F_CREATE | NLM_F_EXCL) {
         Ok(answers) => answers,
         Err(e) => {
-            failures.extend(
-                to_add.iter().map(|(r, _)| ((*r).clone(), anyhow!("adding local route {}: {e}", r.block))),
-            );
+            failures.extend(all_failed(to_add.iter().map(|(r, _)| *r), adding, &HostError::io("sending", e)));
             return (Vec::new(), failures);
         }
     };
@@ -130,10 +126,7 @@ pub fn add_routes(
             }
             // Someone else's, in the meantime.
             Err(Errno::EEXIST) => {}
-            Err(errno) => failures.push((
-                route.clone(),
-                anyhow!("adding local route {} on {}: {}", route.block, route.device, errno.desc()),
-            )),
+            Err(errno) => failures.push((route.clone(), HostError::refused(adding(route), errno))),
         }
     }
     (added, failures)
@@ -141,19 +134,19 @@ pub fn add_routes(
 
 /// Deletes the recorded routes among `routes`, and forgets them. Returns the
 /// routes that could not be deleted (and stay recorded), each with why.
-pub fn remove_routes(changes: &mut HostChanges, routes: &[DeviceRoute]) -> Vec<(DeviceRoute, anyhow::Error)> {
+pub fn remove_routes(changes: &mut HostChanges, routes: &[DeviceRoute]) -> Vec<(DeviceRoute, HostError)> {
     let owned: Vec<&DeviceRoute> = routes.iter().filter(|r| changes.routes.contains(*r)).collect();
     if owned.is_empty() {
         return Vec::new();
     }
     let prepare = || -> Result<(Rtnl, BTreeMap<String, u32>)> {
-        let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
+        let mut rtnl = Rtnl::connect()?;
         let names = link_names(&mut rtnl)?;
         Ok((rtnl, names.into_iter().map(|(index, name)| (name, index)).collect()))
     };
     let (mut rtnl, indexes) = match prepare() {
         Ok(prepared) => prepared,
-        Err(e) => return owned.into_iter().map(|r| (r.clone(), anyhow!("{e:#}"))).collect(),
+        Err(e) => return all_failed(owned.into_iter(), removing, &e),
     };
     let mut to_remove = Vec::new();
     for route in owned {
@@ -169,12 +162,7 @@ pub fn remove_routes(changes: &mut HostChanges, routes: &[DeviceRoute]) -> Vec<(
         to_remove.iter().map(|(_, message)| RouteNetlinkMessage::DelRoute(message.clone())).collect();
     let answers = match rtnl.batch(requests, 0) {
         Ok(answers) => answers,
-        Err(e) => {
-            return to_remove
-                .iter()
-                .map(|(r, _)| ((*r).clone(), anyhow!("removing local route {}: {e}", r.block)))
-                .collect();
-        }
+        Err(e) => return all_failed(to_remove.iter().map(|(r, _)| *r), removing, &HostError::io("sending", e)),
     };
     let mut failures = Vec::new();
     for ((route, _), answer) in to_remove.into_iter().zip(answers) {
@@ -182,13 +170,27 @@ pub fn remove_routes(changes: &mut HostChanges, routes: &[DeviceRoute]) -> Vec<(
             Ok(_) | Err(Errno::ESRCH | Errno::ENOENT) => {
                 changes.routes.remove(route);
             }
-            Err(errno) => failures.push((
-                route.clone(),
-                anyhow!("removing local route {} from {}: {}", route.block, route.device, errno.desc()),
-            )),
+            Err(errno) => failures.push((route.clone(), HostError::refused(removing(route), errno))),
         }
     }
     failures
+}
+
+fn adding(route: &DeviceRoute) -> String {
+    format!("adding local route {} on {}", route.block, route.device)
+}
+
+fn removing(route: &DeviceRoute) -> String {
+    format!("removing local route {} from {}", route.block, route.device)
+}
+
+/// Each route's failure: `e`'s cause, with the route's action.
+fn all_failed<'a>(
+    routes: impl Iterator<Item = &'a DeviceRoute>,
+    action: fn(&DeviceRoute) -> String,
+    e: &HostError,
+) -> Vec<(DeviceRoute, HostError)> {
+    routes.map(|r| (r.clone(), e.for_action(format!("{}: {}", action(r), e.action)))).collect()
 }
 
 /// `local BLOCK dev DEVICE table local scope host`.
@@ -213,7 +215,8 @@ fn local_route(index: u32, block: IpNet) -> RouteMessage {
 fn local_routes(rtnl: &mut Rtnl, names: &BTreeMap<u32, String>) -> Result<BTreeSet<DeviceRoute>> {
     let mut query = RouteMessage::default();
     query.header.address_family = AddressFamily::Inet;
-    let replies = rtnl.dump(RouteNetlinkMessage::GetRoute(query)).context("listing routes")?;
+    let replies =
+        rtnl.dump(RouteNetlinkMessage::GetRoute(query)).map_err(|e| HostError::io("listing routes", e))?;
     Ok(replies
         .into_iter()
         .filter_map(|reply| match reply {

@@ -11,6 +11,7 @@
 pub mod address;
 pub mod announce;
 mod changes;
+mod error;
 pub mod link;
 pub mod local_routes;
 pub mod nat;
@@ -20,9 +21,8 @@ mod rtnl;
 pub mod sysctl;
 pub mod tunnel;
 
-use anyhow::{Result, bail};
-
 pub use changes::{DeviceAddress, DeviceRoute, HostChanges};
+pub use error::{Cause, HostError};
 pub use sysctl::Sysctls;
 
 // Here rather than beside the record (changes.rs): undoing calls every module
@@ -33,30 +33,24 @@ impl HostChanges {
     /// ARP settings must outlive the VIPs they hide). Keeps going after a failure,
     /// so that one stuck item does not pin the others, and reports the failures;
     /// what could not be undone stays recorded.
-    pub fn undo(&mut self, sysctls: &Sysctls) -> Result<()> {
+    pub fn undo(&mut self, sysctls: &Sysctls) -> Result<(), HostError> {
         let mut failures = Vec::new();
-        if let Err(e) = nat::remove_masquerade(self) {
-            failures.push(format!("{e:#}"));
-        }
+        failures.extend(nat::remove_masquerade(self).err());
         let routes: Vec<DeviceRoute> = self.routes.iter().cloned().collect();
-        failures
-            .extend(local_routes::remove_routes(self, &routes).into_iter().map(|(_, e)| format!("{e:#}")));
+        failures.extend(local_routes::remove_routes(self, &routes).into_iter().map(|(_, e)| e));
         let addresses: Vec<DeviceAddress> = self.addresses.iter().cloned().collect();
-        failures
-            .extend(address::remove_addresses(self, &addresses).into_iter().map(|(_, e)| format!("{e:#}")));
+        failures.extend(address::remove_addresses(self, &addresses).into_iter().map(|(_, e)| e));
         for device in self.raised_devices.clone() {
-            if let Err(e) = link::lower_device(self, &device) {
-                failures.push(format!("{e:#}"));
-            }
+            failures.extend(link::lower_device(self, &device).err());
         }
         for device in self.created_devices.clone() {
-            if let Err(e) = link::delete_device(self, &device) {
-                failures.push(format!("{e:#}"));
-            }
+            failures.extend(link::delete_device(self, &device).err());
         }
-        if let Err(e) = sysctls.restore_all(self) {
-            failures.push(format!("{e:#}"));
+        failures.extend(sysctls.restore_all(self).err());
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(HostError::new("undoing host changes", Cause::Several(failures)))
         }
-        if failures.is_empty() { Ok(()) } else { bail!("host changes not undone: {}", failures.join("; ")) }
     }
 }

@@ -21,10 +21,9 @@
 
 use std::net::IpAddr;
 
-use anyhow::Result;
-
 use super::{
     changes::HostChanges,
+    error::Result,
     nftables::{Attr, FAMILY_INET, Kind, NFPROTO_IPV4, NFPROTO_IPV6, Request, commit},
 };
 

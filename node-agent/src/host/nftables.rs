@@ -24,6 +24,8 @@ use nix::{
     sys::socket::{setsockopt, sockopt},
 };
 
+use super::error::HostError;
+
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
@@ -162,15 +164,6 @@ impl Request {
     }
 }
 
-/// A transaction that failed: the request the kernel refused, and why.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum NftError {
-    #[error("nf_tables: {0}")]
-    Socket(#[from] io::Error),
-    #[error("nf_tables refused {what}: {}", errno.desc())]
-    Refused { what: String, errno: Errno },
-}
-
 /// The batch as bytes: begin, each request asking for an acknowledgement with
 /// sequence numbers from `first_sequence`, end.
 fn encode(requests: &[Request], first_sequence: u32) -> Vec<u8> {
@@ -218,7 +211,26 @@ impl Message {
 ///
 /// nfnetlink runs a batch while the send is in progress, so every answer is
 /// queued on the socket when `send` returns; they are read without waiting.
-pub(crate) fn commit(requests: &[Request]) -> Result<(), NftError> {
+/// A failure names the request the kernel refused (`nf_tables: <what>`).
+pub(crate) fn commit(requests: &[Request]) -> Result<(), HostError> {
+    send_batch(requests).map_err(|e| match e {
+        Failed::Socket(e) => HostError::io("nf_tables", e),
+        Failed::Refused { what, errno } => HostError::refused(format!("nf_tables: {what}"), errno),
+    })
+}
+
+enum Failed {
+    Socket(io::Error),
+    Refused { what: String, errno: Errno },
+}
+
+impl From<io::Error> for Failed {
+    fn from(e: io::Error) -> Self {
+        Failed::Socket(e)
+    }
+}
+
+fn send_batch(requests: &[Request]) -> Result<(), Failed> {
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
@@ -244,7 +256,7 @@ pub(crate) fn commit(requests: &[Request]) -> Result<(), NftError> {
         if let Some((sequence, errno)) = errors(&datagram).into_iter().next() {
             let index = sequence.wrapping_sub(first_sequence) as usize;
             let what = requests.get(index).map_or_else(|| "the batch".to_string(), |r| r.what.clone());
-            return Err(NftError::Refused { what, errno });
+            return Err(Failed::Refused { what, errno });
         }
     }
 }

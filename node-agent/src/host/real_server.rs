@@ -6,7 +6,6 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use anyhow::anyhow;
 use lvs_crds::{
     lvs_node::{RealServerMode, RealServerVip},
     virtual_service::TunnelEncapsulation,
@@ -15,6 +14,7 @@ use lvs_crds::{
 use super::{
     address,
     changes::{DeviceAddress, HostChanges},
+    error::{Cause, HostError},
     link,
     sysctl::{self, Sysctls},
     tunnel,
@@ -47,7 +47,7 @@ pub fn configure(
     changes: &mut HostChanges,
     sysctls: &Sysctls,
     vips: &[RealServerVip],
-) -> Vec<(IpAddr, anyhow::Error)> {
+) -> Vec<(IpAddr, HostError)> {
     let mut by_device: BTreeMap<&'static str, Vec<&RealServerVip>> = BTreeMap::new();
     for vip in vips {
         by_device.entry(device_name(vip)).or_default().push(vip);
@@ -61,7 +61,7 @@ pub fn configure(
                 .and_then(|()| sysctls.apply(changes, &sysctl::real_server_tun(device))),
         };
         if let Err(e) = prepared {
-            failures.extend(vips.iter().map(|vip| (vip.address, anyhow!("{device}: {e:#}"))));
+            failures.extend(vips.iter().map(|vip| (vip.address, e.clone())));
             continue;
         }
         let mut ready = Vec::new();
@@ -70,7 +70,8 @@ pub fn configure(
             // (its generic-netlink family): not done yet, so say so rather than
             // hold a VIP that receives nothing.
             if vip.tunnel.as_ref().is_some_and(|t| t.encapsulation == TunnelEncapsulation::Gue) {
-                failures.push((vip.address, anyhow!("GUE real servers are not supported yet")));
+                let why = Cause::Unsupported("GUE real servers are not supported yet".into());
+                failures.push((vip.address, HostError::new(format!("receiving {} over GUE", vip.address), why)));
             } else {
                 ready.push(DeviceAddress { device: device.into(), address: vip.address });
             }

@@ -3,6 +3,7 @@
 //! `send`, every one asking for an acknowledgement; replies are matched to
 //! requests by sequence number (as the IPVS handle does, see ipvs/handle.rs).
 
+use super::error::HostError;
 use std::io;
 
 use netlink_packet_core::{
@@ -44,6 +45,11 @@ impl Rtnl {
     }
 
     /// Every object of a kind (`RTM_GET*` with `NLM_F_DUMP`).
+    /// [`Rtnl::open`] for host changes: its failure is a [`HostError`].
+    pub(crate) fn connect() -> Result<Self, HostError> {
+        Self::open().map_err(|e| HostError::io("opening a netlink socket", e))
+    }
+
     pub(crate) fn dump(&mut self, request: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
         let seq = self.encode(request, NLM_F_REQUEST | NLM_F_DUMP);
         self.flush()?;

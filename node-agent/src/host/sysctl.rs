@@ -10,9 +10,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result};
-
-use super::changes::HostChanges;
+use super::{
+    changes::HostChanges,
+    error::{Cause, HostError, Result},
+};
 
 /// The host's sysctls, as files under a root directory: `/proc/sys` by default,
 /// `/host/proc/sys` where the DaemonSet mounts the host's.
@@ -52,14 +53,14 @@ impl Sysctls {
     pub fn get(&self, key: &str) -> Result<String> {
         let path = self.path(key);
         let value = fs::read_to_string(&path)
-            .with_context(|| format!("reading sysctl {key} ({})", path.display()))?;
+            .map_err(|e| HostError::io(format!("reading sysctl {key} ({})", path.display()), e))?;
         Ok(value.trim_end().to_string())
     }
 
     fn write(&self, key: &str, value: &str) -> Result<()> {
         let path = self.path(key);
         fs::write(&path, format!("{value}\n"))
-            .with_context(|| format!("setting sysctl {key}={value} ({})", path.display()))
+            .map_err(|e| HostError::io(format!("setting sysctl {key}={value} ({})", path.display()), e))
     }
 
     /// Sets `key` to `value`. The first time the agent changes a key, its previous
@@ -102,9 +103,12 @@ impl Sysctls {
     /// process's own `/proc`: the kernel is the same whatever the root (a
     /// DaemonSet mounts only the host's `net` sysctls under its root).
     pub fn kernel_version(&self) -> Result<KernelVersion> {
-        let release = fs::read_to_string("/proc/sys/kernel/osrelease").context("reading kernel.osrelease")?;
+        let action = "reading kernel.osrelease";
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").map_err(|e| HostError::io(action, e))?;
         let release = release.trim();
-        KernelVersion::parse(release).with_context(|| format!("unrecognised kernel release {release:?}"))
+        KernelVersion::parse(release).ok_or_else(|| {
+            HostError::new(action, Cause::Unsupported(format!("unrecognised kernel release {release:?}")))
+        })
     }
 
     /// Whether this key exists (e.g. `net.ipv4.vs.*` only once IPVS is loaded).

@@ -13,11 +13,14 @@
 
 use std::net::IpAddr;
 
-use anyhow::{Result, bail};
 use lvs_crds::virtual_service::TunnelEncapsulation;
 use netlink_packet_route::link::InfoKind;
 
-use super::{changes::HostChanges, link};
+use super::{
+    changes::HostChanges,
+    error::{Cause, HostError, Result},
+    link,
+};
 
 /// The device that receives a tunnel's packets for a VIP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +49,8 @@ pub fn device_for(encapsulation: TunnelEncapsulation, vip: IpAddr) -> TunnelDevi
 pub fn ensure(changes: &mut HostChanges, device: &TunnelDevice) -> Result<()> {
     link::create_device(changes, device.name, device.kind.clone())?;
     if !link::device_exists(device.name) {
-        bail!("no {}: the kernel did not make the {} device", device.name, device.kind);
+        let why = format!("the kernel did not make the {} device", device.kind);
+        return Err(HostError::new(format!("making {}", device.name), Cause::Unsupported(why)));
     }
     link::raise_device(changes, device.name)
 }

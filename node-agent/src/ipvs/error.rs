@@ -78,7 +78,8 @@ pub enum IpvsError {
     Kernel { op: String, error: KernelError },
     /// The generic-netlink family "IPVS" is not registered.
     #[error(
-        "IPVS is not available: the kernel has no generic netlink family \"IPVS\" (is the ip_vs module loaded? `modprobe ip_vs`)"
+        "IPVS is not available: the kernel has no generic netlink family \"IPVS\" and could not load it \
+         (a kernel without IP_VS, or one that cannot load modules: its ip_vs module must be loaded on the host)"
     )]
     Unavailable,
     #[error("{op}: netlink socket error: {source}")]
