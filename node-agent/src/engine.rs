@@ -40,7 +40,8 @@ use crate::{
     desired::{DesiredService, Health, desired_service, desired_services_with, service_key},
     health::HealthMap,
     host::{
-        DeviceAddress, HostChanges, HostError, Sysctls, address, announce, local_routes, nat, real_server, sysctl,
+        DeviceAddress, HostChanges, HostError, Sysctls, address, announce, local_routes, nat, real_server,
+        sysctl,
     },
     ipvs::{IpvsError, IpvsHandle, KernelError, ServiceKey},
     ipvsadm::op_rule,
@@ -155,7 +156,6 @@ impl Failure {
     pub fn new(subject: Subject, error: impl Into<FailureError>) -> Self {
         Failure { subject, error: error.into() }
     }
-
 }
 
 impl From<String> for FailureError {

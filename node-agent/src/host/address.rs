@@ -212,8 +212,10 @@ pub fn add_addresses(changes: &mut HostChanges, wanted: &[DeviceAddress]) -> Vec
     for address in wanted.iter().filter(|a| !present.contains(a)) {
         match indexes.get(&address.device) {
             Some(index) => to_add.push((address, host_address(*index, address.address))),
-            None => failures
-                .push((address.clone(), HostError::new(adding(address), Cause::NoDevice(address.device.clone())))),
+            None => failures.push((
+                address.clone(),
+                HostError::new(adding(address), Cause::NoDevice(address.device.clone())),
+            )),
         }
     }
     let requests =
@@ -242,7 +244,10 @@ pub fn add_addresses(changes: &mut HostChanges, wanted: &[DeviceAddress]) -> Vec
 /// Removes those of `addresses` that the agent added, in one batch, and forgets
 /// them; an address the agent did not add is never removed. Returns the
 /// addresses that could not be removed (and stay recorded), each with why.
-pub fn remove_addresses(changes: &mut HostChanges, addresses: &[DeviceAddress]) -> Vec<(DeviceAddress, HostError)> {
+pub fn remove_addresses(
+    changes: &mut HostChanges,
+    addresses: &[DeviceAddress],
+) -> Vec<(DeviceAddress, HostError)> {
     let owned: Vec<&DeviceAddress> = addresses.iter().filter(|a| changes.addresses.contains(*a)).collect();
     if owned.is_empty() {
         return Vec::new();

@@ -68,9 +68,9 @@ pub(crate) fn announce_all(vips: &[&DeviceAddress]) -> Vec<(DeviceAddress, HostE
         Ok(socket) => socket,
         Err(errno) => {
             let why = HostError::refused("opening a packet socket (needs CAP_NET_RAW)", errno);
-            failures.extend(
-                frames.iter().map(|(vip, _, _)| ((*vip).clone(), why.for_action(format!("{}: {}", action(vip), why.action)))),
-            );
+            failures.extend(frames.iter().map(|(vip, _, _)| {
+                ((*vip).clone(), why.for_action(format!("{}: {}", action(vip), why.action)))
+            }));
             return failures;
         }
     };

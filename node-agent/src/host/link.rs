@@ -60,7 +60,6 @@ fn find(rtnl: &mut Rtnl, device: &str) -> Result<Option<Link>> {
     Ok(links(rtnl)?.into_iter().find(|link| link.name == device))
 }
 
-
 /// Whether a device of this name exists.
 pub fn device_exists(device: &str) -> bool {
     Rtnl::connect().and_then(|mut rtnl| find(&mut rtnl, device)).is_ok_and(|link| link.is_some())
@@ -122,7 +121,8 @@ fn set_link(device: &str, change: impl FnOnce(&mut LinkMessage)) -> Result<()> {
     let mut message = LinkMessage::default();
     message.header.index = link.index;
     change(&mut message);
-    request(&mut rtnl, RouteNetlinkMessage::SetLink(message), 0).map_err(|errno| HostError::refused(action(), errno))
+    request(&mut rtnl, RouteNetlinkMessage::SetLink(message), 0)
+        .map_err(|errno| HostError::refused(action(), errno))
 }
 
 fn set_up(device: &str, up: bool) -> Result<()> {

@@ -106,7 +106,8 @@ pub fn add_routes(
     for route in routes.iter().filter(|route| !present.contains(route)) {
         match indexes.get(&route.device) {
             Some(index) => to_add.push((route, local_route(*index, route.block))),
-            None => failures.push((route.clone(), HostError::new(adding(route), Cause::NoDevice(route.device.clone())))),
+            None => failures
+                .push((route.clone(), HostError::new(adding(route), Cause::NoDevice(route.device.clone())))),
         }
     }
     let requests = to_add.iter().map(|(_, message)| RouteNetlinkMessage::NewRoute(message.clone())).collect();
@@ -162,7 +163,9 @@ pub fn remove_routes(changes: &mut HostChanges, routes: &[DeviceRoute]) -> Vec<(
         to_remove.iter().map(|(_, message)| RouteNetlinkMessage::DelRoute(message.clone())).collect();
     let answers = match rtnl.batch(requests, 0) {
         Ok(answers) => answers,
-        Err(e) => return all_failed(to_remove.iter().map(|(r, _)| *r), removing, &HostError::io("sending", e)),
+        Err(e) => {
+            return all_failed(to_remove.iter().map(|(r, _)| *r), removing, &HostError::io("sending", e));
+        }
     };
     let mut failures = Vec::new();
     for ((route, _), answer) in to_remove.into_iter().zip(answers) {

@@ -71,7 +71,8 @@ pub fn configure(
             // hold a VIP that receives nothing.
             if vip.tunnel.as_ref().is_some_and(|t| t.encapsulation == TunnelEncapsulation::Gue) {
                 let why = Cause::Unsupported("GUE real servers are not supported yet".into());
-                failures.push((vip.address, HostError::new(format!("receiving {} over GUE", vip.address), why)));
+                failures
+                    .push((vip.address, HostError::new(format!("receiving {} over GUE", vip.address), why)));
             } else {
                 ready.push(DeviceAddress { device: device.into(), address: vip.address });
             }

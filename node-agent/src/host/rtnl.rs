@@ -3,7 +3,6 @@
 //! `send`, every one asking for an acknowledgement; replies are matched to
 //! requests by sequence number (as the IPVS handle does, see ipvs/handle.rs).
 
-use super::error::HostError;
 use std::io;
 
 use netlink_packet_core::{
@@ -11,6 +10,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use super::error::HostError;
 
 /// Requests sent before their replies are read: bounded so that the replies
 /// (a route lookup's answer is ~100 bytes) fit the receive buffer.
@@ -44,12 +45,12 @@ impl Rtnl {
         Ok(Rtnl { socket, next_sequence: 1, datagram: Vec::with_capacity(DATAGRAM), outgoing: Vec::new() })
     }
 
-    /// Every object of a kind (`RTM_GET*` with `NLM_F_DUMP`).
     /// [`Rtnl::open`] for host changes: its failure is a [`HostError`].
     pub(crate) fn connect() -> Result<Self, HostError> {
         Self::open().map_err(|e| HostError::io("opening a netlink socket", e))
     }
 
+    /// Every object of a kind (`RTM_GET*` with `NLM_F_DUMP`).
     pub(crate) fn dump(&mut self, request: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
         let seq = self.encode(request, NLM_F_REQUEST | NLM_F_DUMP);
         self.flush()?;

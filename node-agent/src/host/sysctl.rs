@@ -104,7 +104,8 @@ impl Sysctls {
     /// DaemonSet mounts only the host's `net` sysctls under its root).
     pub fn kernel_version(&self) -> Result<KernelVersion> {
         let action = "reading kernel.osrelease";
-        let release = fs::read_to_string("/proc/sys/kernel/osrelease").map_err(|e| HostError::io(action, e))?;
+        let release =
+            fs::read_to_string("/proc/sys/kernel/osrelease").map_err(|e| HostError::io(action, e))?;
         let release = release.trim();
         KernelVersion::parse(release).ok_or_else(|| {
             HostError::new(action, Cause::Unsupported(format!("unrecognised kernel release {release:?}")))
