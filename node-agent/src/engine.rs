@@ -40,8 +40,8 @@ use crate::{
     desired::{DesiredService, Health, desired_service, desired_services_with, service_key},
     health::HealthMap,
     host::{
-        DeviceAddress, HostChanges, HostError, Sysctls, address, announce, local_routes, nat, real_server,
-        sysctl,
+        DeviceAddress, GuePort, HostChanges, HostError, Sysctls, address, announce, local_routes, nat,
+        real_server, sysctl,
     },
     ipvs::{IpvsError, IpvsHandle, KernelError, ServiceKey},
     ipvsadm::op_rule,
@@ -98,6 +98,8 @@ pub enum Subject {
     DirectorVip(IpAddr),
     /// A VIP this real server binds.
     RealServerVip(IpAddr),
+    /// A UDP port this real server receives GUE on.
+    GuePort(GuePort),
     /// A director interface's sysctls.
     DirectorSysctls(String),
     /// FullNAT's masquerade table.
@@ -120,6 +122,7 @@ impl fmt::Display for Subject {
             Subject::Service(key) => write!(f, "{key}"),
             Subject::DirectorVip(vip) => write!(f, "director VIP {vip}"),
             Subject::RealServerVip(vip) => write!(f, "real server VIP {vip}"),
+            Subject::GuePort(port) => write!(f, "GUE port {port}"),
             Subject::DirectorSysctls(interface) => write!(f, "director sysctls of {interface}"),
             Subject::Masquerade => f.write_str("FullNAT masquerade"),
             Subject::HostAddresses => f.write_str("host addresses"),
@@ -530,11 +533,13 @@ impl Engine {
         let mut wanted: BTreeSet<DeviceAddress> = BTreeSet::new();
         let mut fail = |subject: Subject, e: HostError| round.failures.push(Failure::new(subject, e));
 
-        if let Some(real_server) = &spec.real_server {
-            wanted.extend(real_server::vip_addresses(&real_server.vips));
-            for (vip, e) in real_server::configure(changes, &self.sysctls, &real_server.vips) {
-                fail(Subject::RealServerVip(vip), e);
-            }
+        let real_server_vips = spec.real_server.as_ref().map_or(&[][..], |r| &r.vips);
+        wanted.extend(real_server::vip_addresses(real_server_vips));
+        for (vip, e) in real_server::configure(changes, &self.sysctls, real_server_vips) {
+            fail(Subject::RealServerVip(vip), e);
+        }
+        for (port, e) in real_server::close_unused_gue_ports(changes, real_server_vips) {
+            fail(Subject::GuePort(port), e);
         }
         if let Some(director) = &spec.director {
             // One address listing per round; a VIP already in place costs nothing

@@ -135,6 +135,28 @@ fn tunnel_example_serves_through_ipip() {
 
 #[test]
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn tunnel_example_serves_through_gue() {
+    topology("routed --router");
+    unload_modules(&[&IPVS_MODULES[..], &["ipip", "tunnel4", "ip_tunnel"]].concat());
+    // fou has no autoload alias: the host's configuration loads it (as
+    // /etc/modules-load.d would); the agent opens the port.
+    sh("modprobe fou");
+    let manifest = "/tmp/lvs-agent-gue.yaml";
+    let tun = std::fs::read_to_string(example("tun.yaml")).unwrap();
+    let gue = tun.replace("tunnel: {encapsulation: IPIP}", "tunnel: {encapsulation: GUE, port: 5555}");
+    assert_ne!(gue, tun);
+    std::fs::write(manifest, gue).unwrap();
+    for node in ["rs1", "rs2", "director1"] {
+        apply_once(node, manifest);
+    }
+    assert!(in_ns("rs1", "ip fou show").contains("port 5555 gue"));
+    let rules = in_ns("director1", "ipvsadm -Ln --tun-info");
+    assert!(rules.contains("Tunnel") && rules.contains("5555"), "{rules}");
+    both_real_servers_answer(&requests(4));
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn full_nat_example_serves_real_servers_without_a_route_back() {
     topology("routed --rs-gateway none");
     unload_modules(&[&IPVS_MODULES[..], &["nft_masq", "nft_chain_nat", "nf_tables"]].concat());

@@ -170,6 +170,81 @@ fn gre_and_ipv6_tunnels_end_on_their_fallback_devices() {
     assert!(!ns.sh("ip -br addr show dev ip6tnl0").contains("2001:db8::100"));
 }
 
+/// A GUE VIP on `port`.
+fn gue(address: &str, port: Option<u16>) -> RealServerVip {
+    let mut vip = real_server_vip(address, RealServerMode::Tunnel, Some(TunnelEncapsulation::Gue));
+    vip.tunnel.as_mut().unwrap().port = port;
+    vip
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn gue_real_server_opens_its_port_and_closes_it() {
+    let ns = Netns::new("gue");
+    // The kernel does not load fou on request: without it, the VIP is refused
+    // with the reason, and not taken.
+    ns.sh("modprobe -r fou 2>/dev/null; true");
+    let changes = with_changes(&ns, HostChanges::default(), |changes, sysctls| {
+        let failures = real_server::configure(changes, sysctls, &[gue("192.168.16.100", Some(5555))]);
+        let [(vip, e)] = &failures[..] else { panic!("{failures:?}") };
+        assert_eq!(*vip, ip("192.168.16.100"));
+        assert!(e.to_string().contains("fou module is not loaded"), "{e}");
+        // No port given: the error names the field.
+        let failures = real_server::configure(changes, sysctls, &[gue("192.168.16.101", None)]);
+        assert!(failures[0].1.to_string().contains("tunnel.port"), "{failures:?}");
+    });
+    assert!(changes.gue_ports.is_empty(), "{changes:?}");
+    assert!(!ns.sh("ip -br addr show dev tunl0 2>/dev/null; true").contains("192.168.16.10"));
+
+    // Loaded as the host's configuration would load it. A port another program
+    // holds would swallow the VIP's packets: refused.
+    ns.sh("modprobe fou");
+    let changes = ns.run(move || {
+        let _holder = std::net::UdpSocket::bind("0.0.0.0:7777").unwrap();
+        let mut changes = changes;
+        let failures =
+            real_server::configure(&mut changes, &Sysctls::default(), &[gue("192.168.16.103", Some(7777))]);
+        assert!(failures[0].1.to_string().contains("taken by another socket"), "{failures:?}");
+        changes
+    });
+
+    // A port someone else opened for fou serves, and stays theirs.
+    ns.sh("ip fou add port 6666 gue");
+    let changes = with_changes(&ns, changes, |changes, sysctls| {
+        let vips = [
+            gue("192.168.16.100", Some(5555)),
+            gue("192.168.16.101", Some(5555)),
+            gue("192.168.16.102", Some(6666)),
+        ];
+        configure_real_server(changes, sysctls, &vips);
+    });
+    let ports = ns.sh("ip fou show");
+    assert!(ports.contains("port 5555 gue") && ports.contains("port 6666 gue"), "{ports}");
+    let port_5555: Vec<String> = changes.gue_ports.iter().map(|p| p.to_string()).collect();
+    assert_eq!(port_5555, ["5555/ipv4"]);
+    let link = ns.sh("ip -br addr show dev tunl0");
+    assert!(link.contains("192.168.16.100/32") && link.contains("192.168.16.102/32"), "{link}");
+
+    // The GUE VIPs go: their port closes, the foreign one stays.
+    let changes = with_changes(&ns, changes, |changes, sysctls| {
+        configure_real_server(changes, sysctls, &[dr("192.168.16.110")]);
+        let failures = real_server::close_unused_gue_ports(changes, &[dr("192.168.16.110")]);
+        assert!(failures.is_empty(), "{failures:?}");
+    });
+    assert!(changes.gue_ports.is_empty(), "{changes:?}");
+    let ports = ns.sh("ip fou show");
+    assert!(!ports.contains("5555") && ports.contains("port 6666 gue"), "{ports}");
+
+    // Undo closes what the agent opened and nothing else.
+    let changes = with_changes(&ns, changes, |changes, sysctls| {
+        configure_real_server(changes, sysctls, &[gue("192.168.16.100", Some(5555))]);
+        changes.undo(sysctls).unwrap();
+    });
+    assert!(changes.is_empty(), "{changes:?}");
+    let ports = ns.sh("ip fou show");
+    assert!(!ports.contains("5555") && ports.contains("port 6666 gue"), "{ports}");
+}
+
 #[test]
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn masquerade_table_is_replaced_and_removed() {

@@ -4,6 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    fmt,
     net::IpAddr,
 };
 
@@ -27,6 +28,21 @@ pub struct HostChanges {
     pub routes: BTreeSet<DeviceRoute>,
     /// Whether the agent's nftables table exists (see [`super::nat`]).
     pub nft_table: bool,
+    /// GUE ports the agent opened on a real server (see [`super::fou`]).
+    pub gue_ports: BTreeSet<GuePort>,
+}
+
+/// A UDP port on which the kernel's fou module receives GUE, for one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GuePort {
+    pub port: u16,
+    pub ipv6: bool,
+}
+
+impl fmt::Display for GuePort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.port, if self.ipv6 { "ipv6" } else { "ipv4" })
+    }
 }
 
 /// An address on a device.

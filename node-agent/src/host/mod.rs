@@ -12,6 +12,7 @@ pub mod address;
 pub mod announce;
 mod changes;
 mod error;
+mod fou;
 pub mod link;
 pub mod local_routes;
 pub mod nat;
@@ -21,7 +22,7 @@ mod rtnl;
 pub mod sysctl;
 pub mod tunnel;
 
-pub use changes::{DeviceAddress, DeviceRoute, HostChanges};
+pub use changes::{DeviceAddress, DeviceRoute, GuePort, HostChanges};
 pub use error::{Cause, HostError};
 pub use sysctl::Sysctls;
 
@@ -29,13 +30,16 @@ pub use sysctl::Sysctls;
 // that configures, and they all write into the record.
 impl HostChanges {
     /// Undoes every recorded change, in the reverse order of configuration: the
-    /// masquerade table, the routes and addresses, the devices, and the sysctls last (the
+    /// masquerade table and GUE ports, the routes and addresses, the devices, and the sysctls last (the
     /// ARP settings must outlive the VIPs they hide). Keeps going after a failure,
     /// so that one stuck item does not pin the others, and reports the failures;
     /// what could not be undone stays recorded.
     pub fn undo(&mut self, sysctls: &Sysctls) -> Result<(), HostError> {
         let mut failures = Vec::new();
         failures.extend(nat::remove_masquerade(self).err());
+        for port in self.gue_ports.clone() {
+            failures.extend(fou::close_gue_port(self, port).err());
+        }
         let routes: Vec<DeviceRoute> = self.routes.iter().cloned().collect();
         failures.extend(local_routes::remove_routes(self, &routes).into_iter().map(|(_, e)| e));
         let addresses: Vec<DeviceAddress> = self.addresses.iter().cloned().collect();

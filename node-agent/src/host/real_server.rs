@@ -1,10 +1,13 @@
 //! A real server's part of the host, in one path: DirectRouting VIPs on the
 //! dummy device `lvs0` with the ARP sysctls, Tunnel VIPs on their tunnel's
-//! device with `rp_filter` relaxed. Every device's
+//! device with `rp_filter` relaxed, and GUE's UDP port open. Every device's
 //! settings are in place before a VIP appears on it, or neighbours may learn this
 //! host's MAC for the VIP.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use lvs_crds::{
     lvs_node::{RealServerMode, RealServerVip},
@@ -13,9 +16,9 @@ use lvs_crds::{
 
 use super::{
     address,
-    changes::{DeviceAddress, HostChanges},
+    changes::{DeviceAddress, GuePort, HostChanges},
     error::{Cause, HostError},
-    link,
+    fou, link,
     sysctl::{self, Sysctls},
     tunnel,
 };
@@ -53,6 +56,9 @@ pub fn configure(
         by_device.entry(device_name(vip)).or_default().push(vip);
     }
     let mut failures = Vec::new();
+    // Ports a VIP uses and that are open; a port that failed to open is retried
+    // for its next VIP, which then reports its own failure.
+    let mut open_ports = BTreeSet::new();
     for (device, vips) in by_device {
         let prepared = match vips[0].mode {
             RealServerMode::DirectRouting => link::ensure_dummy(changes, device)
@@ -66,18 +72,47 @@ pub fn configure(
         }
         let mut ready = Vec::new();
         for vip in vips {
-            // GUE arrives on a UDP port that the fou module must be told to open
-            // (its generic-netlink family): not done yet, so say so rather than
-            // hold a VIP that receives nothing.
-            if vip.tunnel.as_ref().is_some_and(|t| t.encapsulation == TunnelEncapsulation::Gue) {
-                let why = Cause::Unsupported("GUE real servers are not supported yet".into());
-                failures
-                    .push((vip.address, HostError::new(format!("receiving {} over GUE", vip.address), why)));
-            } else {
-                ready.push(DeviceAddress { device: device.into(), address: vip.address });
+            // GUE arrives on a UDP port that the fou module must open; without
+            // it the VIP would receive nothing, so it is not taken.
+            match gue_port(vip) {
+                Some(Err(e)) => failures.push((vip.address, e)),
+                Some(Ok(port)) if !open_ports.contains(&port) => match fou::open_gue_port(changes, port) {
+                    Ok(()) => {
+                        open_ports.insert(port);
+                        ready.push(DeviceAddress { device: device.into(), address: vip.address });
+                    }
+                    Err(e) => failures.push((vip.address, e)),
+                },
+                _ => ready.push(DeviceAddress { device: device.into(), address: vip.address }),
             }
         }
         failures.extend(address::add_addresses(changes, &ready).into_iter().map(|(a, e)| (a.address, e)));
     }
     failures
+}
+
+/// Closes the GUE ports the agent opened that no VIP of `vips` uses any more.
+/// Returns those that could not be closed (they stay recorded).
+pub fn close_unused_gue_ports(
+    changes: &mut HostChanges,
+    vips: &[RealServerVip],
+) -> Vec<(GuePort, HostError)> {
+    let wanted: BTreeSet<GuePort> = vips.iter().filter_map(|vip| gue_port(vip)?.ok()).collect();
+    let unused: Vec<GuePort> = changes.gue_ports.difference(&wanted).copied().collect();
+    unused
+        .into_iter()
+        .filter_map(|port| fou::close_gue_port(changes, port).err().map(|e| (port, e)))
+        .collect()
+}
+
+/// The GUE port a VIP receives on, if it is a GUE VIP; an error if it has none.
+fn gue_port(vip: &RealServerVip) -> Option<Result<GuePort, HostError>> {
+    let tunnel = vip.tunnel.as_ref().filter(|t| t.encapsulation == TunnelEncapsulation::Gue)?;
+    Some(match tunnel.port {
+        Some(port) => Ok(GuePort { port, ipv6: vip.address.is_ipv6() }),
+        None => Err(HostError::new(
+            format!("receiving {} over GUE", vip.address),
+            Cause::Unsupported("tunnel.port is not set: GUE needs the UDP port it arrives on".into()),
+        )),
+    })
 }
