@@ -25,11 +25,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lvs_agent::{
-    health::{Checker, FailureKind, Target},
-    ipvs::ServiceKey,
-};
+use lvs_agent::health::{Checker, FailureKind, Target};
 use lvs_crds::virtual_service::{HealthCheck, HealthCheckType, OnFailure};
+use lvs_ipvs::ServiceKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PORT: u16 = 8080;

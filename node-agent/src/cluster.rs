@@ -53,11 +53,10 @@ use serde_json::json;
 use crate::{
     engine::{self, Engine, Failure, Round, Scope, Subject},
     health::{CheckerStats, HealthMap},
-    ipvs::{DestinationEntry, IpvsHandle, ServiceKey, Stats},
-    ipvsadm::TableEntry,
     supervisor::{POLL_INTERVAL, Supervisor},
     vrrp,
 };
+use lvs_ipvs::{DestinationEntry, IpvsHandle, ServiceKey, Stats, ipvsadm::TableEntry};
 
 /// The field manager of the agent's status writes.
 pub const FIELD_MANAGER: &str = "lvs-agent";
@@ -769,13 +768,11 @@ mod tests {
     use pretty_assertions::assert_eq;
 
     use super::*;
-    use crate::ipvs::{
-        Destination, ForwardMethod, IpvsError, KernelError, Service, ServiceEntry, ServiceKey,
-    };
     use lvs_crds::{
         lvs_node::IpvsServiceKey,
         virtual_service::{AddressFamily, Protocol},
     };
+    use lvs_ipvs::{Destination, ForwardMethod, IpvsError, KernelError, Service, ServiceEntry, ServiceKey};
 
     /// Chunk `chunk` of node `lvs1`'s state at `revision`, generation 3: one
     /// service `default/<name>` on VIP 192.0.2.<chunk + 10>:80 with two real

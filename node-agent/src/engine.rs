@@ -43,13 +43,12 @@ use crate::{
         DeviceAddress, HostChanges, HostError, Sysctls, address, announce, local_routes, nat, real_server,
         sysctl,
     },
-    ipvs::{IpvsError, IpvsHandle, KernelError, ServiceKey},
-    ipvsadm::op_rule,
     reconcile::{
         Drains, KernelTable, ObservedDestination, ObservedService, Ownership, Plan, apply_to_table,
         plan_services, plan_table,
     },
 };
+use lvs_ipvs::{IpvsError, IpvsHandle, KernelError, ServiceKey, ipvsadm::op_rule};
 
 /// What the agent keeps across restarts (`<state-dir>/state.json`).
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]

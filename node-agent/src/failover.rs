@@ -15,9 +15,9 @@ use lvs_crds::{lvs_node::ConnectionSync, virtual_service::VrrpState};
 
 use crate::{
     host::{DeviceAddress, HostChanges, address},
-    ipvs::{IpvsHandle, IpvsOp, SyncDaemon, SyncState},
     vrrp::{Hooks, InstanceConfig, InstanceKey},
 };
+use lvs_ipvs::{IpvsHandle, IpvsOp, SyncDaemon, SyncState};
 
 /// A VRRP transition, as the agent's loop hears of it (for logs and status).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,8 +8,6 @@ pub mod failover;
 pub mod health;
 pub mod host;
 pub mod import;
-pub mod ipvs;
-pub mod ipvsadm;
 pub mod reconcile;
 pub mod standalone;
 pub mod supervisor;

@@ -31,10 +31,10 @@ use crate::{
     failover::{FailoverHooks, Transition},
     health::{self, Checker, CheckerStats, HealthChange, HealthMap},
     host::address,
-    ipvs::ServiceKey,
     reconcile::KernelTable,
     vrrp::{self, InstanceConfig, InstanceKey, Router},
 };
+use lvs_ipvs::ServiceKey;
 
 pub struct Supervisor {
     engine: Engine,

@@ -39,7 +39,8 @@ use tokio::{runtime::Handle, task::AbortHandle, time::MissedTickBehavior};
 pub use probe::{FailureKind, Probe, ProbeFailure};
 pub use state::RiseFall;
 
-use crate::{desired::service_key, ipvs::ServiceKey};
+use crate::desired::service_key;
+use lvs_ipvs::ServiceKey;
 
 /// One real server of one service to check.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use lvs_crds::virtual_service::HealthCheckType;
 use pretty_assertions::assert_eq;
 
 use super::{probe::tests::check, *};
-use crate::ipvs::Protocol;
+use lvs_ipvs::Protocol;
 
 const DIRECTOR: &str = r#"
 services:
@@ -64,7 +64,7 @@ fn targets_of_a_director() {
         targets.iter().map(|t| (t.service, t.destination.to_string(), t.check.kind)).collect();
     let web = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
     let dns = ServiceKey::udp("[fd00::53]:53".parse().unwrap());
-    let marked = ServiceKey::Fwmark { family: crate::ipvs::AddressFamily::Ipv4, mark: 8 };
+    let marked = ServiceKey::Fwmark { family: lvs_ipvs::AddressFamily::Ipv4, mark: 8 };
     assert_eq!(
         summary,
         [

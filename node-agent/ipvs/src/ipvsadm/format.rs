@@ -5,7 +5,7 @@
 
 use std::{cmp::Ordering, fmt::Write, net::SocketAddr};
 
-use crate::ipvs::{
+use crate::{
     AddressFamily, Destination, DestinationEntry, ForwardMethod, Info, IpvsOp, Netmask, Protocol, Service,
     ServiceEntry, ServiceFlags, ServiceKey, Stats, SyncDaemon, SyncState, Timeouts, TunnelChecksum,
     TunnelType,

@@ -9,7 +9,7 @@ use std::{
     str::FromStr,
 };
 
-use crate::ipvs::{
+use crate::{
     AddressFamily, Destination, ForwardMethod, IpvsOp, Netmask, Protocol, Service, ServiceFlags, ServiceKey,
     SyncDaemon, SyncState, Timeouts, TunnelChecksum, TunnelType,
 };

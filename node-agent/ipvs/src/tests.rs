@@ -10,7 +10,7 @@ use netlink_packet_generic::GenlHeader;
 use pretty_assertions::assert_eq;
 
 use super::*;
-use crate::ipvs::message::{GENL_HDRLEN, Nest, nests};
+use crate::message::{GENL_HDRLEN, Nest, nests};
 
 fn captured(text: &str) -> Vec<Vec<u8>> {
     text.lines()
@@ -53,10 +53,10 @@ fn service_entries(payloads: &[Vec<u8>]) -> Vec<ServiceEntry> {
 #[test]
 fn captured_replies_re_emit_byte_for_byte() {
     let files = [
-        include_str!("../../tests/captures/save.hex"),
-        include_str!("../../tests/captures/timeouts.hex"),
-        include_str!("../../tests/captures/daemons.hex"),
-        include_str!("../../tests/captures/info.hex"),
+        include_str!("../tests/captures/save.hex"),
+        include_str!("../tests/captures/timeouts.hex"),
+        include_str!("../tests/captures/daemons.hex"),
+        include_str!("../tests/captures/info.hex"),
     ];
     for payload in files.iter().flat_map(|f| captured(f)) {
         let message = parse(&payload);
@@ -66,7 +66,7 @@ fn captured_replies_re_emit_byte_for_byte() {
 
 #[test]
 fn captured_service_dump_decodes() {
-    let services = service_entries(&captured(include_str!("../../tests/captures/save.hex")));
+    let services = service_entries(&captured(include_str!("../tests/captures/save.hex")));
     let tcp = Service::new(ServiceKey::tcp("192.168.16.100:80".parse().unwrap()), "wrr")
         .persistent(300, Netmask::Ipv4(Ipv4Addr::new(255, 255, 255, 0)));
     let mut udp6 = Service::new(ServiceKey::udp("[2001:db8::100]:53".parse().unwrap()), "sh");
@@ -83,7 +83,7 @@ fn captured_service_dump_decodes() {
 
 #[test]
 fn captured_destination_dumps_decode() {
-    let payloads = captured(include_str!("../../tests/captures/save.hex"));
+    let payloads = captured(include_str!("../tests/captures/save.hex"));
     let destinations: Vec<Destination> = payloads
         .iter()
         .filter(|p| p[0] == u8::from(IpvsCmd::NewDest))
@@ -105,7 +105,7 @@ fn captured_destination_dumps_decode() {
 
 #[test]
 fn captured_destination_reply_keeps_every_attribute() {
-    let payloads = captured(include_str!("../../tests/captures/save.hex"));
+    let payloads = captured(include_str!("../tests/captures/save.hex"));
     let dest_reply = payloads.iter().find(|p| p[0] == u8::from(IpvsCmd::NewDest)).unwrap();
     let IpvsAttr::Destination(attrs) = &parse(dest_reply).attrs[0] else { panic!("no destination nest") };
     // The kernel reports tunnel fields, address family and both stats containers.
@@ -117,18 +117,18 @@ fn captured_destination_reply_keeps_every_attribute() {
 
 #[test]
 fn captured_config_info_and_daemons_decode() {
-    let timeouts = parse(&captured(include_str!("../../tests/captures/timeouts.hex"))[0]);
+    let timeouts = parse(&captured(include_str!("../tests/captures/timeouts.hex"))[0]);
     assert_eq!(timeouts.cmd, IpvsCmd::SetConfig);
     assert_eq!(
         timeouts.attrs,
         vec![IpvsAttr::TimeoutTcp(901), IpvsAttr::TimeoutTcpFin(121), IpvsAttr::TimeoutUdp(301)]
     );
 
-    let info = parse(&captured(include_str!("../../tests/captures/info.hex"))[0]);
+    let info = parse(&captured(include_str!("../tests/captures/info.hex"))[0]);
     assert_eq!(info.cmd, IpvsCmd::SetInfo);
     assert_eq!(info.attrs, vec![IpvsAttr::Version(0x010201), IpvsAttr::ConnectionTableSize(4096)]);
 
-    let daemons: Vec<SyncDaemon> = captured(include_str!("../../tests/captures/daemons.hex"))
+    let daemons: Vec<SyncDaemon> = captured(include_str!("../tests/captures/daemons.hex"))
         .iter()
         .flat_map(|p| parse(p).attrs)
         .filter_map(|a| match a {
@@ -291,7 +291,7 @@ fn unknown_attributes_are_kept_raw() {
 
 #[test]
 fn truncated_or_corrupt_replies_are_errors_not_panics() {
-    for payload in captured(include_str!("../../tests/captures/save.hex")) {
+    for payload in captured(include_str!("../tests/captures/save.hex")) {
         for cut in 0..payload.len() {
             let bytes = &payload[..cut];
             if bytes.len() < GENL_HDRLEN {

@@ -23,6 +23,7 @@ use netlink_packet_generic::{
     ctrl::{GenlCtrl, GenlCtrlCmd, nlas::GenlCtrlAttrs},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
+use nix::errno::Errno;
 
 use super::{
     daemon::SyncDaemon,
@@ -49,12 +50,11 @@ const RECEIVE_BUFFER: usize = 4 << 20;
 /// service hash table for each one.
 const DATAGRAM: usize = 3776;
 const BULK_DATAGRAM: usize = 32 << 10;
-const ENOBUFS: i32 = 105;
 
 /// `MSG_TRUNC`: `recv` then reports a datagram's full length, so a reply too large
 /// for the buffer is an error instead of silently cut.
 fn libc_msg_trunc() -> i32 {
-    0x20
+    nix::sys::socket::MsgFlags::MSG_TRUNC.bits()
 }
 
 /// The outcome of a batch: how many requests ran, and which of them failed.
@@ -530,7 +530,7 @@ impl Connection {
                 // Anything not yet reported has an unknown outcome.
                 let reported: Vec<usize> = failures.iter().map(|(i, _)| *i).collect();
                 let kind = e.kind();
-                let lost = e.raw_os_error() == Some(ENOBUFS);
+                let lost = e.raw_os_error() == Some(Errno::ENOBUFS as i32);
                 failures.extend(ops.iter().enumerate().filter(|(i, _)| !reported.contains(i)).map(
                     |(i, op)| {
                         let op = op.to_string();
@@ -569,7 +569,7 @@ impl Connection {
 }
 
 fn lost_or_io(op: &str, e: io::Error) -> IpvsError {
-    if e.raw_os_error() == Some(ENOBUFS) {
+    if e.raw_os_error() == Some(Errno::ENOBUFS as i32) {
         IpvsError::Lost { op: op.into() }
     } else {
         IpvsError::Io { op: op.into(), source: e }

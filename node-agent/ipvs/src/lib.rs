@@ -1,4 +1,6 @@
-//! The IPVS generic-netlink family.
+//! The Linux IPVS generic-netlink family, and ipvsadm's text formats
+//! ([`ipvsadm`]). No Kubernetes here: the agent converts its resources into
+//! these types.
 //!
 //! Layers, bottom up:
 //! - attribute enums per kernel object ([`IpvsServiceAttr`], [`IpvsDestAttr`],
@@ -7,12 +9,14 @@
 //!   `include/uapi/linux/ip_vs.h`, keeping unknown attributes as raw ones;
 //! - the model ([`Service`], [`Destination`], [`SyncDaemon`], ...) and changes as
 //!   values ([`IpvsOp`]);
-//! - the request handle ([`IpvsHandle`]): requests, dumps and pipelined batches.
+//! - the request handle ([`IpvsHandle`]): requests, dumps and pipelined batches;
+//! - [`ipvsadm`]: `ipvsadm -S`/`-R` rules and the `-L` views of a dumped table.
 
 mod daemon;
 mod destination;
 mod error;
 mod handle;
+pub mod ipvsadm;
 mod message;
 mod nla;
 mod ops;

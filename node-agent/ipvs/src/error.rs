@@ -2,6 +2,8 @@
 
 use std::io;
 
+use nix::errno::Errno;
+
 /// What the kernel answered to one request, by errno, in IPVS terms.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KernelError {
@@ -32,15 +34,6 @@ pub enum KernelError {
     Other(i32),
 }
 
-const EPERM: i32 = 1;
-const ENOENT: i32 = 2;
-const ESRCH: i32 = 3;
-const EEXIST: i32 = 17;
-const EINVAL: i32 = 22;
-const ERANGE: i32 = 34;
-const EOPNOTSUPP: i32 = 95;
-const EAFNOSUPPORT: i32 = 97;
-
 /// Which kind of object a request was about, to read an ambiguous errno right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Subject<'a> {
@@ -53,18 +46,20 @@ pub(crate) enum Subject<'a> {
 impl KernelError {
     /// Maps a (positive) errno, as answered to a request about `subject`.
     pub(crate) fn from_errno(errno: i32, subject: Subject<'_>) -> Self {
-        match (errno, subject) {
-            (EEXIST, _) => KernelError::AlreadyExists,
-            (ESRCH, _) => KernelError::NoSuchService,
-            (ENOENT, Subject::ServiceSpec(scheduler)) => KernelError::UnknownScheduler(scheduler.to_string()),
-            (ENOENT, Subject::Destination) => KernelError::NoSuchDestination,
-            (ENOENT, Subject::Other) => KernelError::NotFound,
-            (EINVAL, _) => KernelError::InvalidArgument,
-            (ERANGE, _) => KernelError::OutOfRange,
-            (EPERM, _) => KernelError::PermissionDenied,
-            (EAFNOSUPPORT, _) => KernelError::AddressFamilyNotSupported,
-            (EOPNOTSUPP, _) => KernelError::NotSupported,
-            (errno, _) => KernelError::Other(errno),
+        match (Errno::from_raw(errno), subject) {
+            (Errno::EEXIST, _) => KernelError::AlreadyExists,
+            (Errno::ESRCH, _) => KernelError::NoSuchService,
+            (Errno::ENOENT, Subject::ServiceSpec(scheduler)) => {
+                KernelError::UnknownScheduler(scheduler.to_string())
+            }
+            (Errno::ENOENT, Subject::Destination) => KernelError::NoSuchDestination,
+            (Errno::ENOENT, Subject::Other) => KernelError::NotFound,
+            (Errno::EINVAL, _) => KernelError::InvalidArgument,
+            (Errno::ERANGE, _) => KernelError::OutOfRange,
+            (Errno::EPERM, _) => KernelError::PermissionDenied,
+            (Errno::EAFNOSUPPORT, _) => KernelError::AddressFamilyNotSupported,
+            (Errno::EOPNOTSUPP, _) => KernelError::NotSupported,
+            _ => KernelError::Other(errno),
         }
     }
 }
