@@ -2,6 +2,7 @@
 //! settings on real servers.
 
 pub mod cluster;
+pub mod convert;
 pub mod desired;
 pub mod engine;
 pub mod failover;
@@ -11,4 +12,3 @@ pub mod import;
 pub mod reconcile;
 pub mod standalone;
 pub mod supervisor;
-pub mod vrrp;

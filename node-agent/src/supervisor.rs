@@ -6,7 +6,7 @@
 //! desired spec ─────────────┬─> Engine (IPVS, host) ──> kernel
 //!      │                    │        ^
 //!      ├─> health::Checker ─┴─ health changes (one service planned each)
-//!      └─> vrrp::Router ──> FailoverHooks: VIPs, announcements, sync daemon
+//!      └─> lvs_vrrp::Router ──> FailoverHooks: VIPs, announcements, sync daemon
 //! ```
 //!
 //! Health checks and VRRP run as tasks on a tokio runtime; the engine stays on
@@ -32,9 +32,9 @@ use crate::{
     health::{self, Checker, CheckerStats, HealthChange, HealthMap},
     host::address,
     reconcile::KernelTable,
-    vrrp::{self, InstanceConfig, InstanceKey, Router},
 };
 use lvs_ipvs::ServiceKey;
+use lvs_vrrp::{InstanceConfig, InstanceKey, Router};
 
 pub struct Supervisor {
     engine: Engine,
@@ -96,7 +96,8 @@ impl Supervisor {
             let index = unrouted.iter().position(|v| *v == vip)?;
             routes.get(index)?.as_ref().ok().cloned()
         };
-        let instances = vrrp::instances(director, interface_of).map_err(|e| format!("VRRP: {e}"))?;
+        let instances =
+            crate::convert::vrrp_instances(director, interface_of).map_err(|e| format!("VRRP: {e}"))?;
         let sync = director.connection_sync.clone().and_then(|mut sync| {
             // No interface named: the first VRRP instance's.
             if sync.interface.is_empty() {
@@ -171,7 +172,12 @@ impl Supervisor {
 
     /// The VRRP state of each VIP that has a VRRP instance.
     pub fn vip_states(&self) -> HashMap<IpAddr, VrrpState> {
-        let states: HashMap<InstanceKey, VrrpState> = self.router.states().into_iter().collect();
+        let states: HashMap<InstanceKey, VrrpState> = self
+            .router
+            .states()
+            .into_iter()
+            .map(|(key, state)| (key, crate::convert::vrrp_state(state)))
+            .collect();
         self.instances
             .iter()
             .flat_map(|instance| {
@@ -186,7 +192,7 @@ impl Supervisor {
         self.engine.table()
     }
 
-    pub fn vrrp_stats(&self) -> vrrp::Stats {
+    pub fn vrrp_stats(&self) -> lvs_vrrp::Stats {
         self.router.stats()
     }
 

@@ -11,16 +11,22 @@ use std::{net::IpAddr, time::Duration};
 
 use tokio::time::Instant;
 
-use lvs_crds::virtual_service::VrrpState;
+/// The state of an instance (RFC 5798 section 6.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum VrrpState {
+    Initialize,
+    Backup,
+    Master,
+}
 
 /// The shortest and longest advertisement intervals: the 12-bit field counts
 /// centiseconds.
-pub const MIN_ADVERT_INTERVAL: Duration = Duration::from_millis(10);
-pub const MAX_ADVERT_INTERVAL: Duration = Duration::from_millis(40_950);
+pub(crate) const MIN_ADVERT_INTERVAL: Duration = Duration::from_millis(10);
+pub(crate) const MAX_ADVERT_INTERVAL: Duration = Duration::from_millis(40_950);
 
 /// What one virtual router is configured with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Config {
+pub(crate) struct Config {
     pub virtual_router_id: u8,
     /// 1-254.
     pub priority: u8,
@@ -32,7 +38,7 @@ pub struct Config {
 
 /// Why a [`Config`] is refused.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("VRRP virtual router id 0: must be 1-255")]
     VirtualRouterId,
     #[error("VRRP priority {priority} of virtual router {vrid}: must be 1-254")]
@@ -44,7 +50,7 @@ pub enum ConfigError {
 }
 
 impl Config {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let vrid = self.virtual_router_id;
         if vrid == 0 {
             return Err(ConfigError::VirtualRouterId);
@@ -62,14 +68,14 @@ impl Config {
     }
 
     /// The interval as the advertisement carries it: centiseconds.
-    pub fn advert_interval_centiseconds(&self) -> u16 {
+    pub(crate) fn advert_interval_centiseconds(&self) -> u16 {
         u16::try_from(self.advert_interval.as_millis() / 10).unwrap_or(u16::MAX)
     }
 }
 
 /// What the caller must do after an event, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Send an advertisement with this priority (0 when giving up mastership)
     /// and this router's interval.
     SendAdvert { priority: u8 },
@@ -94,7 +100,7 @@ enum Timer {
 
 /// One virtual router's protocol state.
 #[derive(Debug, Clone)]
-pub struct Machine {
+pub(crate) struct Machine {
     config: Config,
     /// This router's primary address on the interface, for the tie-break of
     /// equal priorities.
@@ -107,7 +113,7 @@ pub struct Machine {
 
 impl Machine {
     /// A machine in state Initialize; call [`Machine::startup`] to run it.
-    pub fn new(config: Config, own_address: IpAddr) -> Self {
+    pub(crate) fn new(config: Config, own_address: IpAddr) -> Self {
         Machine {
             config,
             own_address,
@@ -117,30 +123,31 @@ impl Machine {
         }
     }
 
-    pub fn state(&self) -> VrrpState {
+    pub(crate) fn state(&self) -> VrrpState {
         self.state
     }
 
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.config
     }
 
-    pub fn master_adver_interval(&self) -> Duration {
+    #[cfg(test)]
+    fn master_adver_interval(&self) -> Duration {
         self.master_adver_interval
     }
 
     /// Skew_Time = ((256 - Priority) * Master_Adver_Interval) / 256.
-    pub fn skew_time(&self) -> Duration {
+    pub(crate) fn skew_time(&self) -> Duration {
         self.master_adver_interval * (256 - u32::from(self.config.priority)) / 256
     }
 
     /// Master_Down_Interval = (3 * Master_Adver_Interval) + Skew_Time.
-    pub fn master_down_interval(&self) -> Duration {
+    pub(crate) fn master_down_interval(&self) -> Duration {
         self.master_adver_interval * 3 + self.skew_time()
     }
 
     /// When [`Machine::on_timer`] must be called next; None while Initialize.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         match self.timer {
             Timer::None => None,
             Timer::MasterDown(at) | Timer::Adver(at) => Some(at),
@@ -149,7 +156,7 @@ impl Machine {
 
     /// Startup event: Initialize -> Backup with the Master_Down_Timer running
     /// (priorities below 255 never start as Master).
-    pub fn startup(&mut self, now: Instant) -> Vec<Action> {
+    pub(crate) fn startup(&mut self, now: Instant) -> Vec<Action> {
         if self.state != VrrpState::Initialize {
             return Vec::new();
         }
@@ -160,7 +167,7 @@ impl Machine {
     /// An advertisement of this virtual router from `source`, already checked
     /// (TTL, checksum, version, VRID). `max_advert_interval` is the packet's
     /// field, in centiseconds.
-    pub fn on_advert(
+    pub(crate) fn on_advert(
         &mut self,
         now: Instant,
         source: IpAddr,
@@ -201,13 +208,13 @@ impl Machine {
                     vec![Action::SendAdvert { priority: self.config.priority }, Action::Reassert]
                 }
             }
-            VrrpState::Initialize | VrrpState::Fault => Vec::new(),
+            VrrpState::Initialize => Vec::new(),
         }
     }
 
     /// The timer event: call at or after [`Machine::next_deadline`]; earlier
     /// calls do nothing.
-    pub fn on_timer(&mut self, now: Instant) -> Vec<Action> {
+    pub(crate) fn on_timer(&mut self, now: Instant) -> Vec<Action> {
         match self.timer {
             Timer::MasterDown(at) if now >= at => {
                 self.state = VrrpState::Master;
@@ -224,7 +231,7 @@ impl Machine {
 
     /// Shutdown event: a Master sends priority 0 so the backups take over
     /// after Skew_Time; any state ends in Initialize.
-    pub fn shutdown(&mut self) -> Vec<Action> {
+    pub(crate) fn shutdown(&mut self) -> Vec<Action> {
         let actions = match self.state {
             VrrpState::Master => vec![Action::SendAdvert { priority: 0 }],
             _ => Vec::new(),
@@ -238,7 +245,7 @@ impl Machine {
     /// without a state change: a Master keeps its mastership and advertises the
     /// new values at once (a lower priority lets a preempting backup take
     /// over); a Backup applies them from the next advertisement or timeout.
-    pub fn reconfigure(&mut self, now: Instant, config: Config) -> Vec<Action> {
+    pub(crate) fn reconfigure(&mut self, now: Instant, config: Config) -> Vec<Action> {
         let changed = config != self.config;
         self.config = config;
         match self.state {
@@ -248,11 +255,6 @@ impl Machine {
             }
             _ => Vec::new(),
         }
-    }
-
-    /// A new primary address of this router (the interface's changed).
-    pub fn set_own_address(&mut self, own_address: IpAddr) {
-        self.own_address = own_address;
     }
 
     fn learn(&mut self, interval: Duration) {

@@ -1,9 +1,9 @@
-//! VRRP in the lab (`topology classic`): our `vrrp::Router` on director1 and
+//! VRRP in the lab (`topology classic`): our `Router` on director1 and
 //! director2, and against keepalived (Debian package, `vrrp_version 3`). Each
 //! test builds the topology from scratch, so they run one at a time:
 //!
 //! ```sh
-//! cargo test -p lvs-agent --test lab_vrrp --no-run
+//! cargo test -p lvs-vrrp --test lab_vrrp --no-run
 //! tests/lab/vm -- target/debug/deps/lab_vrrp-<hash> --ignored --test-threads 1 --nocapture
 //! ```
 //!
@@ -28,8 +28,7 @@ use std::{
 };
 
 use common::sh;
-use lvs_agent::vrrp::{Hooks, InstanceConfig, Router, packet::Advertisement};
-use lvs_crds::virtual_service::{AddressFamily, VrrpState};
+use lvs_vrrp::{AddressFamily, Advertisement, Hooks, InstanceConfig, Router, VrrpState};
 use nix::sched::{CloneFlags, setns};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -39,7 +38,7 @@ const VIP6: &str = "fd00:16::100";
 const VRID: u8 = 51;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn topology_classic() {
@@ -494,7 +493,7 @@ fn keepalived_nopreempt_and_our_no_preempt_are_honoured() {
 
 /// Reads one keepalived advertisement from director1 with a raw socket and
 /// checks it parses; with LAB_VRRP_CAPTURE=1 (and `tests/lab/vm --rwdir
-/// node-agent/tests/captures`) saves it as tests/captures/vrrp-keepalived-v4.hex.
+/// node-agent/vrrp/tests/captures`) saves it as tests/captures/vrrp-keepalived-v4.hex.
 #[test]
 #[ignore = "needs the lab (tests/lab/vm)"]
 fn keepalived_advert_capture() {
@@ -526,7 +525,7 @@ fn keepalived_advert_capture() {
     );
     println!("{text}");
     if std::env::var_os("LAB_VRRP_CAPTURE").is_some() {
-        std::fs::write(repo().join("node-agent/tests/captures/vrrp-keepalived-v4.hex"), text).unwrap();
+        std::fs::write(repo().join("node-agent/vrrp/tests/captures/vrrp-keepalived-v4.hex"), text).unwrap();
     }
 }
 

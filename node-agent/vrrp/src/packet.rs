@@ -19,25 +19,25 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lvs_crds::virtual_service::AddressFamily;
+use crate::AddressFamily;
 
 /// IP protocol number of VRRP.
-pub const PROTOCOL: u8 = 112;
+pub(crate) const PROTOCOL: u8 = 112;
 /// The version this module speaks.
-pub const VERSION: u8 = 3;
+pub(crate) const VERSION: u8 = 3;
 /// The only VRRP message type: ADVERTISEMENT.
-pub const TYPE_ADVERTISEMENT: u8 = 1;
+pub(crate) const TYPE_ADVERTISEMENT: u8 = 1;
 /// Destination of IPv4 advertisements.
-pub const MULTICAST_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
+pub(crate) const MULTICAST_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
 /// Destination of IPv6 advertisements.
-pub const MULTICAST_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
+pub(crate) const MULTICAST_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
 /// Length of the fixed header, before the addresses.
-pub const HEADER_LEN: usize = 8;
+pub(crate) const HEADER_LEN: usize = 8;
 /// The largest Max Advertise Interval: 12 bits of centiseconds (40.95 s).
-pub const MAX_INTERVAL_CENTISECONDS: u16 = 0x0fff;
+pub(crate) const MAX_INTERVAL_CENTISECONDS: u16 = 0x0fff;
 
 /// The multicast destination of advertisements of `family`.
-pub fn multicast(family: AddressFamily) -> IpAddr {
+pub(crate) fn multicast(family: AddressFamily) -> IpAddr {
     match family {
         AddressFamily::IPv4 => IpAddr::V4(MULTICAST_V4),
         AddressFamily::IPv6 => IpAddr::V6(MULTICAST_V6),
@@ -62,14 +62,14 @@ pub enum PacketError {
 
 /// Field accessors over the bytes of a VRRP message (without IP header).
 #[derive(Debug, Clone, Copy)]
-pub struct AdvertisementBuffer<T> {
+pub(crate) struct AdvertisementBuffer<T> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> AdvertisementBuffer<T> {
     /// Wraps `buffer` after checking it holds at least the fixed header, so the
     /// header accessors cannot panic.
-    pub fn new_checked(buffer: T) -> Result<Self, PacketError> {
+    pub(crate) fn new_checked(buffer: T) -> Result<Self, PacketError> {
         let length = buffer.as_ref().len();
         if length < HEADER_LEN {
             return Err(PacketError::Truncated(length));
@@ -81,37 +81,37 @@ impl<T: AsRef<[u8]>> AdvertisementBuffer<T> {
         self.buffer.as_ref()
     }
 
-    pub fn version(&self) -> u8 {
+    pub(crate) fn version(&self) -> u8 {
         self.bytes()[0] >> 4
     }
 
-    pub fn message_type(&self) -> u8 {
+    pub(crate) fn message_type(&self) -> u8 {
         self.bytes()[0] & 0x0f
     }
 
-    pub fn virtual_router_id(&self) -> u8 {
+    pub(crate) fn virtual_router_id(&self) -> u8 {
         self.bytes()[1]
     }
 
-    pub fn priority(&self) -> u8 {
+    pub(crate) fn priority(&self) -> u8 {
         self.bytes()[2]
     }
 
-    pub fn address_count(&self) -> u8 {
+    pub(crate) fn address_count(&self) -> u8 {
         self.bytes()[3]
     }
 
     /// Max Advertise Interval in centiseconds (the 4 reserved bits masked off).
-    pub fn max_advert_interval(&self) -> u16 {
+    pub(crate) fn max_advert_interval(&self) -> u16 {
         u16::from_be_bytes([self.bytes()[4], self.bytes()[5]]) & MAX_INTERVAL_CENTISECONDS
     }
 
-    pub fn checksum(&self) -> u16 {
+    pub(crate) fn checksum(&self) -> u16 {
         u16::from_be_bytes([self.bytes()[6], self.bytes()[7]])
     }
 
     /// The bytes after the fixed header: the addresses.
-    pub fn addresses_bytes(&self) -> &[u8] {
+    pub(crate) fn addresses_bytes(&self) -> &[u8] {
         &self.bytes()[HEADER_LEN..]
     }
 }
@@ -211,7 +211,7 @@ fn address_length(address: IpAddr) -> usize {
 /// The Internet checksum (RFC 1071) of `message` preceded by the pseudo-header
 /// of `source` -> `destination`, protocol 112: over a message whose checksum
 /// field is zero it is the value to put there; over a correct message it is 0.
-pub fn checksum(message: &[u8], source: IpAddr, destination: IpAddr) -> u16 {
+pub(crate) fn checksum(message: &[u8], source: IpAddr, destination: IpAddr) -> u16 {
     let length = message.len();
     let mut pseudo = Vec::with_capacity(40);
     match (source, destination) {
@@ -326,7 +326,7 @@ mod tests {
     /// saved in `tests/captures/vrrp-keepalived-v4.hex` with its IP header.
     #[test]
     fn parses_a_keepalived_advert_captured_in_the_lab() {
-        let hex = include_str!("../../tests/captures/vrrp-keepalived-v4.hex");
+        let hex = include_str!("../tests/captures/vrrp-keepalived-v4.hex");
         let hex = hex.lines().filter(|line| !line.starts_with('#')).collect::<Vec<_>>().join(" ");
         let bytes: Vec<u8> = hex
             .split_whitespace()

@@ -27,7 +27,7 @@ use nix::{
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 use tokio::{io::Interest, net::UdpSocket};
 
-use lvs_crds::virtual_service::AddressFamily;
+use crate::AddressFamily;
 
 use super::packet::{self, Advertisement, PacketError};
 
@@ -37,7 +37,7 @@ const RECEIVE_BUFFER: usize = 2048;
 
 /// Why a received packet was dropped, one counter each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DropReason {
+pub(crate) enum DropReason {
     /// IPv4 TTL or IPv6 hop limit other than 255: not from the link.
     BadTtl,
     /// Shorter than its headers and addresses.

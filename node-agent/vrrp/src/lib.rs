@@ -2,12 +2,12 @@
 //! between the directors themselves, without the Kubernetes API (issue 5).
 //! It interoperates with keepalived (`vrrp_version 3`).
 //!
-//! - [`packet`]: the advertisement, emitted and parsed;
-//! - [`state`]: the RFC's state machine, pure;
-//! - [`socket`]: raw sockets and the receive checks, with drop counters;
-//! - here: [`instances`] (the LvsNode's VIPs grouped into virtual routers),
-//!   [`Hooks`] (what a transition does to the host) and [`Router`], which runs
-//!   the instances on a tokio runtime.
+//! - `packet`: the advertisement, emitted and parsed;
+//! - `state`: the RFC's state machine, pure;
+//! - `socket`: raw sockets and the receive checks, with drop counters;
+//! - here: [`InstanceConfig`] (one virtual router), [`Hooks`] (what a
+//!   transition does to the host) and [`Router`], which runs the instances on a
+//!   tokio runtime.
 //!
 //! One instance per (interface, family, VRID); several VIPs sharing a VRID are
 //! one instance advertising all of them, as keepalived does. IPVS rules are
@@ -16,8 +16,7 @@
 //! Use:
 //! ```no_run
 //! # use std::sync::Arc;
-//! # use lvs_agent::vrrp::{Hooks, InstanceConfig, Router, instances};
-//! # use lvs_crds::{lvs_node::DirectorState, virtual_service::VrrpState};
+//! # use lvs_vrrp::{Hooks, InstanceConfig, Router, VrrpState};
 //! struct Vips;
 //! impl Hooks for Vips {
 //!     fn transition(&self, instance: &InstanceConfig, _from: VrrpState, to: VrrpState) {
@@ -25,17 +24,17 @@
 //!         // anything else: remove them.
 //!     }
 //! }
-//! # async fn run(director: DirectorState) -> Result<(), String> {
+//! # async fn run(instances: Vec<InstanceConfig>) {
 //! let mut router = Router::new(tokio::runtime::Handle::current(), Arc::new(Vips));
-//! router.set_instances(instances(&director, |_vip| Some("eth0".to_string()))?);
-//! // ... on every new desired state: set_instances again; on SIGTERM:
+//! router.set_instances(instances);
+//! // ... on every new configuration: set_instances again; on SIGTERM:
 //! router.shutdown().await;
-//! # Ok(()) }
+//! # }
 //! ```
 
-pub mod packet;
-pub mod socket;
-pub mod state;
+mod packet;
+mod socket;
+mod state;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -48,10 +47,6 @@ use std::{
     time::Duration,
 };
 
-use lvs_crds::{
-    lvs_node::{DirectorState, DirectorVip},
-    virtual_service::{AddressFamily, VrrpState},
-};
 use tokio::{
     runtime::Handle,
     sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
@@ -59,11 +54,41 @@ use tokio::{
     time::{Instant, sleep, sleep_until},
 };
 
+pub use self::{
+    packet::{Advertisement, PacketError},
+    socket::Drops,
+    state::VrrpState,
+};
 use self::{
-    packet::Advertisement,
-    socket::{DropCounters, Drops, VrrpSocket, check},
+    socket::{DropCounters, VrrpSocket, check},
     state::{Action, Config, Machine},
 };
+
+/// The IP version of an instance: its VIPs and advertisements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AddressFamily {
+    IPv4,
+    IPv6,
+}
+
+impl AddressFamily {
+    /// `IPv4` or `IPv6`, for messages and labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            AddressFamily::IPv4 => "IPv4",
+            AddressFamily::IPv6 => "IPv6",
+        }
+    }
+}
+
+impl From<IpAddr> for AddressFamily {
+    fn from(address: IpAddr) -> Self {
+        match address {
+            IpAddr::V4(_) => Self::IPv4,
+            IpAddr::V6(_) => Self::IPv6,
+        }
+    }
+}
 
 /// How long an instance waits before retrying to open its socket (interface
 /// missing or without address).
@@ -110,77 +135,8 @@ impl InstanceConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.machine_config()
             .validate()
-            .map_err(|error| format!("{} on {}: {error}", self.family_name(), self.interface))
+            .map_err(|error| format!("{} on {}: {error}", self.family.name(), self.interface))
     }
-
-    fn family_name(&self) -> &'static str {
-        match self.family {
-            AddressFamily::IPv4 => "IPv4",
-            AddressFamily::IPv6 => "IPv6",
-        }
-    }
-}
-
-/// The VRRP instances of a director: its VIPs that have a `vrrp` section,
-/// grouped by (interface, family, VRID), sorted by that key. A VIP without
-/// interface gets `interface_of(vip)` (the route towards it). VIPs of one
-/// group must agree on priority, interval and preemption.
-pub fn instances(
-    director: &DirectorState,
-    interface_of: impl Fn(&DirectorVip) -> Option<String>,
-) -> Result<Vec<InstanceConfig>, String> {
-    let mut groups: BTreeMap<InstanceKey, InstanceConfig> = BTreeMap::new();
-    // The first VIP of each group, to name it in conflicts.
-    let mut first: BTreeMap<InstanceKey, IpAddr> = BTreeMap::new();
-    for vip in &director.vips {
-        let Some(vrrp) = &vip.vrrp else { continue };
-        let interface = match &vip.interface {
-            Some(interface) => interface.clone(),
-            None => interface_of(vip)
-                .ok_or_else(|| format!("VIP {}: no interface given and no route towards it", vip.address))?,
-        };
-        let config = InstanceConfig {
-            interface,
-            vrid: vrrp.virtual_router_id,
-            family: AddressFamily::from(vip.address),
-            priority: vrrp.priority,
-            advert_interval: Duration::from_millis(u64::from(vrrp.advert_interval_ms)),
-            preempt: vrrp.preempt,
-            addresses: vec![vip.address],
-        };
-        config.validate().map_err(|error| format!("VIP {}: {error}", vip.address))?;
-        let key = config.key();
-        match groups.get_mut(&key) {
-            None => {
-                first.insert(key.clone(), vip.address);
-                groups.insert(key, config);
-            }
-            Some(group) => {
-                let parameters = |c: &InstanceConfig| (c.priority, c.advert_interval, c.preempt);
-                if parameters(group) != parameters(&config) {
-                    return Err(format!(
-                        "VRRP virtual router {} on {} ({}): VIP {} has priority {}, advert interval {} ms, \
-                         preempt {} but VIP {} has priority {}, advert interval {} ms, preempt {}",
-                        key.vrid,
-                        key.interface,
-                        config.family_name(),
-                        first[&key],
-                        group.priority,
-                        group.advert_interval.as_millis(),
-                        group.preempt,
-                        vip.address,
-                        config.priority,
-                        config.advert_interval.as_millis(),
-                        config.preempt
-                    ));
-                }
-                if !group.addresses.contains(&vip.address) {
-                    group.addresses.push(vip.address);
-                }
-            }
-        }
-    }
-    Ok(groups.into_values().collect())
 }
 
 /// What the host does when an instance changes state.
@@ -583,113 +539,5 @@ impl Instance {
         if let Some(thread) = self.hook_thread.take() {
             let _ = thread.await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use lvs_crds::lvs_node::VrrpInstance;
-
-    fn vip(address: &str, interface: Option<&str>, vrid: u8, priority: u8) -> DirectorVip {
-        DirectorVip {
-            address: address.parse().unwrap(),
-            interface: interface.map(str::to_owned),
-            vrrp: Some(VrrpInstance {
-                virtual_router_id: vrid,
-                advert_interval_ms: 1000,
-                preempt: true,
-                priority,
-            }),
-        }
-    }
-
-    fn director(vips: Vec<DirectorVip>) -> DirectorState {
-        DirectorState { vips, ..DirectorState::default() }
-    }
-
-    fn eth0(_: &DirectorVip) -> Option<String> {
-        Some("eth0".to_owned())
-    }
-
-    #[test]
-    fn groups_vips_by_interface_family_and_vrid() {
-        let state = director(vec![
-            vip("192.168.16.100", None, 51, 100),
-            vip("2001:db8::100", None, 51, 100),
-            vip("192.168.16.101", Some("eth0"), 51, 100),
-            vip("192.168.16.102", Some("eth1"), 51, 100),
-            vip("192.168.16.103", None, 52, 100),
-            DirectorVip { address: "192.168.16.104".parse().unwrap(), interface: None, vrrp: None },
-        ]);
-        let found = instances(&state, eth0).unwrap();
-        let summary: Vec<_> = found
-            .iter()
-            .map(|i| {
-                (
-                    i.interface.as_str(),
-                    i.family,
-                    i.vrid,
-                    i.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            summary,
-            [
-                (
-                    "eth0",
-                    AddressFamily::IPv4,
-                    51,
-                    vec!["192.168.16.100".to_owned(), "192.168.16.101".to_owned()]
-                ),
-                ("eth0", AddressFamily::IPv4, 52, vec!["192.168.16.103".to_owned()]),
-                ("eth0", AddressFamily::IPv6, 51, vec!["2001:db8::100".to_owned()]),
-                ("eth1", AddressFamily::IPv4, 51, vec!["192.168.16.102".to_owned()]),
-            ]
-        );
-        assert_eq!(
-            (found[0].priority, found[0].advert_interval, found[0].preempt),
-            (100, Duration::from_secs(1), true)
-        );
-    }
-
-    #[test]
-    fn conflicting_parameters_name_the_vrid_and_values() {
-        let state =
-            director(vec![vip("192.168.16.100", None, 51, 100), vip("192.168.16.101", None, 51, 150)]);
-        assert_eq!(
-            instances(&state, eth0).unwrap_err(),
-            "VRRP virtual router 51 on eth0 (IPv4): VIP 192.168.16.100 has priority 100, advert interval 1000 ms, \
-             preempt true but VIP 192.168.16.101 has priority 150, advert interval 1000 ms, preempt true"
-        );
-    }
-
-    #[test]
-    fn a_vip_without_interface_nor_route_is_an_error() {
-        let state = director(vec![vip("192.168.16.100", None, 51, 100)]);
-        assert_eq!(
-            instances(&state, |_| None).unwrap_err(),
-            "VIP 192.168.16.100: no interface given and no route towards it"
-        );
-    }
-
-    #[test]
-    fn invalid_parameters_are_errors() {
-        let state = director(vec![vip("192.168.16.100", None, 51, 255)]);
-        assert_eq!(
-            instances(&state, eth0).unwrap_err(),
-            "VIP 192.168.16.100: IPv4 on eth0: VRRP priority 255 of virtual router 51: must be 1-254"
-        );
-        let mut odd = vip("192.168.16.100", None, 51, 100);
-        odd.vrrp.as_mut().unwrap().advert_interval_ms = 1005;
-        assert!(instances(&director(vec![odd]), eth0).unwrap_err().contains("1.005s"));
-    }
-
-    #[test]
-    fn the_same_vip_twice_is_listed_once() {
-        let state =
-            director(vec![vip("192.168.16.100", None, 51, 100), vip("192.168.16.100", None, 51, 100)]);
-        assert_eq!(instances(&state, eth0).unwrap()[0].addresses.len(), 1);
     }
 }
