@@ -52,9 +52,9 @@ use serde_json::json;
 
 use crate::{
     engine::{self, Engine, Failure, Round, Scope, Subject},
-    health::{CheckerStats, HealthMap},
     supervisor::{POLL_INTERVAL, Supervisor},
 };
+use lvs_health::{CheckerStats, HealthMap};
 use lvs_ipvs::{DestinationEntry, IpvsHandle, ServiceKey, Stats, ipvsadm::TableEntry};
 
 /// The field manager of the agent's status writes.
@@ -1044,7 +1044,7 @@ spec:
 
     #[test]
     fn metrics_carry_health_checks_and_vrrp() {
-        use crate::health::{FailureKind, TargetStatus};
+        use lvs_health::{FailureKind, TargetStatus};
         let metrics = AgentMetrics::default();
         let service = ServiceKey::tcp("192.0.2.10:80".parse().unwrap());
         *metrics.health.lock().unwrap() = Some(CheckerStats {

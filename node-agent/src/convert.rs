@@ -5,13 +5,79 @@
 //!
 //! The IPVS side of the conversion is in [`crate::desired`].
 
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use lvs_crds::{
     lvs_node::{DirectorState, DirectorVip},
-    virtual_service,
+    virtual_service::{self, HealthCheckType},
 };
+use lvs_health::{CheckKind, HealthCheck, HealthMap, Target};
+use lvs_ipvs::ServiceKey;
 use lvs_vrrp::{AddressFamily, InstanceConfig, InstanceKey, VrrpState};
+
+use crate::desired::{self, service_key};
+
+/// The health-check targets of a director's desired state: one per destination
+/// of every service with a check whose type is not `None`.
+///
+/// A destination with port 0 (fwmark services) and no `healthCheck.port` has
+/// no port to probe: it gets no target, so it counts as healthy.
+pub fn health_targets(director: &DirectorState) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for service in &director.services {
+        let Some(check) = service.health_check.as_ref().filter(|c| c.kind != HealthCheckType::None) else {
+            continue;
+        };
+        let Some(key) = service_key(&service.key) else { continue };
+        let check = health_check(check);
+        for destination in &service.destinations {
+            if destination.port == 0 && check.port.is_none() {
+                continue;
+            }
+            targets.push(Target {
+                service: key,
+                destination: SocketAddr::new(destination.address, destination.port),
+                check: check.clone(),
+            });
+        }
+    }
+    targets
+}
+
+/// A service's health check as the checker runs it.
+pub fn health_check(check: &virtual_service::HealthCheck) -> HealthCheck {
+    HealthCheck {
+        kind: match check.kind {
+            HealthCheckType::TCP => CheckKind::Tcp,
+            HealthCheckType::HTTP => CheckKind::Http,
+            HealthCheckType::HTTPS => CheckKind::Https,
+            HealthCheckType::UDP => CheckKind::Udp,
+            HealthCheckType::None => CheckKind::None,
+        },
+        path: check.path.clone(),
+        host: check.host.clone(),
+        port: check.port,
+        expected_status: check.expected_status.clone(),
+        body_contains: check.body_contains.clone(),
+        payload: check.payload.clone(),
+        interval_seconds: check.interval_seconds,
+        timeout_seconds: check.timeout_seconds,
+        rise: check.rise,
+        fall: check.fall,
+    }
+}
+
+/// The desired state's view: a destination without a check, or not checked
+/// yet, is healthy.
+impl desired::Health for HealthMap {
+    fn is_healthy(&self, service: ServiceKey, destination: SocketAddr) -> bool {
+        HealthMap::is_healthy(self, service, destination)
+    }
+}
 
 /// A VRRP state as the LvsNode status reports it.
 pub fn vrrp_state(state: VrrpState) -> virtual_service::VrrpState {
@@ -87,6 +153,8 @@ pub fn vrrp_instances(
 #[cfg(test)]
 mod tests {
     use lvs_crds::lvs_node::VrrpInstance;
+    use lvs_health::Probe;
+    use lvs_ipvs::Protocol;
 
     use super::*;
 
@@ -190,5 +258,72 @@ mod tests {
         let state =
             director(vec![vip("192.168.16.100", None, 51, 100), vip("192.168.16.100", None, 51, 100)]);
         assert_eq!(vrrp_instances(&state, eth0).unwrap()[0].addresses.len(), 1);
+    }
+
+    const DIRECTOR: &str = r#"
+services:
+  - owner: {namespace: default, name: web}
+    key: {family: IPv4, address: 10.0.0.1, port: 80, protocol: TCP}
+    scheduler: wlc
+    destinations:
+      - {address: 192.168.1.1, port: 8080, weight: 1, forwarding: NAT}
+      - {address: 192.168.1.2, port: 8080, weight: 2, forwarding: NAT}
+    healthCheck: {type: HTTP, path: /healthz, intervalSeconds: 2, timeoutSeconds: 1, rise: 2, fall: 3, onFailure: Quiesce}
+    sorryServer: {address: 192.168.1.9, port: 80, weight: 1, forwarding: NAT}
+  - owner: {namespace: default, name: unchecked}
+    key: {family: IPv4, address: 10.0.0.2, port: 80, protocol: TCP}
+    scheduler: rr
+    destinations:
+      - {address: 192.168.1.1, port: 80, weight: 1, forwarding: DirectRouting}
+  - owner: {namespace: default, name: none}
+    key: {family: IPv4, address: 10.0.0.3, port: 80, protocol: TCP}
+    scheduler: rr
+    destinations:
+      - {address: 192.168.1.1, port: 80, weight: 1, forwarding: DirectRouting}
+    healthCheck: {type: None}
+  - owner: {namespace: default, name: dns}
+    key: {family: IPv6, address: "fd00::53", port: 53, protocol: UDP}
+    scheduler: rr
+    destinations:
+      - {address: "fd00::1", port: 53, weight: 1, forwarding: DirectRouting}
+    healthCheck: {type: UDP, payload: x}
+  - owner: {namespace: default, name: marked}
+    key: {family: IPv4, fwmark: 7}
+    scheduler: rr
+    destinations:
+      - {address: 192.168.1.1, port: 0, weight: 1, forwarding: DirectRouting}
+    healthCheck: {type: TCP}
+  - owner: {namespace: default, name: marked-with-port}
+    key: {family: IPv4, fwmark: 8}
+    scheduler: rr
+    destinations:
+      - {address: 192.168.1.1, port: 0, weight: 1, forwarding: DirectRouting}
+    healthCheck: {type: TCP, port: 443}
+"#;
+
+    #[test]
+    fn targets_of_a_director() {
+        let director: DirectorState = serde_yaml::from_str(DIRECTOR).unwrap();
+        let targets = health_targets(&director);
+        let summary: Vec<_> =
+            targets.iter().map(|t| (t.service, t.destination.to_string(), t.check.kind)).collect();
+        let web = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
+        let dns = ServiceKey::udp("[fd00::53]:53".parse().unwrap());
+        let marked = ServiceKey::Fwmark { family: lvs_ipvs::AddressFamily::Ipv4, mark: 8 };
+        assert_eq!(
+            summary,
+            [
+                (web, "192.168.1.1:8080".to_owned(), CheckKind::Http),
+                (web, "192.168.1.2:8080".to_owned(), CheckKind::Http),
+                (dns, "[fd00::1]:53".to_owned(), CheckKind::Udp),
+                (marked, "192.168.1.1:0".to_owned(), CheckKind::Tcp),
+            ]
+        );
+        assert_eq!(targets[0].check.path.as_deref(), Some("/healthz"));
+        assert!(matches!(targets[2].service, ServiceKey::Address { protocol: Protocol::Udp, .. }));
+        assert_eq!(
+            Probe::new(&targets[3].check, targets[3].destination).address().to_string(),
+            "192.168.1.1:443"
+        );
     }
 }

@@ -38,7 +38,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     desired::{DesiredService, Health, desired_service, desired_services_with, service_key},
-    health::HealthMap,
     host::{
         DeviceAddress, HostChanges, HostError, Sysctls, address, announce, local_routes, nat, real_server,
         sysctl,
@@ -48,6 +47,7 @@ use crate::{
         plan_services, plan_table,
     },
 };
+use lvs_health::HealthMap;
 use lvs_ipvs::{IpvsError, IpvsHandle, KernelError, ServiceKey, ipvsadm::op_rule};
 
 /// What the agent keeps across restarts (`<state-dir>/state.json`).

@@ -6,7 +6,6 @@ pub mod convert;
 pub mod desired;
 pub mod engine;
 pub mod failover;
-pub mod health;
 pub mod host;
 pub mod import;
 pub mod reconcile;

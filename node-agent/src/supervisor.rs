@@ -29,10 +29,10 @@ use tokio::runtime::Handle;
 use crate::{
     engine::{Engine, Failure, Round, Scope, Subject},
     failover::{FailoverHooks, Transition},
-    health::{self, Checker, CheckerStats, HealthChange, HealthMap},
     host::address,
     reconcile::KernelTable,
 };
+use lvs_health::{Checker, CheckerStats, HealthChange, HealthMap};
 use lvs_ipvs::ServiceKey;
 use lvs_vrrp::{InstanceConfig, InstanceKey, Router};
 
@@ -77,7 +77,7 @@ impl Supervisor {
     pub fn apply(&mut self, spec: &LvsNodeSpec, scope: Scope) -> Round {
         let empty = DirectorState::default();
         let director = spec.director.as_ref().unwrap_or(&empty);
-        self.checker.set_targets(health::targets(director));
+        self.checker.set_targets(crate::convert::health_targets(director));
         self.engine.set_health(self.checker.health());
         let mut round = self.engine.reconcile(spec, scope);
         if let Err(e) = self.follow_vrrp(director) {

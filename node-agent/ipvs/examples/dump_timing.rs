@@ -1,7 +1,7 @@
 //! Times the dumps that `lvs-agent save` makes (run in the lab after loading a table).
 use std::time::Instant;
 
-use lvs_ipvs::IpvsHandle;
+use lvs_ipvs::{IpvsHandle, ipvsadm};
 
 fn main() {
     let handle = IpvsHandle::connect().expect("IPVS");
@@ -15,6 +15,6 @@ fn main() {
     let table = handle.table().expect("table");
     eprintln!("table (parallel): {} services in {:?}", table.len(), t.elapsed());
     let t = Instant::now();
-    let text = lvs_ipvs::ipvsadm::save(&table);
+    let text = ipvsadm::save(&table);
     eprintln!("format: {} bytes in {:?}", text.len(), t.elapsed());
 }

@@ -1,4 +1,4 @@
-//! The target list, the jitter and the [`Checker`] with real listeners.
+//! The jitter and the [`Checker`] with real listeners.
 //!
 //! Checker tests run with the API's shortest interval (1 s) and rise/fall 1;
 //! each waits a few seconds at most.
@@ -9,78 +9,9 @@ use std::{
     time::Instant,
 };
 
-use lvs_crds::virtual_service::HealthCheckType;
 use pretty_assertions::assert_eq;
 
 use super::{probe::tests::check, *};
-use lvs_ipvs::Protocol;
-
-const DIRECTOR: &str = r#"
-services:
-  - owner: {namespace: default, name: web}
-    key: {family: IPv4, address: 10.0.0.1, port: 80, protocol: TCP}
-    scheduler: wlc
-    destinations:
-      - {address: 192.168.1.1, port: 8080, weight: 1, forwarding: NAT}
-      - {address: 192.168.1.2, port: 8080, weight: 2, forwarding: NAT}
-    healthCheck: {type: HTTP, path: /healthz, intervalSeconds: 2, timeoutSeconds: 1, rise: 2, fall: 3, onFailure: Quiesce}
-    sorryServer: {address: 192.168.1.9, port: 80, weight: 1, forwarding: NAT}
-  - owner: {namespace: default, name: unchecked}
-    key: {family: IPv4, address: 10.0.0.2, port: 80, protocol: TCP}
-    scheduler: rr
-    destinations:
-      - {address: 192.168.1.1, port: 80, weight: 1, forwarding: DirectRouting}
-  - owner: {namespace: default, name: none}
-    key: {family: IPv4, address: 10.0.0.3, port: 80, protocol: TCP}
-    scheduler: rr
-    destinations:
-      - {address: 192.168.1.1, port: 80, weight: 1, forwarding: DirectRouting}
-    healthCheck: {type: None}
-  - owner: {namespace: default, name: dns}
-    key: {family: IPv6, address: "fd00::53", port: 53, protocol: UDP}
-    scheduler: rr
-    destinations:
-      - {address: "fd00::1", port: 53, weight: 1, forwarding: DirectRouting}
-    healthCheck: {type: UDP, payload: x}
-  - owner: {namespace: default, name: marked}
-    key: {family: IPv4, fwmark: 7}
-    scheduler: rr
-    destinations:
-      - {address: 192.168.1.1, port: 0, weight: 1, forwarding: DirectRouting}
-    healthCheck: {type: TCP}
-  - owner: {namespace: default, name: marked-with-port}
-    key: {family: IPv4, fwmark: 8}
-    scheduler: rr
-    destinations:
-      - {address: 192.168.1.1, port: 0, weight: 1, forwarding: DirectRouting}
-    healthCheck: {type: TCP, port: 443}
-"#;
-
-#[test]
-fn targets_of_a_director() {
-    let director: DirectorState = serde_yaml::from_str(DIRECTOR).unwrap();
-    let targets = targets(&director);
-    let summary: Vec<_> =
-        targets.iter().map(|t| (t.service, t.destination.to_string(), t.check.kind)).collect();
-    let web = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
-    let dns = ServiceKey::udp("[fd00::53]:53".parse().unwrap());
-    let marked = ServiceKey::Fwmark { family: lvs_ipvs::AddressFamily::Ipv4, mark: 8 };
-    assert_eq!(
-        summary,
-        [
-            (web, "192.168.1.1:8080".to_owned(), HealthCheckType::HTTP),
-            (web, "192.168.1.2:8080".to_owned(), HealthCheckType::HTTP),
-            (dns, "[fd00::1]:53".to_owned(), HealthCheckType::UDP),
-            (marked, "192.168.1.1:0".to_owned(), HealthCheckType::TCP),
-        ]
-    );
-    assert_eq!(targets[0].check.path.as_deref(), Some("/healthz"));
-    assert!(matches!(targets[2].service, ServiceKey::Address { protocol: Protocol::Udp, .. }));
-    assert_eq!(
-        Probe::new(&targets[3].check, targets[3].destination).address().to_string(),
-        "192.168.1.1:443"
-    );
-}
 
 #[test]
 fn first_check_is_within_the_interval_spread_and_on_the_grid() {
@@ -115,7 +46,7 @@ fn tcp_target(destination: SocketAddr) -> Target {
     Target {
         service: service(),
         destination,
-        check: HealthCheck { rise: 1, fall: 1, ..check(HealthCheckType::TCP) },
+        check: HealthCheck { rise: 1, fall: 1, ..check(CheckKind::Tcp) },
     }
 }
 

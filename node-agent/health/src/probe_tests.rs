@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use lvs_crds::virtual_service::OnFailure;
 use pretty_assertions::assert_eq;
 use rustls::{
     ServerConfig,
@@ -17,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::*;
 
-pub(crate) fn check(kind: HealthCheckType) -> HealthCheck {
+pub(crate) fn check(kind: CheckKind) -> HealthCheck {
     HealthCheck {
         kind,
         path: None,
@@ -30,7 +29,6 @@ pub(crate) fn check(kind: HealthCheckType) -> HealthCheck {
         timeout_seconds: 1,
         rise: 2,
         fall: 3,
-        on_failure: OnFailure::Remove,
     }
 }
 
@@ -74,14 +72,14 @@ async fn http_server(response: &'static str) -> (SocketAddr, mpsc::UnboundedRece
 }
 
 fn http_check() -> HealthCheck {
-    check(HealthCheckType::HTTP)
+    check(CheckKind::Http)
 }
 
 const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\nall is well\n";
 
 #[tokio::test]
 async fn none_always_passes() {
-    let probe = Probe::new(&check(HealthCheckType::None), closed_tcp_port());
+    let probe = Probe::new(&check(CheckKind::None), closed_tcp_port());
     assert_eq!(probe.run().await, Ok(()));
 }
 
@@ -89,10 +87,10 @@ async fn none_always_passes() {
 async fn tcp_connect_up_and_refused() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = listener.local_addr().unwrap();
-    assert_eq!(Probe::new(&check(HealthCheckType::TCP), up).run().await, Ok(()));
+    assert_eq!(Probe::new(&check(CheckKind::Tcp), up).run().await, Ok(()));
 
     drop(listener);
-    let failure = Probe::new(&check(HealthCheckType::TCP), up).run().await.unwrap_err();
+    let failure = Probe::new(&check(CheckKind::Tcp), up).run().await.unwrap_err();
     assert_eq!(failure.kind, FailureKind::Refused);
     assert_eq!(failure.reason, format!("connect {up}: connection refused"));
 }
@@ -102,7 +100,7 @@ async fn check_port_overrides_the_destination_port() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let destination = closed_tcp_port();
-    let check = HealthCheck { port: Some(port), ..check(HealthCheckType::TCP) };
+    let check = HealthCheck { port: Some(port), ..check(CheckKind::Tcp) };
     let probe = Probe::new(&check, destination);
     assert_eq!(probe.address(), SocketAddr::new(destination.ip(), port));
     assert_eq!(probe.run().await, Ok(()));
@@ -255,7 +253,7 @@ async fn https_accepts_a_self_signed_certificate() {
     let named = HealthCheck {
         host: Some("www.example.com".into()),
         body_contains: Some("well".into()),
-        ..check(HealthCheckType::HTTPS)
+        ..check(CheckKind::Https)
     };
     assert_eq!(Probe::new(&named, address).run().await, Ok(()));
     let (sni, request) = requests.recv().await.unwrap();
@@ -264,7 +262,7 @@ async fn https_accepts_a_self_signed_certificate() {
     assert!(request.starts_with("GET / HTTP/1.1\r\nHost: www.example.com\r\n"), "{request}");
 
     // No host: no SNI (an IP address), Host is the address.
-    assert_eq!(Probe::new(&check(HealthCheckType::HTTPS), address).run().await, Ok(()));
+    assert_eq!(Probe::new(&check(CheckKind::Https), address).run().await, Ok(()));
     let (sni, request) = requests.recv().await.unwrap();
     assert_eq!(sni, None);
     assert!(request.contains(&format!("\r\nHost: {address}\r\n")), "{request}");
@@ -273,7 +271,7 @@ async fn https_accepts_a_self_signed_certificate() {
 #[tokio::test]
 async fn https_status_mismatch_and_plain_http_server() {
     let (address, _r) = https_server("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
-    let failure = Probe::new(&check(HealthCheckType::HTTPS), address).run().await.unwrap_err();
+    let failure = Probe::new(&check(CheckKind::Https), address).run().await.unwrap_err();
     assert_eq!(failure.reason, "HTTP status 404 not in 200-399");
 
     // A plain HTTP server answers the ClientHello with a 400.
@@ -285,7 +283,7 @@ async fn https_status_mismatch_and_plain_http_server() {
         let _ = stream.read(&mut hello).await;
         let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n").await;
     });
-    let failure = Probe::new(&check(HealthCheckType::HTTPS), address).run().await.unwrap_err();
+    let failure = Probe::new(&check(CheckKind::Https), address).run().await.unwrap_err();
     assert_eq!(failure.kind, FailureKind::Tls, "{failure}");
     assert!(failure.reason.starts_with(&format!("TLS handshake with {address}: ")), "{failure}");
 }
@@ -294,7 +292,7 @@ async fn https_status_mismatch_and_plain_http_server() {
 async fn udp_echo_silence_and_closed_port() {
     let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let address = server.local_addr().unwrap();
-    let check = HealthCheck { payload: Some("ping".into()), ..check(HealthCheckType::UDP) };
+    let check = HealthCheck { payload: Some("ping".into()), ..check(CheckKind::Udp) };
     let probe = Probe::new(&check, address).with_timeout(Duration::from_millis(300));
 
     // Silence: the datagram arrives, nobody answers.
@@ -325,7 +323,7 @@ async fn udp_echo_silence_and_closed_port() {
 async fn udp_default_payload_is_empty() {
     let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let address = server.local_addr().unwrap();
-    let probe = Probe::new(&check(HealthCheckType::UDP), address);
+    let probe = Probe::new(&check(CheckKind::Udp), address);
     let (result, ()) = tokio::join!(probe.run(), async {
         let mut buf = [0u8; 16];
         let (n, from) = server.recv_from(&mut buf).await.unwrap();

@@ -1,6 +1,6 @@
 //! Health checks of the real servers a director directs (issue 5).
 //!
-//! [`targets`] turns the director's desired state into one [`Target`] per
+//! The agent turns a director's desired state into one [`Target`] per
 //! (service, destination) with a check; a [`Checker`] runs one tokio task per
 //! target on a runtime it is given, keeps each target's rise/fall state
 //! ([`RiseFall`]) and sends a [`HealthChange`] over a std channel whenever a
@@ -16,8 +16,8 @@
 //! [`Probe`]). tests/bench/health-checks measures the CPU of 5,000 checks per
 //! second.
 
-pub mod probe;
-pub mod state;
+mod probe;
+mod state;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -30,17 +30,52 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lvs_crds::{
-    lvs_node::DirectorState,
-    virtual_service::{HealthCheck, HealthCheckType},
-};
+use lvs_ipvs::ServiceKey;
 use tokio::{runtime::Handle, task::AbortHandle, time::MissedTickBehavior};
 
 pub use probe::{FailureKind, Probe, ProbeFailure};
-pub use state::RiseFall;
+use state::RiseFall;
 
-use crate::desired::service_key;
-use lvs_ipvs::ServiceKey;
+/// What a check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// No check: the target is always healthy.
+    None,
+    /// A TCP connection.
+    Tcp,
+    /// An HTTP request.
+    Http,
+    /// An HTTPS request, without certificate verification (keepalived's `SSL_GET`).
+    Https,
+    /// A datagram that the server answers with any datagram.
+    Udp,
+}
+
+/// How to check a real server, and how often.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    /// HTTP(S) request path; `/` when absent.
+    pub path: Option<String>,
+    /// HTTP(S) Host header; the real server's address when absent.
+    pub host: Option<String>,
+    /// Port to check; the real server's port when absent.
+    pub port: Option<u16>,
+    /// HTTP status codes that count as healthy; 200-399 when absent.
+    pub expected_status: Option<Vec<u16>>,
+    /// Text the HTTP(S) response body must contain.
+    pub body_contains: Option<String>,
+    /// UDP datagram to send.
+    pub payload: Option<String>,
+    /// Seconds between checks (at least 1).
+    pub interval_seconds: u32,
+    /// Seconds a check may take (at least 1).
+    pub timeout_seconds: u32,
+    /// Consecutive successes that make a failed server healthy again.
+    pub rise: u32,
+    /// Consecutive failures that make a server unhealthy.
+    pub fall: u32,
+}
 
 /// One real server of one service to check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,32 +85,6 @@ pub struct Target {
     /// `check.port` when set, else to this port.
     pub destination: SocketAddr,
     pub check: HealthCheck,
-}
-
-/// The targets of a director's desired state: one per destination of every
-/// service with a check whose type is not `None`.
-///
-/// A destination with port 0 (fwmark services) and no `healthCheck.port` has
-/// no port to probe: it gets no target, so it counts as healthy.
-pub fn targets(director: &DirectorState) -> Vec<Target> {
-    let mut targets = Vec::new();
-    for service in &director.services {
-        let Some(check) = service.health_check.as_ref().filter(|c| c.kind != HealthCheckType::None) else {
-            continue;
-        };
-        let Some(key) = service_key(&service.key) else { continue };
-        for destination in &service.destinations {
-            if destination.port == 0 && check.port.is_none() {
-                continue;
-            }
-            targets.push(Target {
-                service: key,
-                destination: SocketAddr::new(destination.address, destination.port),
-                check: check.clone(),
-            });
-        }
-    }
-    targets
 }
 
 /// A target turned healthy or unhealthy.
@@ -107,11 +116,13 @@ impl HealthMap {
     }
 
     /// Number of checked targets.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.healthy.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.healthy.is_empty()
     }
 }
@@ -119,14 +130,6 @@ impl HealthMap {
 impl FromIterator<((ServiceKey, SocketAddr), bool)> for HealthMap {
     fn from_iter<I: IntoIterator<Item = ((ServiceKey, SocketAddr), bool)>>(verdicts: I) -> Self {
         HealthMap { healthy: verdicts.into_iter().collect() }
-    }
-}
-
-/// The desired state's view: a destination without a check, or not checked
-/// yet, is healthy.
-impl crate::desired::Health for HealthMap {
-    fn is_healthy(&self, service: ServiceKey, destination: SocketAddr) -> bool {
-        HealthMap::is_healthy(self, service, destination)
     }
 }
 
@@ -165,13 +168,13 @@ pub struct TargetStatus {
 /// the runtime wakes up once for the several checks due in the same step
 /// rather than once per check: fewer wake-ups and context switches, and the
 /// checks still spread over 100 steps per second.
-pub const CHECK_GRID: Duration = Duration::from_millis(10);
+pub(crate) const CHECK_GRID: Duration = Duration::from_millis(10);
 
 /// When a target set `now` (time since the checker's epoch) runs its first
 /// check: after a uniform random part of its interval, so that targets set at
 /// the same moment spread over the interval, then rounded up to
 /// [`CHECK_GRID`]. Whole-second intervals keep every later check on the grid.
-pub fn first_check(now: Duration, interval: Duration, rng: &mut fastrand::Rng) -> Duration {
+pub(crate) fn first_check(now: Duration, interval: Duration, rng: &mut fastrand::Rng) -> Duration {
     let nanos = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
     let at = now + Duration::from_nanos(if nanos == 0 { 0 } else { rng.u64(0..nanos) });
     let grid = CHECK_GRID.as_nanos();
@@ -292,12 +295,9 @@ impl Checker {
     }
 
     /// Number of targets checked.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.running.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.running.is_empty()
     }
 
     /// Whether each target is healthy now.

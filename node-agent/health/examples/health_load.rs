@@ -25,8 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lvs_agent::health::{Checker, FailureKind, Target};
-use lvs_crds::virtual_service::{HealthCheck, HealthCheckType, OnFailure};
+use lvs_health::{CheckKind, Checker, FailureKind, HealthCheck, Target};
 use lvs_ipvs::ServiceKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -51,8 +50,8 @@ fn main() {
         ["check", n, kind, ref rest @ ..] => {
             let number = |i: usize, default: f64| rest.get(i).map_or(default, |s| s.parse().expect(usage));
             let kind = match kind {
-                "tcp" => HealthCheckType::TCP,
-                "http" => HealthCheckType::HTTP,
+                "tcp" => CheckKind::Tcp,
+                "http" => CheckKind::Http,
                 _ => panic!("{usage}"),
             };
             let workers = rest.get(2).map(|s| s.parse().expect(usage));
@@ -114,7 +113,7 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn check(n: usize, kind: HealthCheckType, seconds: f64, warmup: f64, workers: Option<usize>) {
+fn check(n: usize, kind: CheckKind, seconds: f64, warmup: f64, workers: Option<usize>) {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = workers {
         builder.worker_threads(workers);
@@ -134,7 +133,6 @@ fn check(n: usize, kind: HealthCheckType, seconds: f64, warmup: f64, workers: Op
         timeout_seconds: 1,
         rise: 2,
         fall: 3,
-        on_failure: OnFailure::Quiesce,
     };
     // 100 real servers per service, as a director with 50 services would have.
     let targets = (0..n)

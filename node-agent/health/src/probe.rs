@@ -12,7 +12,6 @@ use std::{
     time::Duration,
 };
 
-use lvs_crds::virtual_service::{HealthCheck, HealthCheckType};
 use rustls::{
     ClientConfig, DigitallySignedStruct, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
@@ -24,9 +23,11 @@ use tokio::{
 };
 use tokio_rustls::TlsConnector;
 
+use crate::{CheckKind, HealthCheck};
+
 /// Most bytes of an HTTP response read to find the status line and the
 /// `bodyContains` text.
-pub const MAX_RESPONSE: usize = 64 * 1024;
+pub(crate) const MAX_RESPONSE: usize = 64 * 1024;
 
 /// Why a check failed, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -175,10 +176,10 @@ impl Probe {
     pub fn new(check: &HealthCheck, destination: SocketAddr) -> Self {
         let address = SocketAddr::new(destination.ip(), check.port.unwrap_or(destination.port()));
         let kind = match check.kind {
-            HealthCheckType::None => Kind::None,
-            HealthCheckType::TCP => Kind::Tcp,
-            HealthCheckType::HTTP => Kind::Http(Arc::new(Http::new(check, address))),
-            HealthCheckType::HTTPS => {
+            CheckKind::None => Kind::None,
+            CheckKind::Tcp => Kind::Tcp,
+            CheckKind::Http => Kind::Http(Arc::new(Http::new(check, address))),
+            CheckKind::Https => {
                 let name = check
                     .host
                     .as_deref()
@@ -188,7 +189,7 @@ impl Probe {
                 let tls = Tls { connector: tls_connector(), name };
                 Kind::Https(Arc::new(Http::new(check, address)), Arc::new(tls))
             }
-            HealthCheckType::UDP => Kind::Udp(check.payload.as_deref().unwrap_or("").as_bytes().into()),
+            CheckKind::Udp => Kind::Udp(check.payload.as_deref().unwrap_or("").as_bytes().into()),
         };
         Self { address, timeout: Duration::from_secs(check.timeout_seconds.max(1).into()), kind }
     }
@@ -198,8 +199,9 @@ impl Probe {
         self.address
     }
 
-    /// The same probe with another time limit (tests).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+    /// The same probe with another time limit.
+    #[cfg(test)]
+    pub(crate) fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }

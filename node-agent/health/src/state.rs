@@ -15,7 +15,7 @@
 /// keepalived's default. The price: a new server that is down gets traffic
 /// for its first `fall` intervals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RiseFall {
+pub(crate) struct RiseFall {
     healthy: bool,
     /// Consecutive results against the current state (failures while
     /// healthy, successes while unhealthy).
@@ -27,27 +27,29 @@ pub struct RiseFall {
 impl RiseFall {
     /// A new target: healthy (see the type's doc). `rise` and `fall` below 1
     /// count as 1.
-    pub fn new(rise: u32, fall: u32) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(rise: u32, fall: u32) -> Self {
         Self::starting(true, rise, fall)
     }
 
     /// A target whose state is already known, e.g. one whose check changed:
     /// it keeps `healthy` and starts a new run.
-    pub fn starting(healthy: bool, rise: u32, fall: u32) -> Self {
+    pub(crate) fn starting(healthy: bool, rise: u32, fall: u32) -> Self {
         Self { healthy, run: 0, rise: rise.max(1), fall: fall.max(1) }
     }
 
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy
     }
 
     /// Consecutive results so far against the current state.
-    pub fn run(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn run(&self) -> u32 {
         self.run
     }
 
     /// Records one check's result; returns whether the state changed.
-    pub fn record(&mut self, success: bool) -> bool {
+    pub(crate) fn record(&mut self, success: bool) -> bool {
         if success == self.healthy {
             self.run = 0;
             return false;
