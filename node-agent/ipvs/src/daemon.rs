@@ -24,7 +24,7 @@ const IP_VS_STATE_BACKUP: u32 = 2;
 /// One attribute of a sync daemon, as on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum IpvsDaemonAttr {
+pub(crate) enum IpvsDaemonAttr {
     State(u32),
     Interface(String),
     SyncId(u32),
@@ -116,14 +116,14 @@ pub enum SyncState {
 }
 
 impl SyncState {
-    pub fn number(self) -> u32 {
+    pub(crate) fn number(self) -> u32 {
         match self {
             SyncState::Master => IP_VS_STATE_MASTER,
             SyncState::Backup => IP_VS_STATE_BACKUP,
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             SyncState::Master => "master",
             SyncState::Backup => "backup",
@@ -158,7 +158,7 @@ impl SyncDaemon {
         }
     }
 
-    pub fn to_attrs(&self) -> Vec<IpvsDaemonAttr> {
+    pub(crate) fn to_attrs(&self) -> Vec<IpvsDaemonAttr> {
         let mut attrs = vec![
             IpvsDaemonAttr::State(self.state.number()),
             IpvsDaemonAttr::Interface(self.interface.clone()),
@@ -175,7 +175,7 @@ impl SyncDaemon {
     }
 
     /// Reads a `GET_DAEMON` reply; `None` for a slot with no daemon running.
-    pub fn from_attrs(attrs: &[IpvsDaemonAttr]) -> Option<Self> {
+    pub(crate) fn from_attrs(attrs: &[IpvsDaemonAttr]) -> Option<Self> {
         let mut daemon = SyncDaemon::new(SyncState::Master, "", 0);
         let mut state = None;
         for attr in attrs {

@@ -34,7 +34,7 @@ const IP_VS_CONN_F_FWD_MASK: u32 = 0x0007;
 /// One attribute of a destination, as on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum IpvsDestAttr {
+pub(crate) enum IpvsDestAttr {
     /// Raw `nf_inet_addr` bytes (4 or 16), read according to the address family.
     Address(Vec<u8>),
     /// Host-order value; big-endian on the wire.
@@ -172,7 +172,7 @@ pub enum ForwardMethod {
 }
 
 impl ForwardMethod {
-    pub fn number(self) -> u32 {
+    pub(crate) fn number(self) -> u32 {
         match self {
             ForwardMethod::Masquerade => 0,
             ForwardMethod::Local => 1,
@@ -183,7 +183,7 @@ impl ForwardMethod {
         }
     }
 
-    pub fn from_number(n: u32) -> Self {
+    pub(crate) fn from_number(n: u32) -> Self {
         match n & IP_VS_CONN_F_FWD_MASK {
             0 => ForwardMethod::Masquerade,
             1 => ForwardMethod::Local,
@@ -205,7 +205,7 @@ pub enum TunnelType {
 }
 
 impl TunnelType {
-    pub fn number(self) -> u8 {
+    pub(crate) fn number(self) -> u8 {
         match self {
             TunnelType::Ipip => 0,
             TunnelType::Gue => 1,
@@ -214,7 +214,7 @@ impl TunnelType {
         }
     }
 
-    pub fn from_number(n: u8) -> Self {
+    pub(crate) fn from_number(n: u8) -> Self {
         match n {
             0 => TunnelType::Ipip,
             1 => TunnelType::Gue,
@@ -236,7 +236,7 @@ pub enum TunnelChecksum {
 }
 
 impl TunnelChecksum {
-    pub fn number(self) -> u16 {
+    pub(crate) fn number(self) -> u16 {
         match self {
             TunnelChecksum::None => 0,
             TunnelChecksum::Checksum => 1,
@@ -245,7 +245,7 @@ impl TunnelChecksum {
         }
     }
 
-    pub fn from_number(n: u16) -> Self {
+    pub(crate) fn from_number(n: u16) -> Self {
         match n {
             0 => TunnelChecksum::None,
             1 => TunnelChecksum::Checksum,
@@ -297,7 +297,7 @@ impl Destination {
     }
 
     /// Address and port: the identity `DEL_DEST` needs.
-    pub fn identity_attrs(address: &SocketAddr) -> Vec<IpvsDestAttr> {
+    pub(crate) fn identity_attrs(address: &SocketAddr) -> Vec<IpvsDestAttr> {
         vec![
             IpvsDestAttr::AddressFamily(family_of(&address.ip())),
             IpvsDestAttr::Address(address_bytes(&address.ip())),
@@ -306,7 +306,7 @@ impl Destination {
     }
 
     /// The full specification; attribute order follows libipvs.
-    pub fn to_attrs(&self) -> Vec<IpvsDestAttr> {
+    pub(crate) fn to_attrs(self) -> Vec<IpvsDestAttr> {
         let mut attrs = Self::identity_attrs(&self.address);
         attrs.extend([
             IpvsDestAttr::ForwardMethod(self.forward.number()),
@@ -340,7 +340,8 @@ pub struct DestinationEntry {
 
 impl DestinationEntry {
     /// `service_family` is used when the kernel omits `ADDR_FAMILY` (before 3.18).
-    pub fn from_attrs(attrs: &[IpvsDestAttr], service_family: u16) -> Result<Self, DecodeError> {
+    #[cfg(test)]
+    pub(crate) fn from_attrs(attrs: &[IpvsDestAttr], service_family: u16) -> Result<Self, DecodeError> {
         let mut entry = EntryBuilder::new(service_family);
         attrs.iter().cloned().for_each(|attr| entry.apply(attr));
         entry.finish()

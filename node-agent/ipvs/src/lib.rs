@@ -3,8 +3,7 @@
 //! these types.
 //!
 //! Layers, bottom up:
-//! - attribute enums per kernel object ([`IpvsServiceAttr`], [`IpvsDestAttr`],
-//!   [`IpvsDaemonAttr`], [`IpvsStatsAttr`]) and the message ([`IpvsMessage`]):
+//! - (inside the crate) attribute enums per kernel object and the message:
 //!   byte-exact `Nla`/`Parseable`/`Emitable` implementations of
 //!   `include/uapi/linux/ip_vs.h`, keeping unknown attributes as raw ones;
 //! - the model ([`Service`], [`Destination`], [`SyncDaemon`], ...) and changes as
@@ -23,18 +22,13 @@ mod ops;
 mod service;
 mod stats;
 
-pub use daemon::{IpvsDaemonAttr, SyncDaemon, SyncState};
-pub use destination::{
-    Destination, DestinationEntry, ForwardMethod, IpvsDestAttr, Tunnel, TunnelChecksum, TunnelType,
-};
+pub use daemon::{SyncDaemon, SyncState};
+pub use destination::{Destination, DestinationEntry, ForwardMethod, Tunnel, TunnelChecksum, TunnelType};
 pub use error::{IpvsError, KernelError};
 pub use handle::{BatchReport, IpvsHandle};
-pub use message::{IPVS_GENL_NAME, IPVS_GENL_VERSION, IpvsAttr, IpvsCmd, IpvsMessage};
 pub use ops::{Info, IpvsOp, Timeouts};
-pub use service::{
-    AddressFamily, IpvsServiceAttr, Netmask, Protocol, Service, ServiceEntry, ServiceFlags, ServiceKey,
-};
-pub use stats::{IpvsStatsAttr, Stats};
+pub use service::{AddressFamily, Netmask, Protocol, Service, ServiceEntry, ServiceFlags, ServiceKey};
+pub use stats::Stats;
 
 #[cfg(test)]
 mod tests;

@@ -14,9 +14,9 @@ use super::{
 };
 
 /// `IPVS_GENL_NAME`.
-pub const IPVS_GENL_NAME: &str = "IPVS";
+pub(crate) const IPVS_GENL_NAME: &str = "IPVS";
 /// `IPVS_GENL_VERSION`.
-pub const IPVS_GENL_VERSION: u8 = 1;
+pub(crate) const IPVS_GENL_VERSION: u8 = 1;
 
 const IPVS_CMD_NEW_SERVICE: u8 = 1;
 const IPVS_CMD_SET_SERVICE: u8 = 2;
@@ -50,7 +50,7 @@ const IPVS_INFO_ATTR_CONN_TAB_SIZE: u16 = 2;
 /// IPVS commands. Replies to GET commands come back as the matching NEW/SET command
 /// (a service dump is a series of `NewService` messages, `GetInfo` answers `SetInfo`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IpvsCmd {
+pub(crate) enum IpvsCmd {
     NewService,
     SetService,
     DelService,
@@ -135,7 +135,7 @@ impl IpvsCmd {
 /// are; the kernel's liberal parser accepts either.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum IpvsAttr {
+pub(crate) enum IpvsAttr {
     Service(Vec<IpvsServiceAttr>),
     Destination(Vec<IpvsDestAttr>),
     Daemon(Vec<IpvsDaemonAttr>),
@@ -217,13 +217,13 @@ impl<T: AsRef<[u8]> + ?Sized> ParseableParametrized<NlaBuffer<&T>, IpvsCmd> for 
 
 /// The payload of one IPVS generic-netlink message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IpvsMessage {
-    pub cmd: IpvsCmd,
-    pub attrs: Vec<IpvsAttr>,
+pub(crate) struct IpvsMessage {
+    pub(crate) cmd: IpvsCmd,
+    pub(crate) attrs: Vec<IpvsAttr>,
 }
 
 impl IpvsMessage {
-    pub fn new(cmd: IpvsCmd, attrs: Vec<IpvsAttr>) -> Self {
+    pub(crate) fn new(cmd: IpvsCmd, attrs: Vec<IpvsAttr>) -> Self {
         IpvsMessage { cmd, attrs }
     }
 }

@@ -30,7 +30,7 @@ pub struct Info {
 
 impl Info {
     /// `major.minor.patch`, as ipvsadm prints it.
-    pub fn version_string(&self) -> String {
+    pub(crate) fn version_string(&self) -> String {
         format!("{}.{}.{}", self.version >> 16, (self.version >> 8) & 0xff, self.version & 0xff)
     }
 }
@@ -54,7 +54,7 @@ pub enum IpvsOp {
 }
 
 impl IpvsOp {
-    pub fn to_message(&self) -> IpvsMessage {
+    pub(crate) fn to_message(&self) -> IpvsMessage {
         use IpvsOp::*;
         let (cmd, attrs) = match self {
             AddService(service) => (IpvsCmd::NewService, vec![IpvsAttr::Service(service.to_attrs())]),

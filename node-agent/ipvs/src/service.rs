@@ -35,7 +35,7 @@ const IPVS_SVC_ATTR_STATS64: u16 = 12;
 /// One attribute of a service, as on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum IpvsServiceAttr {
+pub(crate) enum IpvsServiceAttr {
     AddressFamily(u16),
     Protocol(u16),
     /// Raw `nf_inet_addr` bytes (4 or 16), read according to `AddressFamily`.
@@ -164,7 +164,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub fn number(self) -> u16 {
+    pub(crate) fn number(self) -> u16 {
         match self {
             Protocol::Tcp => 6,
             Protocol::Udp => 17,
@@ -173,7 +173,7 @@ impl Protocol {
         }
     }
 
-    pub fn from_number(n: u16) -> Self {
+    pub(crate) fn from_number(n: u16) -> Self {
         match n {
             6 => Protocol::Tcp,
             17 => Protocol::Udp,
@@ -202,7 +202,7 @@ pub enum AddressFamily {
 }
 
 impl AddressFamily {
-    pub fn of(addr: &IpAddr) -> Self {
+    pub(crate) fn of(addr: &IpAddr) -> Self {
         match addr {
             IpAddr::V4(_) => AddressFamily::Ipv4,
             IpAddr::V6(_) => AddressFamily::Ipv6,
@@ -251,7 +251,7 @@ impl ServiceKey {
     }
 
     /// The identity attributes every service-bearing command needs.
-    pub fn to_attrs(&self) -> Vec<IpvsServiceAttr> {
+    pub(crate) fn to_attrs(self) -> Vec<IpvsServiceAttr> {
         match self {
             ServiceKey::Address { protocol, address } => vec![
                 IpvsServiceAttr::AddressFamily(family_of(&address.ip())),
@@ -260,7 +260,7 @@ impl ServiceKey {
                 IpvsServiceAttr::Port(address.port()),
             ],
             ServiceKey::Fwmark { family, mark } => {
-                vec![IpvsServiceAttr::AddressFamily(family.number()), IpvsServiceAttr::Fwmark(*mark)]
+                vec![IpvsServiceAttr::AddressFamily(family.number()), IpvsServiceAttr::Fwmark(mark)]
             }
         }
     }
@@ -366,12 +366,12 @@ impl Service {
         self
     }
 
-    pub fn is_persistent(&self) -> bool {
+    pub(crate) fn is_persistent(&self) -> bool {
         self.flags.contains(ServiceFlags::PERSISTENT)
     }
 
     /// The full specification that `NEW_SERVICE` and `SET_SERVICE` require.
-    pub fn to_attrs(&self) -> Vec<IpvsServiceAttr> {
+    pub(crate) fn to_attrs(&self) -> Vec<IpvsServiceAttr> {
         let mut attrs = self.key.to_attrs();
         attrs.push(IpvsServiceAttr::Scheduler(self.scheduler.clone()));
         attrs.push(IpvsServiceAttr::Flags {
@@ -396,7 +396,7 @@ pub struct ServiceEntry {
 }
 
 impl ServiceEntry {
-    pub fn from_attrs(attrs: &[IpvsServiceAttr]) -> Result<Self, DecodeError> {
+    pub(crate) fn from_attrs(attrs: &[IpvsServiceAttr]) -> Result<Self, DecodeError> {
         let mut entry = EntryBuilder::default();
         attrs.iter().cloned().for_each(|attr| entry.apply(attr));
         entry.finish()

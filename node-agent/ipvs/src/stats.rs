@@ -26,7 +26,7 @@ const IPVS_STATS_ATTR_PAD: u16 = 11;
 /// One counter of a stats container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum IpvsStatsAttr {
+pub(crate) enum IpvsStatsAttr {
     Conns(u64),
     InPkts(u64),
     OutPkts(u64),

@@ -10,7 +10,13 @@ use netlink_packet_generic::GenlHeader;
 use pretty_assertions::assert_eq;
 
 use super::*;
-use crate::message::{GENL_HDRLEN, Nest, nests};
+use crate::{
+    daemon::IpvsDaemonAttr,
+    destination::IpvsDestAttr,
+    message::{GENL_HDRLEN, IPVS_GENL_VERSION, IpvsAttr, IpvsCmd, IpvsMessage, Nest, nests},
+    service::IpvsServiceAttr,
+    stats::IpvsStatsAttr,
+};
 
 fn captured(text: &str) -> Vec<Vec<u8>> {
     text.lines()
