@@ -10,8 +10,10 @@ use lvs_agent::{
     standalone::{self, ApplyOptions, Role},
 };
 use lvs_crds::translate::DEFAULT_VRRP_PRIORITY;
-use lvs_ipvs::IpvsHandle;
-use lvs_ipvs::ipvsadm::{self, ListView};
+use lvs_ipvs::{
+    IpvsHandle,
+    ipvsadm::{self, ListView},
+};
 
 #[derive(Parser)]
 #[command(name = "lvs-agent", version, about = "Declarative Linux Virtual Server: the node agent")]

@@ -6,7 +6,7 @@
 //! desired spec ─────────────┬─> Engine (IPVS, host) ──> kernel
 //!      │                    │        ^
 //!      ├─> health::Checker ─┴─ health changes (one service planned each)
-//!      └─> lvs_vrrp::Router ──> FailoverHooks: VIPs, announcements, sync daemon
+//!      └─> vrrp::Router ──> FailoverHooks: VIPs, announcements, sync daemon
 //! ```
 //!
 //! Health checks and VRRP run as tasks on a tokio runtime; the engine stays on
@@ -27,6 +27,7 @@ use lvs_crds::{
 use tokio::runtime::Handle;
 
 use crate::{
+    convert,
     engine::{Engine, Failure, Round, Scope, Subject},
     failover::{FailoverHooks, Transition},
     host::address,
@@ -77,7 +78,7 @@ impl Supervisor {
     pub fn apply(&mut self, spec: &LvsNodeSpec, scope: Scope) -> Round {
         let empty = DirectorState::default();
         let director = spec.director.as_ref().unwrap_or(&empty);
-        self.checker.set_targets(crate::convert::health_targets(director));
+        self.checker.set_targets(convert::health_targets(director));
         self.engine.set_health(self.checker.health());
         let mut round = self.engine.reconcile(spec, scope);
         if let Err(e) = self.follow_vrrp(director) {
@@ -96,8 +97,7 @@ impl Supervisor {
             let index = unrouted.iter().position(|v| *v == vip)?;
             routes.get(index)?.as_ref().ok().cloned()
         };
-        let instances =
-            crate::convert::vrrp_instances(director, interface_of).map_err(|e| format!("VRRP: {e}"))?;
+        let instances = convert::vrrp_instances(director, interface_of).map_err(|e| format!("VRRP: {e}"))?;
         let sync = director.connection_sync.clone().and_then(|mut sync| {
             // No interface named: the first VRRP instance's.
             if sync.interface.is_empty() {
@@ -172,12 +172,8 @@ impl Supervisor {
 
     /// The VRRP state of each VIP that has a VRRP instance.
     pub fn vip_states(&self) -> HashMap<IpAddr, VrrpState> {
-        let states: HashMap<InstanceKey, VrrpState> = self
-            .router
-            .states()
-            .into_iter()
-            .map(|(key, state)| (key, crate::convert::vrrp_state(state)))
-            .collect();
+        let states: HashMap<InstanceKey, VrrpState> =
+            self.router.states().into_iter().map(|(key, state)| (key, convert::vrrp_state(state))).collect();
         self.instances
             .iter()
             .flat_map(|instance| {
