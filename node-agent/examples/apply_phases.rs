@@ -16,10 +16,10 @@ use phases::phase;
 
 use lvs_agent::{
     desired::desired_services,
-    ipvs::IpvsHandle,
     reconcile::{Drains, Ownership, plan},
     standalone::{Role, load_manifests, local_state},
 };
+use lvs_ipvs::IpvsHandle;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

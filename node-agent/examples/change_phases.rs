@@ -11,10 +11,7 @@ mod phases;
 
 use phases::phase;
 
-use lvs_agent::{
-    health,
-    standalone::{LocalState, Manifests, Role},
-};
+use lvs_agent::standalone::{LocalState, Manifests, Role};
 
 fn main() {
     let source = std::env::args().nth(1).expect("usage: change_phases DIR");
@@ -42,7 +39,7 @@ fn main() {
     let keys = phase("update", || state.update(&change, &[]));
     println!("COUNT keys={}", keys.len());
     let director = state.spec().director.as_ref().expect("directs");
-    phase("health-targets", || health::targets(director).len());
+    phase("health-targets", || lvs_agent::convert::health_targets(director).len());
     if std::env::var_os("CHANGE_PHASES_LOOP").is_some() {
         // For a profiler: the change round, again and again.
         for weight in 0..3000 {

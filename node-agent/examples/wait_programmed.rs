@@ -6,7 +6,7 @@
 //!   wait_programmed VIP:PORT DESTINATIONS [TIMEOUT_S]
 use std::time::{Duration, Instant};
 
-use lvs_agent::ipvs::{IpvsHandle, ServiceKey};
+use lvs_ipvs::{IpvsHandle, ServiceKey};
 
 fn main() {
     let t0 = Instant::now();

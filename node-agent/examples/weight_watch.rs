@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lvs_agent::ipvs::{IpvsHandle, ServiceKey};
+use lvs_ipvs::{IpvsHandle, ServiceKey};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

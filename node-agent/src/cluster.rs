@@ -52,12 +52,10 @@ use serde_json::json;
 
 use crate::{
     engine::{self, Engine, Failure, Round, Scope, Subject},
-    health::{CheckerStats, HealthMap},
-    ipvs::{DestinationEntry, IpvsHandle, ServiceKey, Stats},
-    ipvsadm::TableEntry,
     supervisor::{POLL_INTERVAL, Supervisor},
-    vrrp,
 };
+use lvs_health::{CheckerStats, HealthMap};
+use lvs_ipvs::{DestinationEntry, IpvsHandle, ServiceKey, Stats, ipvsadm::TableEntry};
 
 /// The field manager of the agent's status writes.
 pub const FIELD_MANAGER: &str = "lvs-agent";
@@ -553,7 +551,7 @@ struct VrrpLabels {
 }
 
 /// A VRRP instance's counter: name, help, value.
-type VrrpCounter = (&'static str, &'static str, fn(&vrrp::InstanceStats) -> u64);
+type VrrpCounter = (&'static str, &'static str, fn(&lvs_vrrp::InstanceStats) -> u64);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DropLabels {
@@ -568,7 +566,7 @@ pub struct AgentMetrics {
     operations: Counter,
     failures: Counter,
     health: Mutex<Option<CheckerStats>>,
-    vrrp: Mutex<Option<vrrp::Stats>>,
+    vrrp: Mutex<Option<lvs_vrrp::Stats>>,
 }
 
 impl AgentMetrics {
@@ -624,11 +622,11 @@ impl AgentMetrics {
                 interface: instance.key.interface.clone(),
                 vrid: instance.key.vrid,
                 family: match instance.key.family {
-                    lvs_crds::virtual_service::AddressFamily::IPv4 => "IPv4",
-                    lvs_crds::virtual_service::AddressFamily::IPv6 => "IPv6",
+                    lvs_vrrp::AddressFamily::IPv4 => "IPv4",
+                    lvs_vrrp::AddressFamily::IPv6 => "IPv6",
                 },
             };
-            master.get_or_create(&labels).set(i64::from(instance.state == VrrpState::Master));
+            master.get_or_create(&labels).set(i64::from(instance.state == lvs_vrrp::VrrpState::Master));
             for ((_, _, value), family) in counters.iter().zip(&families) {
                 family.get_or_create(&labels).inc_by(value(instance));
             }
@@ -769,13 +767,11 @@ mod tests {
     use pretty_assertions::assert_eq;
 
     use super::*;
-    use crate::ipvs::{
-        Destination, ForwardMethod, IpvsError, KernelError, Service, ServiceEntry, ServiceKey,
-    };
     use lvs_crds::{
         lvs_node::IpvsServiceKey,
         virtual_service::{AddressFamily, Protocol},
     };
+    use lvs_ipvs::{Destination, ForwardMethod, IpvsError, KernelError, Service, ServiceEntry, ServiceKey};
 
     /// Chunk `chunk` of node `lvs1`'s state at `revision`, generation 3: one
     /// service `default/<name>` on VIP 192.0.2.<chunk + 10>:80 with two real
@@ -1048,7 +1044,7 @@ spec:
 
     #[test]
     fn metrics_carry_health_checks_and_vrrp() {
-        use crate::health::{FailureKind, TargetStatus};
+        use lvs_health::{FailureKind, TargetStatus};
         let metrics = AgentMetrics::default();
         let service = ServiceKey::tcp("192.0.2.10:80".parse().unwrap());
         *metrics.health.lock().unwrap() = Some(CheckerStats {
@@ -1066,20 +1062,20 @@ spec:
                 checks: 7,
             }],
         });
-        *metrics.vrrp.lock().unwrap() = Some(vrrp::Stats {
-            instances: vec![vrrp::InstanceStats {
-                key: vrrp::InstanceKey {
+        *metrics.vrrp.lock().unwrap() = Some(lvs_vrrp::Stats {
+            instances: vec![lvs_vrrp::InstanceStats {
+                key: lvs_vrrp::InstanceKey {
                     interface: "eth0".into(),
-                    family: lvs_crds::virtual_service::AddressFamily::IPv4,
+                    family: lvs_vrrp::AddressFamily::IPv4,
                     vrid: 51,
                 },
-                state: VrrpState::Master,
+                state: lvs_vrrp::VrrpState::Master,
                 adverts_sent: 10,
                 adverts_received: 3,
                 send_errors: 0,
                 transitions: 2,
             }],
-            drops: crate::vrrp::socket::Drops { bad_checksum: 4, ..Default::default() },
+            drops: lvs_vrrp::Drops { bad_checksum: 4, ..Default::default() },
         });
         let text = metrics_text(&metrics, None);
         let instance = r#"interface="eth0",vrid="51",family="IPv4""#;

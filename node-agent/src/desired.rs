@@ -15,7 +15,7 @@ use lvs_crds::{
     virtual_service::{self as api, Forwarding, HealthCheckType, OnFailure, Scheduler, SchedulerFlag},
 };
 
-use crate::ipvs::{
+use lvs_ipvs::{
     AddressFamily, Destination, ForwardMethod, Netmask, Protocol, Service, ServiceFlags, ServiceKey, Tunnel,
     TunnelChecksum, TunnelType,
 };

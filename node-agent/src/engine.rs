@@ -38,18 +38,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     desired::{DesiredService, Health, desired_service, desired_services_with, service_key},
-    health::HealthMap,
     host::{
         DeviceAddress, GuePort, HostChanges, HostError, Sysctls, address, announce, local_routes, nat,
         real_server, sysctl,
     },
-    ipvs::{IpvsError, IpvsHandle, KernelError, ServiceKey},
-    ipvsadm::op_rule,
     reconcile::{
         Drains, KernelTable, ObservedDestination, ObservedService, Ownership, Plan, apply_to_table,
         plan_services, plan_table,
     },
 };
+use lvs_health::HealthMap;
+use lvs_ipvs::{IpvsError, IpvsHandle, KernelError, ServiceKey, ipvsadm::op_rule};
 
 /// What the agent keeps across restarts (`<state-dir>/state.json`).
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,13 +11,11 @@ use std::{
     time::Duration,
 };
 
-use lvs_crds::{lvs_node::ConnectionSync, virtual_service::VrrpState};
+use lvs_crds::lvs_node::ConnectionSync;
 
-use crate::{
-    host::{DeviceAddress, HostChanges, address},
-    ipvs::{IpvsHandle, IpvsOp, SyncDaemon, SyncState},
-    vrrp::{Hooks, InstanceConfig, InstanceKey},
-};
+use crate::host::{DeviceAddress, HostChanges, address};
+use lvs_ipvs::{IpvsHandle, IpvsOp, SyncDaemon, SyncState};
+use lvs_vrrp::{Hooks, InstanceConfig, InstanceKey, VrrpState};
 
 /// A VRRP transition, as the agent's loop hears of it (for logs and status).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,11 +29,8 @@ use lvs_crds::{
     },
 };
 
-use crate::{
-    ipvs::{
-        self, AddressFamily, Destination, ForwardMethod, IpvsOp, Netmask, Service, ServiceFlags, ServiceKey,
-    },
-    ipvsadm,
+use lvs_ipvs::{
+    AddressFamily, Destination, ForwardMethod, IpvsOp, Netmask, Service, ServiceFlags, ServiceKey, ipvsadm,
 };
 
 /// Namespace of imported objects unless the caller picks another.
@@ -155,8 +152,8 @@ fn spec_for(key: &ServiceKey) -> VirtualServiceSpec {
             vip: Some(address.ip().to_string()),
             port: Some(address.port()),
             protocol: match protocol {
-                ipvs::Protocol::Udp => Protocol::UDP,
-                ipvs::Protocol::Sctp => Protocol::SCTP,
+                lvs_ipvs::Protocol::Udp => Protocol::UDP,
+                lvs_ipvs::Protocol::Sctp => Protocol::SCTP,
                 _ => Protocol::TCP,
             },
             ..Default::default()
@@ -334,18 +331,20 @@ fn describe((forwarding, tunnel): &(Forwarding, Option<Tunnel>)) -> String {
     }
 }
 
-fn tunnel_spec(tunnel: &ipvs::Tunnel) -> Result<Tunnel, String> {
+fn tunnel_spec(tunnel: &lvs_ipvs::Tunnel) -> Result<Tunnel, String> {
     let encapsulation = match tunnel.kind {
-        ipvs::TunnelType::Ipip => TunnelEncapsulation::Ipip,
-        ipvs::TunnelType::Gue => TunnelEncapsulation::Gue,
-        ipvs::TunnelType::Gre => TunnelEncapsulation::Gre,
-        ipvs::TunnelType::Other(n) => return Err(format!("tunnel type {n} has no equivalent in the API")),
+        lvs_ipvs::TunnelType::Ipip => TunnelEncapsulation::Ipip,
+        lvs_ipvs::TunnelType::Gue => TunnelEncapsulation::Gue,
+        lvs_ipvs::TunnelType::Gre => TunnelEncapsulation::Gre,
+        lvs_ipvs::TunnelType::Other(n) => {
+            return Err(format!("tunnel type {n} has no equivalent in the API"));
+        }
     };
     let checksum = match tunnel.checksum {
-        ipvs::TunnelChecksum::None => TunnelChecksum::None,
-        ipvs::TunnelChecksum::Checksum => TunnelChecksum::Checksum,
-        ipvs::TunnelChecksum::RemoteChecksum => TunnelChecksum::RemoteChecksum,
-        ipvs::TunnelChecksum::Other(n) => {
+        lvs_ipvs::TunnelChecksum::None => TunnelChecksum::None,
+        lvs_ipvs::TunnelChecksum::Checksum => TunnelChecksum::Checksum,
+        lvs_ipvs::TunnelChecksum::RemoteChecksum => TunnelChecksum::RemoteChecksum,
+        lvs_ipvs::TunnelChecksum::Other(n) => {
             return Err(format!("tunnel checksum {n} has no equivalent in the API"));
         }
     };
@@ -541,13 +540,13 @@ impl<'a> KeepalivedService<'a> {
         warnings: &'a mut Vec<String>,
     ) -> Result<(ServiceKey, VirtualServiceSpec), ImportError> {
         let line = statement.line;
-        let mut protocol = ipvs::Protocol::Tcp;
+        let mut protocol = lvs_ipvs::Protocol::Tcp;
         let mut family = AddressFamily::Ipv4;
         for child in statement.children() {
             match (child.keyword(), child.words.get(1).map(String::as_str)) {
-                ("protocol", Some("TCP")) => protocol = ipvs::Protocol::Tcp,
-                ("protocol", Some("UDP")) => protocol = ipvs::Protocol::Udp,
-                ("protocol", Some("SCTP")) => protocol = ipvs::Protocol::Sctp,
+                ("protocol", Some("TCP")) => protocol = lvs_ipvs::Protocol::Tcp,
+                ("protocol", Some("UDP")) => protocol = lvs_ipvs::Protocol::Udp,
+                ("protocol", Some("SCTP")) => protocol = lvs_ipvs::Protocol::Sctp,
                 ("protocol", other) => {
                     return Err(at(child.line, format!("protocol {other:?}: TCP, UDP or SCTP")));
                 }

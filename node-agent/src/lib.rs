@@ -2,15 +2,12 @@
 //! settings on real servers.
 
 pub mod cluster;
+pub mod convert;
 pub mod desired;
 pub mod engine;
 pub mod failover;
-pub mod health;
 pub mod host;
 pub mod import;
-pub mod ipvs;
-pub mod ipvsadm;
 pub mod reconcile;
 pub mod standalone;
 pub mod supervisor;
-pub mod vrrp;

@@ -7,11 +7,13 @@ use clap::{Parser, Subcommand};
 use lvs_agent::{
     cluster::{self, RunOptions},
     import,
-    ipvs::IpvsHandle,
-    ipvsadm::{self, ListView},
     standalone::{self, ApplyOptions, Role},
 };
 use lvs_crds::translate::DEFAULT_VRRP_PRIORITY;
+use lvs_ipvs::{
+    IpvsHandle,
+    ipvsadm::{self, ListView},
+};
 
 #[derive(Parser)]
 #[command(name = "lvs-agent", version, about = "Declarative Linux Virtual Server: the node agent")]

@@ -36,10 +36,9 @@
 //!
 //! use lvs_agent::{
 //!     desired::DesiredService,
-//!     ipvs::{Destination, ForwardMethod, Service, ServiceKey},
-//!     ipvsadm::op_rule,
 //!     reconcile::{Drains, Ownership, plan},
 //! };
+//! use lvs_ipvs::{Destination, ForwardMethod, Service, ServiceKey, ipvsadm::op_rule};
 //!
 //! let web = DesiredService {
 //!     service: Service::new(ServiceKey::tcp("192.168.16.100:80".parse()?), "wrr"),
@@ -59,11 +58,8 @@ use std::{
     time::Duration,
 };
 
-use crate::{
-    desired::DesiredService,
-    ipvs::{Destination, DestinationEntry, IpvsOp, Protocol, Service, ServiceKey},
-    ipvsadm::TableEntry,
-};
+use crate::desired::DesiredService;
+use lvs_ipvs::{Destination, DestinationEntry, IpvsOp, Protocol, Service, ServiceKey, ipvsadm::TableEntry};
 
 /// The services this agent owns, each with the drain period it was last desired
 /// with: when it stops being desired, its destinations drain that long.
@@ -393,7 +389,7 @@ mod tests {
     use pretty_assertions::assert_eq;
 
     use super::*;
-    use crate::ipvs::{ForwardMethod, ServiceEntry, Stats};
+    use lvs_ipvs::{ForwardMethod, ServiceEntry, Stats};
 
     const NOW: Duration = Duration::from_secs(1_000);
     const DRAIN: Duration = Duration::from_secs(30);
@@ -626,7 +622,7 @@ mod tests {
 
     #[test]
     fn fwmark_services_drain_like_tcp() {
-        let mark = ServiceKey::Fwmark { family: crate::ipvs::AddressFamily::Ipv4, mark: 3 };
+        let mark = ServiceKey::Fwmark { family: lvs_ipvs::AddressFamily::Ipv4, mark: 3 };
         assert!(waits_for_connections(&mark));
         assert!(waits_for_connections(&ServiceKey::Address {
             protocol: Protocol::Sctp,

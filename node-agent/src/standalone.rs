@@ -45,11 +45,10 @@ use crate::{
     desired::{desired_services, service_key},
     engine::{self, Engine, Round, Scope},
     host::address,
-    ipvs::{IpvsHandle, ServiceKey},
-    ipvsadm::op_rule,
     reconcile::{Drains, Ownership, plan},
     supervisor::{self, Supervisor},
 };
+use lvs_ipvs::{IpvsHandle, ServiceKey, ipvsadm::op_rule};
 use serde::Deserialize;
 
 /// What this host does with the manifests (`--role`).

@@ -27,14 +27,15 @@ use lvs_crds::{
 use tokio::runtime::Handle;
 
 use crate::{
+    convert,
     engine::{Engine, Failure, Round, Scope, Subject},
     failover::{FailoverHooks, Transition},
-    health::{self, Checker, CheckerStats, HealthChange, HealthMap},
     host::address,
-    ipvs::ServiceKey,
     reconcile::KernelTable,
-    vrrp::{self, InstanceConfig, InstanceKey, Router},
 };
+use lvs_health::{Checker, CheckerStats, HealthChange, HealthMap};
+use lvs_ipvs::ServiceKey;
+use lvs_vrrp::{InstanceConfig, InstanceKey, Router};
 
 pub struct Supervisor {
     engine: Engine,
@@ -77,7 +78,7 @@ impl Supervisor {
     pub fn apply(&mut self, spec: &LvsNodeSpec, scope: Scope) -> Round {
         let empty = DirectorState::default();
         let director = spec.director.as_ref().unwrap_or(&empty);
-        self.checker.set_targets(health::targets(director));
+        self.checker.set_targets(convert::health_targets(director));
         self.engine.set_health(self.checker.health());
         let mut round = self.engine.reconcile(spec, scope);
         if let Err(e) = self.follow_vrrp(director) {
@@ -96,7 +97,7 @@ impl Supervisor {
             let index = unrouted.iter().position(|v| *v == vip)?;
             routes.get(index)?.as_ref().ok().cloned()
         };
-        let instances = vrrp::instances(director, interface_of).map_err(|e| format!("VRRP: {e}"))?;
+        let instances = convert::vrrp_instances(director, interface_of).map_err(|e| format!("VRRP: {e}"))?;
         let sync = director.connection_sync.clone().and_then(|mut sync| {
             // No interface named: the first VRRP instance's.
             if sync.interface.is_empty() {
@@ -171,7 +172,8 @@ impl Supervisor {
 
     /// The VRRP state of each VIP that has a VRRP instance.
     pub fn vip_states(&self) -> HashMap<IpAddr, VrrpState> {
-        let states: HashMap<InstanceKey, VrrpState> = self.router.states().into_iter().collect();
+        let states: HashMap<InstanceKey, VrrpState> =
+            self.router.states().into_iter().map(|(key, state)| (key, convert::vrrp_state(state))).collect();
         self.instances
             .iter()
             .flat_map(|instance| {
@@ -186,7 +188,7 @@ impl Supervisor {
         self.engine.table()
     }
 
-    pub fn vrrp_stats(&self) -> vrrp::Stats {
+    pub fn vrrp_stats(&self) -> lvs_vrrp::Stats {
         self.router.stats()
     }
 

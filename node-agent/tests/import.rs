@@ -6,8 +6,6 @@ use k8s_openapi::api::core::v1::Node;
 use lvs_agent::{
     desired::desired_services,
     import::{ImportError, import, import_ipvsadm, import_keepalived},
-    ipvs::IpvsOp,
-    ipvsadm::{op_rule, parse_rules},
 };
 use lvs_crds::{
     ClusterState, TranslateOptions, VirtualService, VirtualServiceSpec, assemble, translate,
@@ -17,6 +15,8 @@ use lvs_crds::{
         SchedulerFlag, SorryServer, Tunnel, TunnelChecksum, TunnelEncapsulation,
     },
 };
+use lvs_ipvs::IpvsOp;
+use lvs_ipvs::ipvsadm::{op_rule, parse_rules};
 use pretty_assertions::assert_eq;
 
 /// Every ipvsadm feature the API can express, as `ipvsadm -S -n` prints it.

@@ -11,15 +11,14 @@ use std::{
 
 use lvs_agent::{
     desired::DesiredService,
-    ipvs::{
-        AddressFamily, Destination, DestinationEntry, ForwardMethod, IpvsOp, Netmask, Protocol, Service,
-        ServiceEntry, ServiceFlags, ServiceKey, Stats,
-    },
-    ipvsadm::TableEntry,
     reconcile::{
         Drains, KernelTable, ObservedService, Ownership, Plan, apply_to_table, plan, plan_services,
         waits_for_connections,
     },
+};
+use lvs_ipvs::{
+    AddressFamily, Destination, DestinationEntry, ForwardMethod, IpvsOp, Netmask, Protocol, Service,
+    ServiceEntry, ServiceFlags, ServiceKey, Stats, ipvsadm::TableEntry,
 };
 use proptest::{array::uniform3, option, prelude::*};
 
