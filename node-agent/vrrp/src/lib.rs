@@ -238,7 +238,7 @@ async fn receive(
             }
             Err(error) => {
                 // Not expected on a raw socket; avoid spinning on a persistent error.
-                eprintln!("lvs-agent: vrrp: receiving: {error}");
+                tracing::warn!(%error, "vrrp: receiving");
                 sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -299,7 +299,7 @@ impl Router {
                 Ok(()) => {
                     wanted.insert(config.key(), config);
                 }
-                Err(error) => eprintln!("lvs-agent: vrrp: skipping an instance: {error}"),
+                Err(error) => tracing::error!(%error, "vrrp: skipping an instance"),
             }
         }
         let removed: Vec<InstanceKey> =
@@ -434,7 +434,7 @@ impl Instance {
             match shared.link(&self.config.interface, self.config.family) {
                 Ok(link) => break link,
                 Err(error) => {
-                    eprintln!("lvs-agent: vrrp: virtual router {}: {error}; retrying", self.config.vrid);
+                    tracing::warn!(vrid = self.config.vrid, %error, "vrrp: cannot open the socket; retrying");
                     tokio::select! {
                         command = commands.recv() => match command {
                             Some(Command::Reconfigure(config)) => self.config = config,
