@@ -11,6 +11,7 @@ pub mod import;
 pub mod ipvs;
 pub mod ipvsadm;
 pub mod reconcile;
+pub mod seams;
 pub mod standalone;
 pub mod supervisor;
 pub mod vrrp;
