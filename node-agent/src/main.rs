@@ -37,7 +37,9 @@ enum LogFormat {
 /// text or JSON, on standard error (standard output is the commands' output).
 fn init_logs(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, not in files and pipes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Json => logs.json().flatten_event(true).with_current_span(true).init(),
         LogFormat::Text => logs.init(),
