@@ -277,9 +277,12 @@ impl Supervisor {
         let empty = DirectorState::default();
         let director = spec.director.as_ref().unwrap_or(&empty);
         let targets = health::targets(director);
-        let checked: BTreeSet<(ServiceKey, SocketAddr)> =
-            targets.iter().map(|t| (t.service, t.destination)).collect();
-        self.heard.retain(|target, _| checked.contains(target));
+        if !self.heard.is_empty() {
+            // A verdict stands only while its target is checked.
+            let checked: BTreeSet<(ServiceKey, SocketAddr)> =
+                targets.iter().map(|t| (t.service, t.destination)).collect();
+            self.heard.retain(|target, _| checked.contains(target));
+        }
         self.checker.set_targets(targets);
         self.engine.set_health(self.health());
         let mut round = self.engine.reconcile(spec, scope);
