@@ -2,26 +2,24 @@
 //! LvsNode objects, and the agent reports back in their status.
 //!
 //! ```text
-//! watch LvsNodes (label lvs.dev/node=<node>) ─> assemble chunks ─> engine thread ─> kernel, host
-//!                                                                      │ Round
-//!                                   status of each chunk (if changed) <┘
+//! watch LvsNodes (label lvs.dev/node=<node>) ─> assemble chunks ─> agent loop ─> kernel, host
+//!                                                                   │ Round
+//!                                status of each chunk (if changed) <┘
 //! kernel table at scrape time ─> /metrics
 //! ```
 //!
-//! The engine is synchronous and owns the netlink socket, so it runs on its own
-//! thread, fed the latest desired state through a channel; everything that talks
-//! to the API server is async.
+//! Cluster mode is a source and a sink of the agent's loop
+//! ([`crate::supervisor`]): the watch sends each version of the node's desired
+//! state as an input, and each round goes to the status writer. The loop is
+//! synchronous and owns the netlink socket, so it runs on its own thread;
+//! everything that talks to the API server is async.
 
 use std::{
     collections::{BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
-    time::{Duration, Instant},
+    sync::{Arc, Mutex, PoisonError, mpsc},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -51,11 +49,12 @@ use prometheus_client::{
 use serde_json::json;
 
 use crate::{
-    engine::{self, Engine, Failure, Round, Scope, Subject},
-    supervisor::{POLL_INTERVAL, Supervisor},
+    engine::{Engine, Failure, Round, Subject},
+    supervisor::{DesiredState, Input, Sink, Supervisor, Why},
 };
 use lvs_health::{CheckerStats, HealthMap};
 use lvs_ipvs::{DestinationEntry, IpvsHandle, ServiceKey, Stats, ipvsadm::TableEntry};
+use tracing::{info, warn};
 
 /// The field manager of the agent's status writes.
 pub const FIELD_MANAGER: &str = "lvs-agent";
@@ -79,6 +78,12 @@ pub struct RunOptions {
 pub struct Desired {
     pub objects: Vec<Arc<LvsNode>>,
     pub spec: LvsNodeSpec,
+}
+
+impl DesiredState for Arc<Desired> {
+    fn spec(&self) -> &LvsNodeSpec {
+        &self.spec
+    }
 }
 
 impl Desired {
@@ -109,17 +114,16 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let client = client(options.kubeconfig.as_ref()).await?;
     let engine = Engine::open(&options.state_dir, &options.sysctl_root, options.exclusive)?;
     let metrics = Arc::new(AgentMetrics::default());
-    let (desired_tx, desired_rx) = mpsc::channel();
+    let (inputs_tx, inputs) = mpsc::channel();
     let (rounds_tx, mut rounds_rx) = tokio::sync::mpsc::unbounded_channel();
     let engine_metrics = Arc::clone(&metrics);
     let resync = options.resync;
-    // Health checks and VRRP run on this runtime, the engine on its own thread.
+    // Health checks and VRRP run on this runtime, the loop on its own thread.
     let handle = tokio::runtime::Handle::current();
-    let stop = Arc::new(AtomicBool::new(false));
-    let engine_stop = Arc::clone(&stop);
+    let agent = Supervisor::new(engine, handle, &inputs_tx);
     let engine_thread = std::thread::Builder::new().name("engine".into()).spawn(move || {
-        let agent = Supervisor::new(engine, handle);
-        drive_engine(agent, &desired_rx, &rounds_tx, resync, &engine_metrics, &engine_stop);
+        let mut sink = StatusSink { reports: rounds_tx, metrics: engine_metrics };
+        agent.run(&inputs, &mut sink, resync);
     })?;
 
     let api: Api<LvsNode> = Api::all(client);
@@ -132,15 +136,15 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(options.metrics_address)
         .await
         .with_context(|| format!("listening on {}", options.metrics_address))?;
-    eprintln!("lvs-agent: node {}, metrics on {}", options.node_name, options.metrics_address);
+    info!(node = %options.node_name, metrics = %options.metrics_address, "started");
     let result = tokio::select! {
-        result = watch_desired(api, &options.node_name, desired_tx) => result,
+        result = watch_desired(api, &options.node_name, inputs_tx.clone()) => result,
         () = write_statuses => Err(anyhow::anyhow!("the engine thread stopped")),
         result = axum::serve(listener, router(metrics)) => result.context("serving /metrics"),
         () = shutdown_signal() => Ok(()),
     };
     // A graceful exit: VRRP masters hand their VIPs over at once.
-    stop.store(true, Ordering::Relaxed);
+    let _ = inputs_tx.send(Input::Stop);
     let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
     result
 }
@@ -169,11 +173,15 @@ async fn shutdown_signal() {
 /// Watches the node's LvsNode objects and sends each new version of its desired
 /// state to the engine. Returns (an error) only when the engine or the watch
 /// is gone; watch errors are logged and retried with backoff.
-async fn watch_desired(api: Api<LvsNode>, node: &str, engine: mpsc::Sender<Desired>) -> Result<()> {
+async fn watch_desired(
+    api: Api<LvsNode>,
+    node: &str,
+    engine: mpsc::Sender<Input<Arc<Desired>>>,
+) -> Result<()> {
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().labels(&format!("{NODE_LABEL}={node}"));
     let mut events = watcher(api, config).default_backoff().reflect(writer).boxed();
-    let mut sent: Option<Desired> = None;
+    let mut sent: Option<Arc<Desired>> = None;
     while let Some(event) = events.next().await {
         match event {
             // Until the list is complete the store is partial: an absent chunk
@@ -181,16 +189,17 @@ async fn watch_desired(api: Api<LvsNode>, node: &str, engine: mpsc::Sender<Desir
             Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
             Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {}
             Err(error) => {
-                eprintln!("lvs-agent: watching LvsNodes: {error}");
+                warn!(%error, "watching LvsNodes");
                 continue;
             }
         }
-        let Some(desired) = Desired::of(node, store.state()) else { continue };
+        let Some(desired) = Desired::of(node, store.state()).map(Arc::new) else { continue };
         // Status writes come back as events: only a new version goes on.
         if sent.as_ref().is_some_and(|s| s.version() == desired.version()) {
             continue;
         }
-        if engine.send(desired.clone()).is_err() {
+        // The loop compares it with the version it applies: `None`.
+        if engine.send(Input::Desired(Arc::clone(&desired), None)).is_err() {
             anyhow::bail!("the engine thread stopped");
         }
         sent = Some(desired);
@@ -201,94 +210,32 @@ async fn watch_desired(api: Api<LvsNode>, node: &str, engine: mpsc::Sender<Desir
 /// One round with what the agent observed after it, for the status writer.
 #[derive(Debug)]
 pub struct Report {
-    pub desired: Desired,
+    pub desired: Arc<Desired>,
     pub round: Round,
     pub observed: Observed,
 }
 
-/// The engine's loop: the first desired state, then every new one as it comes
-/// (planned for the services that differ, against the cached table), health
-/// changes as the checks find them, a full resync every `resync`, and a look
-/// when a drain ends. Each round goes to the status writer. On `stop`, leaves
-/// gracefully (VRRP masters send priority 0).
-fn drive_engine(
-    mut agent: Supervisor,
-    desired: &mpsc::Receiver<Desired>,
-    reports: &tokio::sync::mpsc::UnboundedSender<Report>,
-    resync: Duration,
-    metrics: &AgentMetrics,
-    stop: &AtomicBool,
-) {
-    // Nothing is applied before the node's objects are known: an empty state
-    // would remove every owned service.
-    let mut current = loop {
-        if stop.load(Ordering::Relaxed) {
-            return agent.shutdown();
+/// The loop's sink in cluster mode: metrics, logs, and each round to the status
+/// writer (a resync step only when it applied or failed something, or ended).
+struct StatusSink {
+    reports: tokio::sync::mpsc::UnboundedSender<Report>,
+    metrics: Arc<AgentMetrics>,
+}
+
+impl Sink<Arc<Desired>> for StatusSink {
+    fn round(&mut self, why: Why, desired: &Arc<Desired>, round: Round, agent: &Supervisor) -> bool {
+        let full = matches!(why, Why::Startup | Why::Repaired { finished: true });
+        if matches!(why, Why::Repaired { finished: false })
+            && round.applied.is_empty()
+            && round.failures.is_empty()
+        {
+            return true;
         }
-        match desired.recv_timeout(POLL_INTERVAL) {
-            Ok(first) => break first,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return agent.shutdown(),
-        }
-    };
-    let mut round = agent.apply(&current.spec, Scope::Full);
-    let mut full = true;
-    // What the last round applied: a new version is planned for the services
-    // that differ.
-    let mut applied = current.spec.clone();
-    let mut next_resync = Instant::now() + resync;
-    loop {
-        metrics.record(&round, full);
-        metrics.observe(&agent);
-        log_round(&round, &current.spec.revision);
-        let next_check = round.next_check;
-        let draining = round.draining.clone();
-        let report = Report { desired: current.clone(), round, observed: Observed::of(&agent) };
-        if reports.send(report).is_err() {
-            return agent.shutdown();
-        }
-        round = loop {
-            if stop.load(Ordering::Relaxed) {
-                return agent.shutdown();
-            }
-            let mut wait = next_resync.saturating_duration_since(Instant::now()).min(POLL_INTERVAL);
-            if let Some(at) = next_check {
-                wait = wait.min(at.saturating_sub(engine::now()));
-            }
-            match desired.recv_timeout(wait) {
-                Ok(new) => {
-                    // Only the latest version matters.
-                    current = desired.try_iter().last().unwrap_or(new);
-                    let mut keys = engine::changed_services(&applied, &current.spec);
-                    keys.extend(draining.iter().copied());
-                    applied = current.spec.clone();
-                    full = false;
-                    break agent.apply(&current.spec, Scope::Services(keys));
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return agent.shutdown(),
-            }
-            if let Some(round) = agent.poll(&current.spec) {
-                full = false;
-                break round;
-            }
-            // The resync runs in steps between the rounds of changes; a step
-            // that did nothing is not reported.
-            if Instant::now() >= next_resync {
-                agent.start_resync();
-                next_resync = Instant::now() + resync;
-            }
-            if let Some(round) = agent.resync_step(&current.spec) {
-                full = !agent.resyncing();
-                if full || !round.applied.is_empty() || !round.failures.is_empty() {
-                    break round;
-                }
-            }
-            if next_check.is_some_and(|at| engine::now() >= at) {
-                full = false;
-                break agent.reconcile_services(&current.spec, draining.clone());
-            }
-        };
+        self.metrics.record(&round, full);
+        self.metrics.observe(agent);
+        log_round(&round, &desired.spec.revision);
+        let report = Report { desired: Arc::clone(desired), round, observed: Observed::of(agent) };
+        self.reports.send(report).is_ok()
     }
 }
 
@@ -327,10 +274,10 @@ impl Observed {
 
 fn log_round(round: &Round, revision: &str) {
     for line in &round.applied {
-        eprintln!("lvs-agent: revision {revision}: applied: {line}");
+        info!(revision, rule = %line, "applied");
     }
     for failure in &round.failures {
-        eprintln!("lvs-agent: revision {revision}: failed: {failure}");
+        warn!(revision, subject = %failure.subject, error = %failure, "failed");
     }
 }
 
@@ -369,7 +316,7 @@ impl StatusWriter {
                 Ok(_) => {
                     self.written.insert(name, status);
                 }
-                Err(error) => eprintln!("lvs-agent: writing the status of LvsNode {name}: {error}"),
+                Err(error) => warn!(lvs_node = %name, %error, "writing the status of an LvsNode"),
             }
         }
     }
@@ -755,7 +702,7 @@ async fn scrape(State(metrics): State<Arc<AgentMetrics>>) -> ([(&'static str, &'
     let table = tokio::task::spawn_blocking(|| IpvsHandle::connect().and_then(|handle| handle.table()))
         .await
         .ok()
-        .and_then(|table| table.map_err(|e| eprintln!("lvs-agent: metrics: {e}")).ok());
+        .and_then(|table| table.map_err(|error| warn!(%error, "metrics: reading the IPVS table")).ok());
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([("content-type", content_type)], metrics_text(&metrics, table.as_deref()))
 }
@@ -945,15 +892,19 @@ spec:
             .collect();
         send.send_response(Response::new(Body::from(events)));
 
-        let receive = || versions.recv_timeout(Duration::from_secs(5)).expect("a version");
+        let receive = || match versions.recv_timeout(Duration::from_secs(5)).expect("a version") {
+            // Each version for the loop to compare with the last.
+            Input::Desired(desired, None) => desired,
+            other => panic!("not a version: {other:?}"),
+        };
         let listed = tokio::task::block_in_place(receive);
         assert_eq!(listed.spec.revision, "r1");
         assert_eq!(listed.objects.len(), 2);
-        assert_eq!(listed.spec.director.unwrap().services.len(), 2);
+        assert_eq!(listed.spec.director.as_ref().unwrap().services.len(), 2);
         // Deleting the first chunk leaves an incomplete state (not sent); then none.
         let deleted = tokio::task::block_in_place(receive);
         assert!(deleted.objects.is_empty());
-        assert_eq!(deleted.spec, LvsNodeSpec { node: "lvs1".into(), chunks: 1, ..LvsNodeSpec::default() });
+        assert_eq!(*deleted.spec(), LvsNodeSpec { node: "lvs1".into(), chunks: 1, ..LvsNodeSpec::default() });
         watch.abort();
     }
 

@@ -38,17 +38,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     desired::{DesiredService, Health, desired_service, desired_services_with, service_key},
-    host::{
-        DeviceAddress, GuePort, HostChanges, HostError, Sysctls, address, announce, local_routes, nat,
-        real_server, sysctl,
-    },
-    reconcile::{
-        Drains, KernelTable, ObservedDestination, ObservedService, Ownership, Plan, apply_to_table,
-        plan_services, plan_table,
-    },
+    host::{DeviceAddress, GuePort, HostChanges, HostError, Sysctls, local_routes, real_server, sysctl},
+    reconcile::{Drains, KernelTable, Ownership, Plan, apply_to_table, plan_services, plan_table},
+    seams::{Dumper, Host, Kernel, NetlinkKernel, SystemHost},
 };
 use lvs_health::HealthMap;
-use lvs_ipvs::{IpvsError, IpvsHandle, KernelError, ServiceKey, ipvsadm::op_rule};
+use lvs_ipvs::{IpvsError, ServiceKey, ipvsadm::op_rule};
 
 /// What the agent keeps across restarts (`<state-dir>/state.json`).
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,15 +203,15 @@ impl HostInputs {
 
 /// The agent of one network namespace.
 pub struct Engine {
-    ipvs: IpvsHandle,
-    sysctls: Sysctls,
+    kernel: Box<dyn Kernel>,
+    system: Box<dyn Host>,
     state_file: PathBuf,
     state: AgentState,
     exclusive: bool,
     /// The kernel table as last dumped and then changed by the agent.
     table: Option<KernelTable>,
     /// The host part of the spec last configured (failures included).
-    host: Option<HostInputs>,
+    host_inputs: Option<HostInputs>,
     /// What the agent owns and drains (the state file's lists, as maps).
     owned: Ownership,
     drains: Drains,
@@ -228,7 +223,7 @@ pub struct Engine {
     /// The periodic resync while it runs, and the handle its dumps run on
     /// (opened on the first resync: sockets belong to their creator's namespace).
     resync: Option<Resync>,
-    dumper: Option<Arc<IpvsHandle>>,
+    dumper: Option<Arc<dyn Dumper>>,
 }
 
 /// The periodic resync, in steps between the rounds of changes, so that no
@@ -255,6 +250,19 @@ struct ResyncDump {
 impl Engine {
     /// Opens the IPVS handle and the state under `state_dir` (created if absent).
     pub fn open(state_dir: &Path, sysctl_root: &Path, exclusive: bool) -> Result<Self> {
+        let kernel = NetlinkKernel::connect()?;
+        let host = SystemHost::new(Sysctls::new(sysctl_root));
+        Self::with(Box::new(kernel), Box::new(host), state_dir, exclusive)
+    }
+
+    /// An engine on these seams (the event loop's tests give it in-memory ones),
+    /// with its state under `state_dir` (created if absent).
+    pub fn with(
+        kernel: Box<dyn Kernel>,
+        host: Box<dyn Host>,
+        state_dir: &Path,
+        exclusive: bool,
+    ) -> Result<Self> {
         std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
         let state_file = state_dir.join("state.json");
         let state = match std::fs::read_to_string(&state_file) {
@@ -267,15 +275,15 @@ impl Engine {
         let owned = Ownership(state.owned.iter().copied().collect());
         let drains = Drains(state.drains.iter().map(|(k, a, t)| ((*k, *a), *t)).collect());
         Ok(Engine {
-            ipvs: IpvsHandle::connect()?,
-            sysctls: Sysctls::new(sysctl_root),
+            kernel,
+            system: host,
             state_file,
             state,
             owned,
             drains,
             exclusive,
             table: None,
-            host: None,
+            host_inputs: None,
             health: HealthMap::default(),
             vrrp: false,
             resync: None,
@@ -313,7 +321,7 @@ impl Engine {
                 // A resync's dump in flight is older than this one. The old cache
                 // goes first: two tables at once would be the agent's peak.
                 (self.resync, self.table) = (None, None);
-                match dump_table(&self.ipvs) {
+                match self.kernel.dump() {
                     Ok(table) => self.table = Some(table),
                     Err(e) => {
                         return Round {
@@ -335,19 +343,28 @@ impl Engine {
     /// Starts the periodic resync: the kernel's table is dumped on another
     /// thread while rounds go on; [`Self::resync_step`] does the rest. Nothing
     /// to do while one runs.
-    pub fn start_resync(&mut self) {
+    ///
+    /// `dumped` is called once the dump is in (or failed): the next
+    /// [`Self::resync_step`] takes it. The caller waits for that, it need not ask.
+    pub fn start_resync(&mut self, dumped: impl FnOnce() + Send + 'static) {
         if self.resync.is_some() {
             return;
         }
         let (sender, table) = mpsc::channel();
         let dumper = match &self.dumper {
             Some(dumper) => Ok(Arc::clone(dumper)),
-            None => IpvsHandle::connect().map(|handle| Arc::clone(self.dumper.insert(Arc::new(handle)))),
+            None => self.kernel.dumper().map(|dumper| Arc::clone(self.dumper.insert(dumper))),
         };
         match dumper {
-            Ok(dumper) => drop(std::thread::spawn(move || sender.send(dump_table(&dumper)))),
+            Ok(dumper) => drop(std::thread::spawn(move || {
+                let _ = sender.send(dumper.dump());
+                dumped();
+            })),
             // Reported by the next step, as a failed dump would be.
-            Err(e) => drop(sender.send(Err(e))),
+            Err(e) => {
+                drop(sender.send(Err(e)));
+                dumped();
+            }
         }
         self.resync = Some(Resync::Dumping(ResyncDump { table, touched: BTreeSet::new() }));
     }
@@ -355,6 +372,28 @@ impl Engine {
     /// Whether a resync runs (started, not finished).
     pub fn resyncing(&self) -> bool {
         self.resync.is_some()
+    }
+
+    /// Whether the running resync has work to do now (its dump is in): the
+    /// caller takes [`Self::resync_step`]s between its other work until it has not.
+    pub fn resync_ready(&self) -> bool {
+        matches!(self.resync, Some(Resync::Planning(_)))
+    }
+
+    /// The host, for what the agent does on it beside the rounds (VRRP's VIPs).
+    pub fn host(&self) -> &dyn Host {
+        &*self.system
+    }
+
+    /// The kernel, for what the agent does in it beside the rounds (sync daemons).
+    pub fn kernel(&self) -> &dyn Kernel {
+        &*self.kernel
+    }
+
+    /// The host's changes as recorded, with the host to change it further
+    /// (VRRP's VIPs). The state file is written again only with the next round's.
+    pub fn host_changes(&mut self) -> (&dyn Host, &mut HostChanges) {
+        (&*self.system, &mut self.state.host)
     }
 
     /// One step of the running resync, a few milliseconds' work, if there is one
@@ -475,7 +514,7 @@ impl Engine {
         };
         self.apply(&plan, &mut round);
         self.keep(plan, keys.as_ref(), &mut round);
-        let host_due = keys.is_none() || !self.host.as_ref().is_some_and(|host| host.matches(spec));
+        let host_due = keys.is_none() || !self.host_inputs.as_ref().is_some_and(|host| host.matches(spec));
         if host_due {
             self.configure_host(spec, &mut round);
         }
@@ -486,7 +525,7 @@ impl Engine {
     }
 
     fn apply(&mut self, plan: &Plan, round: &mut Round) {
-        let report = self.ipvs.apply_batch(&plan.ops);
+        let report = self.kernel.apply(&plan.ops);
         let failed: BTreeSet<usize> = report.failures.iter().map(|(i, _)| *i).collect();
         round.failures.extend(report.failures.into_iter().map(|(i, e)| match plan.ops[i].service_key() {
             Some(key) => Failure::new(Subject::Service(key), e),
@@ -509,13 +548,11 @@ impl Engine {
         apply_to_table(table, succeeded);
         for key in unsure {
             table.remove(&key);
-            let refreshed = match self.ipvs.service(&key) {
-                Ok(service) => self.ipvs.destinations(&key).map(|destinations| {
-                    table.insert(key, ObservedService::from(&(service, destinations)));
-                }),
-                Err(e) if e.kernel_error() == Some(&KernelError::NoSuchService) => Ok(()),
-                Err(e) => Err(e),
-            };
+            let refreshed = self.kernel.service(&key).map(|service| {
+                if let Some(service) = service {
+                    table.insert(key, service);
+                }
+            });
             if refreshed.is_err() {
                 self.table = None; // dump it all next time
                 return;
@@ -529,22 +566,23 @@ impl Engine {
     /// batch of route lookups, one of adds, one of removals), sysctls once per device.
     fn configure_host(&mut self, spec: &LvsNodeSpec, round: &mut Round) {
         let changes = &mut self.state.host;
+        let system = &*self.system;
         let mut wanted: BTreeSet<DeviceAddress> = BTreeSet::new();
         let mut fail = |subject: Subject, e: HostError| round.failures.push(Failure::new(subject, e));
 
         let real_server_vips = spec.real_server.as_ref().map_or(&[][..], |r| &r.vips);
         wanted.extend(real_server::vip_addresses(real_server_vips));
-        for (vip, e) in real_server::configure(changes, &self.sysctls, real_server_vips) {
+        for (vip, e) in system.configure_real_server(changes, real_server_vips) {
             fail(Subject::RealServerVip(vip), e);
         }
-        for (port, e) in real_server::close_unused_gue_ports(changes, real_server_vips) {
+        for (port, e) in system.close_unused_gue_ports(changes, real_server_vips) {
             fail(Subject::GuePort(port), e);
         }
         if let Some(director) = &spec.director {
             // One address listing per round; a VIP already in place costs nothing
             // more. A director's VIP on `lo` is not in place (it does not answer
             // ARP); one under the agent's own local route is (on its device).
-            let addressed: BTreeMap<IpAddr, String> = match address::local_addresses() {
+            let addressed: BTreeMap<IpAddr, String> = match system.local_addresses() {
                 Ok(present) => {
                     present.into_iter().filter(|a| a.device != "lo").map(|a| (a.address, a.device)).collect()
                 }
@@ -569,7 +607,7 @@ impl Engine {
                 .map(|vip| vip.address)
                 .collect();
             let mut routes: BTreeMap<_, _> =
-                unrouted.iter().copied().zip(address::route_devices(&unrouted)).collect();
+                unrouted.iter().copied().zip(system.route_devices(&unrouted)).collect();
             let mut configured_interfaces: BTreeMap<String, bool> = BTreeMap::new();
             // The VIPs this round holds, and those it leaves as they are (VRRP's,
             // or on an interface whose sysctls failed).
@@ -593,7 +631,7 @@ impl Engine {
                 }
                 let ready =
                     *configured_interfaces.entry(interface.clone()).or_insert_with(
-                        || match director_sysctls(changes, &self.sysctls, director, &interface) {
+                        || match director_sysctls(changes, system, director, &interface) {
                             Ok(()) => true,
                             Err(e) => {
                                 fail(Subject::DirectorSysctls(interface.clone()), e);
@@ -610,7 +648,7 @@ impl Engine {
                 }
             }
             let holdings = local_routes::holdings(&to_hold);
-            let (added, failed) = local_routes::add_routes(changes, &holdings.routes);
+            let (added, failed) = system.add_routes(changes, &holdings.routes);
             for (route, e) in failed {
                 for vip in
                     to_hold.iter().filter(|v| v.device == route.device && route.block.contains(&v.address))
@@ -623,7 +661,7 @@ impl Engine {
                 .filter(|v| added.iter().any(|r| r.device == v.device && r.block.contains(&v.address)))
                 .cloned()
                 .collect();
-            for (vip, e) in announce::announce_vips(&routed) {
+            for (vip, e) in system.announce(&routed) {
                 fail(Subject::DirectorVip(vip.address), e);
             }
             let to_take: Vec<DeviceAddress> = holdings
@@ -632,43 +670,38 @@ impl Engine {
                 .filter(|a| addressed.get(&a.address) != Some(&a.device))
                 .cloned()
                 .collect();
-            for (vip, e) in address::take_vips(changes, &to_take) {
+            for (vip, e) in system.take_vips(changes, &to_take) {
                 fail(Subject::DirectorVip(vip.address), e);
             }
             let stale_routes: Vec<_> =
                 changes.routes.iter().filter(|r| !holdings.routes.contains(r)).cloned().collect();
-            for (_, e) in local_routes::remove_routes(changes, &stale_routes) {
+            for (_, e) in system.remove_routes(changes, &stale_routes) {
                 fail(Subject::HostAddresses, e);
             }
             wanted.extend(holdings.addresses);
             wanted.extend(left);
             let full_nat = full_nat_destinations(director);
-            let result = if full_nat.is_empty() {
-                nat::remove_masquerade(changes)
-            } else {
-                nat::set_masquerade(changes, &full_nat)
-            };
-            if let Err(e) = result {
+            if let Err(e) = system.masquerade(changes, &full_nat) {
                 fail(Subject::Masquerade, e);
             }
         }
         let stale: Vec<DeviceAddress> =
             changes.addresses.iter().filter(|a| !wanted.contains(*a)).cloned().collect();
-        for (_, e) in address::remove_addresses(changes, &stale) {
+        for (_, e) in system.remove_addresses(changes, &stale) {
             fail(Subject::HostAddresses, e);
         }
         let wants_nothing =
             spec.director.is_none() && spec.real_server.as_ref().is_none_or(|r| r.vips.is_empty());
         if wants_nothing
             && !changes.is_empty()
-            && let Err(e) = changes.undo(&self.sysctls)
+            && let Err(e) = system.restore(changes)
         {
             fail(Subject::HostRestore, e);
         }
         // Recorded even when some of it failed: a change round that leaves the
         // host part as it is does not redo the host (thousands of VIPs) for
         // another service's weight; the failures are retried at the resync.
-        self.host = Some(HostInputs::of(spec));
+        self.host_inputs = Some(HostInputs::of(spec));
     }
 
     /// Takes the plan's ownership and drains: all of them after a full round,
@@ -719,19 +752,10 @@ impl Engine {
     }
 }
 
-/// The kernel's table as the engine caches it.
-fn dump_table(ipvs: &IpvsHandle) -> Result<KernelTable, IpvsError> {
-    let table = ipvs.table_of(|entry| ObservedDestination::from(&entry))?;
-    let services = table.into_iter().map(|(entry, destinations)| {
-        (entry.service.key, ObservedService { service: entry.service, destinations })
-    });
-    Ok(services.collect())
-}
-
 /// The director's sysctls for `interface`, by how it forwards.
 fn director_sysctls(
     changes: &mut HostChanges,
-    sysctls: &Sysctls,
+    system: &dyn Host,
     director: &DirectorState,
     interface: &str,
 ) -> Result<(), HostError> {
@@ -740,7 +764,7 @@ fn director_sysctls(
         (false, true) => sysctl::Forwarding::Nat,
         (false, false) => sysctl::Forwarding::DirectRouting,
     };
-    sysctls.apply(changes, &sysctl::director(forwarding, interface, sysctls.kernel_version()?))
+    system.director_sysctls(changes, forwarding, interface)
 }
 
 /// The real servers of FullNAT services, which the director masquerades to.

@@ -1,123 +1,134 @@
-//! What a director does when VRRP moves its VIPs ([`FailoverHooks`]): a new
-//! master adds the VIPs to the instance's interface and announces them
-//! (gratuitous ARP, unsolicited NA); a backup removes them. The IPVS connection
-//! sync daemon follows: master where this node holds a VIP, backup where it
-//! does not, so the connections a master forwards are known to the backups that
-//! may take over. The IPVS rules stay programmed everywhere (hot standby).
+//! What a director does when VRRP moves its VIPs ([`Failover`]): a new master
+//! adds the VIPs to the instance's interface and announces them (gratuitous
+//! ARP, unsolicited NA); a backup removes them. The IPVS connection sync daemon
+//! follows: master where this node holds a VIP, backup where it does not, so the
+//! connections a master forwards are known to the backups that may take over.
+//! The IPVS rules stay programmed everywhere (hot standby).
+//!
+//! The VRRP router's hooks ([`FailoverHooks`]) only pass each transition on, as
+//! an input of the agent's loop ([`crate::supervisor`]), which acts on it
+//! through the engine's seams.
 
 use std::{
     collections::BTreeSet,
-    sync::{Arc, Mutex, PoisonError, mpsc},
-    time::Duration,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use lvs_crds::lvs_node::ConnectionSync;
 
-use crate::host::{DeviceAddress, HostChanges, address};
-use lvs_ipvs::{IpvsHandle, IpvsOp, SyncDaemon, SyncState};
+use crate::{
+    host::{DeviceAddress, HostChanges},
+    seams::{Host, Kernel},
+};
+use lvs_ipvs::{IpvsOp, SyncDaemon, SyncState};
 use lvs_vrrp::{Hooks, InstanceConfig, InstanceKey, VrrpState};
 
-/// A VRRP transition, as the agent's loop hears of it (for logs and status).
+/// A VRRP transition of one instance, as the router reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
-    pub instance: InstanceKey,
-    pub addresses: Vec<std::net::IpAddr>,
+    pub instance: InstanceConfig,
     pub from: VrrpState,
     pub to: VrrpState,
-    /// What failed while acting on it, each naming its object.
-    pub failures: Vec<String>,
 }
 
-/// The agent's [`Hooks`]: VIPs and sync daemon follow the VRRP states.
-pub struct FailoverHooks {
-    inner: Arc<Inner>,
+/// The router's [`Hooks`]: each transition goes to `send` (the agent's loop).
+pub struct FailoverHooks<F> {
+    send: F,
 }
 
-struct Inner {
-    /// Instances this node is master of; also serialises the hooks' host changes.
-    masters: Mutex<BTreeSet<InstanceKey>>,
-    /// The director's connection sync, if any, with the interface to use.
-    sync: Mutex<Option<ConnectionSync>>,
-    transitions: mpsc::Sender<Transition>,
-}
-
-impl FailoverHooks {
-    pub fn new(transitions: mpsc::Sender<Transition>) -> Self {
-        let inner = Inner { masters: Mutex::default(), sync: Mutex::default(), transitions };
-        FailoverHooks { inner: Arc::new(inner) }
+impl<F: Fn(Transition) + Send + Sync + 'static> FailoverHooks<F> {
+    pub fn hooks(send: F) -> Arc<dyn Hooks> {
+        Arc::new(FailoverHooks { send })
     }
+}
 
+impl<F: Fn(Transition) + Send + Sync + 'static> Hooks for FailoverHooks<F> {
+    fn transition(&self, instance: &InstanceConfig, from: VrrpState, to: VrrpState) {
+        (self.send)(Transition { instance: instance.clone(), from, to });
+    }
+}
+
+/// The VIPs and the sync daemon as VRRP moves them.
+#[derive(Debug, Default)]
+pub struct Failover {
+    /// Instances this node is master of.
+    masters: BTreeSet<InstanceKey>,
+    /// The director's connection sync, if any, with the interface to use.
+    sync: Option<ConnectionSync>,
+    /// Instances that started as backups while their VIPs may still be here
+    /// (held before a restart): released when due unless master by then.
+    releases: Vec<(Instant, InstanceConfig)>,
+}
+
+impl Failover {
     /// Sets the connection sync of the director (`None`: no sync daemon is
     /// touched) and brings the daemons in line with the current role.
-    pub fn set_sync(&self, sync: Option<ConnectionSync>) -> Result<(), String> {
-        *self.inner.sync.lock().unwrap_or_else(PoisonError::into_inner) = sync;
-        let masters = self.inner.masters.lock().unwrap_or_else(PoisonError::into_inner);
-        self.inner.switch_sync_daemon(masters.len())
+    pub fn set_sync(&mut self, kernel: &dyn Kernel, sync: Option<ConnectionSync>) -> Result<(), String> {
+        self.sync = sync;
+        self.switch_sync_daemon(kernel)
     }
 
-    /// The hooks to give the VRRP router (they share this value's state).
-    pub fn hooks(&self) -> Arc<dyn Hooks> {
-        Arc::new(FailoverHooks { inner: Arc::clone(&self.inner) })
-    }
-}
-
-impl Hooks for FailoverHooks {
-    fn transition(&self, instance: &InstanceConfig, from: VrrpState, to: VrrpState) {
-        let inner = &self.inner;
+    /// Acts on a transition: takes or releases the instance's VIPs, switches the
+    /// sync daemon. Returns what failed, each naming its object.
+    pub fn transition(
+        &mut self,
+        host: &dyn Host,
+        kernel: &dyn Kernel,
+        transition: &Transition,
+        now: Instant,
+    ) -> Vec<String> {
+        let Transition { instance, from, to } = transition;
         let mut failures = Vec::new();
-        {
-            let mut masters = inner.masters.lock().unwrap_or_else(PoisonError::into_inner);
-            if to == VrrpState::Master {
-                masters.insert(instance.key());
-                failures.extend(take(instance));
+        if *to == VrrpState::Master {
+            self.masters.insert(instance.key());
+            self.releases.retain(|(_, pending)| pending.key() != instance.key());
+            failures.extend(take(host, instance));
+        } else {
+            self.masters.remove(&instance.key());
+            if *from == VrrpState::Initialize && *to == VrrpState::Backup {
+                // Starting up: a VIP still here was held by this node before a
+                // restart. Keep serving it while no other master shows up; if
+                // this node is not master after a master down interval, another
+                // one is, and the VIP goes.
+                let due = now + master_down_interval(instance) + Duration::from_millis(100);
+                self.releases.push((due, instance.clone()));
             } else {
-                masters.remove(&instance.key());
-                if from == VrrpState::Initialize && to == VrrpState::Backup {
-                    // Starting up: a VIP still here was held by this node before a
-                    // restart. Keep serving it while no other master shows up;
-                    // if this node is not master after a master down interval,
-                    // another one is, and the VIP goes.
-                    let inner = Arc::clone(inner);
-                    let instance = instance.clone();
-                    let wait = master_down_interval(&instance) + Duration::from_millis(100);
-                    std::thread::spawn(move || {
-                        std::thread::sleep(wait);
-                        let masters = inner.masters.lock().unwrap_or_else(PoisonError::into_inner);
-                        if !masters.contains(&instance.key()) {
-                            let failures = release(&instance);
-                            drop(masters);
-                            for failure in failures {
-                                eprintln!("lvs-agent: {failure}");
-                            }
-                        }
-                    });
-                } else {
-                    failures.extend(release(instance));
-                }
-            }
-            if let Err(e) = inner.switch_sync_daemon(masters.len()) {
-                failures.push(e);
+                failures.extend(release(host, instance));
             }
         }
-        let _ = inner.transitions.send(Transition {
-            instance: instance.key(),
-            addresses: instance.addresses.clone(),
-            from,
-            to,
-            failures,
-        });
+        if let Err(e) = self.switch_sync_daemon(kernel) {
+            failures.push(e);
+        }
+        failures
     }
-}
 
-impl Inner {
-    fn switch_sync_daemon(&self, masters: usize) -> Result<(), String> {
-        let sync = self.sync.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let Some(sync) = sync else { return Ok(()) };
-        let role = sync_role(masters);
-        let handle = IpvsHandle::connect().map_err(|e| e.to_string())?;
-        let running = handle.sync_daemons().map_err(|e| e.to_string())?;
-        let ops = sync_daemon_ops(&running, Some((role, &sync)));
-        handle.apply_batch(&ops).into_result().map(drop).map_err(|e| e.to_string())
+    /// When the next delayed release falls due.
+    pub fn next_release(&self) -> Option<Instant> {
+        self.releases.iter().map(|(due, _)| *due).min()
+    }
+
+    /// Releases the VIPs of the instances whose delayed release is due (and
+    /// that did not become master meanwhile). Returns what failed.
+    pub fn release_due(&mut self, host: &dyn Host, now: Instant) -> Vec<String> {
+        let (due, waiting) = std::mem::take(&mut self.releases).into_iter().partition(|(at, _)| *at <= now);
+        self.releases = waiting;
+        let due: Vec<(Instant, InstanceConfig)> = due;
+        due.iter()
+            .filter(|(_, instance)| !self.masters.contains(&instance.key()))
+            .flat_map(|(_, instance)| release(host, instance))
+            .collect()
+    }
+
+    fn switch_sync_daemon(&self, kernel: &dyn Kernel) -> Result<(), String> {
+        let Some(sync) = &self.sync else { return Ok(()) };
+        let role = sync_role(self.masters.len());
+        let running = kernel.sync_daemons().map_err(|e| e.to_string())?;
+        let ops = sync_daemon_ops(&running, Some((role, sync)));
+        if ops.is_empty() {
+            return Ok(());
+        }
+        kernel.apply(&ops).into_result().map(drop).map_err(|e| e.to_string())
     }
 }
 
@@ -135,9 +146,10 @@ fn vips(instance: &InstanceConfig) -> Vec<DeviceAddress> {
         .collect()
 }
 
-/// Adds and announces the instance's VIPs.
-fn take(instance: &InstanceConfig) -> Vec<String> {
-    let failures = address::take_vips(&mut HostChanges::default(), &vips(instance));
+/// Adds and announces the instance's VIPs (not recorded in the agent's state:
+/// they are VRRP's, whoever holds them).
+fn take(host: &dyn Host, instance: &InstanceConfig) -> Vec<String> {
+    let failures = host.take_vips(&mut HostChanges::default(), &vips(instance));
     failures
         .into_iter()
         .map(|(vip, e)| format!("taking VIP {} on {}: {e:#}", vip.address, vip.device))
@@ -146,11 +158,11 @@ fn take(instance: &InstanceConfig) -> Vec<String> {
 
 /// Removes the instance's VIPs. They are the instance's whoever added them (a
 /// previous run of the agent, before a crash), so they are removed as owned.
-fn release(instance: &InstanceConfig) -> Vec<String> {
+fn release(host: &dyn Host, instance: &InstanceConfig) -> Vec<String> {
     let vips = vips(instance);
     let mut owned = HostChanges::default();
     owned.addresses.extend(vips.iter().cloned());
-    let failures = address::remove_addresses(&mut owned, &vips);
+    let failures = host.remove_addresses(&mut owned, &vips);
     failures
         .into_iter()
         .map(|(vip, e)| format!("releasing VIP {} on {}: {e:#}", vip.address, vip.device))

@@ -9,5 +9,6 @@ pub mod failover;
 pub mod host;
 pub mod import;
 pub mod reconcile;
+pub mod seams;
 pub mod standalone;
 pub mod supervisor;

@@ -14,12 +14,38 @@ use lvs_ipvs::{
     IpvsHandle,
     ipvsadm::{self, ListView},
 };
+use tracing_subscriber::{EnvFilter, fmt};
 
 #[derive(Parser)]
 #[command(name = "lvs-agent", version, about = "Declarative Linux Virtual Server: the node agent")]
 struct Cli {
+    /// How the agent logs (on standard error; the level comes from RUST_LOG,
+    /// default `info`).
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs through tracing, as the controller does: `RUST_LOG` (default `info`),
+/// text or JSON, on standard error (standard output is the commands' output).
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal, not in files and pipes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Text => logs.init(),
+    }
 }
 
 /// The engine's options, the same in cluster and standalone mode.
@@ -121,7 +147,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match run(cli) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("lvs-agent: {error:#}");

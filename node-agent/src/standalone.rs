@@ -11,6 +11,11 @@
 //! (conflicts settled as the controller settles them, the older wins), patches
 //! the desired spec in place and names the service keys the engine must plan.
 //! A cold start parses and translates on every core.
+//!
+//! `apply` without `--once` is a source and a sink of the agent's loop
+//! ([`crate::supervisor`]): a thread reads the manifests when inotify (or SIGHUP)
+//! says they changed and sends the new desired state with the keys it changes;
+//! the loop's rounds are logged.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, hash_map::DefaultHasher},
@@ -20,7 +25,7 @@ use std::{
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::{Arc, mpsc},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Result;
@@ -46,10 +51,11 @@ use crate::{
     engine::{self, Engine, Round, Scope},
     host::address,
     reconcile::{Drains, Ownership, plan},
-    supervisor::{self, Supervisor},
+    supervisor::{Input, Sink, Supervisor, Why},
 };
 use lvs_ipvs::{IpvsHandle, ServiceKey, ipvsadm::op_rule};
 use serde::Deserialize;
+use tracing::{error, info, warn};
 
 /// What this host does with the manifests (`--role`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -622,7 +628,8 @@ impl LocalState {
             if let Some(local) = self.by_id.get(id) {
                 let verdict = self.verdict(id, local);
                 if verdict != Verdict::Accepted {
-                    eprintln!("lvs-agent: {} not applied: {}", qualified_name(id), verdict.message());
+                    let name = qualified_name(id);
+                    warn!(virtual_service = %name, reason = %verdict.message(), "not applied");
                 }
             }
         }
@@ -745,15 +752,13 @@ pub struct ApplyOptions {
     pub vrrp_priority: u8,
 }
 
-/// What wakes the apply loop.
+/// What wakes the manifests' reader.
 #[derive(Debug)]
 pub enum Event {
     /// A manifest file changed (or may have).
     Manifests,
     /// SIGHUP: read every manifest again.
     Reload,
-    /// SIGTERM, SIGINT: leave gracefully (VRRP masters hand over at once).
-    Stop,
 }
 
 /// How often the manifests are checked for changes where inotify is unavailable.
@@ -764,11 +769,12 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// looks again when a drain ends. Returns whether everything applied (with
 /// `once`) or the error that stopped it.
 pub fn apply(options: &ApplyOptions) -> Result<bool> {
-    let (events, inbox) = mpsc::channel();
+    let (events, changes) = mpsc::channel();
+    let (inputs_tx, inputs) = mpsc::channel();
     if !options.once && !options.dry_run {
         // Before the first read, so that a change made while applying is seen.
         watch_manifests(&options.path, events.clone());
-        watch_signals(events.clone())?;
+        watch_signals(events, inputs_tx.clone())?;
     }
     let mut manifests = Manifests::new(&options.path);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -794,90 +800,77 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
         return Ok(round.failures.is_empty());
     }
 
-    // Health checks and VRRP run on this runtime; the engine stays on this thread.
+    // Health checks and VRRP run on this runtime; the loop on this thread.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("lvs-agent-tasks")
         .enable_all()
         .build()?;
-    let mut agent = Supervisor::new(engine, runtime.handle().clone());
-    let round = agent.apply(state.spec(), Scope::Full);
-    log_round(&round, "applied");
-    let mut next_resync = Instant::now() + options.resync;
-    let mut next_check = round.next_check;
-    let mut draining = round.draining;
-    loop {
-        let mut wait = next_resync.saturating_duration_since(Instant::now()).min(supervisor::POLL_INTERVAL);
-        if let Some(at) = next_check {
-            wait = wait.min(at.saturating_sub(engine::now()));
-        }
-        let (mut changed, mut force, mut stop) = (false, false, false);
-        match inbox.recv_timeout(wait) {
-            Ok(event) => {
-                // Everything already queued is handled by this one round.
-                for event in std::iter::once(event).chain(inbox.try_iter()) {
-                    match event {
-                        Event::Manifests => changed = true,
-                        Event::Reload => (changed, force) = (true, true),
-                        Event::Stop => stop = true,
-                    }
+    let agent = Supervisor::new(engine, runtime.handle().clone(), &inputs_tx);
+    let _ = inputs_tx.send(Input::Desired(Arc::new(state.spec().clone()), None));
+    let source_options = options.clone();
+    std::thread::Builder::new().name("manifests".into()).spawn(move || {
+        read_manifests(&changes, &inputs_tx, manifests, state, pending, &source_options);
+    })?;
+    agent.run(&inputs, &mut LogSink, options.resync);
+    Ok(true)
+}
+
+/// The source of standalone mode: reads the manifests again at each event (all
+/// of those queued at once) and sends the new desired state with the services
+/// it changes, when it changes any (SIGHUP: always).
+fn read_manifests(
+    events: &mpsc::Receiver<Event>,
+    inputs: &mpsc::Sender<Input<Arc<LvsNodeSpec>>>,
+    mut manifests: Manifests,
+    mut state: LocalState,
+    mut pending: ManifestChange,
+    options: &ApplyOptions,
+) {
+    while let Ok(event) = events.recv() {
+        let force = std::iter::once(event).chain(events.try_iter()).any(|e| matches!(e, Event::Reload));
+        match load(&mut manifests, &mut state, &mut pending, force, options) {
+            Some(keys) if keys.is_empty() && !force => {}
+            Some(keys) => {
+                let desired = Arc::new(state.spec().clone());
+                if inputs.send(Input::Desired(desired, Some(keys))).is_err() {
+                    return;
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("the manifest watcher stopped"),
+            // A manifest that does not load leaves what is applied untouched.
+            None => warn!("keeping the last good manifests applied"),
         }
-        if stop {
-            eprintln!("lvs-agent: stopping; the kernel's rules stay as they are");
-            agent.shutdown();
-            return Ok(true);
-        }
-        if let Some(round) = agent.poll(state.spec()) {
-            log_round(&round, "health");
-        }
-        // The resync runs in steps between the rounds below: a change does not wait for it.
-        if Instant::now() >= next_resync {
-            agent.start_resync();
-            next_resync = Instant::now() + options.resync;
-        }
-        if let Some(round) = agent.resync_step(state.spec()) {
-            log_round(&round, "repaired");
-            next_check = round.next_check;
-            draining = round.draining;
-        }
-        let drain_due = next_check.is_some_and(|at| engine::now() >= at);
-        let mut keys = BTreeSet::new();
-        if changed {
-            match load(&mut manifests, &mut state, &mut pending, force, options) {
-                Some(changed_keys) => keys = changed_keys,
-                // A manifest that does not load leaves what is applied untouched.
-                None => eprintln!("lvs-agent: keeping the last good manifests applied"),
-            }
-        }
-        if drain_due {
-            keys.extend(draining.iter().copied());
-        }
-        if keys.is_empty() && !(changed && force) {
-            continue;
-        }
-        let round = if changed {
-            agent.apply(state.spec(), Scope::Services(keys))
-        } else {
-            agent.reconcile_services(state.spec(), keys)
+    }
+}
+
+/// The sink of standalone mode: each round's operations and failures, logged.
+struct LogSink;
+
+impl Sink<Arc<LvsNodeSpec>> for LogSink {
+    fn round(&mut self, why: Why, _: &Arc<LvsNodeSpec>, round: Round, _: &Supervisor) -> bool {
+        let verb = match why {
+            Why::Startup | Why::Applied => "applied",
+            Why::Health => "health",
+            Why::Drained => "drained",
+            Why::Repaired { .. } => "repaired",
         };
-        log_round(&round, if changed { "applied" } else { "drained" });
-        next_check = round.next_check;
-        draining = round.draining;
+        log_round(&round, verb);
+        true
     }
 }
 
 /// SIGHUP reloads every manifest; SIGTERM and SIGINT stop the agent gracefully.
-fn watch_signals(events: mpsc::Sender<Event>) -> Result<()> {
+fn watch_signals(events: mpsc::Sender<Event>, inputs: mpsc::Sender<Input<Arc<LvsNodeSpec>>>) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
     std::thread::spawn(move || {
         for signal in signals.forever() {
-            let event = if signal == SIGHUP { Event::Reload } else { Event::Stop };
-            if events.send(event).is_err() {
+            let sent = if signal == SIGHUP {
+                events.send(Event::Reload).is_ok()
+            } else {
+                inputs.send(Input::Stop).is_ok()
+            };
+            if !sent {
                 return;
             }
         }
@@ -886,7 +879,7 @@ fn watch_signals(events: mpsc::Sender<Event>) -> Result<()> {
 }
 
 /// Reads the manifests' changes into `state`; returns the service keys to plan,
-/// or `None` (errors printed) when the manifests do not load: then nothing is
+/// or `None` (errors logged) when the manifests do not load: then nothing is
 /// taken, and the change waits in `pending` for the next good load.
 fn load(
     manifests: &mut Manifests,
@@ -905,8 +898,8 @@ fn load(
     }
     pending.added.extend(change.added);
     if !change.errors.is_empty() {
-        for error in change.errors {
-            eprintln!("lvs-agent: {error}");
+        for problem in change.errors {
+            error!(source = %problem.source, problem = %problem.message, "bad manifest");
         }
         return None;
     }
@@ -916,11 +909,11 @@ fn load(
         match address::local_addresses() {
             Ok(addresses) => addresses.into_iter().map(|a| a.address).collect(),
             Err(e) if options.dry_run => {
-                eprintln!("lvs-agent: warning: local addresses unknown ({e:#}); assuming none");
+                warn!(error = %format!("{e:#}"), "local addresses unknown; assuming none");
                 vec![]
             }
             Err(e) => {
-                eprintln!("lvs-agent: local addresses: {e:#}");
+                error!(error = %format!("{e:#}"), "local addresses");
                 return None;
             }
         }
@@ -964,8 +957,10 @@ fn watch_manifests(path: &Path, events: mpsc::Sender<Event>) {
             });
         }
         Err(e) => {
-            eprintln!(
-                "lvs-agent: no inotify on {} ({e}); polling every {POLL_INTERVAL:?}",
+            warn!(
+                directory = %directory.display(),
+                error = %e,
+                "no inotify on {}; polling every {POLL_INTERVAL:?}",
                 directory.display()
             );
             let path = path.to_path_buf();
@@ -990,7 +985,7 @@ fn watch_manifests(path: &Path, events: mpsc::Sender<Event>) {
 /// when it can be read, else against an empty one), and the host changes as comments.
 fn print_plan(spec: &LvsNodeSpec, options: &ApplyOptions) {
     let observed = IpvsHandle::connect().and_then(|handle| handle.table()).unwrap_or_else(|e| {
-        eprintln!("lvs-agent: the kernel's table cannot be read ({e}); planning from an empty one");
+        warn!(error = %e, "the kernel's table cannot be read; planning from an empty one");
         vec![]
     });
     let desired = spec.director.as_ref().map(desired_services).unwrap_or_default();
@@ -1023,10 +1018,10 @@ fn print_plan(spec: &LvsNodeSpec, options: &ApplyOptions) {
 
 fn log_round(round: &Round, verb: &str) {
     for line in &round.applied {
-        eprintln!("lvs-agent: {verb}: {line}");
+        info!(rule = %line, "{verb}");
     }
     for failure in &round.failures {
-        eprintln!("lvs-agent: failed: {failure}");
+        warn!(subject = %failure.subject, error = %failure, "failed");
     }
 }
 

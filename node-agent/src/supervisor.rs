@@ -1,76 +1,275 @@
-//! The long-running agent's core, shared by `apply` and `run`: the [`Engine`]
-//! keeps one desired state applied, with the health checks' verdicts and VRRP's
-//! VIP ownership folded in.
+//! The long-running agent: one event loop, which owns the [`Engine`] and keeps
+//! one desired state applied, with the health checks' verdicts and VRRP's VIP
+//! ownership folded in.
 //!
 //! ```text
-//! desired spec ─────────────┬─> Engine (IPVS, host) ──> kernel
-//!      │                    │        ^
-//!      ├─> health::Checker ─┴─ health changes (one service planned each)
-//!      └─> vrrp::Router ──> FailoverHooks: VIPs, announcements, sync daemon
+//!  source (files, LvsNode watch) ─ Desired ─┐
+//!  health::Checker ──────────────── Health ─┤
+//!  vrrp::Router (FailoverHooks) ───── Vrrp ─┼─> Supervisor::run ─> Engine ─> Kernel, Host
+//!  resync's dump thread ───────────Dumped ─┤        │ deadlines: resync, drains, VRRP releases
+//!  signals ────────────────────────── Stop ─┘        └─> Sink (state report, LvsNode status)
 //! ```
 //!
-//! Health checks and VRRP run as tasks on a tokio runtime; the engine stays on
-//! the caller's thread, which calls [`Supervisor::poll`] often (every few tens
-//! of milliseconds) to apply what the checks found.
+//! Every input arrives on one channel ([`Input`]); the loop waits on it until
+//! the nearest of its own deadlines (the next resync, the end of the first
+//! drain, a delayed VRRP release), never polling. Inputs already queued are taken
+//! together: one round for all of them, the latest desired state winning. The
+//! periodic resync dumps the table on another thread, then plans a slice of the
+//! services per step, each step only when no input waits, so a change waits for
+//! one step at most. Standalone and cluster mode are a source of desired states
+//! and a [`Sink`] of rounds.
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::IpAddr,
-    sync::mpsc,
-    time::Duration,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
 };
 
 use lvs_crds::{
-    lvs_node::{ConnectionSync, DirectorState, DirectorVip, LvsNodeSpec},
+    lvs_node::{DirectorState, DirectorVip, LvsNodeSpec},
     virtual_service::VrrpState,
 };
 use tokio::runtime::Handle;
+use tracing::{info, warn};
 
 use crate::{
     convert,
-    engine::{Engine, Failure, Round, Scope, Subject},
-    failover::{FailoverHooks, Transition},
-    host::address,
+    engine::{self, Engine, Failure, Round, Scope, Subject},
+    failover::{Failover, FailoverHooks, Transition},
     reconcile::KernelTable,
 };
 use lvs_health::{Checker, CheckerStats, HealthChange, HealthMap};
 use lvs_ipvs::ServiceKey;
 use lvs_vrrp::{InstanceConfig, InstanceKey, Router};
 
+/// What the loop is fed.
+#[derive(Debug)]
+pub enum Input<D> {
+    /// A new version of the desired state, with the services whose desired
+    /// state it changes (`None`: unknown; the loop compares it with the last).
+    Desired(D, Option<BTreeSet<ServiceKey>>),
+    /// A health-checked destination turned healthy or unhealthy.
+    Health(HealthChange),
+    /// A VRRP instance changed state.
+    Vrrp(Transition),
+    /// The running resync's dump is in.
+    Dumped,
+    /// Leave gracefully: VRRP masters hand over at once; the kernel's rules stay.
+    Stop,
+}
+
+/// A version of the desired state, as a source gives it.
+pub trait DesiredState: Send + 'static {
+    fn spec(&self) -> &LvsNodeSpec;
+}
+
+impl DesiredState for Arc<LvsNodeSpec> {
+    fn spec(&self) -> &LvsNodeSpec {
+        self
+    }
+}
+
+/// Why a round ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The first desired state, in full.
+    Startup,
+    /// A new desired state (health changes and due drains folded in).
+    Applied,
+    /// Health changes.
+    Health,
+    /// A drain ended.
+    Drained,
+    /// A step of the periodic resync (`finished`: its last).
+    Repaired { finished: bool },
+}
+
+/// Where the loop's rounds go: logs, a state report, the LvsNode status.
+pub trait Sink<D> {
+    /// A round ran for `desired`. Returns false when the loop should stop (the
+    /// sink's consumer is gone).
+    fn round(&mut self, why: Why, desired: &D, round: Round, agent: &Supervisor) -> bool;
+}
+
 pub struct Supervisor {
     engine: Engine,
     handle: Handle,
     checker: Checker,
-    health_changes: mpsc::Receiver<HealthChange>,
+    /// The verdicts the loop heard of, by target: they stand over the checker's
+    /// (they are what the rounds of their changes plan with).
+    heard: HashMap<(ServiceKey, SocketAddr), bool>,
     router: Router,
-    hooks: FailoverHooks,
-    transitions: mpsc::Receiver<Transition>,
-    /// The connection sync last given to the hooks (`None` before the first).
-    sync: Option<Option<ConnectionSync>>,
+    failover: Failover,
+    /// Tells the loop that the resync's dump is in.
+    dumped: Arc<dyn Fn() + Send + Sync>,
+    /// The connection sync last given to the failover (`None` before the first).
+    sync: Option<Option<lvs_crds::lvs_node::ConnectionSync>>,
     /// The VRRP instances last given to the router.
     instances: Vec<InstanceConfig>,
 }
 
 impl Supervisor {
-    /// Runs health checks and VRRP on `handle`'s runtime. The engine is told
-    /// that VRRP decides who holds VIPs with a `vrrp` section.
-    pub fn new(mut engine: Engine, handle: Handle) -> Self {
+    /// Runs health checks and VRRP on `handle`'s runtime; their changes, and the
+    /// resync's dumps, come to the loop as `inputs`. The engine is told that
+    /// VRRP decides who holds VIPs with a `vrrp` section.
+    pub fn new<D: Send + 'static>(
+        mut engine: Engine,
+        handle: Handle,
+        inputs: &mpsc::Sender<Input<D>>,
+    ) -> Self {
         engine.set_vrrp(true);
         let (health_tx, health_changes) = mpsc::channel();
-        let (transition_tx, transitions) = mpsc::channel();
-        let hooks = FailoverHooks::new(transition_tx);
-        let router = Router::new(handle.clone(), hooks.hooks());
+        let health_inputs = inputs.clone();
+        // The checker's changes, onto the loop's channel (a blocking receive:
+        // this thread ends with the checker).
+        let forward = move || {
+            for change in health_changes {
+                if health_inputs.send(Input::Health(change)).is_err() {
+                    return;
+                }
+            }
+        };
+        std::thread::Builder::new().name("health-inputs".into()).spawn(forward).expect("a thread");
+        let vrrp_inputs = inputs.clone();
+        let hooks = FailoverHooks::hooks(move |transition| drop(vrrp_inputs.send(Input::Vrrp(transition))));
+        let dumped_inputs = inputs.clone();
         Supervisor {
             engine,
             checker: Checker::new(handle.clone(), health_tx),
-            health_changes,
-            router,
-            hooks,
-            transitions,
+            heard: HashMap::new(),
+            router: Router::new(handle.clone(), hooks),
+            failover: Failover::default(),
+            dumped: Arc::new(move || drop(dumped_inputs.send(Input::Dumped))),
             sync: None,
             instances: Vec::new(),
             handle,
         }
+    }
+
+    /// Runs the loop until [`Input::Stop`], every sender gone, or the sink
+    /// stops it: the first desired state in full, then each input as it comes,
+    /// a resync every `resync`, a round when a drain ends. Nothing is applied
+    /// before the first desired state (an empty state would remove every owned
+    /// service). Leaves gracefully (see [`Self::shutdown`]).
+    pub fn run<D: DesiredState>(
+        mut self,
+        inputs: &mpsc::Receiver<Input<D>>,
+        sink: &mut impl Sink<D>,
+        resync: Duration,
+    ) {
+        let mut current = loop {
+            match inputs.recv() {
+                Ok(Input::Desired(desired, _)) => break desired,
+                Ok(Input::Vrrp(transition)) => self.transition(&transition),
+                Ok(Input::Health(_) | Input::Dumped) => {}
+                Ok(Input::Stop) | Err(_) => return self.shutdown(inputs),
+            }
+        };
+        let round = self.apply(current.spec(), Scope::Full);
+        let mut drains = (round.next_check, round.draining.clone());
+        if !sink.round(Why::Startup, &current, round, &self) {
+            return self.shutdown(inputs);
+        }
+        let mut next_resync = Instant::now() + resync;
+        loop {
+            // Until the nearest deadline; at once while the resync has steps to take.
+            let wait = if self.engine.resync_ready() {
+                Duration::ZERO
+            } else {
+                let now = Instant::now();
+                let mut wait = next_resync.saturating_duration_since(now);
+                if let Some(at) = drains.0 {
+                    wait = wait.min(at.saturating_sub(engine::now()));
+                }
+                if let Some(at) = self.failover.next_release() {
+                    wait = wait.min(at.saturating_duration_since(now));
+                }
+                wait
+            };
+            let first = match inputs.recv_timeout(wait) {
+                Ok(input) => Some(input),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.shutdown(inputs),
+            };
+            // Everything already queued is taken by this one turn.
+            let mut latest: Option<(D, Option<BTreeSet<ServiceKey>>)> = None;
+            let mut health_keys = BTreeSet::new();
+            let mut dumped = false;
+            for input in first.into_iter().chain(inputs.try_iter()) {
+                match input {
+                    Input::Desired(desired, keys) => {
+                        let keys = match (latest.take(), keys) {
+                            (None, keys) => keys,
+                            (Some((_, Some(mut known))), Some(keys)) => {
+                                known.extend(keys);
+                                Some(known)
+                            }
+                            // Compared with what is applied: covers the versions between.
+                            (Some(_), _) => None,
+                        };
+                        latest = Some((desired, keys));
+                    }
+                    Input::Health(change) => {
+                        log_health(&change);
+                        self.heard.insert((change.service, change.destination), change.healthy);
+                        health_keys.insert(change.service);
+                    }
+                    Input::Vrrp(transition) => self.transition(&transition),
+                    Input::Dumped => dumped = true,
+                    Input::Stop => return self.shutdown(inputs),
+                }
+            }
+            let drain_due = drains.0.is_some_and(|at| engine::now() >= at);
+            let turn = if let Some((desired, keys)) = latest {
+                let mut keys =
+                    keys.unwrap_or_else(|| engine::changed_services(current.spec(), desired.spec()));
+                keys.extend(health_keys);
+                keys.extend(drains.1.iter().copied());
+                current = desired;
+                Some((Why::Applied, self.apply(current.spec(), Scope::Services(keys))))
+            } else if !health_keys.is_empty() {
+                if drain_due {
+                    health_keys.extend(drains.1.iter().copied());
+                }
+                Some((Why::Health, self.reconcile_services(current.spec(), health_keys)))
+            } else if drain_due {
+                Some((Why::Drained, self.reconcile_services(current.spec(), drains.1.clone())))
+            } else {
+                None
+            };
+            if let Some((why, round)) = turn {
+                drains = (round.next_check, round.draining.clone());
+                if !sink.round(why, &current, round, &self) {
+                    return self.shutdown(inputs);
+                }
+            }
+            for failure in self.failover.release_due(self.engine.host(), Instant::now()) {
+                warn!(%failure, "VRRP: failed");
+            }
+            if Instant::now() >= next_resync {
+                let dumped = Arc::clone(&self.dumped);
+                self.engine.start_resync(move || dumped());
+                next_resync = Instant::now() + resync;
+            }
+            if dumped || self.engine.resync_ready() {
+                let spec = current.spec();
+                if let Some(round) = self.resync_step(spec) {
+                    drains = (round.next_check, round.draining.clone());
+                    let why = Why::Repaired { finished: !self.engine.resyncing() };
+                    if !sink.round(why, &current, round, &self) {
+                        return self.shutdown(inputs);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Acts on a VRRP transition (VIPs, sync daemon) and logs it.
+    fn transition(&mut self, transition: &Transition) {
+        let failures =
+            self.failover.transition(self.engine.host(), self.engine.kernel(), transition, Instant::now());
+        log_transition(transition, &failures);
     }
 
     /// Applies a new desired state (`scope`: what changed in it, see [`Scope`]);
@@ -78,8 +277,15 @@ impl Supervisor {
     pub fn apply(&mut self, spec: &LvsNodeSpec, scope: Scope) -> Round {
         let empty = DirectorState::default();
         let director = spec.director.as_ref().unwrap_or(&empty);
-        self.checker.set_targets(convert::health_targets(director));
-        self.engine.set_health(self.checker.health());
+        let targets = convert::health_targets(director);
+        if !self.heard.is_empty() {
+            // A verdict stands only while its target is checked.
+            let checked: BTreeSet<(ServiceKey, SocketAddr)> =
+                targets.iter().map(|t| (t.service, t.destination)).collect();
+            self.heard.retain(|target, _| checked.contains(target));
+        }
+        self.checker.set_targets(targets);
+        self.engine.set_health(self.health());
         let mut round = self.engine.reconcile(spec, scope);
         if let Err(e) = self.follow_vrrp(director) {
             round.failures.push(Failure::new(Subject::Failover, e));
@@ -92,7 +298,11 @@ impl Supervisor {
         // VIPs without an interface go where the route towards them goes.
         let unrouted: Vec<&DirectorVip> =
             director.vips.iter().filter(|v| v.vrrp.is_some() && v.interface.is_none()).collect();
-        let routes = address::route_devices(&unrouted.iter().map(|v| v.address).collect::<Vec<_>>());
+        let routes = if unrouted.is_empty() {
+            Vec::new()
+        } else {
+            self.engine.host().route_devices(&unrouted.iter().map(|v| v.address).collect::<Vec<_>>())
+        };
         let interface_of = |vip: &DirectorVip| {
             let index = unrouted.iter().position(|v| *v == vip)?;
             routes.get(index)?.as_ref().ok().cloned()
@@ -109,61 +319,36 @@ impl Supervisor {
         self.router.set_instances(instances);
         if self.sync.as_ref() != Some(&sync) {
             self.sync = Some(sync.clone());
-            self.hooks.set_sync(sync).map_err(|e| format!("connection sync daemon: {e}"))?;
+            self.failover
+                .set_sync(self.engine.kernel(), sync)
+                .map_err(|e| format!("connection sync daemon: {e}"))?;
         }
         Ok(())
     }
 
-    /// Starts the periodic resync: its dump runs beside the rounds of changes
-    /// (see [`Engine::start_resync`]).
-    pub fn start_resync(&mut self) {
-        self.engine.start_resync();
-    }
-
     /// One step of the running resync (see [`Engine::resync_step`]).
-    pub fn resync_step(&mut self, spec: &LvsNodeSpec) -> Option<Round> {
-        let checker = &self.checker;
-        self.engine.resync_step(spec, || checker.health())
+    fn resync_step(&mut self, spec: &LvsNodeSpec) -> Option<Round> {
+        let health = self.health();
+        self.engine.resync_step(spec, || health)
     }
 
-    /// Whether a resync runs.
-    pub fn resyncing(&self) -> bool {
-        self.engine.resyncing()
-    }
-
-    /// A round for the services in `keys` only (changed, or drains due).
-    pub fn reconcile_services(&mut self, spec: &LvsNodeSpec, keys: BTreeSet<ServiceKey>) -> Round {
-        self.engine.set_health(self.checker.health());
+    /// A round for the services in `keys` only (health changes, or drains due).
+    fn reconcile_services(&mut self, spec: &LvsNodeSpec, keys: BTreeSet<ServiceKey>) -> Round {
+        self.engine.set_health(self.health());
         self.engine.reconcile(spec, Scope::Services(keys))
     }
 
-    /// Applies the health changes that arrived since the last call (a round for
-    /// the services they concern) and logs VRRP transitions. Returns the round,
-    /// if one ran.
-    pub fn poll(&mut self, spec: &LvsNodeSpec) -> Option<Round> {
-        for transition in self.transitions.try_iter() {
-            log_transition(&transition);
-        }
-        let changes: Vec<HealthChange> = self.health_changes.try_iter().collect();
-        if changes.is_empty() {
-            return None;
-        }
-        for change in &changes {
-            eprintln!(
-                "lvs-agent: health: {} of {} is {} ({})",
-                change.destination,
-                change.service,
-                if change.healthy { "healthy" } else { "unhealthy" },
-                change.reason
-            );
-        }
-        let keys = changes.iter().map(|c| c.service).collect();
-        Some(self.reconcile_services(spec, keys))
-    }
-
-    /// Each health-checked destination's verdict.
+    /// Each health-checked destination's verdict: the checker's, with the
+    /// changes the loop heard of over them.
     pub fn health(&self) -> HealthMap {
-        self.checker.health()
+        let checked = self.checker.health();
+        if self.heard.is_empty() {
+            return checked;
+        }
+        let mut verdicts: HashMap<(ServiceKey, SocketAddr), bool> =
+            checked.iter().map(|(service, destination, healthy)| ((service, destination), healthy)).collect();
+        verdicts.extend(self.heard.iter().map(|(target, healthy)| (*target, *healthy)));
+        verdicts.into_iter().collect()
     }
 
     pub fn health_stats(&self) -> CheckerStats {
@@ -193,29 +378,45 @@ impl Supervisor {
     }
 
     /// Leaves gracefully: masters send priority 0 (a backup takes over at once)
-    /// and give their VIPs up. IPVS rules stay, as on any backup.
-    pub fn shutdown(mut self) {
+    /// and give their VIPs up (the router's last transitions, still queued, are
+    /// acted on). IPVS rules stay, as on any backup.
+    fn shutdown<D>(mut self, inputs: &mpsc::Receiver<Input<D>>) {
+        info!("stopping; the kernel's rules stay as they are");
         self.handle.block_on(self.router.shutdown());
-        for transition in self.transitions.try_iter() {
-            log_transition(&transition);
+        for input in inputs.try_iter() {
+            if let Input::Vrrp(transition) = input {
+                self.transition(&transition);
+            }
         }
     }
 }
 
-fn log_transition(transition: &Transition) {
-    let addresses: Vec<String> = transition.addresses.iter().map(ToString::to_string).collect();
-    eprintln!(
-        "lvs-agent: VRRP router {} on {}: {:?} -> {:?} ({})",
-        transition.instance.vrid,
-        transition.instance.interface,
-        transition.from,
-        transition.to,
-        addresses.join(", ")
+fn log_health(change: &HealthChange) {
+    let verdict = if change.healthy { "healthy" } else { "unhealthy" };
+    info!(
+        service = %change.service,
+        destination = %change.destination,
+        verdict,
+        reason = %change.reason,
+        "health changed"
     );
-    for failure in &transition.failures {
-        eprintln!("lvs-agent: failed: {failure}");
+}
+
+fn log_transition(transition: &Transition, failures: &[String]) {
+    let instance = &transition.instance;
+    let addresses: Vec<String> = instance.addresses.iter().map(ToString::to_string).collect();
+    info!(
+        vrid = instance.vrid,
+        interface = %instance.interface,
+        from = ?transition.from,
+        to = ?transition.to,
+        addresses = %addresses.join(", "),
+        "VRRP transition"
+    );
+    for failure in failures {
+        warn!(vrid = instance.vrid, interface = %instance.interface, %failure, "VRRP: failed");
     }
 }
 
-/// How often the loops call [`Supervisor::poll`].
-pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+#[cfg(test)]
+mod tests;

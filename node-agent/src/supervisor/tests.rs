@@ -1,0 +1,545 @@
+//! The event loop on in-memory seams: each test feeds inputs and checks the
+//! kernel and host operations that result.
+
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Condvar, Mutex, mpsc},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use lvs_crds::lvs_node::LvsNodeSpec;
+use lvs_health::HealthChange;
+use lvs_ipvs::{BatchReport, IpvsError, IpvsOp, ServiceKey, SyncDaemon, ipvsadm::op_rule};
+use lvs_vrrp::{AddressFamily, InstanceConfig, VrrpState};
+
+use super::{Input, Sink, Supervisor, Why};
+use crate::{
+    engine::{Engine, Round},
+    failover::Transition,
+    host::{DeviceAddress, DeviceRoute, GuePort, HostChanges, HostError, sysctl::Forwarding},
+    reconcile::{KernelTable, ObservedService, apply_to_table},
+    seams::{Dumper, Host, Kernel},
+    standalone::{Role, local_state},
+};
+
+/// The kernel's table in memory; every operation recorded as an ipvsadm line.
+/// A dump can be held (`hold_dumps`) until released, as a slow dump would be.
+#[derive(Clone, Default)]
+struct FakeKernel {
+    state: Arc<Mutex<KernelState>>,
+    gate: Arc<(Mutex<Gate>, Condvar)>,
+}
+
+#[derive(Default)]
+struct KernelState {
+    table: KernelTable,
+    ops: Vec<String>,
+    daemons: Vec<SyncDaemon>,
+}
+
+#[derive(Default)]
+struct Gate {
+    hold: bool,
+    waiting: usize,
+}
+
+impl FakeKernel {
+    fn ops(&self) -> Vec<String> {
+        std::mem::take(&mut self.state.lock().unwrap().ops)
+    }
+
+    /// Each destination in the table, as `service destination weight`.
+    fn rules(&self) -> Vec<String> {
+        let state = self.state.lock().unwrap();
+        let destinations = state.table.iter().flat_map(|(key, service)| {
+            service
+                .destinations
+                .iter()
+                .map(move |d| format!("{key} {} {}", d.destination.address, d.destination.weight))
+        });
+        destinations.collect()
+    }
+
+    fn hold_dumps(&self, hold: bool) {
+        let (gate, released) = &*self.gate;
+        gate.lock().unwrap().hold = hold;
+        released.notify_all();
+    }
+
+    /// Waits until a dump is held.
+    fn wait_for_held_dump(&self) {
+        let (gate, changed) = &*self.gate;
+        let gate = gate.lock().unwrap();
+        let (gate, timeout) =
+            changed.wait_timeout_while(gate, Duration::from_secs(5), |gate| gate.waiting == 0).unwrap();
+        drop(gate);
+        assert!(!timeout.timed_out(), "no resync dump started");
+    }
+
+    fn dump_now(&self) -> KernelTable {
+        let (gate, changed) = &*self.gate;
+        let mut held = gate.lock().unwrap();
+        held.waiting += 1;
+        changed.notify_all();
+        held = changed.wait_while(held, |gate| gate.hold).unwrap();
+        held.waiting -= 1;
+        drop(held);
+        self.state.lock().unwrap().table.clone()
+    }
+}
+
+impl Kernel for FakeKernel {
+    fn apply(&self, ops: &[IpvsOp]) -> BatchReport {
+        let mut state = self.state.lock().unwrap();
+        for op in ops {
+            match op {
+                IpvsOp::StartSyncDaemon(daemon) => state.daemons.push(daemon.clone()),
+                IpvsOp::StopSyncDaemon(role) => state.daemons.retain(|d| d.state != *role),
+                _ => {}
+            }
+            let rule = match op {
+                IpvsOp::StartSyncDaemon(_) | IpvsOp::StopSyncDaemon(_) => op.to_string(),
+                _ => op_rule(op),
+            };
+            state.ops.push(rule);
+        }
+        apply_to_table(&mut state.table, ops);
+        BatchReport { requests: ops.len(), failures: Vec::new() }
+    }
+
+    fn dump(&self) -> Result<KernelTable, IpvsError> {
+        Ok(self.state.lock().unwrap().table.clone())
+    }
+
+    fn service(&self, key: &ServiceKey) -> Result<Option<ObservedService>, IpvsError> {
+        Ok(self.state.lock().unwrap().table.get(key).cloned())
+    }
+
+    fn sync_daemons(&self) -> Result<Vec<SyncDaemon>, IpvsError> {
+        Ok(self.state.lock().unwrap().daemons.clone())
+    }
+
+    fn dumper(&self) -> Result<Arc<dyn Dumper>, IpvsError> {
+        Ok(Arc::new(self.clone()))
+    }
+}
+
+impl Dumper for FakeKernel {
+    fn dump(&self) -> Result<KernelTable, IpvsError> {
+        Ok(self.dump_now())
+    }
+}
+
+/// The host in memory: every route to `eth0`; each change recorded as a line.
+#[derive(Clone, Default)]
+struct FakeHost {
+    ops: Arc<Mutex<Vec<String>>>,
+    /// Addresses present, as the host would list them.
+    addresses: Arc<Mutex<BTreeSet<DeviceAddress>>>,
+}
+
+impl FakeHost {
+    fn ops(&self) -> Vec<String> {
+        std::mem::take(&mut *self.ops.lock().unwrap())
+    }
+
+    fn record(&self, op: String) {
+        self.ops.lock().unwrap().push(op);
+    }
+}
+
+impl Host for FakeHost {
+    fn local_addresses(&self) -> Result<Vec<DeviceAddress>, HostError> {
+        Ok(self.addresses.lock().unwrap().iter().cloned().collect())
+    }
+
+    fn route_devices(&self, addresses: &[IpAddr]) -> Vec<Result<String, HostError>> {
+        addresses.iter().map(|_| Ok("eth0".to_string())).collect()
+    }
+
+    fn configure_real_server(
+        &self,
+        _: &mut HostChanges,
+        vips: &[lvs_crds::lvs_node::RealServerVip],
+    ) -> Vec<(IpAddr, HostError)> {
+        for vip in vips {
+            self.record(format!("real server VIP {}", vip.address));
+        }
+        Vec::new()
+    }
+
+    fn close_unused_gue_ports(
+        &self,
+        _: &mut HostChanges,
+        _: &[lvs_crds::lvs_node::RealServerVip],
+    ) -> Vec<(GuePort, HostError)> {
+        Vec::new()
+    }
+
+    fn director_sysctls(
+        &self,
+        changes: &mut HostChanges,
+        forwarding: Forwarding,
+        interface: &str,
+    ) -> Result<(), HostError> {
+        // Set once: the real ones are written only when they differ.
+        if changes.sysctls.insert(format!("{interface} {forwarding:?}"), String::new()).is_none() {
+            self.record(format!("director sysctls {forwarding:?} on {interface}"));
+        }
+        Ok(())
+    }
+
+    fn add_routes(
+        &self,
+        changes: &mut HostChanges,
+        routes: &[DeviceRoute],
+    ) -> (Vec<DeviceRoute>, Vec<(DeviceRoute, HostError)>) {
+        let added: Vec<DeviceRoute> =
+            routes.iter().filter(|r| changes.routes.insert((*r).clone())).cloned().collect();
+        for route in &added {
+            self.record(format!("add route {} on {}", route.block, route.device));
+        }
+        (added, Vec::new())
+    }
+
+    fn remove_routes(
+        &self,
+        changes: &mut HostChanges,
+        routes: &[DeviceRoute],
+    ) -> Vec<(DeviceRoute, HostError)> {
+        for route in routes {
+            if changes.routes.remove(route) {
+                self.record(format!("remove route {} on {}", route.block, route.device));
+            }
+        }
+        Vec::new()
+    }
+
+    fn announce(&self, vips: &[DeviceAddress]) -> Vec<(DeviceAddress, HostError)> {
+        for vip in vips {
+            self.record(format!("announce {} on {}", vip.address, vip.device));
+        }
+        Vec::new()
+    }
+
+    fn take_vips(
+        &self,
+        changes: &mut HostChanges,
+        vips: &[DeviceAddress],
+    ) -> Vec<(DeviceAddress, HostError)> {
+        for vip in vips {
+            if self.addresses.lock().unwrap().insert(vip.clone()) {
+                changes.addresses.insert(vip.clone());
+                self.record(format!("add {} on {}", vip.address, vip.device));
+            }
+            self.record(format!("announce {} on {}", vip.address, vip.device));
+        }
+        Vec::new()
+    }
+
+    fn remove_addresses(
+        &self,
+        changes: &mut HostChanges,
+        addresses: &[DeviceAddress],
+    ) -> Vec<(DeviceAddress, HostError)> {
+        for address in addresses {
+            if changes.addresses.remove(address) && self.addresses.lock().unwrap().remove(address) {
+                self.record(format!("remove {} on {}", address.address, address.device));
+            }
+        }
+        Vec::new()
+    }
+
+    fn masquerade(&self, _: &mut HostChanges, real_servers: &[IpAddr]) -> Result<(), HostError> {
+        if !real_servers.is_empty() {
+            self.record(format!("masquerade {real_servers:?}"));
+        }
+        Ok(())
+    }
+
+    fn restore(&self, changes: &mut HostChanges) -> Result<(), HostError> {
+        *changes = HostChanges::default();
+        self.record("restore".into());
+        Ok(())
+    }
+}
+
+/// The rounds the loop reports, as they come.
+struct Rounds(mpsc::Sender<(Why, Vec<String>, usize)>);
+
+impl Sink<Arc<LvsNodeSpec>> for Rounds {
+    fn round(&mut self, why: Why, _: &Arc<LvsNodeSpec>, round: Round, _: &Supervisor) -> bool {
+        self.0.send((why, round.applied, round.failures.len())).is_ok()
+    }
+}
+
+/// A director's desired state: one service, TCP 192.0.2.100:80, wrr, to
+/// 198.51.100.1 (weight `weight`) and 198.51.100.2 (weight 1), or to the first
+/// alone; `extra` goes into the VirtualService's spec.
+fn spec(weight: u32, both: bool, extra: &str) -> Arc<LvsNodeSpec> {
+    let second = if both { ", {address: 198.51.100.2, weight: 1}" } else { "" };
+    let yaml = format!(
+        "apiVersion: lvs.dev/v1alpha1\nkind: VirtualService\nmetadata: {{name: web, namespace: default}}\n\
+         spec:\n  vip: 192.0.2.100\n  port: 80\n  scheduler: wrr\n  forwarding: DirectRouting\n  \
+         realServers: [{{address: 198.51.100.1, weight: {weight}}}{second}]\n{extra}"
+    );
+    let vs = serde_yaml::from_str(&yaml).unwrap();
+    let (spec, _) = local_state(&[vs], "director1", &[], Role::Director);
+    Arc::new(spec)
+}
+
+const SERVICE: &str = "192.0.2.100:80";
+
+struct Lab {
+    kernel: FakeKernel,
+    host: FakeHost,
+    inputs: mpsc::Sender<Input<Arc<LvsNodeSpec>>>,
+    rounds: mpsc::Receiver<(Why, Vec<String>, usize)>,
+    agent: Option<JoinHandle<()>>,
+    _runtime: tokio::runtime::Runtime,
+    state_dir: PathBuf,
+}
+
+impl Lab {
+    /// The loop running on the fakes with `first` as its first desired state;
+    /// returns once its startup round is in.
+    fn start(name: &str, first: Arc<LvsNodeSpec>, resync: Duration) -> Lab {
+        Self::start_on(name, first, resync, FakeKernel::default())
+    }
+
+    /// The same on a kernel that already holds something.
+    fn start_on(name: &str, first: Arc<LvsNodeSpec>, resync: Duration, kernel: FakeKernel) -> Lab {
+        let host = FakeHost::default();
+        let state_dir = std::env::temp_dir().join(format!("lvs-agent-loop-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        let engine =
+            Engine::with(Box::new(kernel.clone()), Box::new(host.clone()), &state_dir, false).unwrap();
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (inputs, receiver) = mpsc::channel();
+        let agent = Supervisor::new(engine, runtime.handle().clone(), &inputs);
+        let (rounds_tx, rounds) = mpsc::channel();
+        let thread = std::thread::spawn(move || agent.run(&receiver, &mut Rounds(rounds_tx), resync));
+        inputs.send(Input::Desired(first, None)).unwrap();
+        let lab = Lab { kernel, host, inputs, rounds, agent: Some(thread), _runtime: runtime, state_dir };
+        let (why, _, failures) = lab.next_round();
+        assert_eq!((why, failures), (Why::Startup, 0));
+        lab
+    }
+
+    fn next_round(&self) -> (Why, Vec<String>, usize) {
+        self.rounds.recv_timeout(Duration::from_secs(5)).expect("a round")
+    }
+
+    /// The next round other than a resync's.
+    fn next_change_round(&self) -> (Why, Vec<String>, usize) {
+        loop {
+            let round = self.next_round();
+            if !matches!(round.0, Why::Repaired { .. }) {
+                return round;
+            }
+        }
+    }
+
+    fn send(&self, input: Input<Arc<LvsNodeSpec>>) {
+        self.inputs.send(input).unwrap();
+    }
+
+    fn stop(&mut self) {
+        self.send(Input::Stop);
+        let agent = self.agent.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !agent.is_finished() {
+            assert!(Instant::now() < deadline, "the loop did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        agent.join().unwrap();
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.agent.is_some() {
+            let _ = self.inputs.send(Input::Stop);
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[test]
+fn startup_programs_the_service_and_holds_the_vip() {
+    let lab = Lab::start("startup", spec(2, true, ""), HOUR);
+    assert_eq!(
+        lab.kernel.ops(),
+        [
+            format!("-A -t {SERVICE} -s wrr"),
+            format!("-a -t {SERVICE} -r 198.51.100.1:80 -g -w 2"),
+            format!("-a -t {SERVICE} -r 198.51.100.2:80 -g -w 1"),
+        ]
+    );
+    let host = lab.host.ops();
+    assert!(host.contains(&"add 192.0.2.100 on eth0".to_string()), "{host:?}");
+}
+
+#[test]
+fn a_change_during_a_resync_reaches_the_kernel_at_once_and_stays() {
+    let lab = Lab::start("resync", spec(2, true, ""), Duration::from_millis(50));
+    lab.kernel.ops();
+    lab.host.ops();
+    // The resync's dump is under way, and takes as long as the test wants.
+    lab.kernel.hold_dumps(true);
+    lab.kernel.wait_for_held_dump();
+    let sent = Instant::now();
+    lab.send(Input::Desired(spec(5, true, ""), None));
+    let (why, applied, failures) = lab.next_change_round();
+    assert!(sent.elapsed() < Duration::from_secs(1), "the change waited {:?}", sent.elapsed());
+    assert_eq!((why, failures), (Why::Applied, 0));
+    let edit = format!("-e -t {SERVICE} -r 198.51.100.1:80 -g -w 5 -x 0 -y 0");
+    assert_eq!(applied, [edit.as_str()]);
+    assert_eq!(lab.kernel.ops(), [edit.as_str()]);
+    // The dump read the table before the change: the resync must not undo it.
+    lab.kernel.hold_dumps(false);
+    loop {
+        let (why, applied, _) = lab.next_round();
+        assert!(applied.is_empty(), "the resync changed {applied:?}");
+        if why == (Why::Repaired { finished: true }) {
+            break;
+        }
+    }
+    assert!(lab.kernel.ops().is_empty());
+    assert_eq!(
+        lab.kernel.rules(),
+        [format!("TCP {SERVICE} 198.51.100.1:80 5"), format!("TCP {SERVICE} 198.51.100.2:80 1")]
+    );
+    assert!(lab.host.ops().is_empty(), "the host was already as wanted");
+}
+
+#[test]
+fn a_drain_falling_due_removes_the_destination() {
+    // The service is there already, with a connection to the destination that leaves.
+    let kernel = FakeKernel::default();
+    let first = spec(2, true, "  drainSeconds: 1\n");
+    let service = ServiceKey::tcp(SERVICE.parse().unwrap());
+    {
+        let director = first.director.as_ref().unwrap();
+        let desired = crate::desired::desired_services(director);
+        let mut ops = vec![IpvsOp::AddService(desired[0].service.clone())];
+        ops.extend(desired[0].destinations.iter().map(|d| IpvsOp::AddDestination(service, *d)));
+        kernel.apply(&ops);
+        let mut state = kernel.state.lock().unwrap();
+        let destinations = &mut state.table.get_mut(&service).unwrap().destinations;
+        destinations.iter_mut().for_each(|d| d.active_connections = 1);
+    }
+    let lab = Lab::start_on("drain", first, HOUR, kernel);
+    lab.host.ops();
+    assert_eq!(lab.kernel.ops().len(), 3, "only the service added before");
+    lab.send(Input::Desired(spec(2, false, "  drainSeconds: 1\n"), None));
+    // The destination left: weight 0 while its connections drain.
+    let (why, applied, _) = lab.next_change_round();
+    assert_eq!(why, Why::Applied);
+    assert_eq!(applied, [format!("-e -t {SERVICE} -r 198.51.100.2:80 -g -w 0 -x 0 -y 0")]);
+    lab.kernel.ops();
+    let left = Instant::now();
+    let (why, applied, _) = lab.next_change_round();
+    assert_eq!(why, Why::Drained);
+    assert!(left.elapsed() >= Duration::from_millis(500), "drained after {:?}", left.elapsed());
+    assert_eq!(applied, [format!("-d -t {SERVICE} -r 198.51.100.2:80")]);
+    assert_eq!(lab.kernel.ops(), [format!("-d -t {SERVICE} -r 198.51.100.2:80")]);
+    assert!(lab.host.ops().is_empty());
+}
+
+#[test]
+fn a_health_transition_quiesces_and_restores_the_destination() {
+    // Checks an hour apart: the checker itself says nothing during the test.
+    let check = "  healthCheck: {type: TCP, intervalSeconds: 3600, timeoutSeconds: 1, onFailure: Quiesce}\n";
+    let lab = Lab::start("health", spec(2, true, check), HOUR);
+    lab.kernel.ops();
+    lab.host.ops();
+    let service = ServiceKey::tcp(SERVICE.parse().unwrap());
+    let change = |healthy| HealthChange {
+        service,
+        destination: "198.51.100.1:80".parse().unwrap(),
+        healthy,
+        reason: "test".into(),
+    };
+    lab.send(Input::Health(change(false)));
+    let (why, applied, _) = lab.next_change_round();
+    assert_eq!(why, Why::Health);
+    assert_eq!(applied, [format!("-e -t {SERVICE} -r 198.51.100.1:80 -g -w 0 -x 0 -y 0")]);
+    assert_eq!(lab.kernel.ops(), applied);
+    lab.send(Input::Health(change(true)));
+    let (why, applied, _) = lab.next_change_round();
+    assert_eq!(why, Why::Health);
+    assert_eq!(applied, [format!("-e -t {SERVICE} -r 198.51.100.1:80 -g -w 2 -x 0 -y 0")]);
+    assert_eq!(lab.kernel.ops(), applied);
+    assert!(lab.host.ops().is_empty());
+}
+
+fn instance() -> InstanceConfig {
+    InstanceConfig {
+        interface: "eth1".into(),
+        vrid: 51,
+        family: AddressFamily::IPv4,
+        priority: 100,
+        advert_interval: Duration::from_millis(20),
+        preempt: true,
+        addresses: vec!["192.0.2.200".parse().unwrap()],
+    }
+}
+
+fn wait_for_host(host: &FakeHost, wanted: &[&str]) -> Duration {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while start.elapsed() < Duration::from_secs(5) {
+        seen.extend(host.ops());
+        if wanted.iter().all(|w| seen.iter().any(|s| s == w)) {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("wanted {wanted:?}, the host saw {seen:?}");
+}
+
+#[test]
+fn vrrp_transitions_take_and_release_the_vips() {
+    let lab = Lab::start("vrrp", spec(2, true, ""), HOUR);
+    lab.kernel.ops();
+    lab.host.ops();
+    let transition = |from, to| Input::Vrrp(Transition { instance: instance(), from, to });
+    lab.send(transition(VrrpState::Backup, VrrpState::Master));
+    wait_for_host(&lab.host, &["add 192.0.2.200 on eth1", "announce 192.0.2.200 on eth1"]);
+    lab.send(transition(VrrpState::Master, VrrpState::Backup));
+    wait_for_host(&lab.host, &["remove 192.0.2.200 on eth1"]);
+    // Starting as a backup keeps a VIP already here for a master down interval
+    // (3 adverts and a bit), then gives it up.
+    lab.host
+        .addresses
+        .lock()
+        .unwrap()
+        .insert(DeviceAddress { device: "eth1".into(), address: "192.0.2.200".parse().unwrap() });
+    lab.send(transition(VrrpState::Initialize, VrrpState::Backup));
+    let after = wait_for_host(&lab.host, &["remove 192.0.2.200 on eth1"]);
+    assert!(after >= Duration::from_millis(100), "released after {after:?}");
+    // The IPVS rules stay, as on any backup; no sync daemon is configured.
+    assert!(lab.kernel.ops().is_empty());
+}
+
+#[test]
+fn stop_leaves_the_rules_and_the_vips() {
+    let mut lab = Lab::start("stop", spec(2, true, ""), HOUR);
+    lab.kernel.ops();
+    lab.host.ops();
+    lab.stop();
+    assert!(lab.kernel.ops().is_empty());
+    assert!(lab.host.ops().is_empty());
+    assert_eq!(
+        lab.kernel.rules(),
+        [format!("TCP {SERVICE} 198.51.100.1:80 2"), format!("TCP {SERVICE} 198.51.100.2:80 1")]
+    );
+    assert!(lab.rounds.try_recv().is_err(), "no round after the stop");
+}
