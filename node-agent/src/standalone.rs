@@ -761,9 +761,6 @@ pub enum Event {
     Reload,
 }
 
-/// How often the manifests are checked for changes where inotify is unavailable.
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
-
 /// Applies the manifests at `options.path`; without `once`, keeps them applied:
 /// reloads on change (inotify) and on SIGHUP, repairs drift every `resync`, and
 /// looks again when a drain ends. Returns whether everything applied (with
@@ -924,7 +921,7 @@ fn load(
 
 /// Tells `events` whenever a manifest under `path` may have changed: inotify on
 /// the directory (or the file's directory, since editors replace files by
-/// renaming), else a poll of the files' sizes and change times.
+/// renaming). Without inotify, only SIGHUP reads the manifests again.
 fn watch_manifests(path: &Path, events: mpsc::Sender<Event>) {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
@@ -943,7 +940,21 @@ fn watch_manifests(path: &Path, events: mpsc::Sender<Event>) {
     match inotify {
         Ok(inotify) => {
             std::thread::spawn(move || {
-                while let Ok(found) = inotify.read_events() {
+                loop {
+                    let found = match inotify.read_events() {
+                        Ok(found) => found,
+                        Err(e) => {
+                            warn!(error = %e, "watching the manifests failed: changes are read on SIGHUP only");
+                            return;
+                        }
+                    };
+                    // A full inotify queue drops events: read everything again.
+                    if found.iter().any(|event| event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW)) {
+                        if events.send(Event::Reload).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     let relevant = found.iter().any(|event| {
                         event.name.as_ref().is_some_and(|name| match &only {
                             Some(only) => name == only,
@@ -956,28 +967,12 @@ fn watch_manifests(path: &Path, events: mpsc::Sender<Event>) {
                 }
             });
         }
-        Err(e) => {
-            warn!(
-                directory = %directory.display(),
-                error = %e,
-                "no inotify on {}; polling every {POLL_INTERVAL:?}",
-                directory.display()
-            );
-            let path = path.to_path_buf();
-            std::thread::spawn(move || {
-                let mut seen = fingerprint(&path);
-                loop {
-                    std::thread::sleep(POLL_INTERVAL);
-                    let current = fingerprint(&path);
-                    if current != seen {
-                        seen = current;
-                        if events.send(Event::Manifests).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
+        // No polling instead: SIGHUP still reads every manifest again.
+        Err(e) => warn!(
+            directory = %directory.display(),
+            error = %e,
+            "no inotify on the manifests' directory: changes are read on SIGHUP only"
+        ),
     }
 }
 
@@ -1023,19 +1018,6 @@ fn log_round(round: &Round, verb: &str) {
     for failure in &round.failures {
         warn!(subject = %failure.subject, error = %failure, "failed");
     }
-}
-
-/// What identifies the manifests' current contents: names, sizes, change times.
-fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    manifest_files(path)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|file| {
-            let meta = std::fs::metadata(&file).ok();
-            let (len, modified) = meta.map_or((0, None), |m| (m.len(), m.modified().ok()));
-            (file, len, modified)
-        })
-        .collect()
 }
 
 #[cfg(test)]
