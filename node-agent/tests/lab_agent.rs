@@ -125,7 +125,8 @@ fn nat_example_serves_through_the_director() {
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn tunnel_example_serves_through_ipip() {
     topology("routed --router");
-    unload_modules(&[&IPVS_MODULES[..], &["ipip", "tunnel4", "ip_gre", "gre", "ip_tunnel"]].concat());
+    // fou (a GUE test's) holds ip_tunnel.
+    unload_modules(&[&IPVS_MODULES[..], &["fou", "ipip", "tunnel4", "ip_gre", "gre", "ip_tunnel"]].concat());
     for node in ["rs1", "rs2", "director1"] {
         apply_once(node, &example("tun.yaml"));
     }
