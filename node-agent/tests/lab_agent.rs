@@ -82,6 +82,10 @@ fn unload_modules(modules: &[&str]) {
 /// What a director's IPVS work makes the kernel load.
 const IPVS_MODULES: [&str; 1] = ["ip_vs"];
 
+/// What an IPIP real server makes the kernel load, with the modules that hold
+/// ip_tunnel once other tests loaded them (fou for GUE, ip_gre for GRE).
+const TUNNEL_MODULES: [&str; 6] = ["fou", "ip_gre", "gre", "ipip", "tunnel4", "ip_tunnel"];
+
 /// Answers of `n` requests from the client to the VIP, counted by body.
 fn requests(n: usize) -> BTreeMap<String, usize> {
     let mut answers = BTreeMap::new();
@@ -125,8 +129,7 @@ fn nat_example_serves_through_the_director() {
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn tunnel_example_serves_through_ipip() {
     topology("routed --router");
-    // fou (a GUE test's) holds ip_tunnel.
-    unload_modules(&[&IPVS_MODULES[..], &["fou", "ipip", "tunnel4", "ip_gre", "gre", "ip_tunnel"]].concat());
+    unload_modules(&[&IPVS_MODULES[..], &TUNNEL_MODULES[..]].concat());
     for node in ["rs1", "rs2", "director1"] {
         apply_once(node, &example("tun.yaml"));
     }
@@ -138,7 +141,7 @@ fn tunnel_example_serves_through_ipip() {
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn tunnel_example_serves_through_gue() {
     topology("routed --router");
-    unload_modules(&[&IPVS_MODULES[..], &["ipip", "tunnel4", "ip_tunnel"]].concat());
+    unload_modules(&[&IPVS_MODULES[..], &TUNNEL_MODULES[..]].concat());
     // fou has no autoload alias: the host's configuration loads it (as
     // /etc/modules-load.d would); the agent opens the port.
     sh("modprobe fou");
