@@ -37,7 +37,7 @@ fn main() {
     let change = phase("reload", || manifests.reload(false));
     println!("COUNT removed={} added={}", change.removed.len(), change.added.len());
     let keys = phase("update", || state.update(&change, &[]));
-    println!("COUNT keys={}", keys.len());
+    println!("COUNT keys={}", keys.services.len());
     let director = state.spec().director.as_ref().expect("directs");
     phase("health-targets", || lvs_agent::convert::health_targets(director).len());
     if std::env::var_os("CHANGE_PHASES_LOOP").is_some() {

@@ -49,7 +49,7 @@ use prometheus_client::{
 use serde_json::json;
 
 use crate::{
-    engine::{Engine, Failure, Round, Subject},
+    engine::{Changed, Engine, Failure, Round, Subject},
     supervisor::{DesiredState, Input, Sink, Supervisor, Why},
 };
 use lvs_health::{CheckerStats, HealthMap};
@@ -80,9 +80,18 @@ pub struct Desired {
     pub spec: LvsNodeSpec,
 }
 
+/// Each version from the watch replaces the last.
 impl DesiredState for Arc<Desired> {
+    type Update = Arc<Desired>;
+
     fn spec(&self) -> &LvsNodeSpec {
         &self.spec
+    }
+
+    fn update(&mut self, new: Arc<Desired>) -> Changed {
+        let changed = Changed::between(&self.spec, &new.spec);
+        *self = new;
+        changed
     }
 }
 
@@ -123,7 +132,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let agent = Supervisor::new(engine, handle, &inputs_tx);
     let engine_thread = std::thread::Builder::new().name("engine".into()).spawn(move || {
         let mut sink = StatusSink { reports: rounds_tx, metrics: engine_metrics };
-        agent.run(&inputs, &mut sink, resync);
+        // Replaced by the first version the watch sends, before any round.
+        let none_yet = Arc::new(Desired { objects: Vec::new(), spec: LvsNodeSpec::default() });
+        agent.run(none_yet, &inputs, &mut sink, resync);
     })?;
 
     let api: Api<LvsNode> = Api::all(client);
@@ -198,8 +209,8 @@ async fn watch_desired(
         if sent.as_ref().is_some_and(|s| s.version() == desired.version()) {
             continue;
         }
-        // The loop compares it with the version it applies: `None`.
-        if engine.send(Input::Desired(Arc::clone(&desired), None)).is_err() {
+        // A whole version: the loop compares it with the one it applies.
+        if engine.send(Input::Desired(Arc::clone(&desired))).is_err() {
             anyhow::bail!("the engine thread stopped");
         }
         sent = Some(desired);
@@ -894,7 +905,7 @@ spec:
 
         let receive = || match versions.recv_timeout(Duration::from_secs(5)).expect("a version") {
             // Each version for the loop to compare with the last.
-            Input::Desired(desired, None) => desired,
+            Input::Desired(desired) => desired,
             other => panic!("not a version: {other:?}"),
         };
         let listed = tokio::task::block_in_place(receive);

@@ -116,6 +116,27 @@ pub fn service_key(key: &IpvsServiceKey) -> Option<ServiceKey> {
     })
 }
 
+/// The spec's key of a VIP service (`None` for fwmark services, whose spec key
+/// also names a protocol that the kernel's does not).
+pub fn spec_key(key: &ServiceKey) -> Option<IpvsServiceKey> {
+    let ServiceKey::Address { protocol, address } = *key else { return None };
+    Some(IpvsServiceKey {
+        family: match address {
+            SocketAddr::V4(_) => api::AddressFamily::IPv4,
+            SocketAddr::V6(_) => api::AddressFamily::IPv6,
+        },
+        address: Some(address.ip()),
+        port: address.port(),
+        protocol: match protocol {
+            Protocol::Tcp => api::Protocol::TCP,
+            Protocol::Udp => api::Protocol::UDP,
+            Protocol::Sctp => api::Protocol::SCTP,
+            Protocol::Other(_) => return None,
+        },
+        fwmark: None,
+    })
+}
+
 fn protocol(protocol: api::Protocol) -> Protocol {
     match protocol {
         api::Protocol::TCP => Protocol::Tcp,

@@ -37,7 +37,7 @@ use lvs_crds::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    desired::{DesiredService, Health, desired_service, desired_services_with, service_key},
+    desired::{DesiredService, Health, desired_service, desired_services_with, service_key, spec_key},
     host::{DeviceAddress, GuePort, HostChanges, HostError, Sysctls, local_routes, real_server, sysctl},
     reconcile::{Drains, KernelTable, Ownership, Plan, apply_to_table, plan_services, plan_table},
     seams::{Dumper, Host, Kernel, NetlinkKernel, SystemHost},
@@ -63,11 +63,42 @@ pub enum Scope {
     /// host configured (repairs drift). For startup; the periodic resync dumps
     /// beside the rounds instead (see [`Engine::start_resync`]).
     Full,
-    /// Only these services' desired state changed (or their drains are due): they
-    /// are planned against the cached table, the others are not looked at. The
-    /// host is configured only if its part of the spec (VIPs, forwarding, real
-    /// server VIPs) differs from the last round's.
-    Services(BTreeSet<ServiceKey>),
+    /// Only what [`Changed`] names (with the services whose drains are due): those
+    /// services are planned against the cached table, the others are not looked
+    /// at. The host is configured only if its part of the spec (VIPs, forwarding,
+    /// real server VIPs, FullNAT's destinations) differs from the last round's,
+    /// and that is looked at only where it may have changed.
+    Changed(Changed),
+}
+
+/// What a new version of the desired state changed, as its source knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// The services whose desired state changed.
+    pub services: BTreeSet<ServiceKey>,
+    /// Whether the host part (VIPs, forwarding, real server VIPs, VRRP) may
+    /// have: a change of services alone leaves it (and its thousands of VIPs)
+    /// unread.
+    pub host: bool,
+}
+
+impl Changed {
+    /// These services alone.
+    pub fn services(services: BTreeSet<ServiceKey>) -> Self {
+        Changed { services, host: false }
+    }
+
+    /// From `old` to `new`, when the source does not know: the services compared,
+    /// the host part maybe.
+    pub fn between(old: &LvsNodeSpec, new: &LvsNodeSpec) -> Self {
+        Changed { services: changed_services(old, new), host: true }
+    }
+
+    /// Both changes, one after the other.
+    pub fn extend(&mut self, later: Changed) {
+        self.services.extend(later.services);
+        self.host |= later.host;
+    }
 }
 
 /// What one round did.
@@ -196,8 +227,18 @@ impl HostInputs {
         let director = spec.director.as_ref();
         self.director_vips.as_deref() == director.map(|d| d.vips.as_slice())
             && self.ip_forward == director.is_some_and(|d| d.ip_forward)
-            && self.full_nat == director.map(full_nat_destinations).unwrap_or_default()
+            && self.masquerades_as(spec)
             && self.real_server.as_ref() == spec.real_server.as_ref()
+    }
+
+    /// Whether FullNAT masquerades the same destinations (they follow the
+    /// services, so a change of services alone may change them).
+    fn masquerades_as(&self, spec: &LvsNodeSpec) -> bool {
+        let director = spec.director.as_ref();
+        if self.full_nat.is_empty() && !director.is_some_and(|d| d.full_nat_masquerade) {
+            return true; // no FullNAT before or now: nothing to collect
+        }
+        self.full_nat == director.map(full_nat_destinations).unwrap_or_default()
     }
 }
 
@@ -312,9 +353,9 @@ impl Engine {
     /// Makes the kernel and the host match `spec`, looking at what `scope` says
     /// changed (see [`Scope`]). Without a cached table, any scope is full.
     pub fn reconcile(&mut self, spec: &LvsNodeSpec, scope: Scope) -> Round {
-        let keys = match scope {
-            Scope::Services(keys) if self.table.is_some() => Some(keys),
-            _ => None,
+        let (keys, host) = match scope {
+            Scope::Changed(changed) if self.table.is_some() => (Some(changed.services), changed.host),
+            _ => (None, true),
         };
         match &keys {
             None => {
@@ -337,7 +378,7 @@ impl Engine {
                 }
             }
         }
-        self.round(spec, keys)
+        self.round(spec, keys, host)
     }
 
     /// Starts the periodic resync: the kernel's table is dumped on another
@@ -461,7 +502,8 @@ impl Engine {
                 let slice: BTreeSet<ServiceKey> =
                     std::iter::from_fn(|| remaining.pop_first()).take(RESYNC_SLICE).collect();
                 self.set_health(health());
-                Some(self.round(spec, Some(slice)))
+                // The host's turn is the last step's.
+                Some(self.round(spec, Some(slice), false))
             }
         }
     }
@@ -474,8 +516,9 @@ impl Engine {
     }
 
     /// Plans the services `keys` (all with `None`) against the cached table,
-    /// applies the plan and configures the host when due.
-    fn round(&mut self, spec: &LvsNodeSpec, keys: Option<BTreeSet<ServiceKey>>) -> Round {
+    /// applies the plan and configures the host when due (`host`: whether its
+    /// part of the spec may have changed).
+    fn round(&mut self, spec: &LvsNodeSpec, keys: Option<BTreeSet<ServiceKey>>, host: bool) -> Round {
         let mut round = Round::default();
         let table = self.table.as_ref().expect("a round has a table");
         // Whether the state file changes: it holds ownership and drains, not
@@ -514,7 +557,11 @@ impl Engine {
         };
         self.apply(&plan, &mut round);
         self.keep(plan, keys.as_ref(), &mut round);
-        let host_due = keys.is_none() || !self.host_inputs.as_ref().is_some_and(|host| host.matches(spec));
+        let host_due = keys.is_none()
+            || !self.host_inputs.as_ref().is_some_and(|inputs| match host {
+                true => inputs.matches(spec),
+                false => inputs.masquerades_as(spec),
+            });
         if host_due {
             self.configure_host(spec, &mut round);
         }
@@ -611,7 +658,7 @@ impl Engine {
             let mut configured_interfaces: BTreeMap<String, bool> = BTreeMap::new();
             // The VIPs this round holds, and those it leaves as they are (VRRP's,
             // or on an interface whose sysctls failed).
-            let mut to_hold = Vec::new();
+            let mut to_hold = BTreeSet::new();
             let mut left = BTreeSet::new();
             for vip in &director.vips {
                 let interface = match (&vip.interface, held.get(&vip.address)) {
@@ -642,7 +689,7 @@ impl Engine {
                 // VRRP takes and releases its VIPs itself, as it changes state.
                 let by_vrrp = self.vrrp && vip.vrrp.is_some();
                 if ready && !by_vrrp {
-                    to_hold.push(vip_address);
+                    to_hold.insert(vip_address);
                 } else {
                     left.insert(vip_address);
                 }
@@ -803,12 +850,18 @@ fn desired_of(
     keys: &BTreeSet<ServiceKey>,
     health: &dyn Health,
 ) -> Vec<DesiredService> {
-    let mut desired: Vec<DesiredService> = director
-        .services
-        .iter()
-        .filter(|s| service_key(&s.key).is_some_and(|key| keys.contains(&key)))
-        .filter_map(|s| desired_service(s, health))
-        .collect();
+    let services = &director.services;
+    // The translations list services by key: each is found by a search (a
+    // change costs what it touches), else by a look at every one.
+    let find = |key: &ServiceKey| {
+        let found = spec_key(key).and_then(|wanted| services.binary_search_by(|s| s.key.cmp(&wanted)).ok());
+        match found {
+            Some(at) => Some(&services[at]),
+            None => services.iter().find(|s| service_key(&s.key).as_ref() == Some(key)),
+        }
+    };
+    let mut desired: Vec<DesiredService> =
+        keys.iter().filter_map(find).filter_map(|s| desired_service(s, health)).collect();
     desired.sort_by_key(|d| d.service.key);
     desired
 }

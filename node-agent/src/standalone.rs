@@ -48,12 +48,12 @@ use lvs_crds::{
 
 use crate::{
     desired::{desired_services, service_key},
-    engine::{self, Engine, Round, Scope},
+    engine::{self, Changed, Engine, Round, Scope},
     host::address,
     reconcile::{Drains, Ownership, plan},
-    supervisor::{Input, Sink, Supervisor, Why},
+    supervisor::{DesiredState, Input, Sink, Supervisor, Why},
 };
-use lvs_ipvs::{IpvsHandle, ServiceKey, ipvsadm::op_rule};
+use lvs_ipvs::{IpvsHandle, ipvsadm::op_rule};
 use serde::Deserialize;
 use tracing::{error, info, warn};
 
@@ -175,6 +175,13 @@ pub struct ManifestChange {
     pub added: Vec<Arc<VirtualService>>,
     /// Every problem of the manifests as they are now (not only of the changed files).
     pub errors: Vec<ManifestError>,
+}
+
+impl ManifestChange {
+    /// Whether no VirtualService changed.
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.added.is_empty()
+    }
 }
 
 impl Manifests {
@@ -511,15 +518,11 @@ impl LocalState {
         self.spec
     }
 
-    /// Whether this role needs the local addresses (only to find out where it is a real server).
-    pub fn needs_addresses(&self) -> bool {
-        self.role != Role::Director
-    }
-
     /// Takes a change of the manifests (and the host's addresses); returns the
-    /// service keys whose desired state may have changed, and prints the verdicts
-    /// of the VirtualServices it concerns that are not accepted.
-    pub fn update(&mut self, change: &ManifestChange, addresses: &[IpAddr]) -> BTreeSet<ServiceKey> {
+    /// services whose desired state may have changed and whether the host part
+    /// did, and prints the verdicts of the VirtualServices it concerns that are
+    /// not accepted.
+    pub fn update(&mut self, change: &ManifestChange, addresses: &[IpAddr]) -> Changed {
         let mut dirty: BTreeSet<ObjectId> = BTreeSet::new();
         let mut current: BTreeMap<ObjectId, Option<Arc<VirtualService>>> = BTreeMap::new();
         for vs in &change.removed {
@@ -633,7 +636,7 @@ impl LocalState {
                 }
             }
         }
-        keys
+        Changed { services: keys, host: host_part_changed || winners_changed }
     }
 
     fn translate_one(&self, vs: &Arc<VirtualService>, node: &Node) -> Local {
@@ -761,6 +764,26 @@ pub enum Event {
     Reload,
 }
 
+/// A change of the manifests as the reader thread sends it to the loop, which
+/// translates it (the reader never copies the whole state).
+pub struct ManifestUpdate {
+    change: ManifestChange,
+    /// The host's addresses (for a role that can be a real server).
+    addresses: Vec<IpAddr>,
+}
+
+impl DesiredState for LocalState {
+    type Update = ManifestUpdate;
+
+    fn spec(&self) -> &LvsNodeSpec {
+        LocalState::spec(self)
+    }
+
+    fn update(&mut self, update: ManifestUpdate) -> Changed {
+        LocalState::update(self, &update.change, &update.addresses)
+    }
+}
+
 /// Applies the manifests at `options.path`; without `once`, keeps them applied:
 /// reloads on change (inotify) and on SIGHUP, repairs drift every `resync`, and
 /// looks again when a drain ends. Returns whether everything applied (with
@@ -778,9 +801,10 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
         .map_or_else(|_| "localhost".into(), |h| h.trim().to_string());
     let mut state = LocalState::new(&host, options.role).with_vrrp_priority(options.vrrp_priority);
     let mut pending = ManifestChange::default();
-    if load(&mut manifests, &mut state, &mut pending, false, options).is_none() {
+    let Some(first) = load(&mut manifests, &mut pending, false, options) else {
         return Ok(false);
-    }
+    };
+    state.update(&first.change, &first.addresses);
     if options.dry_run {
         print_plan(state.spec(), options);
         return Ok(true);
@@ -804,33 +828,36 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
         .enable_all()
         .build()?;
     let agent = Supervisor::new(engine, runtime.handle().clone(), &inputs_tx);
-    let _ = inputs_tx.send(Input::Desired(Arc::new(state.spec().clone()), None));
+    // The first round is the state as loaded: nothing more to take in.
+    let addresses = first.addresses;
+    let nothing_more = ManifestUpdate { change: ManifestChange::default(), addresses: addresses.clone() };
+    let _ = inputs_tx.send(Input::Desired(nothing_more));
     let source_options = options.clone();
     std::thread::Builder::new().name("manifests".into()).spawn(move || {
-        read_manifests(&changes, &inputs_tx, manifests, state, pending, &source_options);
+        read_manifests(&changes, &inputs_tx, manifests, pending, addresses, &source_options);
     })?;
-    agent.run(&inputs, &mut LogSink, options.resync);
+    agent.run(state, &inputs, &mut LogSink, options.resync);
     Ok(true)
 }
 
 /// The source of standalone mode: reads the manifests again at each event (all
-/// of those queued at once) and sends the new desired state with the services
-/// it changes, when it changes any (SIGHUP: always).
+/// of those queued at once) and sends what changed in them (and in the host's
+/// addresses), when anything did (SIGHUP: always).
 fn read_manifests(
     events: &mpsc::Receiver<Event>,
-    inputs: &mpsc::Sender<Input<Arc<LvsNodeSpec>>>,
+    inputs: &mpsc::Sender<Input<ManifestUpdate>>,
     mut manifests: Manifests,
-    mut state: LocalState,
     mut pending: ManifestChange,
+    mut addresses: Vec<IpAddr>,
     options: &ApplyOptions,
 ) {
     while let Ok(event) = events.recv() {
         let force = std::iter::once(event).chain(events.try_iter()).any(|e| matches!(e, Event::Reload));
-        match load(&mut manifests, &mut state, &mut pending, force, options) {
-            Some(keys) if keys.is_empty() && !force => {}
-            Some(keys) => {
-                let desired = Arc::new(state.spec().clone());
-                if inputs.send(Input::Desired(desired, Some(keys))).is_err() {
+        match load(&mut manifests, &mut pending, force, options) {
+            Some(update) if update.change.is_empty() && update.addresses == addresses && !force => {}
+            Some(update) => {
+                addresses.clone_from(&update.addresses);
+                if inputs.send(Input::Desired(update)).is_err() {
                     return;
                 }
             }
@@ -843,8 +870,8 @@ fn read_manifests(
 /// The sink of standalone mode: each round's operations and failures, logged.
 struct LogSink;
 
-impl Sink<Arc<LvsNodeSpec>> for LogSink {
-    fn round(&mut self, why: Why, _: &Arc<LvsNodeSpec>, round: Round, _: &Supervisor) -> bool {
+impl Sink<LocalState> for LogSink {
+    fn round(&mut self, why: Why, _: &LocalState, round: Round, _: &Supervisor) -> bool {
         let verb = match why {
             Why::Startup | Why::Applied => "applied",
             Why::Health => "health",
@@ -857,7 +884,7 @@ impl Sink<Arc<LvsNodeSpec>> for LogSink {
 }
 
 /// SIGHUP reloads every manifest; SIGTERM and SIGINT stop the agent gracefully.
-fn watch_signals(events: mpsc::Sender<Event>, inputs: mpsc::Sender<Input<Arc<LvsNodeSpec>>>) -> Result<()> {
+fn watch_signals(events: mpsc::Sender<Event>, inputs: mpsc::Sender<Input<ManifestUpdate>>) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
     std::thread::spawn(move || {
@@ -875,16 +902,15 @@ fn watch_signals(events: mpsc::Sender<Event>, inputs: mpsc::Sender<Input<Arc<Lvs
     Ok(())
 }
 
-/// Reads the manifests' changes into `state`; returns the service keys to plan,
-/// or `None` (errors logged) when the manifests do not load: then nothing is
+/// Reads the manifests' changes; returns them with the host's addresses, or
+/// `None` (errors logged) when the manifests do not load: then nothing is
 /// taken, and the change waits in `pending` for the next good load.
 fn load(
     manifests: &mut Manifests,
-    state: &mut LocalState,
     pending: &mut ManifestChange,
     force: bool,
     options: &ApplyOptions,
-) -> Option<BTreeSet<ServiceKey>> {
+) -> Option<ManifestUpdate> {
     let change = manifests.reload(force);
     // A VirtualService added by a load that was not taken and removed since was never applied.
     for vs in change.removed {
@@ -900,7 +926,8 @@ fn load(
         }
         return None;
     }
-    let addresses: Vec<IpAddr> = if !state.needs_addresses() {
+    // Only a role that can be a real server needs them (to find out where it is one).
+    let addresses: Vec<IpAddr> = if options.role == Role::Director {
         vec![]
     } else {
         match address::local_addresses() {
@@ -915,8 +942,7 @@ fn load(
             }
         }
     };
-    let change = std::mem::take(pending);
-    Some(state.update(&change, &addresses))
+    Some(ManifestUpdate { change: std::mem::take(pending), addresses })
 }
 
 /// Tells `events` whenever a manifest under `path` may have changed: inotify on
@@ -1032,6 +1058,37 @@ mod tests {
     fn the_examples_load() {
         let services = load_manifests(&examples()).unwrap();
         assert_eq!(services.len(), 4);
+    }
+
+    /// What the loop is told: a change of real servers alone leaves the host
+    /// part (VIPs, VRRP) unread; another VIP does not.
+    #[test]
+    fn an_update_says_whether_the_host_part_changed() {
+        let web = |weight: u32, vip: &str| -> Arc<VirtualService> {
+            let yaml = format!(
+                "apiVersion: lvs.dev/v1alpha1\nkind: VirtualService\nmetadata: {{name: web, namespace: default}}\n\
+                 spec: {{vip: {vip}, port: 80, forwarding: DirectRouting, \
+                 realServers: [{{address: 198.51.100.1, weight: {weight}}}]}}\n"
+            );
+            Arc::new(serde_yaml::from_str(&yaml).unwrap())
+        };
+        let mut state = LocalState::new("director1", Role::Director);
+        let mut replace = |old: Option<Arc<VirtualService>>, new: &Arc<VirtualService>| {
+            let change = ManifestChange {
+                removed: old.into_iter().collect(),
+                added: vec![Arc::clone(new)],
+                errors: vec![],
+            };
+            state.update(&change, &[])
+        };
+        let first = web(1, "192.0.2.100");
+        let changed = replace(None, &first);
+        assert!(changed.host && changed.services.len() == 1, "{changed:?}");
+        let weight = web(2, "192.0.2.100");
+        let changed = replace(Some(first), &weight);
+        assert!(!changed.host && changed.services.len() == 1, "{changed:?}");
+        let changed = replace(Some(weight), &web(2, "192.0.2.101"));
+        assert!(changed.host && changed.services.len() == 2, "{changed:?}");
     }
 
     #[test]

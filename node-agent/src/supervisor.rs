@@ -35,7 +35,7 @@ use tracing::{info, warn};
 
 use crate::{
     convert,
-    engine::{self, Engine, Failure, Round, Scope, Subject},
+    engine::{self, Changed, Engine, Failure, Round, Scope, Subject},
     failover::{Failover, FailoverHooks, Transition},
     reconcile::KernelTable,
 };
@@ -43,12 +43,11 @@ use lvs_health::{Checker, CheckerStats, HealthChange, HealthMap};
 use lvs_ipvs::ServiceKey;
 use lvs_vrrp::{InstanceConfig, InstanceKey, Router};
 
-/// What the loop is fed.
+/// What the loop is fed (`U`: its source's updates of the desired state).
 #[derive(Debug)]
-pub enum Input<D> {
-    /// A new version of the desired state, with the services whose desired
-    /// state it changes (`None`: unknown; the loop compares it with the last).
-    Desired(D, Option<BTreeSet<ServiceKey>>),
+pub enum Input<U> {
+    /// The desired state changed (see [`DesiredState::update`]).
+    Desired(U),
     /// A health-checked destination turned healthy or unhealthy.
     Health(HealthChange),
     /// A VRRP instance changed state.
@@ -59,14 +58,32 @@ pub enum Input<D> {
     Stop,
 }
 
-/// A version of the desired state, as a source gives it.
+/// The desired state as the loop holds it. Its source sends updates, which the
+/// loop takes in on its own thread: a source that knows what changed sends
+/// just that (standalone: the manifests that changed), so that a change costs
+/// what it touches, not a copy of the whole state.
 pub trait DesiredState: Send + 'static {
+    /// What the source sends.
+    type Update: Send + 'static;
+
     fn spec(&self) -> &LvsNodeSpec;
+
+    /// Takes `update` in; returns what it changed.
+    fn update(&mut self, update: Self::Update) -> Changed;
 }
 
+/// Whole versions, each replacing the last.
 impl DesiredState for Arc<LvsNodeSpec> {
+    type Update = Arc<LvsNodeSpec>;
+
     fn spec(&self) -> &LvsNodeSpec {
         self
+    }
+
+    fn update(&mut self, new: Arc<LvsNodeSpec>) -> Changed {
+        let changed = Changed::between(self, &new);
+        *self = new;
+        changed
     }
 }
 
@@ -113,10 +130,10 @@ impl Supervisor {
     /// Runs health checks and VRRP on `handle`'s runtime; their changes, and the
     /// resync's dumps, come to the loop as `inputs`. The engine is told that
     /// VRRP decides who holds VIPs with a `vrrp` section.
-    pub fn new<D: Send + 'static>(
+    pub fn new<U: Send + 'static>(
         mut engine: Engine,
         handle: Handle,
-        inputs: &mpsc::Sender<Input<D>>,
+        inputs: &mpsc::Sender<Input<U>>,
     ) -> Self {
         engine.set_vrrp(true);
         let (health_tx, health_changes) = mpsc::channel();
@@ -148,24 +165,28 @@ impl Supervisor {
     }
 
     /// Runs the loop until [`Input::Stop`], every sender gone, or the sink
-    /// stops it: the first desired state in full, then each input as it comes,
-    /// a resync every `resync`, a round when a drain ends. Nothing is applied
-    /// before the first desired state (an empty state would remove every owned
-    /// service). Leaves gracefully (see [`Self::shutdown`]).
+    /// stops it: `current` with the first update in full, then each input as it
+    /// comes, a resync every `resync`, a round when a drain ends. Nothing is
+    /// applied before the first update (an empty state would remove every
+    /// owned service). Leaves gracefully (see [`Self::shutdown`]).
     pub fn run<D: DesiredState>(
         mut self,
-        inputs: &mpsc::Receiver<Input<D>>,
+        mut current: D,
+        inputs: &mpsc::Receiver<Input<D::Update>>,
         sink: &mut impl Sink<D>,
         resync: Duration,
     ) {
-        let mut current = loop {
+        loop {
             match inputs.recv() {
-                Ok(Input::Desired(desired, _)) => break desired,
+                Ok(Input::Desired(update)) => {
+                    current.update(update);
+                    break;
+                }
                 Ok(Input::Vrrp(transition)) => self.transition(&transition),
                 Ok(Input::Health(_) | Input::Dumped) => {}
                 Ok(Input::Stop) | Err(_) => return self.shutdown(inputs),
             }
-        };
+        }
         let round = self.apply(current.spec(), Scope::Full);
         let mut drains = (round.next_check, round.draining.clone());
         if !sink.round(Why::Startup, &current, round, &self) {
@@ -193,22 +214,13 @@ impl Supervisor {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return self.shutdown(inputs),
             };
             // Everything already queued is taken by this one turn.
-            let mut latest: Option<(D, Option<BTreeSet<ServiceKey>>)> = None;
+            let mut changed: Option<Changed> = None;
             let mut health_keys = BTreeSet::new();
             let mut dumped = false;
             for input in first.into_iter().chain(inputs.try_iter()) {
                 match input {
-                    Input::Desired(desired, keys) => {
-                        let keys = match (latest.take(), keys) {
-                            (None, keys) => keys,
-                            (Some((_, Some(mut known))), Some(keys)) => {
-                                known.extend(keys);
-                                Some(known)
-                            }
-                            // Compared with what is applied: covers the versions between.
-                            (Some(_), _) => None,
-                        };
-                        latest = Some((desired, keys));
+                    Input::Desired(update) => {
+                        changed.get_or_insert_default().extend(current.update(update));
                     }
                     Input::Health(change) => {
                         log_health(&change);
@@ -221,13 +233,10 @@ impl Supervisor {
                 }
             }
             let drain_due = drains.0.is_some_and(|at| engine::now() >= at);
-            let turn = if let Some((desired, keys)) = latest {
-                let mut keys =
-                    keys.unwrap_or_else(|| engine::changed_services(current.spec(), desired.spec()));
-                keys.extend(health_keys);
-                keys.extend(drains.1.iter().copied());
-                current = desired;
-                Some((Why::Applied, self.apply(current.spec(), Scope::Services(keys))))
+            let turn = if let Some(mut changed) = changed {
+                changed.services.extend(health_keys);
+                changed.services.extend(drains.1.iter().copied());
+                Some((Why::Applied, self.apply(current.spec(), Scope::Changed(changed))))
             } else if !health_keys.is_empty() {
                 if drain_due {
                     health_keys.extend(drains.1.iter().copied());
@@ -286,8 +295,10 @@ impl Supervisor {
         }
         self.checker.set_targets(targets);
         self.engine.set_health(self.health());
+        // VRRP follows the VIPs, which only a change of the host part changes.
+        let vips_may_change = !matches!(&scope, Scope::Changed(changed) if !changed.host);
         let mut round = self.engine.reconcile(spec, scope);
-        if let Err(e) = self.follow_vrrp(director) {
+        if vips_may_change && let Err(e) = self.follow_vrrp(director) {
             round.failures.push(Failure::new(Subject::Failover, e));
         }
         round
@@ -335,7 +346,7 @@ impl Supervisor {
     /// A round for the services in `keys` only (health changes, or drains due).
     fn reconcile_services(&mut self, spec: &LvsNodeSpec, keys: BTreeSet<ServiceKey>) -> Round {
         self.engine.set_health(self.health());
-        self.engine.reconcile(spec, Scope::Services(keys))
+        self.engine.reconcile(spec, Scope::Changed(Changed::services(keys)))
     }
 
     /// Each health-checked destination's verdict: the checker's, with the

@@ -52,7 +52,7 @@ pub struct Holdings {
 /// Splits `vips` (each on its device) into local routes and addresses: per
 /// device, the IPv4 VIPs' exact aggregation into CIDR blocks; each block of at
 /// least [`MIN_BLOCK`] addresses is a route, a smaller one its addresses.
-pub fn holdings(vips: &[DeviceAddress]) -> Holdings {
+pub fn holdings<'a>(vips: impl IntoIterator<Item = &'a DeviceAddress>) -> Holdings {
     let mut v4: BTreeMap<&str, Vec<Ipv4Net>> = BTreeMap::new();
     let mut holdings = Holdings::default();
     for vip in vips {

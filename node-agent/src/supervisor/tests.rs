@@ -17,7 +17,7 @@ use lvs_vrrp::{AddressFamily, InstanceConfig, VrrpState};
 
 use super::{Input, Sink, Supervisor, Why};
 use crate::{
-    engine::{Engine, Round},
+    engine::{Changed, Engine, Round, Scope},
     failover::Transition,
     host::{DeviceAddress, DeviceRoute, GuePort, HostChanges, HostError, sysctl::Forwarding},
     reconcile::{KernelTable, ObservedService, apply_to_table},
@@ -322,8 +322,10 @@ impl Lab {
         let (inputs, receiver) = mpsc::channel();
         let agent = Supervisor::new(engine, runtime.handle().clone(), &inputs);
         let (rounds_tx, rounds) = mpsc::channel();
-        let thread = std::thread::spawn(move || agent.run(&receiver, &mut Rounds(rounds_tx), resync));
-        inputs.send(Input::Desired(first, None)).unwrap();
+        let none_yet = Arc::new(LvsNodeSpec::default());
+        let thread =
+            std::thread::spawn(move || agent.run(none_yet, &receiver, &mut Rounds(rounds_tx), resync));
+        inputs.send(Input::Desired(first)).unwrap();
         let lab = Lab { kernel, host, inputs, rounds, agent: Some(thread), _runtime: runtime, state_dir };
         let (why, _, failures) = lab.next_round();
         assert_eq!((why, failures), (Why::Startup, 0));
@@ -395,7 +397,7 @@ fn a_change_during_a_resync_reaches_the_kernel_at_once_and_stays() {
     lab.kernel.hold_dumps(true);
     lab.kernel.wait_for_held_dump();
     let sent = Instant::now();
-    lab.send(Input::Desired(spec(5, true, ""), None));
+    lab.send(Input::Desired(spec(5, true, "")));
     let (why, applied, failures) = lab.next_change_round();
     assert!(sent.elapsed() < Duration::from_secs(1), "the change waited {:?}", sent.elapsed());
     assert_eq!((why, failures), (Why::Applied, 0));
@@ -438,7 +440,7 @@ fn a_drain_falling_due_removes_the_destination() {
     let lab = Lab::start_on("drain", first, HOUR, kernel);
     lab.host.ops();
     assert_eq!(lab.kernel.ops().len(), 3, "only the service added before");
-    lab.send(Input::Desired(spec(2, false, "  drainSeconds: 1\n"), None));
+    lab.send(Input::Desired(spec(2, false, "  drainSeconds: 1\n")));
     // The destination left: weight 0 while its connections drain.
     let (why, applied, _) = lab.next_change_round();
     assert_eq!(why, Why::Applied);
@@ -542,4 +544,46 @@ fn stop_leaves_the_rules_and_the_vips() {
         [format!("TCP {SERVICE} 198.51.100.1:80 2"), format!("TCP {SERVICE} 198.51.100.2:80 1")]
     );
     assert!(lab.rounds.try_recv().is_err(), "no round after the stop");
+}
+
+/// The engine goes by the source's word on the host part: a change it says is
+/// of services alone leaves the host (thousands of VIPs) unread, except for
+/// FullNAT's masquerade, which follows the services.
+#[test]
+fn a_change_of_services_alone_leaves_the_host_part_unread() {
+    let host = FakeHost::default();
+    let state_dir = std::env::temp_dir().join(format!("lvs-agent-loop-told-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let mut engine =
+        Engine::with(Box::new(FakeKernel::default()), Box::new(host.clone()), &state_dir, false).unwrap();
+    let key = ServiceKey::tcp(SERVICE.parse().unwrap());
+    let changed = |host| Scope::Changed(Changed { services: [key].into(), host });
+    engine.reconcile(&spec(2, true, ""), Scope::Full);
+    assert!(host.ops().contains(&"add 192.0.2.100 on eth0".to_string()));
+
+    // Another VIP, told as services alone: the host is not looked at.
+    let mut moved_vip = spec(3, true, "").as_ref().clone();
+    moved_vip.director.as_mut().unwrap().vips[0].address = "192.0.2.101".parse().unwrap();
+    let round = engine.reconcile(&moved_vip, changed(false));
+    assert_eq!(round.failures.len(), 0);
+    assert!(host.ops().is_empty());
+    // Told that the host part may have changed, it is configured.
+    engine.reconcile(&moved_vip, changed(true));
+    assert!(host.ops().contains(&"add 192.0.2.101 on eth0".to_string()));
+
+    // FullNAT's destinations come with the services: a change of services
+    // alone masquerades the new one.
+    let mut full_nat = moved_vip.clone();
+    let director = full_nat.director.as_mut().unwrap();
+    director.full_nat_masquerade = true;
+    engine.reconcile(&full_nat, changed(true));
+    host.ops();
+    let service = Arc::make_mut(&mut full_nat.director.as_mut().unwrap().services[0]);
+    for destination in &mut service.destinations {
+        destination.forwarding = lvs_crds::virtual_service::Forwarding::FullNat;
+    }
+    engine.reconcile(&full_nat, changed(false));
+    let ops = host.ops();
+    assert!(ops.iter().any(|op| op.starts_with("masquerade [198.51.100.1")), "{ops:?}");
+    std::fs::remove_dir_all(&state_dir).unwrap();
 }
