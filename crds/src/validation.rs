@@ -7,8 +7,8 @@
 //! error names the field. Everything else is checked below, and each error
 //! names the field path and the offending value.
 //!
-//! One rule is Rust-only: duplicate real servers, whose CEL check would be
-//! quadratic in the list and blow the API server's cost budget.
+//! Duplicate real servers are refused server-side by the schema (realServers
+//! is a list-type map keyed by address and port), not by CEL.
 
 use std::{collections::BTreeSet, fmt, net::IpAddr};
 
@@ -300,9 +300,6 @@ impl Checker {
                 format!("real servers must have the service's address family {family:?}"),
             );
         }
-        if server.port == Some(0) {
-            self.fail(field("port"), Some("0".into()), "must be 1-65535");
-        }
         if server.upper_threshold == Some(0) {
             self.fail(field("upperThreshold"), Some("0".into()), "must be 1-4294967295");
         }
@@ -409,9 +406,15 @@ impl Checker {
             if !path.starts_with('/') {
                 self.fail(field("path"), Some(quoted(path)), "must start with /");
             }
+            if path.chars().any(|c| is_control(c) || c == ' ') {
+                self.fail(field("path"), Some(quoted(path)), "must not contain control characters or spaces");
+            }
             self.length(&field("path"), path, 0, 1024);
         }
         if let Some(host) = &check.host {
+            if host.chars().any(is_control) {
+                self.fail(field("host"), Some(quoted(host)), "must not contain control characters");
+            }
             self.length(&field("host"), host, 1, 253);
         }
         if let Some(body) = &check.body_contains {
@@ -438,8 +441,22 @@ impl Checker {
         }
         let vrrp = &failover.vrrp;
         self.range("spec.failover.vrrp.virtualRouterId", vrrp.virtual_router_id.into(), 1..=255);
-        self.range("spec.failover.vrrp.advertIntervalMs", vrrp.advert_interval_ms, 10..=40950);
+        let interval = vrrp.advert_interval_ms;
+        self.range("spec.failover.vrrp.advertIntervalMs", interval, 10..=40950);
+        if interval % 10 != 0 {
+            self.fail(
+                "spec.failover.vrrp.advertIntervalMs",
+                Some(interval.to_string()),
+                "must be a multiple of 10 (VRRPv3 counts in centiseconds)",
+            );
+        }
     }
+}
+
+/// ASCII control characters, as the CRD's CEL rules see them (`[\x00-\x1f\x7f]`);
+/// CR and LF in a request would let a value inject headers.
+fn is_control(c: char) -> bool {
+    c < ' ' || c == '\x7f'
 }
 
 fn quoted(text: &str) -> String {
@@ -490,13 +507,78 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_real_servers_are_refused_in_rust_only() {
+    fn duplicate_real_servers_are_refused() {
         let errors = validate(&spec(
             "{vip: 192.168.16.100, port: 80, realServers: [{address: 192.168.16.21}, {address: 192.168.16.21}]}",
         ))
         .unwrap_err();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].to_string(), r#"spec.realServers[1]: "192.168.16.21": duplicate real server"#);
+    }
+
+    #[test]
+    fn a_real_servers_port_0_is_the_services_port() {
+        let zero = spec("{vip: 192.168.16.100, port: 80, realServers: [{address: 192.168.16.21, port: 0}]}");
+        assert_eq!(zero.real_servers[0].port, None);
+        assert_eq!(validate(&zero), Ok(()));
+        let errors = validate(&spec(
+            "{vip: 192.168.16.100, port: 80, realServers: [{address: 192.168.16.21}, {address: 192.168.16.21, port: 0}]}",
+        ))
+        .unwrap_err();
+        assert_eq!(errors[0].field, "spec.realServers[1]");
+    }
+
+    #[test]
+    fn control_characters_in_the_request_are_refused_naming_field_and_value() {
+        let check = |health_check: &str| {
+            let yaml = format!(
+                "{{vip: 192.168.16.100, port: 80, healthCheck: {health_check}, realServers: [{{address: 192.168.16.21}}]}}"
+            );
+            validate(&spec(&yaml))
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            check(r#"{type: HTTP, path: "/health\r\nX-Injected: 1"}"#),
+            [
+                r#"spec.healthCheck.path: "/health\r\nX-Injected: 1": must not contain control characters or spaces"#
+            ]
+        );
+        assert_eq!(
+            check(r#"{type: HTTP, path: "/a b"}"#),
+            [r#"spec.healthCheck.path: "/a b": must not contain control characters or spaces"#]
+        );
+        assert_eq!(
+            check(r#"{type: HTTP, host: "web\nX: 1"}"#),
+            [r#"spec.healthCheck.host: "web\nX: 1": must not contain control characters"#]
+        );
+        assert_eq!(check(r#"{type: HTTP, host: "web\x7f"}"#).len(), 1);
+        assert!(check(r#"{type: HTTP, path: "/h?q=%0d%0a", host: "web.example:8080"}"#).is_empty());
+    }
+
+    #[test]
+    fn advert_intervals_are_whole_centiseconds() {
+        let vrrp = |interval: u32| {
+            let yaml = format!(
+                "{{vip: 192.168.16.100, port: 80, failover: {{vrrp: {{virtualRouterId: 1, advertIntervalMs: {interval}}}}}, realServers: [{{address: 192.168.16.21}}]}}"
+            );
+            validate(&spec(&yaml))
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert!(vrrp(10).is_empty() && vrrp(1000).is_empty() && vrrp(40950).is_empty());
+        assert_eq!(
+            vrrp(1005),
+            [
+                "spec.failover.vrrp.advertIntervalMs: 1005: must be a multiple of 10 (VRRPv3 counts in centiseconds)"
+            ]
+        );
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub const MAX_REAL_SERVERS: usize = 1000;
         .field_path(".port"),
     validation = Rule::new(
         "!(self.forwarding in ['DirectRouting', 'Tunnel']) || !has(self.realServers) \
-         || self.realServers.all(r, !has(r.port) || (has(self.port) && r.port == self.port))"
+         || self.realServers.all(r, !has(r.port) || r.port == 0 || (has(self.port) && r.port == self.port))"
     )
         .message("DirectRouting and Tunnel cannot map ports: a real server's port must equal spec.port")
         .field_path(".realServers"),
@@ -178,9 +178,12 @@ pub struct VirtualServiceSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub one_packet: bool,
 
-    /// Real servers listed by address.
+    /// Real servers listed by address; each address and port at most once.
+    // A list-type map: the API server refuses duplicate (address, port) keys
+    // in linear time, where a CEL rule would be quadratic in the list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_REAL_SERVERS))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["address".into(), "port".into()]))]
     pub real_servers: Vec<RealServer>,
 
     /// Real servers found by node labels: every matching node's InternalIP
@@ -387,10 +390,13 @@ pub struct RealServer {
     #[schemars(length(max = 45))]
     pub address: String,
 
-    /// Port on the real server. Absent: the service's port. Only NAT and
-    /// FullNAT may use another port than the service's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    /// Port on the real server. Absent or 0: the service's port. Only NAT
+    /// and FullNAT may use another port than the service's.
+    // A key of the realServers list-map, which the API server wants not
+    // nullable and required or defaulted: 0 stands for "absent" and
+    // deserializes as `None`.
+    #[serde(default, deserialize_with = "zero_is_none", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "u16", extend("default" = 0))]
     pub port: Option<u16>,
 
     /// Relative share of new connections; 0 takes no new connections.
@@ -412,6 +418,11 @@ pub struct RealServer {
 
 fn default_weight() -> u16 {
     1
+}
+
+/// A real server's port 0, the schema's default, is the same as no port.
+fn zero_is_none<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
+    Ok(Option::<u16>::deserialize(deserializer)?.filter(|&port| port != 0))
 }
 
 /// Real servers found by node labels.
@@ -478,13 +489,22 @@ pub struct HealthCheck {
     pub kind: HealthCheckType,
 
     /// HTTP(S) request path.
+    // Control characters or spaces would split the request line and let the
+    // value inject headers or a second request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.startsWith('/')").message("must start with /"))]
+    #[x_kube(
+        validation = Rule::new("self.startsWith('/')").message("must start with /"),
+        validation = Rule::new("!self.matches('[\\x00-\\x20\\x7f]')")
+            .message("must not contain control characters or spaces")
+    )]
     #[schemars(length(max = 1024))]
     pub path: Option<String>,
 
     /// HTTP(S) Host header. Absent: the real server's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = Rule::new("!self.matches('[\\x00-\\x1f\\x7f]')").message("must not contain control characters")
+    )]
     #[schemars(length(min = 1, max = 253))]
     pub host: Option<String>,
 
@@ -580,16 +600,17 @@ pub struct Failover {
 
 /// VRRP parameters shared by the directors of one VIP; each director's
 /// priority comes from its node (annotation `lvs.dev/vrrp-priority`).
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct Vrrp {
     /// Virtual router ID, 1-255, unique on the directors' network.
     #[schemars(range(min = 1))]
     pub virtual_router_id: u8,
 
-    /// Milliseconds between the master's advertisements, 10-40950 (VRRPv3
-    /// counts in centiseconds).
+    /// Milliseconds between the master's advertisements, a multiple of 10
+    /// from 10 to 40950 (VRRPv3 counts in centiseconds).
     #[serde(default = "default_advert_interval")]
+    #[x_kube(validation = Rule::new("self % 10 == 0").message("must be a multiple of 10 (VRRPv3 counts in centiseconds)"))]
     #[schemars(range(min = 10, max = 40950))]
     pub advert_interval_ms: u32,
 

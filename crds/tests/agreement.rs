@@ -3,8 +3,8 @@
 //!
 //! Specs are drawn from near the rules' edges: every field is absent or takes
 //! one of a few values, good and bad, so that most specs break some rule and
-//! many break none. Real-server addresses are distinct, since duplicates are
-//! the one Rust-only rule.
+//! many break none. Two real servers sometimes share an address (duplicates
+//! when their ports agree, an absent port being the default 0).
 
 mod common;
 
@@ -59,6 +59,7 @@ fn real_servers() -> impl Strategy<Value = Option<Value>> {
         1 => Just(Some(json!([]))),
         4 => real_server(0).prop_map(|a| Some(json!([a]))),
         4 => (real_server(0), real_server(1)).prop_map(|(a, b)| Some(json!([a, b]))),
+        1 => (real_server(0), real_server(0)).prop_map(|(a, b)| Some(json!([a, b]))),
     ]
 }
 
@@ -90,7 +91,7 @@ fn persistence() -> impl Strategy<Value = Option<Value>> {
 fn health_check() -> impl Strategy<Value = Option<Value>> {
     let fields = (
         maybe(0.6, vec![json!("TCP"), json!("HTTP"), json!("UDP"), json!("None")]),
-        maybe(0.2, vec![json!("/"), json!("/"), json!("health")]),
+        maybe(0.2, vec![json!("/"), json!("/"), json!("health"), json!("/a\r\nb"), json!("/a b")]),
         maybe(0.2, vec![json!("ping")]),
         maybe(0.3, vec![json!(2), json!(2), json!(0)]),
         maybe(0.3, vec![json!(1), json!(5)]),
@@ -169,6 +170,7 @@ fn spec() -> impl Strategy<Value = Value> {
                 json!({"vrrp": {"virtualRouterId": 51}}),
                 json!({"vrrp": {"virtualRouterId": 0}}),
                 json!({"vrrp": {"virtualRouterId": 51, "advertIntervalMs": 5}}),
+                json!({"vrrp": {"virtualRouterId": 51, "advertIntervalMs": 1005}}),
             ],
         ),
         maybe(0.15, vec![json!({"interface": "eth0"}), json!({"interface": "an-interface-name"})]),

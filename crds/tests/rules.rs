@@ -44,6 +44,16 @@ const GOOD: &[&str] = &[
         realServers: [{address: 192.168.17.21, port: 80}]}"#,
     r#"{vip: 192.168.16.100, port: 80, forwarding: Tunnel, scheduler: sh, schedulerFlags: [sh-port],
         tunnel: {encapsulation: GRE, checksum: Checksum}, realServers: [{address: 192.168.17.21}]}"#,
+    // A real server's port 0 is the default: the service's port. One address
+    // may serve on several ports (NAT).
+    r#"{vip: 192.168.16.100, port: 80, forwarding: NAT,
+        realServers: [{address: 192.168.16.21, port: 0}, {address: 192.168.16.21, port: 8080},
+                      {address: 192.168.16.22}, {address: 192.168.16.22, port: 8080}]}"#,
+    // Paths and hosts with everything but control characters (and spaces in paths).
+    r#"{vip: 192.168.16.100, port: 443, healthCheck: {type: HTTPS, path: "/health?full=1&x=%20#top",
+        host: "web.example:8443", expectedStatus: [200]}, realServers: [{address: 192.168.16.21}]}"#,
+    r#"{vip: 192.168.16.100, port: 80, failover: {vrrp: {virtualRouterId: 1, advertIntervalMs: 10}},
+        realServers: [{address: 192.168.16.21}]}"#,
     // Only a sorry server; every other scheduler name.
     r#"{vip: 192.168.16.100, port: 80, sorryServer: {address: 192.168.16.200}}"#,
     r#"{vip: 192.168.16.100, port: 80, scheduler: twos, realServerSelector: {nodeSelector: {role: web}}}"#,
@@ -96,9 +106,29 @@ const BAD: &[(&str, &str, &str, By)] = &[
         By::Schema,
     ),
     (
-        "real server port 0",
-        "{vip: 192.168.16.100, port: 80, forwarding: NAT, realServers: [{address: 192.168.16.21, port: 0}]}",
+        "real server port 65536",
+        "{vip: 192.168.16.100, port: 80, forwarding: NAT, realServers: [{address: 192.168.16.21, port: 65536}]}",
         "spec.realServers[0].port",
+        By::Schema,
+    ),
+    (
+        "the same real server twice",
+        "{vip: 192.168.16.100, port: 80, realServers: [{address: 192.168.16.21}, {address: 192.168.16.21}]}",
+        "spec.realServers[1]",
+        By::Schema,
+    ),
+    (
+        "the same real server twice, once with the default port 0",
+        "{vip: 192.168.16.100, port: 80, forwarding: NAT,
+          realServers: [{address: 192.168.16.21, port: 0}, {address: 192.168.16.22}, {address: 192.168.16.21}]}",
+        "spec.realServers[2]",
+        By::Schema,
+    ),
+    (
+        "the same real server and port twice",
+        "{vip: 192.168.16.100, port: 80, forwarding: NAT,
+          realServers: [{address: 192.168.16.21, port: 8080}, {address: 192.168.16.21, port: 8080, weight: 2}]}",
+        "spec.realServers[1]",
         By::Schema,
     ),
     (
@@ -260,6 +290,12 @@ const BAD: &[(&str, &str, &str, By)] = &[
         By::Schema,
     ),
     (
+        "VRRP advert every 1005 ms (not whole centiseconds)",
+        "{vip: 192.168.16.100, port: 80, failover: {vrrp: {virtualRouterId: 51, advertIntervalMs: 1005}}, realServers: [{address: 192.168.16.21}]}",
+        "spec.failover.vrrp.advertIntervalMs",
+        By::Cel,
+    ),
+    (
         "failover with fwmark",
         "{fwmark: 1, failover: {vrrp: {virtualRouterId: 51}}, realServers: [{address: 192.168.16.21}]}",
         "spec.failover",
@@ -348,6 +384,36 @@ const BAD: &[(&str, &str, &str, By)] = &[
         "HTTP path on a TCP check",
         "{vip: 192.168.16.100, port: 80, healthCheck: {type: TCP, path: /health}, realServers: [{address: 192.168.16.21}]}",
         "spec.healthCheck.path",
+        By::Cel,
+    ),
+    (
+        "CR LF in the path (a header injected into the check's request)",
+        "{vip: 192.168.16.100, port: 80, healthCheck: {type: HTTP, path: \"/health\\r\\nX-Injected: 1\"}, realServers: [{address: 192.168.16.21}]}",
+        "spec.healthCheck.path",
+        By::Cel,
+    ),
+    (
+        "space in the path",
+        "{vip: 192.168.16.100, port: 80, healthCheck: {type: HTTP, path: '/health HTTP/1.0'}, realServers: [{address: 192.168.16.21}]}",
+        "spec.healthCheck.path",
+        By::Cel,
+    ),
+    (
+        "DEL in the path",
+        "{vip: 192.168.16.100, port: 80, healthCheck: {type: HTTP, path: \"/\\x7f\"}, realServers: [{address: 192.168.16.21}]}",
+        "spec.healthCheck.path",
+        By::Cel,
+    ),
+    (
+        "LF in the host",
+        "{vip: 192.168.16.100, port: 80, healthCheck: {type: HTTPS, host: \"web.example\\nX-Injected: 1\"}, realServers: [{address: 192.168.16.21}]}",
+        "spec.healthCheck.host",
+        By::Cel,
+    ),
+    (
+        "NUL in the host",
+        "{vip: 192.168.16.100, port: 80, healthCheck: {type: HTTP, host: \"web\\0.example\"}, realServers: [{address: 192.168.16.21}]}",
+        "spec.healthCheck.host",
         By::Cel,
     ),
     (

@@ -1,9 +1,10 @@
 //! Standalone mode: the same VirtualService manifests, without a cluster.
 //!
-//! Manifests are read from files, checked with the API's own validation, and
-//! resolved into this host's desired state by the controller's translation, run
-//! locally with this host as the only node: it directs every service, and it is a
-//! real server of those whose real servers include one of its addresses.
+//! Manifests are read from files, checked with the API's own validation (and
+//! for unknown fields, which an API server would prune), and resolved into this
+//! host's desired state by the controller's translation, run locally with this
+//! host as the only node: it directs every service, and it is a real server of
+//! those whose real servers include one of its addresses.
 //!
 //! A change costs what changed, not what exists: [`Manifests`] re-reads only
 //! files whose size, change time or inode moved, and parses only documents whose
@@ -53,6 +54,7 @@ use crate::{
     reconcile::{Drains, Ownership, plan},
     supervisor::{DesiredState, Input, Sink, Supervisor, Why},
 };
+use kube::Resource;
 use lvs_ipvs::{IpvsHandle, ipvsadm::op_rule};
 use serde::Deserialize;
 use tracing::{error, info, warn};
@@ -113,9 +115,34 @@ fn is_manifest(path: &Path) -> bool {
     path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml")
 }
 
-/// One document of a file: a VirtualService, nothing (another kind, or empty),
-/// or what is wrong with it (without its source, which depends on its place).
-type Parsed = Result<Option<Arc<VirtualService>>, Vec<String>>;
+/// One document of a file, or what is wrong with it (without its source,
+/// which depends on its place).
+type Parsed = Result<Document, Vec<String>>;
+
+/// What a document holds.
+#[derive(Debug)]
+enum Document {
+    Service(Arc<VirtualService>),
+    /// An object of another apiVersion or kind: skipped, with a warning.
+    Other {
+        api_version: String,
+        kind: String,
+    },
+    /// Nothing (`null`, `{}`).
+    Empty,
+}
+
+impl Document {
+    fn service(&self) -> Option<&Arc<VirtualService>> {
+        match self {
+            Document::Service(vs) => Some(vs),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+type AfterRead = Box<dyn FnMut(&Path) + Send>;
 
 /// The manifests as last read: each file's documents, parsed and validated once
 /// per distinct text.
@@ -126,6 +153,9 @@ pub struct Manifests {
     definitions: HashMap<ObjectId, usize>,
     /// How many of them are defined more than once.
     duplicated: usize,
+    /// Called after each file's read: a test's write racing with it.
+    #[cfg(test)]
+    after_read: Option<AfterRead>,
 }
 
 /// A file's size, change time and inode.
@@ -145,13 +175,24 @@ impl ManifestFile {
     fn new(path: &Path, stamp: Option<Stamp>, documents: Vec<(u64, Arc<Parsed>)>) -> Self {
         let mut file = ManifestFile { stamp, documents, errors: Vec::new() };
         for (index, (_, parsed)) in file.documents.iter().enumerate() {
-            if let Err(messages) = parsed.as_ref() {
-                let source = file.source(path, index);
-                file.errors.extend(
-                    messages
-                        .iter()
-                        .map(|message| ManifestError { source: source.clone(), message: message.clone() }),
-                );
+            match parsed.as_ref() {
+                Err(messages) => {
+                    let source = file.source(path, index);
+                    file.errors.extend(
+                        messages.iter().map(|message| ManifestError {
+                            source: source.clone(),
+                            message: message.clone(),
+                        }),
+                    );
+                }
+                Ok(Document::Other { api_version, kind }) => {
+                    let source = file.source(path, index);
+                    warn!(
+                        %source, api_version, kind,
+                        "skipped: not a VirtualService of {}", VirtualService::api_version(&())
+                    );
+                }
+                Ok(_) => {}
             }
         }
         file
@@ -191,6 +232,8 @@ impl Manifests {
             files: BTreeMap::new(),
             definitions: HashMap::new(),
             duplicated: 0,
+            #[cfg(test)]
+            after_read: None,
         }
     }
 
@@ -222,14 +265,21 @@ impl Manifests {
         // Each read file with its stamp and its documents' (hash, text).
         type Read<'t> = (PathBuf, Option<Stamp>, Vec<(u64, &'t str)>);
         let mut read: Vec<Read<'_>> = Vec::new();
-        let mut texts: Vec<(PathBuf, String)> = Vec::new();
+        let mut texts: Vec<(PathBuf, Option<Stamp>, String)> = Vec::new();
         for file in &files {
+            // Taken before the read and recorded: a write during the read
+            // changes the file's stamp after it, so the next load reads again.
             let stamp = std::fs::metadata(file).ok().map(|m| (m.len(), m.modified().ok(), m.ino()));
             if stamp.is_some() && self.files.get(file).is_some_and(|cached| cached.stamp == stamp) {
                 continue;
             }
-            match std::fs::read_to_string(file) {
-                Ok(text) => texts.push((file.clone(), text)),
+            let text = std::fs::read_to_string(file);
+            #[cfg(test)]
+            if let Some(hook) = &mut self.after_read {
+                hook(file);
+            }
+            match text {
+                Ok(text) => texts.push((file.clone(), stamp, text)),
                 Err(e) => {
                     let documents = self.files.remove(file).map(|f| f.documents).unwrap_or_default();
                     self.forget(&documents, &mut change);
@@ -239,9 +289,8 @@ impl Manifests {
                 }
             }
         }
-        for (file, text) in &texts {
-            let stamp = std::fs::metadata(file).ok().map(|m| (m.len(), m.modified().ok(), m.ino()));
-            read.push((file.clone(), stamp, split_documents(text).map(|d| (text_hash(d), d)).collect()));
+        for (file, stamp, text) in &texts {
+            read.push((file.clone(), *stamp, split_documents(text).map(|d| (text_hash(d), d)).collect()));
         }
         let known: HashMap<u64, Arc<Parsed>> = read
             .iter()
@@ -277,7 +326,8 @@ impl Manifests {
             let removed: Vec<_> = old.into_iter().filter(|(h, _)| !new_hashes.contains(h)).collect();
             let added: Vec<_> = documents.iter().filter(|(h, _)| !old_hashes.contains(h)).cloned().collect();
             self.forget(&removed, &mut change);
-            for vs in added.iter().filter_map(|(_, parsed)| parsed.as_ref().as_ref().ok()?.clone()) {
+            for vs in added.iter().filter_map(|(_, parsed)| parsed.as_ref().as_ref().ok()?.service().cloned())
+            {
                 self.count_definition(&vs, true);
                 change.added.push(vs);
             }
@@ -288,7 +338,8 @@ impl Manifests {
     }
 
     fn forget(&mut self, documents: &[(u64, Arc<Parsed>)], change: &mut ManifestChange) {
-        for vs in documents.iter().filter_map(|(_, parsed)| parsed.as_ref().as_ref().ok()?.clone()) {
+        for vs in documents.iter().filter_map(|(_, parsed)| parsed.as_ref().as_ref().ok()?.service().cloned())
+        {
             self.count_definition(&vs, false);
             change.removed.push(vs);
         }
@@ -319,7 +370,7 @@ impl Manifests {
         }
         for (path, file) in &self.files {
             for (index, (_, parsed)) in file.documents.iter().enumerate() {
-                if let Ok(Some(vs)) = parsed.as_ref()
+                if let Ok(Document::Service(vs)) = parsed.as_ref()
                     && let id = object_id(vs)
                     && self.definitions.get(&id).is_some_and(|n| *n > 1)
                 {
@@ -336,7 +387,7 @@ impl Manifests {
     /// Every VirtualService of the manifests, in file and document order.
     pub fn services(&self) -> impl Iterator<Item = Arc<VirtualService>> + '_ {
         let documents = self.files.values().flat_map(|f| &f.documents);
-        documents.filter_map(|(_, parsed)| parsed.as_ref().as_ref().ok()?.clone())
+        documents.filter_map(|(_, parsed)| parsed.as_ref().as_ref().ok()?.service().cloned())
     }
 }
 
@@ -388,25 +439,35 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
     })
 }
 
-/// A document's VirtualService, validated; `None` for empty documents and other kinds.
+/// A document's VirtualService, validated. An object of another apiVersion
+/// or kind is skipped; one without them is an error. Unknown fields are
+/// errors, named by their path (`spec.healthChek: unknown field`): here only,
+/// since the controller reads the same type from an API server that prunes
+/// them.
 fn parse_document(text: &str) -> Parsed {
     // The common case straight into the typed object; anything else (another
     // kind, several documents, an error to explain) through the generic path.
-    let kind = text.lines().find_map(|line| line.strip_prefix("kind:")).map(str::trim);
-    let vs = match kind {
-        Some("VirtualService") => match serde_yaml::from_str::<VirtualService>(text) {
-            Ok(vs) => Some(vs),
-            Err(_) => parse_generic(text)?,
+    let top = |key: &str| text.lines().find_map(|line| line.strip_prefix(key)).map(str::trim);
+    let ours = top("apiVersion:") == Some(&*VirtualService::api_version(&()))
+        && top("kind:") == Some(&*VirtualService::kind(&()));
+    let typed = ours.then(|| {
+        let mut unknown = false;
+        let document = serde_yaml::Deserializer::from_str(text);
+        let vs: Option<VirtualService> =
+            serde_ignored::deserialize(document, |path| unknown |= is_unknown(&path)).ok();
+        vs.filter(|_| !unknown)
+    });
+    let mut vs = match typed.flatten() {
+        Some(vs) => vs,
+        None => match parse_generic(text)? {
+            Ok(vs) => vs,
+            Err(other) => return Ok(other),
         },
-        Some(_) if !text.contains("\nkind:") || text.matches("\nkind:").count() > 1 => parse_generic(text)?,
-        Some(_) => None,
-        None => parse_generic(text)?,
     };
-    let Some(mut vs) = vs else { return Ok(None) };
     // Kept for as long as the file is unchanged, thousands of them: no spare capacity.
     vs.spec.real_servers.shrink_to_fit();
     match validate(&vs.spec) {
-        Ok(()) => Ok(Some(Arc::new(vs))),
+        Ok(()) => Ok(Document::Service(Arc::new(vs))),
         Err(problems) => {
             let name = qualified_name(&object_id(&vs));
             Err(problems.into_iter().map(|p| format!("{name}: {p}")).collect())
@@ -414,22 +475,65 @@ fn parse_document(text: &str) -> Parsed {
     }
 }
 
-/// Through a generic value and serde_path_to_error, so that a bad value is
-/// named by its field (`spec.port: invalid value: integer 70000, expected u16`).
-fn parse_generic(text: &str) -> Result<Option<VirtualService>, Vec<String>> {
+/// Through a generic value: the object's apiVersion and kind, a bad value
+/// named by its field (serde_path_to_error: `spec.port: invalid value: integer
+/// 70000, expected u16`), and every unknown field (serde_ignored). The
+/// VirtualService, or what else the document holds.
+fn parse_generic(text: &str) -> Result<Result<VirtualService, Document>, Vec<String>> {
     let mut found = None;
+    let mut other = Document::Empty;
     for document in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(document).map_err(|e| vec![e.to_string()])?;
-        if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some("VirtualService") {
+        if value.is_null() || value.as_mapping().is_some_and(|m| m.is_empty()) {
             continue;
         }
-        let vs = serde_path_to_error::deserialize(value)
+        let field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        let (Some(api_version), Some(kind)) = (field("apiVersion"), field("kind")) else {
+            return Err(vec!["not a Kubernetes object: apiVersion and kind are required".into()]);
+        };
+        if api_version != VirtualService::api_version(&()) || kind != VirtualService::kind(&()) {
+            other = Document::Other { api_version, kind };
+            continue;
+        }
+        let mut unknown = Vec::new();
+        let mut note = |path: serde_ignored::Path<'_>| {
+            if is_unknown(&path) {
+                unknown.push(format!("{}: unknown field", field_path(&path)));
+            }
+        };
+        let vs = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut note))
             .map_err(|e| vec![format!("{}: {}", e.path(), e.inner())])?;
+        if !unknown.is_empty() {
+            return Err(unknown);
+        }
         if found.replace(vs).is_some() {
             return Err(vec!["several VirtualServices in one document".into()]);
         }
     }
-    Ok(found)
+    Ok(found.ok_or(other))
+}
+
+/// Whether a field the type ignored is unknown: the type checks neither
+/// apiVersion nor kind, which were checked before.
+fn is_unknown(path: &serde_ignored::Path<'_>) -> bool {
+    !matches!(path, serde_ignored::Path::Map { parent: serde_ignored::Path::Root, key }
+        if key == "apiVersion" || key == "kind")
+}
+
+/// A field's path as the validation writes it: `spec.realServers[0].prot`.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            parent if parent.is_empty() => key.clone(),
+            parent => format!("{parent}.{key}"),
+        },
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+            field_path(parent)
+        }
+    }
 }
 
 /// This host's desired state for `services`, and the verdict on each service
@@ -1126,5 +1230,96 @@ mod tests {
             "{text:#?}"
         );
         assert!(text[1].contains("(document 2)") && text[1].contains("70000"), "{text:#?}");
+    }
+
+    /// A fresh directory of manifests for one test.
+    fn manifest_dir(test: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lvs-agent-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        dir
+    }
+
+    const WEB: &str = "apiVersion: lvs.dev/v1alpha1\nkind: VirtualService\nmetadata: {name: web}\nspec: {vip: 10.0.0.1, port: 80, realServers: [{address: 10.0.0.2}]}\n";
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_path() {
+        let dir = manifest_dir(
+            "unknown-fields",
+            &[(
+                "typos.yaml",
+                &format!(
+                    "{WEB}---\napiVersion: lvs.dev/v1alpha1\nkind: VirtualService\nmetadata: {{name: b}}\nspec:\n  vip: 10.0.0.1\n  port: 81\n  schedular: rr\n  healthChek: {{type: TCP}}\n  realServers: [{{address: 10.0.0.2, prot: 80}}]\n"
+                ),
+            )],
+        );
+        let errors = load_manifests(&dir).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        text.sort();
+        let file = dir.join("typos.yaml");
+        let file = file.display();
+        assert_eq!(
+            text,
+            [
+                format!("{file} (document 2): spec.healthChek: unknown field"),
+                format!("{file} (document 2): spec.realServers[0].prot: unknown field"),
+                format!("{file} (document 2): spec.schedular: unknown field"),
+            ]
+        );
+    }
+
+    #[test]
+    fn other_api_versions_and_kinds_are_skipped_and_objects_need_them() {
+        let istio = "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}]}]\n";
+        let config_map = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n";
+        let dir =
+            manifest_dir("other-kinds", &[("all.yaml", &format!("{istio}---\n{WEB}---\n{config_map}"))]);
+        let services = load_manifests(&dir).unwrap();
+        assert_eq!(services.iter().map(|vs| vs.metadata.name.clone().unwrap()).collect::<Vec<_>>(), ["web"]);
+        let parsed = parse_document(istio).unwrap();
+        assert!(
+            matches!(&parsed, Document::Other { api_version, kind }
+                if api_version == "networking.istio.io/v1beta1" && kind == "VirtualService"),
+            "{parsed:?}"
+        );
+
+        std::fs::write(dir.join("all.yaml"), "metadata: {name: web}\nspec: {vip: 10.0.0.1, port: 80}\n")
+            .unwrap();
+        let errors = load_manifests(&dir).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [format!(
+                "{} (document 1): not a Kubernetes object: apiVersion and kind are required",
+                dir.join("all.yaml").display()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_write_during_the_read_is_read_next_time() {
+        let dir = manifest_dir("racing-write", &[("web.yaml", WEB)]);
+        let file = dir.join("web.yaml");
+        let mut manifests = Manifests::new(&dir);
+        // The file changes just after it was read: the stamp recorded must be
+        // the one the read saw, so that the next load sees the change.
+        let changed = WEB.replace("port: 80", "port: 8080");
+        let mut once = Some(changed.clone());
+        manifests.after_read = Some(Box::new(move |path| {
+            if let Some(text) = once.take() {
+                std::fs::write(path, text).unwrap();
+            }
+        }));
+        let first = manifests.load();
+        assert_eq!(first.added.len(), 1);
+        assert_eq!(first.added[0].spec.port, Some(80));
+        let second = manifests.reload(false);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(second.added.iter().map(|vs| vs.spec.port).collect::<Vec<_>>(), [Some(8080)]);
+        assert_eq!(std::fs::read_to_string(&file).ok(), None);
     }
 }

@@ -126,6 +126,9 @@ pub fn openapi_errors(schema: &Value, value: &Value, path: &str, errors: &mut Ve
             for (i, item) in items.iter().enumerate() {
                 openapi_errors(&schema["items"], item, &format!("{path}[{i}]"), errors);
             }
+            if schema["x-kubernetes-list-type"] == "map" {
+                list_map_duplicates(schema, items, path, errors);
+            }
         }
         Some("string") => {
             let Some(text) = value.as_str() else { return fail(format!("{value} is not a string")) };
@@ -154,6 +157,43 @@ pub fn openapi_errors(schema: &Value, value: &Value, path: &str, errors: &mut Ve
             }
         }
         other => fail(format!("schema without a known type: {other:?}")),
+    }
+}
+
+/// A list-type map's items must differ in their keys, an absent key taking
+/// its schema default (as the API server defaults before it compares).
+fn list_map_duplicates(schema: &Value, items: &[Value], path: &str, errors: &mut Vec<ServerError>) {
+    let keys: Vec<&str> = schema["x-kubernetes-list-map-keys"]
+        .as_array()
+        .expect("a list-type map names its keys")
+        .iter()
+        .map(|key| key.as_str().unwrap())
+        .collect();
+    let properties = &schema["items"]["properties"];
+    for key in &keys {
+        let required = schema["items"]["required"].as_array().is_some_and(|r| r.contains(&Value::from(*key)));
+        // The API server refuses a CRD with such keys.
+        assert!(
+            required || properties[key].get("default").is_some(),
+            "list-map key {path}[].{key} is neither required nor defaulted"
+        );
+        assert!(properties[key]["nullable"] != true, "list-map key {path}[].{key} is nullable");
+    }
+    let key_of = |item: &Value| -> Vec<Value> {
+        keys.iter().map(|key| item.get(key).unwrap_or(&properties[key]["default"]).clone()).collect()
+    };
+    let mut seen = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = key_of(item);
+        if seen.contains(&key) {
+            errors.push(ServerError {
+                by: Schema,
+                path: format!("{path}[{i}]"),
+                message: format!("Duplicate value: {key:?}"),
+                rule: None,
+            });
+        }
+        seen.push(key);
     }
 }
 

@@ -25,9 +25,26 @@ use tokio_rustls::TlsConnector;
 
 use crate::{CheckKind, HealthCheck};
 
-/// Most bytes of an HTTP response read to find the status line and the
-/// `bodyContains` text.
+/// Most bytes of an HTTP response read to find the `bodyContains` text. They
+/// are scanned as they come, not kept: see [`MAX_HELD`].
 pub(crate) const MAX_RESPONSE: usize = 64 * 1024;
+
+/// Bytes of one read from the server.
+const READ_BUFFER: usize = 2 * 1024;
+
+/// Most bytes of the status line, and of a header or chunk-size line kept
+/// (the rest of a longer header line is skipped: the headers that matter,
+/// Content-Length and Transfer-Encoding, are short).
+const MAX_LINE: usize = 1024;
+
+/// Most bytes of a response one probe holds at any time, whatever the server
+/// sends (7 KiB): the read buffer, one line (the status line, then a header or
+/// chunk-size line), and the search window (the text's length less one, the
+/// text being at most 1024 bytes by the API) joined to the bytes just read.
+/// 5,000 slow servers hold at most 5,000 times this (35 MiB), where each held
+/// up to 64 KiB before. The tests check it; docs/architecture.md states it.
+#[cfg(test)]
+pub(crate) const MAX_HELD: usize = READ_BUFFER + MAX_LINE + 1024 + READ_BUFFER;
 
 /// Why a check failed, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -116,6 +133,9 @@ enum Kind {
     Http(Arc<Http>),
     Https(Arc<Http>, Arc<Tls>),
     Udp(Box<[u8]>),
+    /// A check whose request cannot be sent (a control character in the path
+    /// or host): it fails every time, with this reason.
+    Invalid(Arc<str>),
 }
 
 #[derive(Debug)]
@@ -178,17 +198,20 @@ impl Probe {
         let kind = match check.kind {
             CheckKind::None => Kind::None,
             CheckKind::Tcp => Kind::Tcp,
-            CheckKind::Http => Kind::Http(Arc::new(Http::new(check, address))),
-            CheckKind::Https => {
-                let name = check
-                    .host
-                    .as_deref()
-                    .and_then(|host| ServerName::try_from(host).ok())
-                    .map(|name| name.to_owned())
-                    .unwrap_or(ServerName::IpAddress(address.ip().into()));
-                let tls = Tls { connector: tls_connector(), name };
-                Kind::Https(Arc::new(Http::new(check, address)), Arc::new(tls))
-            }
+            CheckKind::Http | CheckKind::Https => match Http::new(check, address) {
+                Err(reason) => Kind::Invalid(reason.into()),
+                Ok(http) if check.kind == CheckKind::Http => Kind::Http(Arc::new(http)),
+                Ok(http) => {
+                    let name = check
+                        .host
+                        .as_deref()
+                        .and_then(|host| ServerName::try_from(host).ok())
+                        .map(|name| name.to_owned())
+                        .unwrap_or(ServerName::IpAddress(address.ip().into()));
+                    let tls = Tls { connector: tls_connector(), name };
+                    Kind::Https(Arc::new(http), Arc::new(tls))
+                }
+            },
             CheckKind::Udp => Kind::Udp(check.payload.as_deref().unwrap_or("").as_bytes().into()),
         };
         Self { address, timeout: Duration::from_secs(check.timeout_seconds.max(1).into()), kind }
@@ -235,6 +258,7 @@ impl Probe {
                 http.exchange(&mut stream, self.address).await
             }
             Kind::Udp(payload) => self.udp(payload).await,
+            Kind::Invalid(reason) => Err(ProbeFailure::new(FailureKind::Protocol, &**reason)),
         }
     }
 
@@ -283,9 +307,21 @@ impl Probe {
 }
 
 impl Http {
-    fn new(check: &HealthCheck, address: SocketAddr) -> Self {
+    /// The request of `check`, or why it cannot be sent: the API refuses
+    /// control characters in the path and host (and spaces in the path), and
+    /// so does the probe, since one would split the request and let the value
+    /// add headers or a second request.
+    fn new(check: &HealthCheck, address: SocketAddr) -> Result<Self, String> {
         let path = check.path.as_deref().unwrap_or("/");
+        if path.chars().any(|c| c.is_ascii_control() || c == ' ') {
+            return Err(format!(
+                "HTTP {address}: refusing to send path {path:?}: control character or space"
+            ));
+        }
         let host = match &check.host {
+            Some(host) if host.chars().any(|c| c.is_ascii_control()) => {
+                return Err(format!("HTTP {address}: refusing to send host {host:?}: control character"));
+            }
             Some(host) => host.clone(),
             None => address.to_string(),
         };
@@ -296,16 +332,16 @@ impl Http {
             Some(codes) if !codes.is_empty() => Expected::Codes(codes.as_slice().into()),
             _ => Expected::Default,
         };
-        Self {
+        Ok(Self {
             request: request.into_bytes().into(),
             expected,
             body_contains: check.body_contains.as_ref().map(|text| text.as_bytes().into()),
-        }
+        })
     }
 
     /// Sends the request and reads the response as far as needed: the status
-    /// line, and with `bodyContains` the body up to [`MAX_RESPONSE`] bytes of
-    /// response.
+    /// line, and with `bodyContains` the body as it streams in, up to
+    /// [`MAX_RESPONSE`] bytes of response, holding at most [`MAX_HELD`].
     async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: &mut S,
@@ -316,121 +352,242 @@ impl Http {
         stream.write_all(&self.request).await.map_err(io_failure)?;
         stream.flush().await.map_err(io_failure)?;
 
-        let mut response = Vec::with_capacity(if self.body_contains.is_some() { 4096 } else { 512 });
-        let mut eof = false;
-        let mut status = None;
+        let mut buffer = [0u8; READ_BUFFER];
+        let mut read = 0; // bytes of the response read so far
+        let (code, rest) = self.status_line(stream, &mut buffer, &mut read, address).await?;
+        if !self.expected.contains(code) {
+            return Err(ProbeFailure::new(
+                FailureKind::Status,
+                format!("HTTP status {code} not in {}", self.expected),
+            ));
+        }
+        let Some(needle) = &self.body_contains else { return Ok(()) };
+
+        let mut search = BodySearch::new(needle);
+        let mut found = search.feed(&buffer[rest]);
+        while found.is_none() && read < MAX_RESPONSE {
+            let want = READ_BUFFER.min(MAX_RESPONSE - read);
+            match stream.read(&mut buffer[..want]).await {
+                // The status was fine: the body is judged on what came
+                // (TLS peers also close without close_notify).
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    read += n;
+                    found = search.feed(&buffer[..n]);
+                }
+            }
+        }
+        match found {
+            Some(true) => Ok(()),
+            _ => Err(ProbeFailure::new(
+                FailureKind::Body,
+                format!(
+                    "HTTP body does not contain {}{}",
+                    quote(needle),
+                    if found.is_none() && read >= MAX_RESPONSE { " (in its first 64 KiB)" } else { "" }
+                ),
+            )),
+        }
+    }
+
+    /// Reads the status line, at most [`MAX_LINE`] bytes: its code, and where
+    /// the bytes after it are in `buffer`.
+    async fn status_line<S: AsyncRead + Unpin>(
+        &self,
+        stream: &mut S,
+        buffer: &mut [u8; READ_BUFFER],
+        read: &mut usize,
+        address: SocketAddr,
+    ) -> Result<(u16, std::ops::Range<usize>), ProbeFailure> {
+        let mut line = Vec::with_capacity(128);
+        let rest = loop {
+            let want = READ_BUFFER.min(MAX_LINE - line.len());
+            let n = match stream.read(&mut buffer[..want]).await {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => {
+                    return Err(ProbeFailure::new(FailureKind::Io, format!("HTTP {address}: {}", short(&e))));
+                }
+            };
+            *read += n;
+            let got = &buffer[..n];
+            if let Some(end) = got.iter().position(|&b| b == b'\n') {
+                line.extend_from_slice(&got[..end]);
+                break end + 1..n;
+            }
+            line.extend_from_slice(got);
+            if n == 0 || line.len() >= MAX_LINE {
+                return Err(ProbeFailure::new(
+                    FailureKind::Protocol,
+                    match line.is_empty() {
+                        true => format!("HTTP {address}: connection closed without a response"),
+                        false => format!("HTTP {address}: no status line in {}", quote(&line)),
+                    },
+                ));
+            }
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        let code = status_code(line).ok_or_else(|| {
+            ProbeFailure::new(
+                FailureKind::Protocol,
+                format!("HTTP {address}: bad status line {}", quote(line)),
+            )
+        })?;
+        Ok((code, rest))
+    }
+}
+
+/// Looks for a text in an HTTP response's head and body as it streams in,
+/// holding one line and the last bytes of the body that could start the text
+/// (the body of a chunked response is decoded first, so that a chunk boundary
+/// cannot split the text).
+#[derive(Debug)]
+pub(crate) struct BodySearch<'a> {
+    needle: &'a [u8],
+    part: Part,
+    /// The header or chunk-size line being read, at most [`MAX_LINE`] bytes.
+    line: Vec<u8>,
+    chunked: bool,
+    /// Body bytes still to come, by Content-Length.
+    length: Option<usize>,
+    /// The last `needle.len() - 1` bytes of body data.
+    window: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Head,
+    Body,
+    ChunkSize,
+    /// Data bytes of the chunk still to come.
+    ChunkData(usize),
+    /// Bytes of the CRLF after a chunk's data still to skip.
+    ChunkEnd(usize),
+    /// The body is complete.
+    End,
+}
+
+impl<'a> BodySearch<'a> {
+    /// A search of the response after its status line.
+    pub(crate) fn new(needle: &'a [u8]) -> Self {
+        // Both buffers get their full size once, and never grow beyond it.
+        Self {
+            needle,
+            part: Part::Head,
+            line: Vec::with_capacity(MAX_LINE),
+            chunked: false,
+            length: None,
+            window: Vec::with_capacity(needle.len().saturating_sub(1) + READ_BUFFER),
+        }
+    }
+
+    /// Takes the next bytes of the response: `Some(found)` once the answer is
+    /// known, `None` while more of the response may change it.
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> Option<bool> {
         loop {
-            if !eof && response.len() < MAX_RESPONSE {
-                let before = response.len();
-                response.reserve((before.max(512)).min(MAX_RESPONSE - before));
-                let limit = MAX_RESPONSE - before;
-                match (&mut *stream).take(limit as u64).read_buf(&mut response).await {
-                    Ok(0) => eof = true,
-                    Ok(_) => {}
-                    // TLS peers that close without close_notify, once a response came.
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !response.is_empty() => eof = true,
-                    // The status was fine: the body is judged on what came.
-                    Err(_) if status.is_some() => eof = true,
-                    Err(e) => return Err(io_failure(e)),
-                }
+            if self.part == Part::End {
+                return Some(false);
             }
-            let done = eof || response.len() >= MAX_RESPONSE;
-            if status.is_none() {
-                let Some(end) = find(&response, b"\r\n").or_else(|| find(&response, b"\n")) else {
-                    if done {
-                        return Err(ProbeFailure::new(
-                            FailureKind::Protocol,
-                            match response.is_empty() {
-                                true => format!("HTTP {address}: connection closed without a response"),
-                                false => format!("HTTP {address}: no status line in {}", quote(&response)),
-                            },
-                        ));
+            if bytes.is_empty() {
+                return None;
+            }
+            match self.part {
+                Part::Head | Part::ChunkSize => {
+                    let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
+                        self.keep_line(bytes);
+                        return None;
+                    };
+                    self.keep_line(&bytes[..end]);
+                    bytes = &bytes[end + 1..];
+                    let line = std::mem::take(&mut self.line);
+                    self.line_done(line.strip_suffix(b"\r").unwrap_or(&line));
+                    self.line = line;
+                    self.line.clear();
+                }
+                Part::Body => {
+                    let take = self.length.map_or(bytes.len(), |left| left.min(bytes.len()));
+                    if self.search(&bytes[..take]) {
+                        return Some(true);
                     }
-                    continue;
-                };
-                let code = status_code(&response[..end]).ok_or_else(|| {
-                    ProbeFailure::new(
-                        FailureKind::Protocol,
-                        format!("HTTP {address}: bad status line {}", quote(&response[..end])),
-                    )
-                })?;
-                if !self.expected.contains(code) {
-                    return Err(ProbeFailure::new(
-                        FailureKind::Status,
-                        format!("HTTP status {code} not in {}", self.expected),
-                    ));
+                    bytes = &bytes[take..];
+                    self.length = self.length.map(|left| left - take);
+                    if self.length == Some(0) {
+                        self.part = Part::End;
+                    }
                 }
-                status = Some(code);
+                Part::ChunkData(left) => {
+                    let take = left.min(bytes.len());
+                    if self.search(&bytes[..take]) {
+                        return Some(true);
+                    }
+                    bytes = &bytes[take..];
+                    self.part = if take == left { Part::ChunkEnd(2) } else { Part::ChunkData(left - take) };
+                }
+                Part::ChunkEnd(left) => {
+                    let take = left.min(bytes.len());
+                    bytes = &bytes[take..];
+                    self.part = if take == left { Part::ChunkSize } else { Part::ChunkEnd(left - take) };
+                }
+                Part::End => unreachable!("handled above"),
             }
-            let Some(needle) = &self.body_contains else { return Ok(()) };
-            if let Some(found) = body_contains(&response, needle, done) {
-                return match found {
-                    true => Ok(()),
-                    false => Err(ProbeFailure::new(
-                        FailureKind::Body,
-                        format!(
-                            "HTTP body does not contain {}{}",
-                            quote(needle),
-                            if response.len() >= MAX_RESPONSE { " (in its first 64 KiB)" } else { "" }
-                        ),
-                    )),
-                };
+        }
+    }
+
+    fn keep_line(&mut self, bytes: &[u8]) {
+        let room = MAX_LINE - self.line.len();
+        self.line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// A complete header or chunk-size line, without its line end.
+    fn line_done(&mut self, line: &[u8]) {
+        if self.part == Part::ChunkSize {
+            let size = std::str::from_utf8(line)
+                .ok()
+                .and_then(|line| usize::from_str_radix(line.split(';').next()?.trim(), 16).ok());
+            // The last chunk (size 0) or a broken one ends the body.
+            self.part = match size {
+                Some(size) if size > 0 => Part::ChunkData(size),
+                _ => Part::End,
+            };
+            return;
+        }
+        if line.is_empty() {
+            self.part = match (self.chunked, self.length) {
+                (true, _) => Part::ChunkSize,
+                (false, Some(0)) => Part::End,
+                (false, _) => Part::Body,
+            };
+            return;
+        }
+        let Some((name, value)) = std::str::from_utf8(line).ok().and_then(|line| line.split_once(':')) else {
+            return;
+        };
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            self.chunked = value.to_ascii_lowercase().contains("chunked");
+        } else if name.eq_ignore_ascii_case("content-length") {
+            self.length = value.trim().parse().ok();
+        }
+    }
+
+    /// Whether the text ends within `data`, the body bytes that follow the
+    /// window; `data` goes through the window a read buffer at a time.
+    fn search(&mut self, data: &[u8]) -> bool {
+        for piece in data.chunks(READ_BUFFER) {
+            self.window.extend_from_slice(piece);
+            if find(&self.window, self.needle).is_some() {
+                return true;
             }
+            let keep = self.needle.len().saturating_sub(1).min(self.window.len());
+            self.window.drain(..self.window.len() - keep);
         }
+        false
     }
-}
 
-/// Whether the body of `response` contains `needle`: `None` while more of
-/// the response may change the answer. A chunked body is decoded first, so
-/// that a chunk boundary cannot split the text.
-fn body_contains(response: &[u8], needle: &[u8], complete: bool) -> Option<bool> {
-    let Some(head_end) = find(response, b"\r\n\r\n").map(|i| i + 4) else {
-        return if complete { Some(false) } else { None };
-    };
-    let head = &response[..head_end];
-    let body = &response[head_end..];
-    let chunked = head.split(|&b| b == b'\n').any(|line| {
-        let line = line.to_ascii_lowercase();
-        line.starts_with(b"transfer-encoding:") && find(&line, b"chunked").is_some()
-    });
-    if chunked {
-        let decoded = dechunk(body);
-        if find(&decoded.0, needle).is_some() {
-            return Some(true);
-        }
-        return if complete || decoded.1 { Some(false) } else { None };
-    }
-    if find(body, needle).is_some() {
-        return Some(true);
-    }
-    let length = head.split(|&b| b == b'\n').find_map(|line| {
-        let line = std::str::from_utf8(line).ok()?;
-        let (name, value) = line.split_once(':')?;
-        name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
-    });
-    if complete || length.is_some_and(|length| body.len() >= length) { Some(false) } else { None }
-}
-
-/// The data of a chunked body, as far as it came, and whether the last
-/// chunk was seen.
-fn dechunk(mut body: &[u8]) -> (Vec<u8>, bool) {
-    let mut data = Vec::with_capacity(body.len());
-    loop {
-        let Some(line_end) = find(body, b"\r\n") else { return (data, false) };
-        let size = std::str::from_utf8(&body[..line_end])
-            .ok()
-            .and_then(|line| usize::from_str_radix(line.split(';').next()?.trim(), 16).ok());
-        let Some(size) = size else { return (data, false) };
-        if size == 0 {
-            return (data, true);
-        }
-        body = &body[line_end + 2..];
-        let take = size.min(body.len());
-        data.extend_from_slice(&body[..take]);
-        if take < size || body.len() < size + 2 {
-            return (data, false);
-        }
-        body = &body[size + 2..];
+    /// Bytes held: what [`MAX_HELD`] bounds, less the read buffer.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.line.capacity() + self.window.capacity()
     }
 }
 

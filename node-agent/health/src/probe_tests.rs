@@ -346,15 +346,143 @@ fn status_lines() {
 
 #[test]
 fn body_search() {
-    let head = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
-    assert_eq!(body_contains(format!("{head}hel").as_bytes(), b"hello", false), None);
-    assert_eq!(body_contains(format!("{head}hello").as_bytes(), b"hello", false), Some(true));
-    assert_eq!(body_contains(format!("{head}world").as_bytes(), b"hello", false), Some(false));
-    assert_eq!(body_contains(b"HTTP/1.1 200 OK\r\nX: y\r\n\r\nabc", b"zz", false), None);
-    assert_eq!(body_contains(b"HTTP/1.1 200 OK\r\nX: y\r\n\r\nabc", b"zz", true), Some(false));
-    assert_eq!(body_contains(b"HTTP/1.1 200 OK\r\nX: y", b"zz", true), Some(false));
-    assert_eq!(dechunk(b"3\r\nabc\r\n2;x=1\r\nde\r\n0\r\n\r\n"), (b"abcde".to_vec(), true));
-    assert_eq!(dechunk(b"3\r\nab"), (b"ab".to_vec(), false));
+    // Fed the response after its status line, in one piece or byte by byte.
+    fn search(response: &str, needle: &str) -> Option<bool> {
+        let whole = BodySearch::new(needle.as_bytes()).feed(response.as_bytes());
+        let mut bytewise = BodySearch::new(needle.as_bytes());
+        let mut found = None;
+        for byte in response.as_bytes() {
+            found = bytewise.feed(std::slice::from_ref(byte));
+            if found.is_some() {
+                break;
+            }
+        }
+        assert_eq!(whole, found, "{response:?}");
+        whole
+    }
+    let head = "Content-Length: 5\r\n\r\n";
+    assert_eq!(search(&format!("{head}hel"), "hello"), None);
+    assert_eq!(search(&format!("{head}hello"), "hello"), Some(true));
+    assert_eq!(search(&format!("{head}world"), "hello"), Some(false));
+    assert_eq!(search(&format!("{head}worldhello"), "hello"), Some(false));
+    assert_eq!(search("X: y\r\n\r\nabc", "zz"), None);
+    assert_eq!(search("X: y", "zz"), None);
+    assert_eq!(search("X: hello\r\n\r\n", "hello"), None);
+    let chunked = "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=1\r\nde\r\n0\r\n\r\n";
+    assert_eq!(search(chunked, "abcde"), Some(true));
+    assert_eq!(search(chunked, "zz"), Some(false));
+    assert_eq!(search(chunked, "2;x"), Some(false));
+    assert_eq!(search("Transfer-Encoding: chunked\r\n\r\n3\r\nab", "ab"), Some(true));
+    assert_eq!(search("Transfer-Encoding: chunked\r\n\r\n3\r\nab", "abc"), None);
+}
+
+#[test]
+fn a_search_holds_a_bounded_amount_of_any_response() {
+    let needle = vec![b'y'; 1024];
+    let endless_line = vec![b'h'; 100_000];
+    let endless_body = vec![b'x'; 100_000];
+    let chunk = format!("{:x}\r\n", endless_body.len());
+    let responses: [&[&[u8]]; 3] = [
+        &[b"X-Long: ", &endless_line],
+        &[b"Content-Length: 999999999\r\n\r\n", &endless_body, &endless_body],
+        &[b"Transfer-Encoding: chunked\r\n\r\n", chunk.as_bytes(), &endless_body, b"\r\n", &endless_line],
+    ];
+    for parts in responses {
+        for size in [1, 1000, READ_BUFFER, 70_000] {
+            let mut search = BodySearch::new(&needle);
+            for part in parts {
+                for piece in part.chunks(size) {
+                    assert_eq!(search.feed(piece), None);
+                    assert!(search.held() <= MAX_HELD - READ_BUFFER, "holds {} bytes", search.held());
+                }
+            }
+        }
+    }
+}
+
+/// A server that sends a status line and headers, then body bytes forever;
+/// it records how much the client asked for at once and in all.
+struct EndlessBody {
+    head: &'static [u8],
+    sent: usize,
+    largest_read: usize,
+}
+
+impl AsyncRead for EndlessBody {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.largest_read = self.largest_read.max(buf.remaining());
+        let n = buf.remaining().min(1500);
+        let head = self.head.get(self.sent..).unwrap_or_default();
+        let bytes: Vec<u8> = head.iter().copied().chain(std::iter::repeat(b'x')).take(n).collect();
+        buf.put_slice(&bytes);
+        self.sent += n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for EndlessBody {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn an_endless_body_is_read_a_buffer_at_a_time_and_no_further_than_the_limit() {
+    let address: SocketAddr = "127.0.0.1:80".parse().unwrap();
+    let check = HealthCheck { body_contains: Some("database: ok".into()), ..http_check() };
+    let http = Http::new(&check, address).unwrap();
+    let mut server = EndlessBody { head: b"HTTP/1.1 200 OK\r\n\r\n", sent: 0, largest_read: 0 };
+    let failure = http.exchange(&mut server, address).await.unwrap_err();
+    assert_eq!(failure.reason, r#"HTTP body does not contain "database: ok" (in its first 64 KiB)"#);
+    assert!(server.sent <= MAX_RESPONSE, "read {} bytes", server.sent);
+    assert!(server.largest_read <= READ_BUFFER, "read {} bytes at once", server.largest_read);
+
+    // Without bodyContains, an endless status line: at most one line is read.
+    let mut server = EndlessBody { head: b"HTTP/1.1 200 ", sent: 0, largest_read: 0 };
+    let failure =
+        Http::new(&http_check(), address).unwrap().exchange(&mut server, address).await.unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Protocol);
+    assert!(server.sent <= MAX_LINE, "read {} bytes", server.sent);
+}
+
+#[tokio::test]
+async fn http_refuses_to_send_control_characters_in_path_or_host() {
+    let (address, mut requests) = http_server(OK).await;
+    let checks = [
+        HealthCheck { path: Some("/health\r\nX-Injected: 1".into()), ..http_check() },
+        HealthCheck { path: Some("/health HTTP/1.0".into()), ..http_check() },
+        HealthCheck { host: Some("web\nX-Injected: 1".into()), ..check(CheckKind::Https) },
+        HealthCheck { host: Some("web\x7f".into()), ..http_check() },
+    ];
+    for check in checks {
+        let failure = Probe::new(&check, address).run().await.unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Protocol);
+        assert!(failure.reason.contains("refusing to send"), "{}", failure.reason);
+    }
+    assert!(requests.try_recv().is_err(), "a request reached the server");
+    // A query and percent-escapes are fine.
+    let fine = HealthCheck { path: Some("/health?x=%0d%0a".into()), ..http_check() };
+    assert_eq!(Probe::new(&fine, address).run().await, Ok(()));
 }
 
 #[test]
