@@ -44,7 +44,7 @@ use lvs_crds::{
         qualified_name, translate_for_node,
     },
     validation::validate,
-    virtual_service::VirtualService,
+    virtual_service::{Protocol, VirtualService},
 };
 
 use crate::{
@@ -90,7 +90,7 @@ impl std::error::Error for ManifestError {}
 /// validates it. Every problem is reported, not only the first.
 pub fn load_manifests(path: &Path) -> Result<Vec<VirtualService>, Vec<ManifestError>> {
     let mut manifests = Manifests::new(path);
-    let change = manifests.load();
+    let change = manifests.load(None);
     if change.errors.is_empty() {
         Ok(manifests.services().map(|vs| (*vs).clone()).collect())
     } else {
@@ -242,10 +242,16 @@ impl Manifests {
         if force {
             self.files.values_mut().for_each(|file| file.stamp = None);
         }
-        self.load()
+        self.load(None)
     }
 
-    fn load(&mut self) -> ManifestChange {
+    /// Reads what changed in `named` files (inotify's), and the files new or
+    /// gone; the others are not looked at (a change costs what it touches).
+    pub fn reload_named(&mut self, named: &BTreeSet<PathBuf>) -> ManifestChange {
+        self.load(Some(named))
+    }
+
+    fn load(&mut self, named: Option<&BTreeSet<PathBuf>>) -> ManifestChange {
         let mut change = ManifestChange::default();
         let files = match manifest_files(&self.path) {
             Ok(files) => files,
@@ -267,6 +273,9 @@ impl Manifests {
         let mut read: Vec<Read<'_>> = Vec::new();
         let mut texts: Vec<(PathBuf, Option<Stamp>, String)> = Vec::new();
         for file in &files {
+            if named.is_some_and(|named| !named.contains(file)) && self.files.contains_key(file) {
+                continue;
+            }
             // Taken before the read and recorded: a write during the read
             // changes the file's stamp after it, so the next load reads again.
             let stamp = std::fs::metadata(file).ok().map(|m| (m.len(), m.modified().ok(), m.ino()));
@@ -592,6 +601,17 @@ pub struct LocalState {
     spec: LvsNodeSpec,
 }
 
+/// The service keys that hold `claim`: itself, or for a fwmark claim, the
+/// keys of each protocol (see [`claim`]).
+fn claiming_keys(claim: &IpvsServiceKey) -> Vec<IpvsServiceKey> {
+    match claim.fwmark {
+        Some(_) => [Protocol::TCP, Protocol::UDP, Protocol::SCTP]
+            .map(|protocol| IpvsServiceKey { protocol, ..claim.clone() })
+            .to_vec(),
+        None => vec![claim.clone()],
+    }
+}
+
 impl LocalState {
     /// This host's VRRP priority (`--vrrp-priority`), for the next translations.
     pub fn with_vrrp_priority(mut self, priority: u8) -> Self {
@@ -718,14 +738,21 @@ impl LocalState {
         }
         let winners_changed = winner_ages(self) != winners_before;
         // The services of the touched claims, as their winners have them now.
+        // The list stays sorted by key, each found and placed by search: a
+        // change costs what it touches.
         let mut director = self.spec.director.take().unwrap_or_default();
         let mut services = std::mem::take(&mut director.services);
-        services.retain(|s| !claims_touched.contains(&claim(&s.key)));
-        services.extend(
-            claims_touched.iter().filter_map(|c| self.winner(c).and_then(|winner| winner.service.clone())),
-        );
-        // A sorted run and a few more (a change) sort in one pass.
-        services.sort_by(|a, b| a.key.cmp(&b.key));
+        for key in claims_touched.iter().flat_map(claiming_keys) {
+            if let Ok(at) = services.binary_search_by(|s| s.key.cmp(&key)) {
+                services.remove(at);
+            }
+        }
+        for service in claims_touched.iter().filter_map(|c| self.winner(c)?.service.clone()) {
+            match services.binary_search_by(|s| s.key.cmp(&service.key)) {
+                Ok(at) => services[at] = service,
+                Err(at) => services.insert(at, service),
+            }
+        }
         if host_part_changed || winners_changed {
             self.assemble_host_part(services);
         } else if !services.is_empty() {
@@ -862,8 +889,8 @@ pub struct ApplyOptions {
 /// What wakes the manifests' reader.
 #[derive(Debug)]
 pub enum Event {
-    /// A manifest file changed (or may have).
-    Manifests,
+    /// These manifest files changed (or may have).
+    Manifests(BTreeSet<PathBuf>),
     /// SIGHUP: read every manifest again.
     Reload,
 }
@@ -905,7 +932,7 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
         .map_or_else(|_| "localhost".into(), |h| h.trim().to_string());
     let mut state = LocalState::new(&host, options.role).with_vrrp_priority(options.vrrp_priority);
     let mut pending = ManifestChange::default();
-    let Some(first) = load(&mut manifests, &mut pending, false, options) else {
+    let Some(first) = load(&mut manifests, &mut pending, None, options) else {
         return Ok(false);
     };
     state.update(&first.change, &first.addresses);
@@ -956,8 +983,17 @@ fn read_manifests(
     options: &ApplyOptions,
 ) {
     while let Ok(event) = events.recv() {
-        let force = std::iter::once(event).chain(events.try_iter()).any(|e| matches!(e, Event::Reload));
-        match load(&mut manifests, &mut pending, force, options) {
+        // Every event queued, at once: the files they name, or all of them.
+        let mut named = Some(BTreeSet::new());
+        for event in std::iter::once(event).chain(events.try_iter()) {
+            match (event, &mut named) {
+                (Event::Manifests(files), Some(named)) => named.extend(files),
+                (Event::Manifests(_), None) => {}
+                (Event::Reload, _) => named = None,
+            }
+        }
+        let force = named.is_none();
+        match load(&mut manifests, &mut pending, named.as_ref(), options) {
             Some(update) if update.change.is_empty() && update.addresses == addresses && !force => {}
             Some(update) => {
                 addresses.clone_from(&update.addresses);
@@ -1012,10 +1048,13 @@ fn watch_signals(events: mpsc::Sender<Event>, inputs: mpsc::Sender<Input<Manifes
 fn load(
     manifests: &mut Manifests,
     pending: &mut ManifestChange,
-    force: bool,
+    named: Option<&BTreeSet<PathBuf>>,
     options: &ApplyOptions,
 ) -> Option<ManifestUpdate> {
-    let change = manifests.reload(force);
+    let change = match named {
+        Some(named) => manifests.reload_named(named),
+        None => manifests.reload(true),
+    };
     // A VirtualService added by a load that was not taken and removed since was never applied.
     for vs in change.removed {
         match pending.added.iter().position(|added| Arc::ptr_eq(added, &vs)) {
@@ -1055,11 +1094,13 @@ fn load(
 fn watch_manifests(path: &Path, events: mpsc::Sender<Event>) {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
+    // A file's events name it as the reader knows it (`path`), a directory's
+    // files as the directory listing does.
     let (directory, only) = if path.is_dir() {
         (path.to_path_buf(), None)
     } else {
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        (parent.to_path_buf(), path.file_name().map(|n| n.to_os_string()))
+        (parent.to_path_buf(), path.file_name().map(|n| (n.to_os_string(), path.to_path_buf())))
     };
     let flags = AddWatchFlags::IN_CLOSE_WRITE
         | AddWatchFlags::IN_MOVED_TO
@@ -1085,13 +1126,15 @@ fn watch_manifests(path: &Path, events: mpsc::Sender<Event>) {
                         }
                         continue;
                     }
-                    let relevant = found.iter().any(|event| {
-                        event.name.as_ref().is_some_and(|name| match &only {
-                            Some(only) => name == only,
-                            None => is_manifest(Path::new(name)),
+                    let named: BTreeSet<PathBuf> = found
+                        .iter()
+                        .filter_map(|event| event.name.as_ref())
+                        .filter_map(|name| match &only {
+                            Some((only, file)) => (name == only).then(|| file.clone()),
+                            None => is_manifest(Path::new(name)).then(|| directory.join(name)),
                         })
-                    });
-                    if relevant && events.send(Event::Manifests).is_err() {
+                        .collect();
+                    if !named.is_empty() && events.send(Event::Manifests(named)).is_err() {
                         return;
                     }
                 }
@@ -1314,12 +1357,47 @@ mod tests {
                 std::fs::write(path, text).unwrap();
             }
         }));
-        let first = manifests.load();
+        let first = manifests.load(None);
         assert_eq!(first.added.len(), 1);
         assert_eq!(first.added[0].spec.port, Some(80));
         let second = manifests.reload(false);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(second.added.iter().map(|vs| vs.spec.port).collect::<Vec<_>>(), [Some(8080)]);
         assert_eq!(std::fs::read_to_string(&file).ok(), None);
+    }
+
+    /// inotify's names: only those files are read again, and the files new or
+    /// gone are still seen.
+    #[test]
+    fn a_named_reload_reads_the_named_files_and_those_new_or_gone() {
+        let other = WEB.replace("name: web", "name: other").replace("10.0.0.1", "10.0.0.3");
+        let dir = manifest_dir("named", &[("web.yaml", WEB), ("other.yaml", &other)]);
+        let mut manifests = Manifests::new(&dir);
+        assert_eq!(manifests.reload(false).added.len(), 2);
+        // Both change (with another length: the stamp changes within the
+        // clock's tick too); only one is named.
+        std::fs::write(dir.join("web.yaml"), WEB.replace("port: 80", "port: 8080")).unwrap();
+        std::fs::write(dir.join("other.yaml"), other.replace("port: 80", "port: 8081")).unwrap();
+        let named = manifests.reload_named(&[dir.join("web.yaml")].into());
+        assert_eq!(named.added.iter().map(|vs| vs.spec.port).collect::<Vec<_>>(), [Some(8080)]);
+        // A new file and a file gone, with nothing named.
+        std::fs::write(
+            dir.join("new.yaml"),
+            WEB.replace("name: web", "name: new").replace("10.0.0.1", "10.0.0.4"),
+        )
+        .unwrap();
+        std::fs::remove_file(dir.join("web.yaml")).unwrap();
+        let listed = manifests.reload_named(&BTreeSet::new());
+        let names = |list: &[Arc<VirtualService>]| {
+            list.iter().map(|vs| kube::ResourceExt::name_any(&**vs)).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            (names(&listed.added), names(&listed.removed)),
+            (vec!["new".to_string()], vec!["web".to_string()])
+        );
+        // The one not named is read at the next full reload.
+        let full = manifests.reload(true);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(full.added.iter().any(|vs| vs.spec.port == Some(8081)), "{:?}", names(&full.added));
     }
 }

@@ -15,15 +15,22 @@ const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 /// ages and contents; sometimes invalid.
 fn virtual_service(name: &'static str) -> impl Strategy<Value = VirtualService> {
     (
-        select(vec!["192.168.16.100", "192.168.16.101"]),
-        select(vec![80u16, 443]),
+        // VIP services of two protocols, and fwmark services, whose claim
+        // ignores the protocol.
+        select(vec![
+            "vip: 192.168.16.100\n  port: 80",
+            "vip: 192.168.16.100\n  port: 80\n  protocol: UDP",
+            "vip: 192.168.16.101\n  port: 443",
+            "fwmark: 5",
+            "fwmark: 5\n  protocol: UDP",
+        ]),
         select(vec![None, Some("2026-01-01T00:00:00Z"), Some("2026-01-02T00:00:00Z")]),
         1u16..4,
         select(vec!["DirectRouting", "NAT", "Tunnel"]),
         any::<bool>(),
         prop::bool::weighted(0.1),
     )
-        .prop_map(move |(vip, port, created, weight, forwarding, vrrp, invalid)| {
+        .prop_map(move |(key, created, weight, forwarding, vrrp, invalid)| {
             let created = created.map_or(String::new(), |t| format!(", creationTimestamp: \"{t}\""));
             let failover = if vrrp {
                 "  failover: {vrrp: {virtualRouterId: 51, advertIntervalMs: 1000, preempt: true}}\n"
@@ -34,7 +41,7 @@ fn virtual_service(name: &'static str) -> impl Strategy<Value = VirtualService> 
             let text = format!(
                 "apiVersion: lvs.dev/v1alpha1\nkind: VirtualService\n\
                  metadata: {{name: {name}, namespace: default{created}}}\n\
-                 spec:\n  vip: {vip}\n  port: {port}\n  scheduler: wrr\n  forwarding: {forwarding}\n\
+                 spec:\n  {key}\n  scheduler: wrr\n  forwarding: {forwarding}\n\
                  {failover}  realServers:\n    - {{address: 192.168.16.21, weight: {weight}}}\n\
                  \x20   - {{address: {second}, weight: 1}}\n"
             );
