@@ -13,11 +13,12 @@
 //! Every input arrives on one channel ([`Input`]); the loop waits on it until
 //! the nearest of its own deadlines (the next resync, the end of the first
 //! drain, a delayed VRRP release), never polling. Inputs already queued are taken
-//! together: one round for all of them, the latest desired state winning. The
-//! periodic resync dumps the table on another thread, then plans a slice of the
-//! services per step, each step only when no input waits, so a change waits for
-//! one step at most. Standalone and cluster mode are a source of desired states
-//! and a [`Sink`] of rounds.
+//! together: one round for all of them. The loop holds the desired state; a
+//! source sends updates of it, which say what they changed (see
+//! [`DesiredState`]). The periodic resync dumps the table on another thread,
+//! then plans a slice of the services per step, each step only when no input
+//! waits, so a change waits for one step at most. Standalone and cluster mode
+//! are a source of updates and a [`Sink`] of rounds.
 
 use std::{
     collections::{BTreeSet, HashMap},
