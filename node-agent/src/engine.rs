@@ -35,6 +35,7 @@ use lvs_crds::{
     virtual_service::Forwarding,
 };
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use crate::{
     desired::{DesiredService, Health, desired_service, desired_services_with, service_key, spec_key},
@@ -45,10 +46,15 @@ use crate::{
 use lvs_health::HealthMap;
 use lvs_ipvs::{IpvsError, ServiceKey, ipvsadm::op_rule};
 
+/// The state file's format. A file of a later one is not read as this one.
+const STATE_VERSION: u32 = 1;
+
 /// What the agent keeps across restarts (`<state-dir>/state.json`).
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 struct AgentState {
+    /// The format (absent from the first agents' files, which are version 1).
+    version: Option<u32>,
     /// Owned services with the drain period they were last desired with.
     owned: Vec<(ServiceKey, Duration)>,
     /// Draining destinations and when each drain started (since the UNIX epoch).
@@ -265,6 +271,9 @@ pub struct Engine {
     /// (opened on the first resync: sockets belong to their creator's namespace).
     resync: Option<Resync>,
     dumper: Option<Arc<dyn Dumper>>,
+    /// Why the state file read at start could not be trusted, until the first
+    /// full round has reported what it leaves.
+    untrusted: Option<String>,
 }
 
 /// The periodic resync, in steps between the rounds of changes, so that no
@@ -307,13 +316,15 @@ impl Engine {
     ) -> Result<Self> {
         std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
         let state_file = state_dir.join("state.json");
-        let state = match std::fs::read_to_string(&state_file) {
-            Ok(text) => {
-                serde_json::from_str(&text).with_context(|| format!("reading {}", state_file.display()))?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => AgentState::default(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", state_file.display())),
-        };
+        let (mut state, untrusted) = read_state(&state_file);
+        if let Some(why) = &untrusted {
+            warn!(
+                file = %state_file.display(),
+                reason = %why,
+                "the state file cannot be trusted: starting with nothing owned (what is desired is adopted, the rest left in place and reported)"
+            );
+            state.host.adopt = true;
+        }
         let owned = Ownership(state.owned.iter().copied().collect());
         let drains = Drains(state.drains.iter().map(|(k, a, t)| ((*k, *a), *t)).collect());
         Ok(Engine {
@@ -330,6 +341,7 @@ impl Engine {
             vrrp: false,
             resync: None,
             dumper: None,
+            untrusted,
         })
     }
 
@@ -556,6 +568,17 @@ impl Engine {
                 (plan, changed)
             }
         };
+        // After a state file that could not be trusted, the first full round
+        // names the services it leaves: in the kernel, neither desired nor
+        // known to be the agent's.
+        let untrusted = if keys.is_none() { self.untrusted.take() } else { None };
+        if let Some(why) = &untrusted {
+            round.failures.push(Failure::new(Subject::StateFile, why.clone()));
+            for key in table.keys().filter(|key| !plan.owned.0.contains_key(key)) {
+                let left = format!("left in place: not known to be the agent's (the state file {why})");
+                round.failures.push(Failure::new(Subject::Service(*key), left));
+            }
+        }
         self.apply(&plan, &mut round);
         self.keep(plan, keys.as_ref(), &mut round);
         let host_due = keys.is_none()
@@ -566,7 +589,11 @@ impl Engine {
         if host_due {
             self.configure_host(spec, &mut round);
         }
-        if changed_state || host_due {
+        if untrusted.is_some() {
+            // Adopted what the host had of the desired part; from now on, as recorded.
+            self.state.host.adopt = false;
+        }
+        if changed_state || host_due || untrusted.is_some() {
             self.save(&mut round);
         }
         round
@@ -712,12 +739,14 @@ impl Engine {
             for (vip, e) in system.announce(&routed) {
                 fail(Subject::DirectorVip(vip.address), e);
             }
-            let to_take: Vec<DeviceAddress> = holdings
+            let (to_take, in_place): (Vec<DeviceAddress>, Vec<DeviceAddress>) = holdings
                 .addresses
                 .iter()
-                .filter(|a| addressed.get(&a.address) != Some(&a.device))
                 .cloned()
-                .collect();
+                .partition(|a| addressed.get(&a.address) != Some(&a.device));
+            if changes.adopt {
+                changes.addresses.extend(in_place);
+            }
             for (vip, e) in system.take_vips(changes, &to_take) {
                 fail(Subject::DirectorVip(vip.address), e);
             }
@@ -789,15 +818,59 @@ impl Engine {
     }
 
     fn write_state(&mut self) -> Result<()> {
+        self.state.version = Some(STATE_VERSION);
         self.state.owned = self.owned.0.iter().map(|(k, d)| (*k, *d)).collect();
         self.state.drains = self.drains.0.iter().map(|((k, a), t)| (*k, *a, *t)).collect();
-        // Write then rename, so a crash never leaves half a state file.
-        let partial = self.state_file.with_extension("json.partial");
-        std::fs::write(&partial, serde_json::to_vec(&self.state)?)
-            .with_context(|| format!("writing {}", partial.display()))?;
-        std::fs::rename(&partial, &self.state_file)
-            .with_context(|| format!("writing {}", self.state_file.display()))
+        write_durably(&self.state_file, &serde_json::to_vec(&self.state)?)
     }
+}
+
+/// The state file, or (with the default state) why it cannot be trusted:
+/// unreadable, not a state file (empty, truncated, corrupt), or of a later
+/// format. Such a file is moved aside to `state.json.untrusted` for a look; the
+/// agent then starts owning nothing, so it deletes nothing it cannot prove is
+/// its own.
+fn read_state(state_file: &Path) -> (AgentState, Option<String>) {
+    let why = match std::fs::read(state_file) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (AgentState::default(), None),
+        Err(e) => format!("could not be read: {e}"),
+        Ok(bytes) => match serde_json::from_slice::<AgentState>(&bytes) {
+            Ok(state) if state.version.unwrap_or(1) <= STATE_VERSION => return (state, None),
+            Ok(state) => format!(
+                "is of a later format (version {}, this agent reads {STATE_VERSION})",
+                state.version.unwrap_or_default()
+            ),
+            Err(e) => format!("is not a state file ({e})"),
+        },
+    };
+    let aside = state_file.with_extension("json.untrusted");
+    let why = match std::fs::rename(state_file, &aside) {
+        Ok(()) => format!("{why}; moved aside to {}", aside.display()),
+        Err(e) => format!("{why}; could not be moved aside: {e}"),
+    };
+    (AgentState::default(), Some(why))
+}
+
+/// Writes `bytes` to `file` so that a crash or a power loss leaves either the
+/// old file or the new one, whole: a temporary file, synced, renamed over it,
+/// and the directory synced (which makes the rename durable). A failed write
+/// (a full disk) leaves the old file and removes the temporary one.
+fn write_durably(file: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let partial = file.with_extension("json.partial");
+    let written = std::fs::File::create(&partial).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e).with_context(|| format!("writing {}", partial.display()));
+    }
+    std::fs::rename(&partial, file).with_context(|| format!("writing {}", file.display()))?;
+    let directory = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(directory)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", directory.display()))
 }
 
 /// The director's sysctls for `interface`, by how it forwards.

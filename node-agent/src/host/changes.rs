@@ -30,6 +30,11 @@ pub struct HostChanges {
     pub nft_table: bool,
     /// GUE ports the agent opened on a real server (see [`super::fou`]).
     pub gue_ports: BTreeSet<GuePort>,
+    /// Whether what is already in place of the desired host part is recorded
+    /// as the agent's (adopted): only while the record is lost (a state file
+    /// that could not be trusted), until the first full round.
+    #[serde(skip)]
+    pub adopt: bool,
 }
 
 /// A UDP port on which the kernel's fou module receives GUE, for one family.
@@ -55,7 +60,23 @@ pub struct DeviceAddress {
 impl HostChanges {
     /// True when the agent has nothing on the host to undo.
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        let HostChanges {
+            sysctls,
+            created_devices,
+            raised_devices,
+            addresses,
+            routes,
+            nft_table,
+            gue_ports,
+            adopt: _,
+        } = self;
+        sysctls.is_empty()
+            && created_devices.is_empty()
+            && raised_devices.is_empty()
+            && addresses.is_empty()
+            && routes.is_empty()
+            && !nft_table
+            && gue_ports.is_empty()
     }
 }
 

@@ -125,6 +125,10 @@ pub fn add_routes(
                 changes.routes.insert(route.clone());
                 added.push(route.clone());
             }
+            // The agent's own from before a lost record: adopted.
+            Err(Errno::EEXIST) if changes.adopt => {
+                changes.routes.insert(route.clone());
+            }
             // Someone else's, in the meantime.
             Err(Errno::EEXIST) => {}
             Err(errno) => failures.push((route.clone(), HostError::refused(adding(route), errno))),

@@ -17,7 +17,7 @@ use lvs_vrrp::{AddressFamily, InstanceConfig, VrrpState};
 
 use super::{Input, Sink, Supervisor, Why};
 use crate::{
-    engine::{Changed, Engine, Round, Scope},
+    engine::{Changed, Engine, Round, Scope, Subject},
     failover::Transition,
     host::{DeviceAddress, DeviceRoute, GuePort, HostChanges, HostError, sysctl::Forwarding},
     reconcile::{KernelTable, ObservedService, apply_to_table},
@@ -586,4 +586,79 @@ fn a_change_of_services_alone_leaves_the_host_part_unread() {
     let ops = host.ops();
     assert!(ops.iter().any(|op| op.starts_with("masquerade [198.51.100.1")), "{ops:?}");
     std::fs::remove_dir_all(&state_dir).unwrap();
+}
+
+/// A state file that cannot be trusted (empty, truncated, corrupt, of a later
+/// format) does not stop the agent: it is set aside, the agent starts owning
+/// nothing, adopts what is desired (the service, the VIP in place), leaves the
+/// rest and names it. A missing file is a first start: nothing to report, and
+/// an address in place stays someone else's.
+#[test]
+fn a_state_file_that_cannot_be_trusted_is_set_aside_and_nothing_unproven_is_deleted() {
+    let desired = spec(2, true, "");
+    let service = ServiceKey::tcp(SERVICE.parse().unwrap());
+    let foreign = ServiceKey::tcp("192.0.2.200:80".parse().unwrap());
+    let valid = br#"{"version":1,"owned":[],"drains":[],"host":{}}"#;
+    let cases: [(&str, Option<&[u8]>); 5] = [
+        ("missing", None),
+        ("empty", Some(b"")),
+        ("truncated", Some(&valid[..valid.len() / 2])),
+        ("corrupt", Some(b"\x00\xffnot json at all")),
+        ("newer", Some(br#"{"version":2,"owned":[],"layout":"of the future"}"#)),
+    ];
+    for (case, content) in cases {
+        let state_dir = std::env::temp_dir().join(format!("lvs-agent-state-{case}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let state_file = state_dir.join("state.json");
+        if let Some(content) = content {
+            std::fs::write(&state_file, content).unwrap();
+        }
+        // The kernel holds the desired service (another weight) and a foreign
+        // one; the host holds the VIP already.
+        let kernel = FakeKernel::default();
+        let in_kernel = crate::desired::desired_services(desired.director.as_ref().unwrap());
+        let mut other = in_kernel[0].service.clone();
+        other.key = foreign;
+        let mut ops = vec![IpvsOp::AddService(in_kernel[0].service.clone()), IpvsOp::AddService(other)];
+        ops.extend(
+            in_kernel[0]
+                .destinations
+                .iter()
+                .map(|d| IpvsOp::AddDestination(service, lvs_ipvs::Destination { weight: 9, ..*d })),
+        );
+        kernel.apply(&ops);
+        kernel.ops();
+        let host = FakeHost::default();
+        let vip = DeviceAddress { device: "eth0".into(), address: "192.0.2.100".parse().unwrap() };
+        host.addresses.lock().unwrap().insert(vip.clone());
+
+        let mut engine =
+            Engine::with(Box::new(kernel.clone()), Box::new(host.clone()), &state_dir, false).unwrap();
+        let round = engine.reconcile(&desired, Scope::Full);
+        let ops = kernel.ops();
+        assert!(ops.iter().all(|op| op.starts_with(&format!("-e -t {SERVICE}"))), "{case}: {ops:?}");
+        assert_eq!(ops.len(), 2, "{case}: both destinations adopted at weight 2 and 1: {ops:?}");
+        let named: Vec<String> = round.failures.iter().map(ToString::to_string).collect();
+        let untrusted = content.is_some();
+        assert_eq!(
+            round.failures.iter().any(|f| f.subject == Subject::Service(foreign)),
+            untrusted,
+            "{case}: {named:?}"
+        );
+        assert_eq!(round.failures.len(), if untrusted { 2 } else { 0 }, "{case}: {named:?}");
+        assert_eq!(std::fs::exists(state_dir.join("state.json.untrusted")).unwrap(), untrusted, "{case}");
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+        assert_eq!(written["version"], 1, "{case}");
+
+        // Nothing desired any more: the adopted service goes, the foreign one
+        // stays; the VIP goes only where it was adopted.
+        host.ops();
+        engine.reconcile(&LvsNodeSpec::default(), Scope::Full);
+        assert_eq!(kernel.ops(), [format!("-D -t {SERVICE}")], "{case}");
+        let removed = host.ops().contains(&"remove 192.0.2.100 on eth0".to_string());
+        assert_eq!(removed, untrusted, "{case}");
+        std::fs::remove_dir_all(&state_dir).unwrap();
+    }
 }
