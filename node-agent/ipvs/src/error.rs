@@ -90,6 +90,10 @@ pub enum IpvsError {
     /// outcome of this request is unknown.
     #[error("{op}: outcome unknown, the kernel's answer was lost (netlink receive buffer overrun)")]
     Lost { op: String },
+    /// A dump that concurrent changes interrupted (`NLM_F_DUMP_INTR`), every
+    /// time it was taken: it may miss or repeat entries, so it is not used.
+    #[error("{op}: the dump was interrupted by concurrent changes each time it was taken")]
+    Interrupted { op: String },
 }
 
 impl IpvsError {

@@ -15,8 +15,8 @@ use std::{
 };
 
 use netlink_packet_core::{
-    DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload, ParseableParametrized,
+    DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, ParseableParametrized,
 };
 use netlink_packet_generic::{
     GenlHeader, GenlMessage,
@@ -30,6 +30,7 @@ use super::{
     destination::DestinationEntry,
     error::{IpvsError, KernelError, Subject},
     message::{GENL_HDRLEN, IPVS_GENL_NAME, IpvsAttr, IpvsCmd, IpvsMessage, Nest, nests},
+    netlink::Sequences,
     ops::{Info, IpvsOp, Timeouts},
     service::{ServiceEntry, ServiceKey},
 };
@@ -175,9 +176,11 @@ impl IpvsHandle {
     /// every network namespace shares, so concurrent changes (even in another
     /// namespace) can repeat an entry. Repeats are dropped here.
     pub fn services(&self) -> Result<Vec<ServiceEntry>, IpvsError> {
-        let mut services = Vec::new();
-        self.for_each_service(|entry| services.push(entry))?;
-        Ok(services)
+        retrying(|| {
+            let mut services = Vec::new();
+            self.for_each_service(|entry| services.push(entry))?;
+            Ok(services)
+        })
     }
 
     /// Streams the service dump (without repeats) to `on_service` as it arrives.
@@ -215,7 +218,7 @@ impl IpvsHandle {
     /// (the kernel's dump does not tell the two apart). Repeats from concurrent
     /// changes are dropped, as for [`Self::services`].
     pub fn destinations(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>, IpvsError> {
-        self.connection().destinations(self.family_id, key)
+        retrying(|| self.connection().destinations(self.family_id, key))
     }
 
     /// The whole table: every service with its destinations.
@@ -234,6 +237,14 @@ impl IpvsHandle {
         &self,
         view: impl Fn(DestinationEntry) -> D + Sync,
     ) -> Result<Vec<(ServiceEntry, Vec<D>)>, IpvsError> {
+        retrying(|| self.table_once(&view))
+    }
+
+    /// One attempt at [`Self::table_of`].
+    fn table_once<D: Send>(
+        &self,
+        view: &(impl Fn(DestinationEntry) -> D + Sync),
+    ) -> Result<Vec<(ServiceEntry, Vec<D>)>, IpvsError> {
         let (to_workers, work) = mpsc::channel::<(usize, ServiceKey)>();
         let work = Mutex::new(work);
         let mut services = Vec::new();
@@ -242,7 +253,7 @@ impl IpvsHandle {
                 .connections
                 .iter()
                 .map(|connection| {
-                    let (work, view) = (&work, &view);
+                    let work = &work;
                     scope.spawn(move || {
                         let mut connection =
                             connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -341,7 +352,7 @@ enum Reply<'a> {
 
 struct Connection {
     socket: Socket,
-    next_sequence: u32,
+    sequences: Sequences,
     datagram: Vec<u8>,
     outgoing: Vec<u8>,
 }
@@ -359,16 +370,10 @@ impl Connection {
         let _ = raw.set_cap_ack(true);
         Ok(Connection {
             socket,
-            next_sequence: 1,
+            sequences: Sequences::default(),
             datagram: Vec::with_capacity(datagram),
             outgoing: Vec::new(),
         })
-    }
-
-    fn sequence(&mut self) -> u32 {
-        let seq = self.next_sequence;
-        self.next_sequence = self.next_sequence.wrapping_add(1).max(1);
-        seq
     }
 
     /// Appends one message to `outgoing`, returning its sequence number.
@@ -376,7 +381,16 @@ impl Connection {
     where
         F: netlink_packet_generic::GenlFamily + netlink_packet_core::Emitable + std::fmt::Debug,
     {
-        let seq = self.sequence();
+        let seq = self.sequences.reserve(1).first();
+        self.encode_as(family_id, flags, payload, seq);
+        seq
+    }
+
+    /// Appends one message with sequence number `seq` to `outgoing`.
+    fn encode_as<F>(&mut self, family_id: u16, flags: u16, payload: F, seq: u32)
+    where
+        F: netlink_packet_generic::GenlFamily + netlink_packet_core::Emitable + std::fmt::Debug,
+    {
         let mut genl = GenlMessage::from_payload(payload);
         genl.set_resolved_family_id(family_id);
         let mut header = NetlinkHeader::default();
@@ -387,7 +401,6 @@ impl Connection {
         let start = self.outgoing.len();
         self.outgoing.resize(start + message.buffer_len(), 0);
         message.serialize(&mut self.outgoing[start..]);
-        seq
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -420,7 +433,7 @@ impl Connection {
         loop {
             self.receive().map_err(io)?;
             for reply in replies(&self.datagram) {
-                let (reply_seq, reply) =
+                let (reply_seq, _, reply) =
                     reply.map_err(|message| IpvsError::Decode { op: op.into(), message })?;
                 if reply_seq != seq {
                     continue;
@@ -479,16 +492,23 @@ impl Connection {
     ) -> Result<(), IpvsError> {
         let seq = self.encode(family_id, flags, message);
         self.flush().map_err(|source| IpvsError::Io { op: op.into(), source })?;
+        let mut interrupted = false;
         loop {
             self.receive().map_err(|e| lost_or_io(op, e))?;
             for reply in replies(&self.datagram) {
-                let (reply_seq, reply) =
+                let (reply_seq, reply_flags, reply) =
                     reply.map_err(|message| IpvsError::Decode { op: op.into(), message })?;
                 if reply_seq != seq {
                     continue; // left over from a request whose caller gave up
                 }
+                // A dump that a concurrent change interrupted may miss or
+                // repeat entries: not trusted (its caller dumps again).
+                interrupted |= reply_flags & NLM_F_DUMP_INTR != 0;
                 match reply {
                     Reply::Data { payload, .. } => decode(op, on_reply(payload))?,
+                    Reply::Ack | Reply::Done(0) if interrupted => {
+                        return Err(IpvsError::Interrupted { op: op.into() });
+                    }
                     Reply::Ack | Reply::Done(0) => return Ok(()),
                     Reply::Error(errno) | Reply::Done(errno) => {
                         return Err(IpvsError::Kernel {
@@ -505,15 +525,11 @@ impl Connection {
     /// acknowledgement. Returns the failures by index within the chunk.
     fn run_chunk(&mut self, family_id: u16, ops: &[IpvsOp]) -> Result<(), Vec<(usize, IpvsError)>> {
         let Some(last_index) = ops.len().checked_sub(1) else { return Ok(()) };
-        let mut first_seq = 0;
-        for (i, op) in ops.iter().enumerate() {
+        let sequences = self.sequences.reserve(ops.len());
+        for ((i, op), seq) in ops.iter().enumerate().zip(sequences) {
             let flags = if i == last_index { NLM_F_REQUEST | NLM_F_ACK } else { NLM_F_REQUEST };
-            let seq = self.encode(family_id, flags, op.to_message());
-            if i == 0 {
-                first_seq = seq;
-            }
+            self.encode_as(family_id, flags, op.to_message(), seq);
         }
-        let index_of = |seq: u32| seq.wrapping_sub(first_seq) as usize;
         let whole_chunk_failed = |error: &dyn Fn(&IpvsOp) -> IpvsError| {
             ops.iter().enumerate().map(|(i, op)| (i, error(op))).collect::<Vec<_>>()
         };
@@ -546,11 +562,8 @@ impl Connection {
             }
             let mut done = false;
             for reply in replies(&self.datagram) {
-                let Ok((seq, reply)) = reply else { continue };
-                let index = index_of(seq);
-                if index > last_index {
-                    continue;
-                }
+                let Ok((seq, _, reply)) = reply else { continue };
+                let Some(index) = sequences.index_of(seq) else { continue };
                 match reply {
                     Reply::Error(errno) => {
                         let op = &ops[index];
@@ -568,6 +581,21 @@ impl Connection {
     }
 }
 
+/// Dumps taken in all when concurrent changes keep interrupting them.
+const DUMP_ATTEMPTS: usize = 5;
+
+/// `dump` again while concurrent changes interrupt it (`NLM_F_DUMP_INTR`):
+/// each attempt starts afresh, and an interrupted one is never used.
+fn retrying<T>(mut dump: impl FnMut() -> Result<T, IpvsError>) -> Result<T, IpvsError> {
+    let mut attempts = 1;
+    loop {
+        match dump() {
+            Err(IpvsError::Interrupted { .. }) if attempts < DUMP_ATTEMPTS => attempts += 1,
+            done => return done,
+        }
+    }
+}
+
 fn lost_or_io(op: &str, e: io::Error) -> IpvsError {
     if e.raw_os_error() == Some(Errno::ENOBUFS as i32) {
         IpvsError::Lost { op: op.into() }
@@ -576,8 +604,8 @@ fn lost_or_io(op: &str, e: io::Error) -> IpvsError {
     }
 }
 
-/// Splits a datagram into its netlink messages: (sequence number, reply).
-fn replies(datagram: &[u8]) -> impl Iterator<Item = Result<(u32, Reply<'_>), String>> {
+/// Splits a datagram into its netlink messages: (sequence number, flags, reply).
+fn replies(datagram: &[u8]) -> impl Iterator<Item = Result<(u32, u16, Reply<'_>), String>> {
     let mut offset = 0;
     std::iter::from_fn(move || {
         if offset >= datagram.len() {
@@ -602,6 +630,57 @@ fn replies(datagram: &[u8]) -> impl Iterator<Item = Result<(u32, Reply<'_>), Str
             NLMSG_DONE => Reply::Done(code()),
             message_type => Reply::Data { message_type, payload },
         };
-        Some(Ok((buffer.sequence_number(), reply)))
+        Some(Ok((buffer.sequence_number(), buffer.flags(), reply)))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interrupted() -> IpvsError {
+        IpvsError::Interrupted { op: "list services".into() }
+    }
+
+    #[test]
+    fn an_interrupted_dump_is_taken_again_and_never_used() {
+        let mut attempts = 0;
+        let dumped = retrying(|| {
+            attempts += 1;
+            if attempts < 3 { Err(interrupted()) } else { Ok(attempts) }
+        });
+        assert_eq!(dumped.unwrap(), 3);
+        // Interrupted every time: an error, after DUMP_ATTEMPTS tries.
+        let mut attempts = 0;
+        let dumped: Result<(), _> = retrying(|| {
+            attempts += 1;
+            Err(interrupted())
+        });
+        assert!(matches!(dumped, Err(IpvsError::Interrupted { .. })));
+        assert_eq!(attempts, DUMP_ATTEMPTS);
+        // Any other error ends it at once.
+        let mut attempts = 0;
+        let dumped: Result<(), _> = retrying(|| {
+            attempts += 1;
+            Err(IpvsError::Unavailable)
+        });
+        assert!(matches!(dumped, Err(IpvsError::Unavailable)));
+        assert_eq!(attempts, 1);
+    }
+
+    #[test]
+    fn a_reply_carries_its_flags() {
+        // NLMSG_DONE (16-byte header, 4-byte code), sequence 7, NLM_F_MULTI | NLM_F_DUMP_INTR.
+        let mut datagram = Vec::new();
+        datagram.extend(20u32.to_ne_bytes());
+        datagram.extend(NLMSG_DONE.to_ne_bytes());
+        datagram.extend((0x2 | NLM_F_DUMP_INTR).to_ne_bytes());
+        datagram.extend(7u32.to_ne_bytes());
+        datagram.extend(0u32.to_ne_bytes());
+        datagram.extend(0i32.to_ne_bytes());
+        let (sequence, flags, reply) = replies(&datagram).next().unwrap().unwrap();
+        assert_eq!(sequence, 7);
+        assert_ne!(flags & NLM_F_DUMP_INTR, 0);
+        assert!(matches!(reply, Reply::Done(0)));
+    }
 }

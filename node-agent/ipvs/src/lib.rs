@@ -17,6 +17,7 @@ mod error;
 mod handle;
 pub mod ipvsadm;
 mod message;
+pub mod netlink;
 mod nla;
 mod ops;
 mod service;

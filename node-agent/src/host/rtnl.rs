@@ -6,12 +6,13 @@
 use std::io;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::error::HostError;
+use lvs_ipvs::netlink::Sequences;
 
 /// Requests sent before their replies are read: bounded so that the replies
 /// (a route lookup's answer is ~100 bytes) fit the receive buffer.
@@ -22,6 +23,9 @@ const RECEIVE_BUFFER: usize = 1 << 20;
 const DATAGRAM: usize = 64 << 10;
 /// `MSG_TRUNC`: `recv` then reports a datagram's full length.
 const MSG_TRUNC: i32 = 0x20;
+/// Dumps taken again when the kernel marks them interrupted by a concurrent
+/// change (`NLM_F_DUMP_INTR`): such a dump may miss or repeat objects.
+const DUMP_ATTEMPTS: usize = 5;
 
 /// The answer to one request: its data replies, or the kernel's error number.
 pub(crate) type Answer = Result<Vec<RouteNetlinkMessage>, i32>;
@@ -29,7 +33,7 @@ pub(crate) type Answer = Result<Vec<RouteNetlinkMessage>, i32>;
 /// One socket in the network namespace of the thread that opened it.
 pub(crate) struct Rtnl {
     socket: Socket,
-    next_sequence: u32,
+    sequences: Sequences,
     datagram: Vec<u8>,
     outgoing: Vec<u8>,
 }
@@ -42,7 +46,8 @@ impl Rtnl {
         // Best effort: more room only matters for very large batches.
         let _ = socket.set_rx_buf_sz(RECEIVE_BUFFER);
         let _ = socket.set_cap_ack(true);
-        Ok(Rtnl { socket, next_sequence: 1, datagram: Vec::with_capacity(DATAGRAM), outgoing: Vec::new() })
+        let sequences = Sequences::default();
+        Ok(Rtnl { socket, sequences, datagram: Vec::with_capacity(DATAGRAM), outgoing: Vec::new() })
     }
 
     /// [`Rtnl::open`] for host changes: its failure is a [`HostError`].
@@ -50,20 +55,35 @@ impl Rtnl {
         Self::open().map_err(|e| HostError::io("opening a netlink socket", e))
     }
 
-    /// Every object of a kind (`RTM_GET*` with `NLM_F_DUMP`).
+    /// Every object of a kind (`RTM_GET*` with `NLM_F_DUMP`). A dump that a
+    /// concurrent change interrupted is not trusted: it is taken again.
     pub(crate) fn dump(&mut self, request: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        for _ in 0..DUMP_ATTEMPTS {
+            if let Some(objects) = self.dump_once(request.clone())? {
+                return Ok(objects);
+            }
+        }
+        Err(io::Error::other(format!(
+            "every one of {DUMP_ATTEMPTS} dumps was interrupted by concurrent changes"
+        )))
+    }
+
+    /// One dump: its objects, or `None` when the kernel marked it interrupted.
+    fn dump_once(&mut self, request: RouteNetlinkMessage) -> io::Result<Option<Vec<RouteNetlinkMessage>>> {
         let seq = self.encode(request, NLM_F_REQUEST | NLM_F_DUMP);
         self.flush()?;
         let mut objects = Vec::new();
+        let mut interrupted = false;
         loop {
             self.receive()?;
-            for (reply_seq, payload) in parse(&self.datagram)? {
-                if reply_seq != seq {
+            for reply in parse(&self.datagram)? {
+                if reply.sequence != seq {
                     continue; // left over from an earlier request
                 }
-                match payload {
+                interrupted |= reply.flags & NLM_F_DUMP_INTR != 0;
+                match reply.payload {
                     NetlinkPayload::InnerMessage(message) => objects.push(message),
-                    NetlinkPayload::Done(_) => return Ok(objects),
+                    NetlinkPayload::Done(_) => return Ok((!interrupted).then_some(objects)),
                     NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
                     _ => {}
                 }
@@ -81,24 +101,23 @@ impl Rtnl {
         let mut answers = Vec::with_capacity(requests.len());
         let mut requests = requests.into_iter().peekable();
         while requests.peek().is_some() {
-            let chunk: Vec<u32> = requests
-                .by_ref()
-                .take(CHUNK_REQUESTS)
-                .map(|request| self.encode(request, NLM_F_REQUEST | NLM_F_ACK | flags))
-                .collect();
+            let chunk: Vec<RouteNetlinkMessage> = requests.by_ref().take(CHUNK_REQUESTS).collect();
+            let sequences = self.sequences.reserve(chunk.len());
+            for (request, seq) in chunk.into_iter().zip(sequences) {
+                self.encode_as(request, NLM_F_REQUEST | NLM_F_ACK | flags, seq);
+            }
             self.flush()?;
-            let first = chunk[0];
-            let mut pending: Vec<Option<Answer>> = vec![None; chunk.len()];
-            let mut data: Vec<Vec<RouteNetlinkMessage>> = vec![Vec::new(); chunk.len()];
-            let mut open = chunk.len();
+            let mut pending: Vec<Option<Answer>> = vec![None; sequences.len()];
+            let mut data: Vec<Vec<RouteNetlinkMessage>> = vec![Vec::new(); sequences.len()];
+            let mut open = sequences.len();
             while open > 0 {
                 self.receive()?;
-                for (seq, payload) in parse(&self.datagram)? {
-                    let index = seq.wrapping_sub(first) as usize;
-                    if index >= chunk.len() || pending[index].is_some() {
+                for reply in parse(&self.datagram)? {
+                    let Some(index) = sequences.index_of(reply.sequence) else { continue };
+                    if pending[index].is_some() {
                         continue;
                     }
-                    match payload {
+                    match reply.payload {
                         NetlinkPayload::InnerMessage(message) => data[index].push(message),
                         NetlinkPayload::Error(e) => {
                             pending[index] = Some(match e.code {
@@ -117,8 +136,12 @@ impl Rtnl {
     }
 
     fn encode(&mut self, request: RouteNetlinkMessage, flags: u16) -> u32 {
-        let seq = self.next_sequence;
-        self.next_sequence = self.next_sequence.wrapping_add(1).max(1);
+        let seq = self.sequences.reserve(1).first();
+        self.encode_as(request, flags, seq);
+        seq
+    }
+
+    fn encode_as(&mut self, request: RouteNetlinkMessage, flags: u16, seq: u32) {
         let mut header = NetlinkHeader::default();
         header.flags = flags;
         header.sequence_number = seq;
@@ -127,7 +150,6 @@ impl Rtnl {
         let start = self.outgoing.len();
         self.outgoing.resize(start + message.buffer_len(), 0);
         message.serialize(&mut self.outgoing[start..]);
-        seq
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -146,8 +168,15 @@ impl Rtnl {
     }
 }
 
-/// Splits a datagram into its messages: (sequence number, payload).
-fn parse(datagram: &[u8]) -> io::Result<Vec<(u32, NetlinkPayload<RouteNetlinkMessage>)>> {
+/// One message of a reply datagram.
+struct Reply {
+    sequence: u32,
+    flags: u16,
+    payload: NetlinkPayload<RouteNetlinkMessage>,
+}
+
+/// Splits a datagram into its messages.
+fn parse(datagram: &[u8]) -> io::Result<Vec<Reply>> {
     let mut messages = Vec::new();
     let mut offset = 0;
     while offset + 16 <= datagram.len() {
@@ -157,7 +186,12 @@ fn parse(datagram: &[u8]) -> io::Result<Vec<(u32, NetlinkPayload<RouteNetlinkMes
         }
         let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&datagram[offset..offset + length])
             .map_err(|e| io::Error::other(format!("an undecodable netlink reply: {e}")))?;
-        messages.push((message.header.sequence_number, message.payload));
+        let header = message.header;
+        messages.push(Reply {
+            sequence: header.sequence_number,
+            flags: header.flags,
+            payload: message.payload,
+        });
         offset += length.div_ceil(4) * 4;
     }
     Ok(messages)
