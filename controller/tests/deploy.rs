@@ -102,7 +102,14 @@ fn the_agent_has_the_host_network_and_net_admin_and_net_raw_only() {
     let node_name =
         container["env"].as_sequence().unwrap().iter().find(|e| e["name"] == "NODE_NAME").unwrap();
     assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
-    assert_eq!(strings(&container["args"])[0], "run");
+    let args = strings(&container["args"]);
+    assert_eq!(args[0], "run");
+    // The endpoints on the node's address only (not through a VIP), probed.
+    assert!(args.contains(&"--metrics-address=$(HOST_IP):9101"), "{args:?}");
+    let host_ip = container["env"].as_sequence().unwrap().iter().find(|e| e["name"] == "HOST_IP").unwrap();
+    assert_eq!(host_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIP");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
 }
 
 /// Least privilege: no wildcards, no secrets, and writes only where the

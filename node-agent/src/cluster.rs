@@ -19,11 +19,11 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex, PoisonError, mpsc},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
-use axum::{Router, extract::State, routing::get};
+use axum::{Router, extract::State, http::StatusCode, routing::get};
 use futures::StreamExt;
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -151,7 +151,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let result = tokio::select! {
         result = watch_desired(api, &options.node_name, inputs_tx.clone()) => result,
         () = write_statuses => Err(anyhow::anyhow!("the engine thread stopped")),
-        result = axum::serve(listener, router(metrics)) => result.context("serving /metrics"),
+        result = axum::serve(listener, router(Endpoints::new(metrics, resync))) => result.context("serving /metrics"),
         () = shutdown_signal() => Ok(()),
     };
     // A graceful exit: VRRP masters hand their VIPs over at once.
@@ -235,6 +235,7 @@ struct StatusSink {
 
 impl Sink<Arc<Desired>> for StatusSink {
     fn round(&mut self, why: Why, desired: &Arc<Desired>, round: Round, agent: &Supervisor) -> bool {
+        self.metrics.heartbeat();
         let full = matches!(why, Why::Startup | Why::Repaired { finished: true });
         if matches!(why, Why::Repaired { finished: false })
             && round.applied.is_empty()
@@ -520,6 +521,8 @@ struct DropLabels {
 /// engine thread saw; the IPVS figures are read at scrape time.
 #[derive(Default)]
 pub struct AgentMetrics {
+    /// When the engine loop's last round ended: its liveness (see [`Endpoints`]).
+    last_round: Mutex<Option<Instant>>,
     rounds: Family<RoundLabels, Counter>,
     operations: Counter,
     failures: Counter,
@@ -528,6 +531,16 @@ pub struct AgentMetrics {
 }
 
 impl AgentMetrics {
+    /// The loop ran a round (any, a silent resync step too).
+    pub fn heartbeat(&self) {
+        *self.last_round.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// How long ago the loop's last round ended; `None` before the first.
+    fn since_last_round(&self) -> Option<Duration> {
+        self.last_round.lock().unwrap_or_else(PoisonError::into_inner).map(|at| at.elapsed())
+    }
+
     pub fn record(&self, round: &Round, full: bool) {
         self.rounds.get_or_create(&RoundLabels { kind: if full { "resync" } else { "change" } }).inc();
         self.operations.inc_by(round.applied.len() as u64);
@@ -701,14 +714,60 @@ where
     }
 }
 
-fn router(metrics: Arc<AgentMetrics>) -> Router {
-    Router::new()
-        .route("/metrics", get(scrape))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(metrics)
+/// What the endpoints answer from: the engine's figures, and how long the loop
+/// may go without a round before it counts as stuck.
+#[derive(Clone)]
+struct Endpoints {
+    metrics: Arc<AgentMetrics>,
+    stuck_after: Duration,
 }
 
-async fn scrape(State(metrics): State<Arc<AgentMetrics>>) -> ([(&'static str, &'static str); 1], String) {
+impl Endpoints {
+    /// The loop rounds at least once per resync (its steps are rounds): three
+    /// resyncs without one, and a minute to spare, is a loop that is stuck.
+    fn new(metrics: Arc<AgentMetrics>, resync: Duration) -> Self {
+        Endpoints { metrics, stuck_after: resync * 3 + Duration::from_secs(60) }
+    }
+}
+
+fn router(endpoints: Endpoints) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(endpoints)
+}
+
+/// Liveness: the engine loop's last round is recent (or the first has not
+/// ended yet: the startup round of a large table takes a while, and the first
+/// desired state may take a while to come).
+async fn healthz(State(endpoints): State<Endpoints>) -> (StatusCode, String) {
+    match endpoints.metrics.since_last_round() {
+        None => (StatusCode::OK, "ok: starting\n".into()),
+        Some(age) if age <= endpoints.stuck_after => {
+            (StatusCode::OK, format!("ok: last round {}s ago\n", age.as_secs()))
+        }
+        Some(age) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the engine loop's last round was {}s ago (stuck after {}s)\n",
+                age.as_secs(),
+                endpoints.stuck_after.as_secs()
+            ),
+        ),
+    }
+}
+
+/// Readiness: the first round has ended (the node's desired state is applied).
+async fn readyz(State(endpoints): State<Endpoints>) -> (StatusCode, &'static str) {
+    match endpoints.metrics.since_last_round() {
+        Some(_) => (StatusCode::OK, "ready\n"),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "the first round has not ended\n"),
+    }
+}
+
+async fn scrape(State(endpoints): State<Endpoints>) -> ([(&'static str, &'static str); 1], String) {
+    let metrics = endpoints.metrics;
     // A dump of a large table takes a while: off the async threads.
     let table = tokio::task::spawn_blocking(|| IpvsHandle::connect().and_then(|handle| handle.table()))
         .await
@@ -954,18 +1013,36 @@ spec:
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(Arc::default())).await.unwrap() });
-        for (path, expected) in [("/healthz", "ok"), ("/metrics", "lvs_agent_operations_total 0")] {
+        let metrics = Arc::new(AgentMetrics::default());
+        let endpoints = Endpoints::new(Arc::clone(&metrics), Duration::from_secs(10));
+        assert_eq!(endpoints.stuck_after, Duration::from_secs(90));
+        tokio::spawn(async move { axum::serve(listener, router(endpoints)).await.unwrap() });
+        let get = |path: &'static str| async move {
             let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
             let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
             stream.write_all(request.as_bytes()).await.unwrap();
             let mut response = String::new();
             stream.read_to_string(&mut response).await.unwrap();
-            assert!(
-                response.starts_with("HTTP/1.1 200") && response.contains(expected),
-                "{path}: {response}"
-            );
-        }
+            response
+        };
+        let answers = |response: &str, status: &str, text: &str| {
+            response.starts_with(&format!("HTTP/1.1 {status}")) && response.contains(text)
+        };
+        // Before the first round: live (starting), not ready.
+        let response = get("/healthz").await;
+        assert!(answers(&response, "200", "starting"), "{response}");
+        let response = get("/readyz").await;
+        assert!(answers(&response, "503", "first round"), "{response}");
+        let response = get("/metrics").await;
+        assert!(answers(&response, "200", "lvs_agent_operations_total 0"), "{response}");
+        // A round: live and ready.
+        metrics.heartbeat();
+        assert!(answers(&get("/healthz").await, "200", "last round 0s ago"));
+        assert!(answers(&get("/readyz").await, "200", "ready"));
+        // No round for longer than three resyncs and a minute: stuck.
+        *metrics.last_round.lock().unwrap() = Some(Instant::now() - Duration::from_secs(91));
+        let response = get("/healthz").await;
+        assert!(answers(&response, "503", "last round was 91s ago"), "{response}");
     }
 
     #[test]

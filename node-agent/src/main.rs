@@ -81,8 +81,10 @@ enum Command {
         node_name: String,
         #[command(flatten)]
         engine: EngineArgs,
-        /// Address of /metrics and /healthz.
-        #[arg(long, default_value = "0.0.0.0:9101")]
+        /// Address of /metrics, /healthz and /readyz. Not every address: a
+        /// director's VIPs are its addresses too, and the endpoints must not be
+        /// reachable through them (the DaemonSet binds the node's address).
+        #[arg(long, env = "METRICS_ADDRESS", default_value = "127.0.0.1:9101")]
         metrics_address: SocketAddr,
         /// Kubeconfig file; without it KUBECONFIG, ~/.kube/config or the
         /// in-cluster configuration.
