@@ -714,19 +714,43 @@ where
     }
 }
 
-/// What the endpoints answer from: the engine's figures, and how long the loop
-/// may go without a round before it counts as stuck.
+/// Scrapes in flight at once; more are answered 503 at once. One of them reads
+/// the kernel's table at a time, the others wait their turn: a scrape storm
+/// holds one table and one rendering, and takes one core at most.
+const SCRAPES_IN_FLIGHT: usize = 4;
+
+/// Reads the kernel's IPVS table (`None` when it cannot be read).
+type DumpTable = Arc<dyn Fn() -> Option<Vec<TableEntry>> + Send + Sync>;
+
+/// What the endpoints answer from: the engine's figures, how long the loop may
+/// go without a round before it counts as stuck, and the table reader.
 #[derive(Clone)]
 struct Endpoints {
     metrics: Arc<AgentMetrics>,
     stuck_after: Duration,
+    dump: DumpTable,
+    /// Admission of scrapes ([`SCRAPES_IN_FLIGHT`]), and the turn to read the table.
+    scrapes: Arc<tokio::sync::Semaphore>,
+    reading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Endpoints {
     /// The loop rounds at least once per resync (its steps are rounds): three
     /// resyncs without one, and a minute to spare, is a loop that is stuck.
     fn new(metrics: Arc<AgentMetrics>, resync: Duration) -> Self {
-        Endpoints { metrics, stuck_after: resync * 3 + Duration::from_secs(60) }
+        let dump: DumpTable = Arc::new(|| {
+            IpvsHandle::connect()
+                .and_then(|handle| handle.table())
+                .map_err(|error| warn!(%error, "metrics: reading the IPVS table"))
+                .ok()
+        });
+        Endpoints {
+            metrics,
+            stuck_after: resync * 3 + Duration::from_secs(60),
+            dump,
+            scrapes: Arc::new(tokio::sync::Semaphore::new(SCRAPES_IN_FLIGHT)),
+            reading: Arc::default(),
+        }
     }
 }
 
@@ -766,15 +790,22 @@ async fn readyz(State(endpoints): State<Endpoints>) -> (StatusCode, &'static str
     }
 }
 
-async fn scrape(State(endpoints): State<Endpoints>) -> ([(&'static str, &'static str); 1], String) {
-    let metrics = endpoints.metrics;
-    // A dump of a large table takes a while: off the async threads.
-    let table = tokio::task::spawn_blocking(|| IpvsHandle::connect().and_then(|handle| handle.table()))
-        .await
-        .ok()
-        .and_then(|table| table.map_err(|error| warn!(%error, "metrics: reading the IPVS table")).ok());
+async fn scrape(
+    State(endpoints): State<Endpoints>,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    let Ok(_admitted) = endpoints.scrapes.try_acquire() else {
+        let busy = format!("{SCRAPES_IN_FLIGHT} scrapes are in flight; try again later\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "text/plain")], busy);
+    };
+    let _turn = endpoints.reading.lock().await;
+    // Reading and rendering a large table take a while: off the async threads.
+    let (dump, metrics) = (Arc::clone(&endpoints.dump), Arc::clone(&endpoints.metrics));
+    let text = tokio::task::spawn_blocking(move || metrics_text(&metrics, dump().as_deref())).await;
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([("content-type", content_type)], metrics_text(&metrics, table.as_deref()))
+    match text {
+        Ok(text) => (StatusCode::OK, [("content-type", content_type)], text),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], format!("{e}\n")),
+    }
 }
 
 #[cfg(test)]
@@ -1043,6 +1074,42 @@ spec:
         *metrics.last_round.lock().unwrap() = Some(Instant::now() - Duration::from_secs(91));
         let response = get("/healthz").await;
         assert!(answers(&response, "503", "last round was 91s ago"), "{response}");
+    }
+
+    /// A scrape storm: a few scrapes in flight, the rest refused at once, and
+    /// one table read at a time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scrape_storm_reads_one_table_at_a_time() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (reading, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut endpoints = Endpoints::new(Arc::default(), Duration::from_secs(10));
+        let (now, peak) = (Arc::clone(&reading), Arc::clone(&most));
+        endpoints.dump = Arc::new(move || {
+            peak.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            now.fetch_sub(1, Ordering::SeqCst);
+            None
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(endpoints)).await.unwrap() });
+        let scrapes = (0..20).map(|_| {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+                let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+                stream.write_all(request.as_bytes()).await.unwrap();
+                let mut response = String::new();
+                stream.read_to_string(&mut response).await.unwrap();
+                response.get(9..12).unwrap_or_default().to_string()
+            })
+        });
+        let statuses: Vec<String> =
+            futures::future::join_all(scrapes).await.into_iter().map(Result::unwrap).collect();
+        let served = statuses.iter().filter(|s| *s == "200").count();
+        let refused = statuses.iter().filter(|s| *s == "503").count();
+        assert_eq!((served + refused, most.load(Ordering::SeqCst)), (20, 1), "{statuses:?}");
+        assert!((1..=SCRAPES_IN_FLIGHT).contains(&served), "{statuses:?}");
     }
 
     #[test]
