@@ -86,7 +86,8 @@ const IPVS_MODULES: [&str; 1] = ["ip_vs"];
 /// ip_tunnel once other tests loaded them (fou for GUE, ip_gre for GRE).
 const TUNNEL_MODULES: [&str; 6] = ["fou", "ip_gre", "gre", "ipip", "tunnel4", "ip_tunnel"];
 
-/// Answers of `n` requests from the client to the VIP, counted by body.
+/// Answers of `n` requests from the client to the VIP, counted by body (a
+/// failed request counts as its curl error text).
 fn requests(n: usize) -> BTreeMap<String, usize> {
     let mut answers = BTreeMap::new();
     for _ in 0..n {
@@ -94,6 +95,11 @@ fn requests(n: usize) -> BTreeMap<String, usize> {
         *answers.entry(answer.trim().to_string()).or_default() += 1;
     }
     answers
+}
+
+/// Every answer is a real server's: no request failed.
+fn only_real_servers_answer(answers: &BTreeMap<String, usize>) {
+    assert!(answers.keys().all(|answer| answer == "web1" || answer == "web2"), "answers: {answers:?}");
 }
 
 fn both_real_servers_answer(answers: &BTreeMap<String, usize>) {
@@ -341,6 +347,7 @@ fn source_hashing_keeps_a_client_on_one_server() {
         apply_once(node, &manifest);
     }
     let answers = requests(6);
+    only_real_servers_answer(&answers);
     assert_eq!(answers.len(), 1, "one client, one server: {answers:?}");
     assert_eq!(answers.values().sum::<usize>(), 6);
 }
@@ -357,6 +364,7 @@ fn persistence_keeps_a_client_on_one_server() {
     }
     assert!(in_ns("director1", "ipvsadm -S -n").contains("-s rr -p 60"));
     let answers = requests(6);
+    only_real_servers_answer(&answers);
     assert_eq!(answers.len(), 1, "rr alone would alternate: {answers:?}");
 }
 

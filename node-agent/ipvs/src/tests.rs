@@ -297,14 +297,30 @@ fn unknown_attributes_are_kept_raw() {
 
 #[test]
 fn truncated_or_corrupt_replies_are_errors_not_panics() {
+    // What parses is exactly what the bytes say: emitted again, the same bytes.
+    let faithful = |message: &IpvsMessage, bytes: &[u8]| {
+        let mut emitted = vec![0; message.buffer_len()];
+        message.emit(&mut emitted);
+        emitted == bytes
+    };
+    let mut refused = 0;
     for payload in captured(include_str!("../tests/captures/save.hex")) {
-        for cut in 0..payload.len() {
+        let header = GenlHeader { cmd: payload[0], version: payload[1] };
+        let whole = IpvsMessage::parse_with_param(&payload[GENL_HDRLEN..], header).expect("a captured reply");
+        assert!(faithful(&whole, &payload[GENL_HDRLEN..]));
+        for nest in nests(&payload, Nest::Service).flatten() {
+            ServiceEntry::decode(nest).expect("a captured service");
+        }
+        for nest in nests(&payload, Nest::Destination).flatten() {
+            DestinationEntry::decode(nest, 2).expect("a captured destination");
+        }
+        for cut in GENL_HDRLEN..payload.len() {
             let bytes = &payload[..cut];
-            if bytes.len() < GENL_HDRLEN {
-                continue;
+            // Cut inside an attribute: an error; between two: the attributes before the cut.
+            match IpvsMessage::parse_with_param(&bytes[GENL_HDRLEN..], header) {
+                Ok(message) => assert!(faithful(&message, &bytes[GENL_HDRLEN..]), "cut at {cut}"),
+                Err(_) => refused += 1,
             }
-            let header = GenlHeader { cmd: bytes[0], version: bytes[1] };
-            let _ = IpvsMessage::parse_with_param(&bytes[GENL_HDRLEN..], header);
             for nest in nests(bytes, Nest::Service).chain(nests(bytes, Nest::Destination)).flatten() {
                 let _ = ServiceEntry::decode(nest);
                 let _ = DestinationEntry::decode(nest, 2);
@@ -314,9 +330,13 @@ fn truncated_or_corrupt_replies_are_errors_not_panics() {
         for i in (GENL_HDRLEN..corrupt.len()).step_by(7) {
             corrupt[i] ^= 0x5a;
             let header = GenlHeader { cmd: corrupt[0], version: corrupt[1] };
-            let _ = IpvsMessage::parse_with_param(&corrupt[GENL_HDRLEN..], header);
+            match IpvsMessage::parse_with_param(&corrupt[GENL_HDRLEN..], header) {
+                Ok(message) => assert!(faithful(&message, &corrupt[GENL_HDRLEN..]), "corrupt at {i}"),
+                Err(_) => refused += 1,
+            }
         }
     }
+    assert!(refused > 0, "no truncated or corrupt reply was refused");
 }
 
 #[test]
