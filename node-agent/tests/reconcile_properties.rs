@@ -435,7 +435,13 @@ proptest! {
             let drains_of = |d: &Drains| d.0.iter().filter(|((k, _), _)| *k == key).map(|(a, t)| (*a, *t)).collect::<Vec<_>>();
             prop_assert_eq!(drains_of(&part.drains), drains_of(expected_drains), "drains of {}", key);
         }
-        if whole.next_check.is_some() && keys.len() == key_pool().len() {
+        // The next check is the first end of the part's drains (its own and
+        // those carried over), whatever the keys; with every key, the whole's.
+        let first_end = part.drains.0.iter().map(|((key, _), start)| {
+            start.saturating_add(part.owned.0.get(key).copied().unwrap_or_default())
+        }).min();
+        prop_assert_eq!(part.next_check, first_end);
+        if keys.len() == key_pool().len() {
             prop_assert_eq!(part.next_check, whole.next_check);
         }
     }
@@ -477,4 +483,38 @@ fn model_rejects_bad_plans() {
     assert!(
         apply_model(&with_destination, &[IpvsOp::DeleteService(key), IpvsOp::DeleteService(key)]).is_err()
     );
+}
+
+/// The generated worlds cover what the properties are about (as the crds'
+/// generators are checked): drains running, a next check, services owned,
+/// foreign services, and both modes.
+#[test]
+fn the_worlds_cover_drains_ownership_and_foreign_services() {
+    use proptest::{strategy::ValueTree, test_runner::TestRunner};
+    let mut runner = TestRunner::deterministic();
+    let samples = 1000;
+    let (mut draining, mut checked, mut owned, mut foreign, mut exclusive) = (0, 0, 0, 0, 0);
+    for _ in 0..samples {
+        let world = world().new_tree(&mut runner).unwrap().current();
+        let plan = world.plan(NOW);
+        draining += usize::from(!plan.drains.0.is_empty());
+        checked += usize::from(plan.next_check.is_some());
+        owned += usize::from(!world.owned.0.is_empty());
+        let desired = world.desired_keys();
+        foreign += usize::from(world.observed.iter().any(|(entry, _)| {
+            !desired.contains(&entry.service.key) && !world.owned.owns(&entry.service.key)
+        }));
+        exclusive += usize::from(world.exclusive);
+    }
+    let counts = [
+        ("draining", draining),
+        ("a next check", checked),
+        ("owned", owned),
+        ("foreign", foreign),
+        ("exclusive", exclusive),
+    ];
+    println!("of {samples} worlds: {counts:?}");
+    for (what, count) in counts {
+        assert!(count >= samples / 10 && count < samples, "{what}: {count} of {samples}");
+    }
 }
