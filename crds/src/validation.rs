@@ -480,6 +480,11 @@ mod tests {
         serde_yaml::from_str(yaml).unwrap()
     }
 
+    /// The errors of the spec `yaml`, as people read them (none when valid).
+    fn error_texts(yaml: &str) -> Vec<String> {
+        validate(&spec(yaml)).err().unwrap_or_default().iter().map(ToString::to_string).collect()
+    }
+
     #[test]
     fn netmasks_become_prefix_lengths() {
         use AddressFamily::{IPv4, IPv6};
@@ -531,15 +536,9 @@ mod tests {
     #[test]
     fn control_characters_in_the_request_are_refused_naming_field_and_value() {
         let check = |health_check: &str| {
-            let yaml = format!(
+            error_texts(&format!(
                 "{{vip: 192.168.16.100, port: 80, healthCheck: {health_check}, realServers: [{{address: 192.168.16.21}}]}}"
-            );
-            validate(&spec(&yaml))
-                .err()
-                .unwrap_or_default()
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
+            ))
         };
         assert_eq!(
             check(r#"{type: HTTP, path: "/health\r\nX-Injected: 1"}"#),
@@ -562,15 +561,9 @@ mod tests {
     #[test]
     fn advert_intervals_are_whole_centiseconds() {
         let vrrp = |interval: u32| {
-            let yaml = format!(
+            error_texts(&format!(
                 "{{vip: 192.168.16.100, port: 80, failover: {{vrrp: {{virtualRouterId: 1, advertIntervalMs: {interval}}}}}, realServers: [{{address: 192.168.16.21}}]}}"
-            );
-            validate(&spec(&yaml))
-                .err()
-                .unwrap_or_default()
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
+            ))
         };
         assert!(vrrp(10).is_empty() && vrrp(1000).is_empty() && vrrp(40950).is_empty());
         assert_eq!(

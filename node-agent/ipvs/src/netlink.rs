@@ -21,8 +21,9 @@ impl Default for Sequences {
 }
 
 impl Sequences {
-    /// Numbers from `next` on (tests start them near the wrap).
-    pub fn starting_at(next: u32) -> Self {
+    /// Numbers from `next` on (the tests start them near the wrap).
+    #[cfg(test)]
+    fn starting_at(next: u32) -> Self {
         Sequences { next: next.max(1) }
     }
 
