@@ -5,7 +5,7 @@
 //! watch LvsNodes (label lvs.dev/node=<node>) ─> assemble chunks ─> agent loop ─> kernel, host
 //!                                                                   │ Round
 //!                                status of each chunk (if changed) <┘
-//! kernel table at scrape time ─> /metrics
+//! kernel table at scrape time ─> /metrics (crate::endpoints)
 //! ```
 //!
 //! Cluster mode is a source and a sink of the agent's loop
@@ -18,12 +18,11 @@ use std::{
     collections::{BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::{Arc, Mutex, PoisonError, mpsc},
-    time::{Duration, Instant},
+    sync::{Arc, mpsc},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
-use axum::{Router, extract::State, http::StatusCode, routing::get};
 use futures::StreamExt;
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -41,19 +40,15 @@ use lvs_crds::{
     translate::assemble,
     virtual_service::VrrpState,
 };
-use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
-};
 use serde_json::json;
 
 use crate::{
+    endpoints::{AgentMetrics, Endpoints},
     engine::{Changed, Engine, Failure, Round, Subject},
     supervisor::{DesiredState, Input, Sink, Supervisor, Why},
 };
-use lvs_health::{CheckerStats, HealthMap};
-use lvs_ipvs::{DestinationEntry, IpvsHandle, ServiceKey, Stats, ipvsadm::TableEntry};
+use lvs_health::HealthMap;
+use lvs_ipvs::ServiceKey;
 use tracing::{info, warn};
 
 /// The field manager of the agent's status writes.
@@ -68,6 +63,8 @@ pub struct RunOptions {
     pub exclusive: bool,
     pub resync: Duration,
     pub metrics_address: SocketAddr,
+    /// Series for each real server on /metrics (see [`crate::endpoints`]).
+    pub metrics_destinations: bool,
     /// Absent: `KUBECONFIG`, `~/.kube/config`, or the in-cluster configuration.
     pub kubeconfig: Option<PathBuf>,
 }
@@ -151,7 +148,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let result = tokio::select! {
         result = watch_desired(api, &options.node_name, inputs_tx.clone()) => result,
         () = write_statuses => Err(anyhow::anyhow!("the engine thread stopped")),
-        result = axum::serve(listener, router(Endpoints::new(metrics, resync))) => result.context("serving /metrics"),
+        result = Endpoints::new(metrics, resync, options.metrics_destinations).serve(listener) => result.context("serving /metrics"),
         () = shutdown_signal() => Ok(()),
     };
     // A graceful exit: VRRP masters hand their VIPs over at once.
@@ -473,341 +470,6 @@ pub fn with_conditions(mut status: LvsNodeStatus, old: Option<&LvsNodeStatus>, n
     status
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RoundLabels {
-    /// `change` (a new desired state) or `resync` (a full one).
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ServiceLabels {
-    service: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DestinationLabels {
-    service: String,
-    destination: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CheckLabels {
-    /// `success`, or the kind of failure (`timeout`, `refused`, `status`, ...).
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HealthTransitionLabels {
-    /// `healthy` or `unhealthy`.
-    to: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VrrpLabels {
-    interface: String,
-    vrid: u8,
-    family: &'static str,
-}
-
-/// A VRRP instance's counter: name, help, value.
-type VrrpCounter = (&'static str, &'static str, fn(&lvs_vrrp::InstanceStats) -> u64);
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DropLabels {
-    reason: &'static str,
-}
-
-/// The agent's own counters, and the latest health-check and VRRP figures the
-/// engine thread saw; the IPVS figures are read at scrape time.
-#[derive(Default)]
-pub struct AgentMetrics {
-    /// When the engine loop's last round ended: its liveness (see [`Endpoints`]).
-    last_round: Mutex<Option<Instant>>,
-    rounds: Family<RoundLabels, Counter>,
-    operations: Counter,
-    failures: Counter,
-    health: Mutex<Option<CheckerStats>>,
-    vrrp: Mutex<Option<lvs_vrrp::Stats>>,
-}
-
-impl AgentMetrics {
-    /// The loop ran a round (any, a silent resync step too).
-    pub fn heartbeat(&self) {
-        *self.last_round.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-    }
-
-    /// How long ago the loop's last round ended; `None` before the first.
-    fn since_last_round(&self) -> Option<Duration> {
-        self.last_round.lock().unwrap_or_else(PoisonError::into_inner).map(|at| at.elapsed())
-    }
-
-    pub fn record(&self, round: &Round, full: bool) {
-        self.rounds.get_or_create(&RoundLabels { kind: if full { "resync" } else { "change" } }).inc();
-        self.operations.inc_by(round.applied.len() as u64);
-        self.failures.inc_by(round.failures.len() as u64);
-    }
-
-    /// Takes the health checks' and VRRP's figures from `agent`.
-    pub fn observe(&self, agent: &Supervisor) {
-        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = Some(agent.health_stats());
-        *self.vrrp.lock().unwrap_or_else(PoisonError::into_inner) = Some(agent.vrrp_stats());
-    }
-
-    fn register_health(&self, registry: &mut Registry) {
-        let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(health) = health.as_ref() else { return };
-        let checks = Family::<CheckLabels, Counter>::default();
-        checks.get_or_create(&CheckLabels { result: "success" }).inc_by(health.successes);
-        for (kind, count) in &health.failures {
-            checks.get_or_create(&CheckLabels { result: kind.label() }).inc_by(*count);
-        }
-        registry.register("health_checks", "Health checks completed, by result", checks);
-        let transitions = Family::<HealthTransitionLabels, Counter>::default();
-        transitions.get_or_create(&HealthTransitionLabels { to: "healthy" }).inc_by(health.ups);
-        transitions.get_or_create(&HealthTransitionLabels { to: "unhealthy" }).inc_by(health.downs);
-        registry.register("health_transitions", "Real servers turning healthy or unhealthy", transitions);
-        let healthy = Family::<DestinationLabels, Gauge>::default();
-        for target in &health.targets {
-            let labels = DestinationLabels {
-                service: target.service.to_string(),
-                destination: target.destination.to_string(),
-            };
-            healthy.get_or_create(&labels).set(i64::from(target.healthy));
-        }
-        registry.register("destination_healthy", "1 while the real server passes its health check", healthy);
-    }
-
-    fn register_vrrp(&self, registry: &mut Registry) {
-        let vrrp = self.vrrp.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(vrrp) = vrrp.as_ref() else { return };
-        let master = Family::<VrrpLabels, Gauge>::default();
-        let counters: [VrrpCounter; 4] = [
-            ("vrrp_transitions", "VRRP state transitions", |i| i.transitions),
-            ("vrrp_adverts_sent", "VRRP advertisements sent", |i| i.adverts_sent),
-            ("vrrp_adverts_received", "VRRP advertisements received", |i| i.adverts_received),
-            ("vrrp_send_errors", "VRRP advertisements that could not be sent", |i| i.send_errors),
-        ];
-        let families: Vec<Family<VrrpLabels, Counter>> = counters.iter().map(|_| Family::default()).collect();
-        for instance in &vrrp.instances {
-            let labels = VrrpLabels {
-                interface: instance.key.interface.clone(),
-                vrid: instance.key.vrid,
-                family: match instance.key.family {
-                    lvs_vrrp::AddressFamily::IPv4 => "IPv4",
-                    lvs_vrrp::AddressFamily::IPv6 => "IPv6",
-                },
-            };
-            master.get_or_create(&labels).set(i64::from(instance.state == lvs_vrrp::VrrpState::Master));
-            for ((_, _, value), family) in counters.iter().zip(&families) {
-                family.get_or_create(&labels).inc_by(value(instance));
-            }
-        }
-        registry.register("vrrp_master", "1 while this node is the VRRP master", master);
-        for ((name, help, _), family) in counters.iter().zip(families) {
-            registry.register(*name, *help, family);
-        }
-        let drops = Family::<DropLabels, Counter>::default();
-        for (reason, count) in vrrp.drops.by_reason() {
-            drops.get_or_create(&DropLabels { reason }).inc_by(count);
-        }
-        registry.register("vrrp_dropped", "Received VRRP packets ignored, by reason", drops);
-    }
-}
-
-/// One IPVS counter or rate: its metric name (after `service_`/`destination_`),
-/// help, and where it is in [`Stats`].
-type StatField = (&'static str, &'static str, fn(&Stats) -> u64);
-
-const COUNTERS: [StatField; 5] = [
-    ("connections", "Connections scheduled", |s| s.connections),
-    ("packets_in", "Packets received", |s| s.packets_in),
-    ("packets_out", "Packets sent", |s| s.packets_out),
-    ("bytes_in", "Bytes received", |s| s.bytes_in),
-    ("bytes_out", "Bytes sent", |s| s.bytes_out),
-];
-
-const RATES: [StatField; 5] = [
-    ("connections_per_second", "Connections per second (kernel estimate, 2 s)", |s| s.connections_rate),
-    ("packets_in_per_second", "Packets received per second", |s| s.packets_in_rate),
-    ("packets_out_per_second", "Packets sent per second", |s| s.packets_out_rate),
-    ("bytes_in_per_second", "Bytes received per second", |s| s.bytes_in_rate),
-    ("bytes_out_per_second", "Bytes sent per second", |s| s.bytes_out_rate),
-];
-
-/// A destination's gauge: name (after `destination_`), help, value.
-type DestinationField = (&'static str, &'static str, fn(&DestinationEntry) -> u32);
-
-const DESTINATION_GAUGES: [DestinationField; 3] = [
-    ("active_connections", "Active connections", |d| d.active_connections),
-    ("inactive_connections", "Inactive connections (e.g. TIME_WAIT)", |d| d.inactive_connections),
-    ("weight", "Weight in the kernel", |d| d.destination.weight),
-];
-
-/// The OpenMetrics text of the agent's counters and of `table` (the kernel's
-/// IPVS table; `None` when it could not be read, which `lvs_agent_ipvs_up`
-/// tells).
-pub fn metrics_text(metrics: &AgentMetrics, table: Option<&[TableEntry]>) -> String {
-    let mut registry = Registry::with_prefix("lvs_agent");
-    registry.register("reconciles", "Reconcile rounds, by kind", metrics.rounds.clone());
-    registry.register("operations", "IPVS operations applied", metrics.operations.clone());
-    registry.register("failures", "Failures of reconcile rounds", metrics.failures.clone());
-    let up = Gauge::<i64>::default();
-    up.set(i64::from(table.is_some()));
-    registry.register("ipvs_up", "1 when the kernel's IPVS table could be read", up);
-    metrics.register_health(&mut registry);
-    metrics.register_vrrp(&mut registry);
-
-    let table = table.unwrap_or_default();
-    let services = table
-        .iter()
-        .map(|(service, _)| (ServiceLabels { service: service.service.key.to_string() }, &service.stats));
-    register_stats(&mut registry, "service", services.collect());
-    let destinations: Vec<_> = table
-        .iter()
-        .flat_map(|(service, destinations)| {
-            let service = service.service.key.to_string();
-            destinations.iter().map(move |d| {
-                let labels = DestinationLabels {
-                    service: service.clone(),
-                    destination: d.destination.address.to_string(),
-                };
-                (labels, d)
-            })
-        })
-        .collect();
-    for (name, help, value) in DESTINATION_GAUGES {
-        let family = Family::<DestinationLabels, Gauge>::default();
-        for (labels, destination) in &destinations {
-            family.get_or_create(labels).set(value(destination).into());
-        }
-        registry.register(format!("destination_{name}"), help, family);
-    }
-    register_stats(
-        &mut registry,
-        "destination",
-        destinations.iter().map(|(l, d)| (l.clone(), &d.stats)).collect(),
-    );
-
-    let mut text = String::new();
-    encode(&mut text, &registry).expect("writing to a String cannot fail");
-    text
-}
-
-/// The counters and rates of `rows` as `<what>_<field>` families.
-fn register_stats<L>(registry: &mut Registry, what: &str, rows: Vec<(L, &Stats)>)
-where
-    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
-{
-    for (name, help, value) in COUNTERS {
-        let family = Family::<L, Counter>::default();
-        for (labels, stats) in &rows {
-            family.get_or_create(labels).inc_by(value(stats));
-        }
-        registry.register(format!("{what}_{name}"), help, family);
-    }
-    for (name, help, value) in RATES {
-        let family = Family::<L, Gauge>::default();
-        for (labels, stats) in &rows {
-            family.get_or_create(labels).set(i64::try_from(value(stats)).unwrap_or(i64::MAX));
-        }
-        registry.register(format!("{what}_{name}"), help, family);
-    }
-}
-
-/// Scrapes in flight at once; more are answered 503 at once. One of them reads
-/// the kernel's table at a time, the others wait their turn: a scrape storm
-/// holds one table and one rendering, and takes one core at most.
-const SCRAPES_IN_FLIGHT: usize = 4;
-
-/// Reads the kernel's IPVS table (`None` when it cannot be read).
-type DumpTable = Arc<dyn Fn() -> Option<Vec<TableEntry>> + Send + Sync>;
-
-/// What the endpoints answer from: the engine's figures, how long the loop may
-/// go without a round before it counts as stuck, and the table reader.
-#[derive(Clone)]
-struct Endpoints {
-    metrics: Arc<AgentMetrics>,
-    stuck_after: Duration,
-    dump: DumpTable,
-    /// Admission of scrapes ([`SCRAPES_IN_FLIGHT`]), and the turn to read the table.
-    scrapes: Arc<tokio::sync::Semaphore>,
-    reading: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl Endpoints {
-    /// The loop rounds at least once per resync (its steps are rounds): three
-    /// resyncs without one, and a minute to spare, is a loop that is stuck.
-    fn new(metrics: Arc<AgentMetrics>, resync: Duration) -> Self {
-        let dump: DumpTable = Arc::new(|| {
-            IpvsHandle::connect()
-                .and_then(|handle| handle.table())
-                .map_err(|error| warn!(%error, "metrics: reading the IPVS table"))
-                .ok()
-        });
-        Endpoints {
-            metrics,
-            stuck_after: resync * 3 + Duration::from_secs(60),
-            dump,
-            scrapes: Arc::new(tokio::sync::Semaphore::new(SCRAPES_IN_FLIGHT)),
-            reading: Arc::default(),
-        }
-    }
-}
-
-fn router(endpoints: Endpoints) -> Router {
-    Router::new()
-        .route("/metrics", get(scrape))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(endpoints)
-}
-
-/// Liveness: the engine loop's last round is recent (or the first has not
-/// ended yet: the startup round of a large table takes a while, and the first
-/// desired state may take a while to come).
-async fn healthz(State(endpoints): State<Endpoints>) -> (StatusCode, String) {
-    match endpoints.metrics.since_last_round() {
-        None => (StatusCode::OK, "ok: starting\n".into()),
-        Some(age) if age <= endpoints.stuck_after => {
-            (StatusCode::OK, format!("ok: last round {}s ago\n", age.as_secs()))
-        }
-        Some(age) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the engine loop's last round was {}s ago (stuck after {}s)\n",
-                age.as_secs(),
-                endpoints.stuck_after.as_secs()
-            ),
-        ),
-    }
-}
-
-/// Readiness: the first round has ended (the node's desired state is applied).
-async fn readyz(State(endpoints): State<Endpoints>) -> (StatusCode, &'static str) {
-    match endpoints.metrics.since_last_round() {
-        Some(_) => (StatusCode::OK, "ready\n"),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "the first round has not ended\n"),
-    }
-}
-
-async fn scrape(
-    State(endpoints): State<Endpoints>,
-) -> (StatusCode, [(&'static str, &'static str); 1], String) {
-    let Ok(_admitted) = endpoints.scrapes.try_acquire() else {
-        let busy = format!("{SCRAPES_IN_FLIGHT} scrapes are in flight; try again later\n");
-        return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "text/plain")], busy);
-    };
-    let _turn = endpoints.reading.lock().await;
-    // Reading and rendering a large table take a while: off the async threads.
-    let (dump, metrics) = (Arc::clone(&endpoints.dump), Arc::clone(&endpoints.metrics));
-    let text = tokio::task::spawn_blocking(move || metrics_text(&metrics, dump().as_deref())).await;
-    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    match text {
-        Ok(text) => (StatusCode::OK, [("content-type", content_type)], text),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], format!("{e}\n")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use http::{Method, Request, Response, StatusCode};
@@ -819,7 +481,7 @@ mod tests {
         lvs_node::IpvsServiceKey,
         virtual_service::{AddressFamily, Protocol},
     };
-    use lvs_ipvs::{Destination, ForwardMethod, IpvsError, KernelError, Service, ServiceEntry, ServiceKey};
+    use lvs_ipvs::{IpvsError, KernelError, ServiceKey};
 
     /// Chunk `chunk` of node `lvs1`'s state at `revision`, generation 3: one
     /// service `default/<name>` on VIP 192.0.2.<chunk + 10>:80 with two real
@@ -1037,167 +699,6 @@ spec:
             .collect();
         assert_eq!(states, [("Applied", "False", &t2), ("Degraded", "True", &t2)]);
         assert_eq!(second.conditions[1].message, "revision r1: 2 failure(s)");
-    }
-
-    #[tokio::test]
-    async fn endpoints_answer() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let metrics = Arc::new(AgentMetrics::default());
-        let endpoints = Endpoints::new(Arc::clone(&metrics), Duration::from_secs(10));
-        assert_eq!(endpoints.stuck_after, Duration::from_secs(90));
-        tokio::spawn(async move { axum::serve(listener, router(endpoints)).await.unwrap() });
-        let get = |path: &'static str| async move {
-            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-            let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-            stream.write_all(request.as_bytes()).await.unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.unwrap();
-            response
-        };
-        let answers = |response: &str, status: &str, text: &str| {
-            response.starts_with(&format!("HTTP/1.1 {status}")) && response.contains(text)
-        };
-        // Before the first round: live (starting), not ready.
-        let response = get("/healthz").await;
-        assert!(answers(&response, "200", "starting"), "{response}");
-        let response = get("/readyz").await;
-        assert!(answers(&response, "503", "first round"), "{response}");
-        let response = get("/metrics").await;
-        assert!(answers(&response, "200", "lvs_agent_operations_total 0"), "{response}");
-        // A round: live and ready.
-        metrics.heartbeat();
-        assert!(answers(&get("/healthz").await, "200", "last round 0s ago"));
-        assert!(answers(&get("/readyz").await, "200", "ready"));
-        // No round for longer than three resyncs and a minute: stuck.
-        *metrics.last_round.lock().unwrap() = Some(Instant::now() - Duration::from_secs(91));
-        let response = get("/healthz").await;
-        assert!(answers(&response, "503", "last round was 91s ago"), "{response}");
-    }
-
-    /// A scrape storm: a few scrapes in flight, the rest refused at once, and
-    /// one table read at a time.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_scrape_storm_reads_one_table_at_a_time() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let (reading, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let mut endpoints = Endpoints::new(Arc::default(), Duration::from_secs(10));
-        let (now, peak) = (Arc::clone(&reading), Arc::clone(&most));
-        endpoints.dump = Arc::new(move || {
-            peak.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(300));
-            now.fetch_sub(1, Ordering::SeqCst);
-            None
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(endpoints)).await.unwrap() });
-        let scrapes = (0..20).map(|_| {
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-                let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-                stream.write_all(request.as_bytes()).await.unwrap();
-                let mut response = String::new();
-                stream.read_to_string(&mut response).await.unwrap();
-                response.get(9..12).unwrap_or_default().to_string()
-            })
-        });
-        let statuses: Vec<String> =
-            futures::future::join_all(scrapes).await.into_iter().map(Result::unwrap).collect();
-        let served = statuses.iter().filter(|s| *s == "200").count();
-        let refused = statuses.iter().filter(|s| *s == "503").count();
-        assert_eq!((served + refused, most.load(Ordering::SeqCst)), (20, 1), "{statuses:?}");
-        assert!((1..=SCRAPES_IN_FLIGHT).contains(&served), "{statuses:?}");
-    }
-
-    #[test]
-    fn metrics_carry_each_service_and_destination() {
-        let key = ServiceKey::tcp("192.0.2.10:80".parse().unwrap());
-        let stats = Stats { connections: 5, bytes_in: 1000, bytes_in_rate: 40, ..Stats::default() };
-        let destination = DestinationEntry {
-            destination: Destination::new("198.51.100.1:80".parse().unwrap(), ForwardMethod::DirectRoute, 2),
-            active_connections: 3,
-            inactive_connections: 1,
-            persistent_connections: 0,
-            stats: Stats { connections: 4, packets_out: 9, ..Stats::default() },
-        };
-        let table = vec![(ServiceEntry { service: Service::new(key, "rr"), stats }, vec![destination])];
-        let metrics = AgentMetrics::default();
-        metrics.record(&failing_round(), true);
-        let text = metrics_text(&metrics, Some(&table));
-        let service = r#"service="TCP 192.0.2.10:80""#;
-        let both = r#"service="TCP 192.0.2.10:80",destination="198.51.100.1:80""#;
-        for line in [
-            r#"lvs_agent_reconciles_total{kind="resync"} 1"#.to_string(),
-            "lvs_agent_operations_total 1".into(),
-            "lvs_agent_failures_total 2".into(),
-            "lvs_agent_ipvs_up 1".into(),
-            format!("lvs_agent_service_connections_total{{{service}}} 5"),
-            format!("lvs_agent_service_bytes_in_total{{{service}}} 1000"),
-            format!("lvs_agent_service_bytes_in_per_second{{{service}}} 40"),
-            format!("lvs_agent_destination_connections_total{{{both}}} 4"),
-            format!("lvs_agent_destination_packets_out_total{{{both}}} 9"),
-            format!("lvs_agent_destination_active_connections{{{both}}} 3"),
-            format!("lvs_agent_destination_inactive_connections{{{both}}} 1"),
-            format!("lvs_agent_destination_weight{{{both}}} 2"),
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
-        }
-        assert!(metrics_text(&metrics, None).contains("lvs_agent_ipvs_up 0"));
-    }
-
-    #[test]
-    fn metrics_carry_health_checks_and_vrrp() {
-        use lvs_health::{FailureKind, TargetStatus};
-        let metrics = AgentMetrics::default();
-        let service = ServiceKey::tcp("192.0.2.10:80".parse().unwrap());
-        *metrics.health.lock().unwrap() = Some(CheckerStats {
-            checks: 7,
-            successes: 5,
-            failures: [(FailureKind::Timeout, 2)].into(),
-            ups: 1,
-            downs: 2,
-            targets: vec![TargetStatus {
-                service,
-                destination: "198.51.100.1:80".parse().unwrap(),
-                healthy: false,
-                last_check_passed: Some(false),
-                reason: Some("timeout after 1 s".into()),
-                checks: 7,
-            }],
-        });
-        *metrics.vrrp.lock().unwrap() = Some(lvs_vrrp::Stats {
-            instances: vec![lvs_vrrp::InstanceStats {
-                key: lvs_vrrp::InstanceKey {
-                    interface: "eth0".into(),
-                    family: lvs_vrrp::AddressFamily::IPv4,
-                    vrid: 51,
-                },
-                state: lvs_vrrp::VrrpState::Master,
-                adverts_sent: 10,
-                adverts_received: 3,
-                send_errors: 0,
-                transitions: 2,
-            }],
-            drops: lvs_vrrp::Drops { bad_checksum: 4, ..Default::default() },
-        });
-        let text = metrics_text(&metrics, None);
-        let instance = r#"interface="eth0",vrid="51",family="IPv4""#;
-        for line in [
-            r#"lvs_agent_health_checks_total{result="success"} 5"#.to_string(),
-            r#"lvs_agent_health_checks_total{result="timeout"} 2"#.into(),
-            r#"lvs_agent_health_transitions_total{to="unhealthy"} 2"#.into(),
-            r#"lvs_agent_destination_healthy{service="TCP 192.0.2.10:80",destination="198.51.100.1:80"} 0"#
-                .into(),
-            format!("lvs_agent_vrrp_master{{{instance}}} 1"),
-            format!("lvs_agent_vrrp_transitions_total{{{instance}}} 2"),
-            format!("lvs_agent_vrrp_adverts_sent_total{{{instance}}} 10"),
-            r#"lvs_agent_vrrp_dropped_total{reason="bad_checksum"} 4"#.into(),
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
-        }
     }
 
     #[test]

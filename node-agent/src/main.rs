@@ -86,6 +86,10 @@ enum Command {
         /// reachable through them (the DaemonSet binds the node's address).
         #[arg(long, env = "METRICS_ADDRESS", default_value = "127.0.0.1:9101")]
         metrics_address: SocketAddr,
+        /// Series for each real server on /metrics (a million lines at 10,000
+        /// services of 10 real servers), besides those of each service.
+        #[arg(long)]
+        metrics_destinations: bool,
         /// Kubeconfig file; without it KUBECONFIG, ~/.kube/config or the
         /// in-cluster configuration.
         #[arg(long)]
@@ -135,6 +139,12 @@ enum Command {
         /// This director's VRRP priority (1-254).
         #[arg(long, default_value_t = DEFAULT_VRRP_PRIORITY, value_parser = clap::value_parser!(u8).range(1..=254))]
         vrrp_priority: u8,
+        /// Serve /metrics, /healthz and /readyz on this address (not with --once).
+        #[arg(long, conflicts_with_all = ["once", "dry_run"])]
+        metrics_address: Option<SocketAddr>,
+        /// Series for each real server on /metrics, besides those of each service.
+        #[arg(long, requires = "metrics_address")]
+        metrics_destinations: bool,
     },
     /// Convert ipvsadm rules (`ipvsadm -S`) or a keepalived.conf's
     /// `virtual_server` blocks from FILE or standard input into VirtualService
@@ -162,7 +172,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { node_name, engine, metrics_address, kubeconfig } => {
+        Command::Run { node_name, engine, metrics_address, metrics_destinations, kubeconfig } => {
             let options = RunOptions {
                 node_name,
                 resync: engine.resync(),
@@ -170,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sysctl_root: engine.sysctl_root,
                 exclusive: engine.exclusive,
                 metrics_address,
+                metrics_destinations,
                 kubeconfig,
             };
             tokio::runtime::Runtime::new()?.block_on(cluster::run(options))?;
@@ -215,7 +226,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Apply { path, once, dry_run, role, engine, vrrp_priority } => {
+        Command::Apply {
+            path,
+            once,
+            dry_run,
+            role,
+            engine,
+            vrrp_priority,
+            metrics_address,
+            metrics_destinations,
+        } => {
             let options = ApplyOptions {
                 path,
                 once,
@@ -226,6 +246,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sysctl_root: engine.sysctl_root,
                 exclusive: engine.exclusive,
                 vrrp_priority,
+                metrics_address,
+                metrics_destinations,
             };
             if !standalone::apply(&options)? {
                 return Ok(ExitCode::FAILURE);

@@ -22,14 +22,14 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap, hash_map::DefaultHasher},
     fmt,
     hash::{Hash, Hasher},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::{Arc, mpsc},
     time::{Duration, SystemTime},
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -49,6 +49,7 @@ use lvs_crds::{
 
 use crate::{
     desired::{desired_services, service_key},
+    endpoints::{AgentMetrics, Endpoints},
     engine::{self, Changed, Engine, Round, Scope},
     host::address,
     reconcile::{Drains, Ownership, plan},
@@ -884,6 +885,10 @@ pub struct ApplyOptions {
     pub resync: Duration,
     /// This director's VRRP priority, 1-254.
     pub vrrp_priority: u8,
+    /// Where to serve /metrics, /healthz and /readyz, if anywhere.
+    pub metrics_address: Option<SocketAddr>,
+    /// Series for each real server on /metrics.
+    pub metrics_destinations: bool,
 }
 
 /// What wakes the manifests' reader.
@@ -958,6 +963,18 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
         .thread_name("lvs-agent-tasks")
         .enable_all()
         .build()?;
+    let metrics = Arc::new(AgentMetrics::default());
+    if let Some(address) = options.metrics_address {
+        let endpoints = Endpoints::new(Arc::clone(&metrics), options.resync, options.metrics_destinations);
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(address))
+            .with_context(|| format!("listening on {address}"))?;
+        runtime.spawn(async move {
+            if let Err(error) = endpoints.serve(listener).await {
+                warn!(%error, "serving /metrics");
+            }
+        });
+    }
     let agent = Supervisor::new(engine, runtime.handle().clone(), &inputs_tx);
     // The first round is the state as loaded: nothing more to take in.
     let addresses = first.addresses;
@@ -967,7 +984,7 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
     std::thread::Builder::new().name("manifests".into()).spawn(move || {
         read_manifests(&changes, &inputs_tx, manifests, pending, addresses, &source_options);
     })?;
-    agent.run(state, &inputs, &mut LogSink, options.resync);
+    agent.run(state, &inputs, &mut LogSink { metrics }, options.resync);
     Ok(true)
 }
 
@@ -1007,11 +1024,15 @@ fn read_manifests(
     }
 }
 
-/// The sink of standalone mode: each round's operations and failures, logged.
-struct LogSink;
+/// The sink of standalone mode: each round's operations and failures, logged,
+/// and counted for /metrics.
+struct LogSink {
+    metrics: Arc<AgentMetrics>,
+}
 
 impl Sink<LocalState> for LogSink {
-    fn round(&mut self, why: Why, _: &LocalState, round: Round, _: &Supervisor) -> bool {
+    fn round(&mut self, why: Why, _: &LocalState, round: Round, agent: &Supervisor) -> bool {
+        self.metrics.round(&round, matches!(why, Why::Startup | Why::Repaired { finished: true }), agent);
         let verb = match why {
             Why::Startup | Why::Applied => "applied",
             Why::Health => "health",
