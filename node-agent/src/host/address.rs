@@ -22,9 +22,10 @@ use nix::errno::Errno;
 
 use super::{
     announce,
-    changes::{DeviceAddress, HostChanges},
+    changes::{DeviceAddress, DeviceRoute, HostChanges},
     error::{Cause, HostError, Result},
     link::link_names,
+    local_routes,
     rtnl::Rtnl,
 };
 
@@ -44,7 +45,9 @@ pub fn take_vips(changes: &mut HostChanges, vips: &[DeviceAddress]) -> Vec<(Devi
 ///
 /// An address this host holds routes through `lo` (the local table comes
 /// first), as a VIP does that is still here from before a restart: its device
-/// is then the one that holds it, or else the one whose subnet contains it.
+/// is then the one that holds it, or the one of a `local` route that covers it
+/// (a block of VIPs taken before a restart whose record was lost), or else the
+/// one whose subnet contains it.
 pub fn route_devices(addresses: &[IpAddr]) -> Vec<Result<String>> {
     if addresses.is_empty() {
         return Vec::new();
@@ -54,7 +57,7 @@ pub fn route_devices(addresses: &[IpAddr]) -> Vec<Result<String>> {
         let names = link_names(&mut rtnl)?;
         let requests = addresses.iter().map(|address| RouteNetlinkMessage::GetRoute(route_query(*address)));
         let answers = rtnl.batch(requests.collect(), 0).map_err(|e| HostError::io("looking up routes", e))?;
-        let mut subnets = None;
+        let mut local = None;
         let mut devices = Vec::with_capacity(addresses.len());
         for (address, answer) in addresses.iter().zip(answers) {
             let no_route = || HostError::new(format!("choosing the interface of {address}"), Cause::NoRoute);
@@ -69,10 +72,14 @@ pub fn route_devices(addresses: &[IpAddr]) -> Vec<Result<String>> {
             });
             let device = match index.and_then(|i| names.get(&i)) {
                 Some(name) if name == LOOPBACK => {
-                    if subnets.is_none() {
-                        subnets = Some(subnet_dump(&mut rtnl, &names)?);
+                    if local.is_none() {
+                        local = Some((
+                            subnet_dump(&mut rtnl, &names)?,
+                            local_routes::local_routes(&mut rtnl, &names)?,
+                        ));
                     }
-                    local_device(subnets.as_deref().unwrap_or_default(), *address).ok_or_else(no_route)
+                    let (subnets, routes) = local.as_ref().expect("just read");
+                    local_device(subnets, routes, *address).ok_or_else(no_route)
                 }
                 Some(name) => Ok(name.clone()),
                 None => Err(no_route()),
@@ -110,15 +117,25 @@ fn subnet_dump(rtnl: &mut Rtnl, names: &BTreeMap<u32, String>) -> Result<Vec<(St
 }
 
 /// The device of a local `address` other than `lo`: the one holding it, else
-/// the one with the longest subnet containing it.
-fn local_device(subnets: &[(String, IpNet)], address: IpAddr) -> Option<String> {
+/// the one of the narrowest `local` route covering it, else the one with the
+/// longest subnet containing it.
+fn local_device(
+    subnets: &[(String, IpNet)],
+    routes: &BTreeSet<DeviceRoute>,
+    address: IpAddr,
+) -> Option<String> {
     let others = subnets.iter().filter(|(device, _)| device != LOOPBACK);
     let holder = others.clone().find(|(_, net)| net.addr() == address).map(|(device, _)| device);
+    let route = routes
+        .iter()
+        .filter(|route| route.device != LOOPBACK && route.block.contains(&address))
+        .max_by_key(|route| route.block.prefix_len())
+        .map(|route| &route.device);
     let subnet = others
         .filter(|(_, net)| net.prefix_len() < net.max_prefix_len() && net.contains(&address))
         .max_by_key(|(_, net)| net.prefix_len())
         .map(|(device, _)| device);
-    holder.or(subnet).cloned()
+    holder.or(route).or(subnet).cloned()
 }
 
 fn route_query(address: IpAddr) -> RouteMessage {
@@ -329,11 +346,22 @@ mod tests {
         let vip: IpAddr = "192.168.16.100".parse().unwrap();
         let held =
             subnets(&[("lo", "127.0.0.1/8"), ("eth0", "192.168.16.11/24"), ("eth1", "192.168.16.100/32")]);
-        assert_eq!(local_device(&held, vip).as_deref(), Some("eth1"));
+        let none = BTreeSet::new();
+        assert_eq!(local_device(&held, &none, vip).as_deref(), Some("eth1"));
         let on_lo =
             subnets(&[("lo", "192.168.16.100/32"), ("eth1", "192.168.0.1/16"), ("eth0", "192.168.16.11/24")]);
-        assert_eq!(local_device(&on_lo, vip).as_deref(), Some("eth0"), "the longest subnet");
-        assert_eq!(local_device(&subnets(&[("lo", "192.168.16.100/32")]), vip), None);
+        assert_eq!(local_device(&on_lo, &none, vip).as_deref(), Some("eth0"), "the longest subnet");
+        assert_eq!(local_device(&subnets(&[("lo", "192.168.16.100/32")]), &none, vip), None);
+        // Under a block of VIPs made local (its record lost): the route's device.
+        let route =
+            |device: &str, block: &str| DeviceRoute { device: device.into(), block: block.parse().unwrap() };
+        let routes = BTreeSet::from([route("lo", "192.168.16.96/29"), route("vip0", "192.168.16.100/30")]);
+        assert_eq!(
+            local_device(&on_lo, &routes, vip).as_deref(),
+            Some("vip0"),
+            "the route before the subnet"
+        );
+        assert_eq!(local_device(&held, &routes, vip).as_deref(), Some("eth1"), "the holder first");
     }
 
     #[test]

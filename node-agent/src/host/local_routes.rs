@@ -219,7 +219,7 @@ fn local_route(index: u32, block: IpNet) -> RouteMessage {
 }
 
 /// The IPv4 local routes of the local table that cover more than one address.
-fn local_routes(rtnl: &mut Rtnl, names: &BTreeMap<u32, String>) -> Result<BTreeSet<DeviceRoute>> {
+pub(super) fn local_routes(rtnl: &mut Rtnl, names: &BTreeMap<u32, String>) -> Result<BTreeSet<DeviceRoute>> {
     let mut query = RouteMessage::default();
     query.header.address_family = AddressFamily::Inet;
     let replies =
