@@ -640,6 +640,7 @@ impl Engine {
     /// the host is put back as it was. Addresses go in batches (one listing, one
     /// batch of route lookups, one of adds, one of removals), sysctls once per device.
     fn configure_host(&mut self, spec: &LvsNodeSpec, round: &mut Round) {
+        let failures_before = round.failures.len();
         let changes = &mut self.state.host;
         let system = &*self.system;
         let mut wanted: BTreeSet<DeviceAddress> = BTreeSet::new();
@@ -778,7 +779,12 @@ impl Engine {
         // Recorded even when some of it failed: a change round that leaves the
         // host part as it is does not redo the host (thousands of VIPs) for
         // another service's weight; the failures are retried at the resync.
-        self.host_inputs = Some(HostInputs::of(spec));
+        // Unless answers were lost: then what the host holds is unknown, and the
+        // next round, whatever it changes, reads the host again and configures it.
+        let unknown = round.failures[failures_before..]
+            .iter()
+            .any(|f| matches!(&f.error, FailureError::Host(e) if e.outcome_unknown()));
+        self.host_inputs = (!unknown).then(|| HostInputs::of(spec));
     }
 
     /// Takes the plan's ownership and drains: all of them after a full round,
