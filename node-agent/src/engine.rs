@@ -118,6 +118,20 @@ pub struct Round {
     pub next_check: Option<Duration>,
     /// The services whose drains are running (what to plan when `next_check` comes).
     pub draining: BTreeSet<ServiceKey>,
+    /// What the round looked at: its failures stand for these, and the earlier
+    /// failures of what it did not look at still stand (a report merges them).
+    pub looked_at: LookedAt,
+}
+
+/// What a round planned and configured (nothing, by default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LookedAt {
+    /// Every service (a full round).
+    pub all_services: bool,
+    /// These services (a change round, a resync step's slice).
+    pub services: BTreeSet<ServiceKey>,
+    /// The host part: VIPs, sysctls, real server devices, the masquerade.
+    pub host: bool,
 }
 
 /// What a failure is about: status reports find their services and VIPs by it.
@@ -533,6 +547,10 @@ impl Engine {
     /// part of the spec may have changed).
     fn round(&mut self, spec: &LvsNodeSpec, keys: Option<BTreeSet<ServiceKey>>, host: bool) -> Round {
         let mut round = Round::default();
+        match &keys {
+            None => round.looked_at.all_services = true,
+            Some(keys) => round.looked_at.services.clone_from(keys),
+        }
         let table = self.table.as_ref().expect("a round has a table");
         // Whether the state file changes: it holds ownership and drains, not
         // weights, so an edit alone does not rewrite it (megabytes at 10,000
@@ -640,6 +658,7 @@ impl Engine {
     /// the host is put back as it was. Addresses go in batches (one listing, one
     /// batch of route lookups, one of adds, one of removals), sysctls once per device.
     fn configure_host(&mut self, spec: &LvsNodeSpec, round: &mut Round) {
+        round.looked_at.host = true;
         let failures_before = round.failures.len();
         let changes = &mut self.state.host;
         let system = &*self.system;
