@@ -1589,4 +1589,37 @@ spec:
         writer.await.unwrap();
         server.abort();
     }
+
+    /// An API server that takes each write and never answers: each write is
+    /// given up after its timeout, and the retries back off as after errors.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_never_answered_is_given_up_and_retried_with_backoff() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (mut reporter, reports) = report_slot();
+        let writer =
+            tokio::spawn(write_statuses(reports, StatusWriter::new(Api::all(Client::new(mock, "default")))));
+        let start = tokio::time::Instant::now();
+        let server = tokio::spawn(async move {
+            let mut taken = Vec::new();
+            while let Some((_request, never)) = handle.next_request().await {
+                taken.push((tokio::time::Instant::now() - start, never));
+            }
+            taken
+        });
+        let mut sent = Vec::new();
+        for revision in 0..200 {
+            let desired = Arc::new(Desired::of("lvs1", vec![chunk(0, 1, &format!("r{revision}"))]).unwrap());
+            assert!(reporter.report(&desired, Observed::default()));
+            sent.push(Arc::downgrade(&desired));
+            drop(desired);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let alive = sent.iter().filter(|d| d.strong_count() > 0).count();
+            assert!(alive <= 2, "{alive} reports held after round {revision}");
+        }
+        drop(reporter);
+        writer.await.unwrap();
+        let taken: Vec<u64> = server.await.unwrap().iter().map(|(at, _)| at.as_secs()).collect();
+        // Each attempt: the 10 s timeout, then 1, 2, 4, ... s.
+        assert_eq!(taken, [0, 11, 23, 37, 55, 81, 123, 193]);
+    }
 }
