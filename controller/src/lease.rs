@@ -6,8 +6,14 @@
 //! `renew_deadline`, which is shorter than `lease_duration`, so two replicas
 //! never write at once. Every write is guarded by the resourceVersion read
 //! just before it, so of two replicas racing for a free lease one wins.
+//!
+//! The loop publishes its [`WriteDeadline`]: the start of its last successful
+//! renewal plus `renew_deadline`, or `None` while it does not lead. Counted
+//! from the attempt's start, it is never later than what another replica
+//! measures from the record it sees, and the controller's writes end by it
+//! ([`crate::write_guard`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -15,8 +21,10 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{Api, Client, api::PostParams};
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 use tracing::{info, warn};
+
+use crate::write_guard::WriteDeadline;
 
 /// Where the lease lives, who we are, and the timings.
 #[derive(Clone, Debug)]
@@ -116,15 +124,16 @@ impl LeaderElector {
     }
 
     /// Keep acquiring and renewing until the process ends, publishing on
-    /// `leading` whether this replica may write.
-    pub async fn run(mut self, leading: watch::Sender<bool>) {
+    /// `deadline` until when this replica may write (`None`: it may not).
+    pub async fn run(mut self, deadline: watch::Sender<WriteDeadline>) {
         let mut renewed: Option<Instant> = None;
         loop {
+            let started = Instant::now();
             let attempt =
                 tokio::time::timeout(self.config.retry_period * 2, self.try_acquire_or_renew()).await;
             let now_leading = match attempt {
                 Ok(Ok(true)) => {
-                    renewed = Some(Instant::now());
+                    renewed = Some(started);
                     true
                 }
                 Ok(Ok(false)) => false,
@@ -140,12 +149,13 @@ impl LeaderElector {
             if !now_leading {
                 renewed = None;
             }
-            leading.send_if_modified(|was| {
-                let changed = *was != now_leading;
-                if changed {
-                    info!(identity = %self.config.identity, leading = now_leading, "leadership changed");
+            let until = renewed.map(|at| at + self.config.renew_deadline);
+            deadline.send_if_modified(|was| {
+                if was.is_some() != until.is_some() {
+                    info!(identity = %self.config.identity, leading = until.is_some(), "leadership changed");
                 }
-                *was = now_leading;
+                let changed = *was != until;
+                *was = until;
                 changed
             });
             tokio::time::sleep(self.config.retry_period).await;
@@ -290,5 +300,46 @@ mod tests {
         assert!(elector.try_acquire_or_renew().await.unwrap(), "created: ours");
         assert!(!elector.try_acquire_or_renew().await.unwrap(), "held by b: not ours, no write");
         tokio::time::timeout(Duration::from_secs(1), api_server).await.unwrap().unwrap();
+    }
+
+    /// The published write deadline is the start of the last successful
+    /// renewal plus the renew deadline: attempts that hang do not extend it,
+    /// and it passes (10 s) before the loop gives leadership up (12 s, when
+    /// its hanging attempt times out), which is why writes consult it.
+    #[tokio::test(start_paused = true)]
+    async fn the_write_deadline_is_the_last_renewal_plus_the_renew_deadline() {
+        use http::{Method, StatusCode};
+
+        let (mock, mut server) = tower_test::mock::pair();
+        let config = LeaseConfig::new("lvs-system".into(), "lvs-controller".into(), "a".into());
+        let elector = LeaderElector::new(Client::new(mock, "default"), config);
+        let (sender, mut deadline) = watch::channel(None);
+        let start = Instant::now();
+        tokio::spawn(elector.run(sender));
+
+        let (_, send) = server.next_request().await.expect("a read of the lease");
+        let mut ours = Lease { spec: Some(held_by("a")), ..Lease::default() };
+        ours.metadata.name = Some("lvs-controller".into());
+        ours.metadata.resource_version = Some("7".into());
+        respond(send, StatusCode::OK, &ours);
+        let (request, send) = server.next_request().await.expect("the renewal");
+        assert_eq!(request.method(), Method::PUT);
+        let renewed: Lease =
+            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        respond(send, StatusCode::OK, renewed);
+        deadline.changed().await.unwrap();
+        assert_eq!(*deadline.borrow_and_update(), Some(start + Duration::from_secs(10)));
+
+        // From now on the API server takes the reads and never answers.
+        let mut hanging = Vec::new();
+        for at in [2, 8] {
+            let (_, send) = server.next_request().await.expect("an attempt");
+            assert_eq!(Instant::now() - start, Duration::from_secs(at));
+            hanging.push(send);
+        }
+        assert_eq!(*deadline.borrow(), Some(start + Duration::from_secs(10)), "not extended");
+        deadline.changed().await.unwrap();
+        assert_eq!(*deadline.borrow(), None);
+        assert_eq!(Instant::now() - start, Duration::from_secs(12));
     }
 }

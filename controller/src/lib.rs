@@ -16,7 +16,8 @@
 //! those no longer needed, and then writes the status of its own
 //! VirtualService. The decisions are pure functions ([`plan`], [`status`],
 //! [`triggers`]); [`controller`] does the IO. Only the holder of the
-//! [`lease`] runs the controller.
+//! [`lease`] runs the controller, and its writes go through the
+//! [`write_guard`], which ends each one by the lease's renew deadline.
 
 pub mod args;
 pub mod controller;
@@ -28,6 +29,7 @@ pub mod status;
 pub mod telemetry;
 pub mod triggers;
 pub mod watch;
+pub mod write_guard;
 
 #[cfg(test)]
 mod fixtures;

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use kube::{
     Client, Config,
+    client::ClientBuilder,
     config::{KubeConfigOptions, Kubeconfig},
     runtime::events::Reporter,
 };
@@ -18,6 +19,7 @@ use lvs_controller::{
     metrics::Metrics,
     server::{self, Health},
     telemetry,
+    write_guard::WriteGuardLayer,
 };
 use lvs_crds::translate::TranslateOptions;
 use tokio::{signal::unix::SignalKind, sync::watch};
@@ -41,8 +43,11 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let lease = LeaseConfig::new(args.lease_namespace.clone(), args.lease_name.clone(), identity.clone());
-    let (leading_tx, mut leading) = watch::channel(false);
-    tokio::spawn(LeaderElector::new(client.clone(), lease.clone()).run(leading_tx));
+    let (deadline_tx, mut leading) = watch::channel(None);
+    // The lease's own requests go out unguarded; the controller's writes end
+    // by the renew deadline, or when leadership is lost.
+    let controller_client = guarded_client(&args, WriteGuardLayer::new(leading.clone())).await?;
+    tokio::spawn(LeaderElector::new(client.clone(), lease.clone()).run(deadline_tx));
     info!(%identity, lease = %format!("{}/{}", lease.namespace, lease.name), "waiting for the lease");
 
     let options =
@@ -52,25 +57,26 @@ async fn main() -> anyhow::Result<()> {
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            became = leading.wait_for(|leading| *leading) => { became.context("the lease loop ended")?; }
+            became = leading.wait_for(Option::is_some) => { became.context("the lease loop ended")?; }
         }
         info!("holding the lease: starting the controller");
         health.set_leading(true);
         metrics.set_leader(true);
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.clone()) };
         let run = controller::run(
-            client.clone(),
+            controller_client.clone(),
             args.namespace.clone(),
             options.clone(),
             reporter,
             Arc::clone(&metrics),
             Arc::clone(&health),
         );
-        // Leaving this select drops the controller: in-flight writes are cancelled.
+        // Leaving this select drops the controller; its writes in flight were
+        // already abandoned by the guard at the deadline or the loss.
         let stop = tokio::select! {
             () = &mut shutdown => true,
             () = run => { warn!("the controller stopped"); false }
-            lost = leading.wait_for(|leading| !*leading) => {
+            lost = leading.wait_for(Option::is_none) => {
                 lost.context("the lease loop ended")?;
                 warn!("lost the lease: stopped writing");
                 false
@@ -91,15 +97,23 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn client(args: &Args) -> anyhow::Result<Client> {
-    let config = match &args.kubeconfig {
+    Ok(Client::try_from(config(args).await?)?)
+}
+
+/// A client whose writes pass `guard`.
+async fn guarded_client(args: &Args, guard: WriteGuardLayer) -> anyhow::Result<Client> {
+    Ok(ClientBuilder::try_from(config(args).await?)?.with_layer(&guard).build())
+}
+
+async fn config(args: &Args) -> anyhow::Result<Config> {
+    Ok(match &args.kubeconfig {
         Some(path) => {
             let kubeconfig =
                 Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
             Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
         }
         None => Config::infer().await?,
-    };
-    Ok(Client::try_from(config)?)
+    })
 }
 
 /// SIGTERM (the kubelet stopping the pod) or SIGINT.

@@ -15,7 +15,7 @@
 //! everything that talks to the API server is async.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, mpsc},
@@ -44,7 +44,7 @@ use serde_json::json;
 
 use crate::{
     endpoints::{AgentMetrics, Endpoints},
-    engine::{Changed, Engine, Failure, Round, Subject},
+    engine::{Changed, Engine, Round, Subject},
     supervisor::{DesiredState, Input, Sink, Supervisor, Why},
 };
 use lvs_health::HealthMap;
@@ -121,26 +121,21 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let engine = Engine::open(&options.state_dir, &options.sysctl_root, options.exclusive)?;
     let metrics = Arc::new(AgentMetrics::default());
     let (inputs_tx, inputs) = mpsc::channel();
-    let (rounds_tx, mut rounds_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (reporter, reports) = report_slot();
     let engine_metrics = Arc::clone(&metrics);
     let resync = options.resync;
     // Health checks and VRRP run on this runtime, the loop on its own thread.
     let handle = tokio::runtime::Handle::current();
     let agent = Supervisor::new(engine, handle, &inputs_tx);
     let engine_thread = std::thread::Builder::new().name("engine".into()).spawn(move || {
-        let mut sink = StatusSink { reports: rounds_tx, metrics: engine_metrics };
+        let mut sink = StatusSink { reporter, metrics: engine_metrics };
         // Replaced by the first version the watch sends, before any round.
         let none_yet = Arc::new(Desired { objects: Vec::new(), spec: LvsNodeSpec::default() });
         agent.run(none_yet, &inputs, &mut sink, resync);
     })?;
 
     let api: Api<LvsNode> = Api::all(client);
-    let mut status = StatusWriter::new(api.clone());
-    let write_statuses = async move {
-        while let Some(report) = rounds_rx.recv().await {
-            status.write(&report.desired, &report.round, &report.observed).await;
-        }
-    };
+    let write_statuses = write_statuses(reports, StatusWriter::new(api.clone()));
     let listener = tokio::net::TcpListener::bind(options.metrics_address)
         .await
         .with_context(|| format!("listening on {}", options.metrics_address))?;
@@ -215,18 +210,132 @@ async fn watch_desired(
     anyhow::bail!("the LvsNode watch ended")
 }
 
-/// One round with what the agent observed after it, for the status writer.
+/// The node's whole picture after a round, for the status writer: the desired
+/// state, the failures that stand (this round's and the earlier ones of what it
+/// did not look at), what the agent observed after it. A report stands alone,
+/// so the latest replaces any the writer has not taken yet.
 #[derive(Debug)]
 pub struct Report {
     pub desired: Arc<Desired>,
-    pub round: Round,
+    pub standing: Standing,
     pub observed: Observed,
 }
 
+/// The failures that stand after the rounds so far. A round replaces those of
+/// what it looked at ([`crate::engine::LookedAt`]): a change round its services, a resync
+/// step its slice, a round that configured the host the host's, and also those
+/// of the IPVS table, the state file and failover (which the next look at the
+/// host, at the latest at the end of a resync, reports again if they last).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// Each service's failures, by service.
+    services: BTreeMap<ServiceKey, Vec<String>>,
+    /// Failures of the host part (VIPs, sysctls, devices, the masquerade).
+    host: Vec<(Subject, String)>,
+    /// The rest: the IPVS table, the state file, failover.
+    other: Vec<(Subject, String)>,
+}
+
+impl Standing {
+    /// The failures of `round` alone.
+    pub fn after(round: &Round) -> Self {
+        let mut standing = Standing::default();
+        standing.update(round);
+        standing
+    }
+
+    /// Takes `round` in; returns whether what stands changed.
+    pub fn update(&mut self, round: &Round) -> bool {
+        let before = self.clone();
+        let looked = &round.looked_at;
+        if looked.all_services {
+            self.services.clear();
+        } else {
+            for key in &looked.services {
+                self.services.remove(key);
+            }
+        }
+        if looked.host {
+            self.host.clear();
+            self.other.clear();
+        }
+        let mut services: BTreeMap<ServiceKey, Vec<String>> = BTreeMap::new();
+        let (mut host, mut other) = (Vec::new(), Vec::new());
+        for failure in &round.failures {
+            let text = failure.to_string();
+            match &failure.subject {
+                Subject::Service(key) => services.entry(*key).or_default().push(text),
+                subject if is_host(subject) => host.push((subject.clone(), text)),
+                subject => other.push((subject.clone(), text)),
+            }
+        }
+        // A subject this round failed stands with this round's failures alone:
+        // repeated failures of what a round did not look at do not pile up.
+        self.services.extend(services);
+        for (list, new) in [(&mut self.host, host), (&mut self.other, other)] {
+            list.retain(|(subject, _)| !new.iter().any(|(s, _)| s == subject));
+            list.extend(new);
+        }
+        *self != before
+    }
+
+    /// The failures of service `key`.
+    fn of_service(&self, key: ServiceKey) -> &[String] {
+        self.services.get(&key).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Whether a failure of `subject` comes from configuring the host.
+fn is_host(subject: &Subject) -> bool {
+    matches!(
+        subject,
+        Subject::DirectorVip(_)
+            | Subject::RealServerVip(_)
+            | Subject::GuePort(_)
+            | Subject::DirectorSysctls(_)
+            | Subject::Masquerade
+            | Subject::HostAddresses
+            | Subject::HostRestore
+    )
+}
+
+/// The latest report, not yet taken by the status writer; `None` before the first.
+pub type Reports = tokio::sync::watch::Receiver<Option<Arc<Report>>>;
+
+/// The engine thread's end of the hand-off to the status writer: one slot, in
+/// which the latest report replaces the one waiting (each stands alone, see
+/// [`Report`]), so that however long the API server is away the agent holds
+/// one report waiting and one being written, never a queue of them.
+pub struct Reporter {
+    slot: tokio::sync::watch::Sender<Option<Arc<Report>>>,
+    standing: Standing,
+}
+
+/// The hand-off from the engine thread to [`write_statuses`].
+pub fn report_slot() -> (Reporter, Reports) {
+    let (slot, reports) = tokio::sync::watch::channel(None);
+    (Reporter { slot, standing: Standing::default() }, reports)
+}
+
+impl Reporter {
+    /// Takes `round` into what stands; returns whether that changed.
+    pub fn take_in(&mut self, round: &Round) -> bool {
+        self.standing.update(round)
+    }
+
+    /// Puts the node's picture after the rounds taken in so far into the slot.
+    /// Returns false when the writer is gone.
+    pub fn report(&mut self, desired: &Arc<Desired>, observed: Observed) -> bool {
+        let report = Report { desired: Arc::clone(desired), standing: self.standing.clone(), observed };
+        self.slot.send(Some(Arc::new(report))).is_ok()
+    }
+}
+
 /// The loop's sink in cluster mode: metrics, logs, and each round to the status
-/// writer (a resync step only when it applied or failed something, or ended).
+/// writer (a resync step only when it applied or failed something, changed
+/// what stands, or ended).
 struct StatusSink {
-    reports: tokio::sync::mpsc::UnboundedSender<Report>,
+    reporter: Reporter,
     metrics: Arc<AgentMetrics>,
 }
 
@@ -234,17 +343,19 @@ impl Sink<Arc<Desired>> for StatusSink {
     fn round(&mut self, why: Why, desired: &Arc<Desired>, round: Round, agent: &Supervisor) -> bool {
         self.metrics.heartbeat();
         let full = matches!(why, Why::Startup | Why::Repaired { finished: true });
+        // A step that clears an earlier failure changes the status too.
+        let standing_changed = self.reporter.take_in(&round);
         if matches!(why, Why::Repaired { finished: false })
             && round.applied.is_empty()
             && round.failures.is_empty()
+            && !standing_changed
         {
             return true;
         }
         self.metrics.record(&round, full);
         self.metrics.observe(agent);
         log_round(&round, &desired.spec.revision);
-        let report = Report { desired: Arc::clone(desired), round, observed: Observed::of(agent) };
-        self.reports.send(report).is_ok()
+        self.reporter.report(desired, Observed::of(agent))
     }
 }
 
@@ -290,6 +401,42 @@ fn log_round(round: &Round, revision: &str) {
     }
 }
 
+/// The first wait after a failed status write; it doubles after each failure.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts while writes fail.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long one status write may take: an API server that does not answer is
+/// one that failed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes the latest report until the engine thread is gone. After a failed
+/// write it waits (1 s, doubling up to a minute) and tries again with the
+/// report latest by then, not with every round: through an API outage the
+/// agent holds two reports at most and sends a request a minute.
+pub async fn write_statuses(mut reports: Reports, mut writer: StatusWriter) {
+    let mut retry = RETRY_FIRST;
+    loop {
+        if reports.changed().await.is_err() {
+            return; // the engine thread is gone
+        }
+        loop {
+            // The guard is not held across the write: the engine thread puts
+            // the next report in meanwhile.
+            let Some(report) = reports.borrow_and_update().clone() else { break };
+            if writer.write(&report).await {
+                retry = RETRY_FIRST;
+                break;
+            }
+            drop(report);
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(RETRY_MAX);
+            if reports.has_changed().is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Writes the chunks' statuses, each only when it differs from what the object
 /// holds or what was last written.
 pub struct StatusWriter {
@@ -302,11 +449,15 @@ impl StatusWriter {
         StatusWriter { api, written: HashMap::new() }
     }
 
-    /// Reports `round` on the objects of `desired`. A failed write is logged and
-    /// retried after the next round (a resync at the latest).
-    pub async fn write(&mut self, desired: &Desired, round: &Round, observed: &Observed) {
+    /// Reports `report` on the objects of its desired state. Returns whether
+    /// every status is in place (written now or before); a failure is logged.
+    pub async fn write(&mut self, report: &Report) -> bool {
         let now = Time(Timestamp::now());
-        for (object, status) in statuses(desired, round, observed) {
+        let desired = &report.desired;
+        // Only the current objects' last writes are kept.
+        self.written.retain(|name, _| desired.objects.iter().any(|o| o.meta().name.as_ref() == Some(name)));
+        let mut in_place = true;
+        for (object, status) in statuses(desired, &report.standing, &report.observed) {
             let name = object.name_any();
             // What the object holds as far as this agent knows: its own last
             // write, or what the watch saw (after a restart).
@@ -321,22 +472,31 @@ impl StatusWriter {
                 "status": status,
             });
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            match self.api.patch_status(&name, &params, &Patch::Apply(patch)).await {
-                Ok(_) => {
+            let patch = Patch::Apply(patch);
+            match tokio::time::timeout(WRITE_TIMEOUT, self.api.patch_status(&name, &params, &patch)).await {
+                Ok(Ok(_)) => {
                     self.written.insert(name, status);
                 }
-                Err(error) => warn!(lvs_node = %name, %error, "writing the status of an LvsNode"),
+                Ok(Err(error)) => {
+                    warn!(lvs_node = %name, %error, "writing the status of an LvsNode");
+                    in_place = false;
+                }
+                Err(_) => {
+                    warn!(lvs_node = %name, timeout = ?WRITE_TIMEOUT, "writing the status of an LvsNode: no answer");
+                    in_place = false;
+                }
             }
         }
+        in_place
     }
 }
 
-/// The status of each object of `desired` after `round`: its services and VIPs,
-/// a service programmed unless a failure names it. Failures that name no
-/// service go to the first chunk's `errors`.
+/// The status of each object of `desired` with the failures that `standing`:
+/// its services and VIPs, a service programmed unless a failure names it.
+/// Failures that name no desired service go to the first chunk's `errors`.
 pub fn statuses<'a>(
     desired: &'a Desired,
-    round: &Round,
+    standing: &Standing,
     observed: &Observed,
 ) -> Vec<(&'a LvsNode, LvsNodeStatus)> {
     let desired_keys: BTreeSet<ServiceKey> = desired
@@ -346,11 +506,12 @@ pub fn statuses<'a>(
         .flat_map(|d| &d.services)
         .filter_map(|s| crate::desired::service_key(&s.key))
         .collect();
-    let general: Vec<String> = round
-        .failures
+    let general: Vec<String> = standing
+        .services
         .iter()
-        .filter(|failure| !matches!(failure.subject, Subject::Service(key) if desired_keys.contains(&key)))
-        .map(Failure::to_string)
+        .filter(|(key, _)| !desired_keys.contains(key))
+        .flat_map(|(_, texts)| texts.iter().cloned())
+        .chain(standing.host.iter().chain(&standing.other).map(|(_, text)| text.clone()))
         .collect();
     desired
         .objects
@@ -363,12 +524,7 @@ pub fn statuses<'a>(
                 .flat_map(|d| &d.services)
                 .map(|service| {
                     let service_key = crate::desired::service_key(&service.key);
-                    let errors: Vec<String> = round
-                        .failures
-                        .iter()
-                        .filter(|f| service_key.is_some_and(|key| f.subject == Subject::Service(key)))
-                        .map(Failure::to_string)
-                        .collect();
+                    let errors = service_key.map_or(&[][..], |key| standing.of_service(key));
                     ServiceReport {
                         owner: service.owner.clone(),
                         key: service.key.clone(),
@@ -407,8 +563,10 @@ pub fn statuses<'a>(
                 .iter()
                 .flat_map(|d| &d.vips)
                 .map(|vip| {
-                    let failed =
-                        round.failures.iter().any(|f| f.subject == Subject::DirectorVip(vip.address));
+                    let failed = standing
+                        .host
+                        .iter()
+                        .any(|(subject, _)| *subject == Subject::DirectorVip(vip.address));
                     // Without a VRRP instance, a director holds its VIPs.
                     let vrrp_state = observed.vips.get(&vip.address).copied().unwrap_or(VrrpState::Master);
                     VipReport {
@@ -477,6 +635,7 @@ mod tests {
     use pretty_assertions::assert_eq;
 
     use super::*;
+    use crate::engine::{Failure, LookedAt};
     use lvs_crds::{
         lvs_node::IpvsServiceKey,
         virtual_service::{AddressFamily, Protocol},
@@ -567,13 +726,15 @@ spec:
             ],
             next_check: None,
             draining: std::collections::BTreeSet::new(),
+            // A full round.
+            looked_at: LookedAt { all_services: true, services: BTreeSet::new(), host: true },
         }
     }
 
     #[test]
     fn statuses_report_each_chunk_its_services() {
         let desired = Desired::of("lvs1", vec![chunk(0, 2, "r1"), chunk(1, 2, "r1")]).unwrap();
-        let statuses = statuses(&desired, &failing_round(), &Observed::default());
+        let statuses = statuses(&desired, &Standing::after(&failing_round()), &Observed::default());
         let [(first, chunk0), (_, chunk1)] = &statuses[..] else { panic!("two statuses") };
         assert_eq!(first.name_any(), "lvs1");
         for status in [chunk0, chunk1] {
@@ -607,7 +768,7 @@ spec:
     fn a_status_change_is_not_a_new_version() {
         let desired = Desired::of("lvs1", vec![chunk(0, 1, "r1")]).unwrap();
         let mut reported = (*chunk(0, 1, "r1")).clone();
-        reported.status = Some(statuses(&desired, &Round::default(), &Observed::default()).remove(0).1);
+        reported.status = Some(statuses(&desired, &Standing::default(), &Observed::default()).remove(0).1);
         let again = Desired::of("lvs1", vec![Arc::new(reported)]).unwrap();
         assert_eq!(again.version(), desired.version());
         let next = Desired::of("lvs1", vec![chunk(0, 1, "r2")]).unwrap();
@@ -678,7 +839,7 @@ spec:
     #[test]
     fn conditions_move_only_when_their_status_changes() {
         let desired = Desired::of("lvs1", vec![chunk(0, 1, "r1")]).unwrap();
-        let ok = statuses(&desired, &Round::default(), &Observed::default()).remove(0).1;
+        let ok = statuses(&desired, &Standing::default(), &Observed::default()).remove(0).1;
         let (t0, t1, t2) =
             (time("2026-01-01T00:00:00Z"), time("2026-01-01T00:01:00Z"), time("2026-01-01T00:02:00Z"));
 
@@ -690,7 +851,7 @@ spec:
         // Unchanged: identical, so nothing is written.
         assert_eq!(with_conditions(ok, Some(&first), &t1), first);
 
-        let failed = statuses(&desired, &failing_round(), &Observed::default()).remove(0).1;
+        let failed = statuses(&desired, &Standing::after(&failing_round()), &Observed::default()).remove(0).1;
         let second = with_conditions(failed, Some(&first), &t2);
         let states: Vec<_> = second
             .conditions
@@ -714,7 +875,7 @@ spec:
             kernel: Some([((service, rs1), (0, 0, 1)), ((service, rs2), (2, 2, 0))].into()),
             vips: [("192.0.2.10".parse().unwrap(), VrrpState::Backup)].into(),
         };
-        let status = statuses(&desired, &Round::default(), &observed).remove(0).1;
+        let status = statuses(&desired, &Standing::default(), &observed).remove(0).1;
         let rows: Vec<(u16, u64, u64)> = status.services[0]
             .destinations
             .iter()
@@ -762,30 +923,204 @@ spec:
         let mut done = (*chunk(1, 2, "r1")).clone();
         // Chunk 1 already reports this round: only chunk 0 is written.
         let both = Desired::of("lvs1", vec![chunk(0, 2, "r1"), chunk(1, 2, "r1")]).unwrap();
-        let reported = statuses(&both, &failing_round(), &Observed::default())[1].1.clone();
+        let reported = statuses(&both, &Standing::after(&failing_round()), &Observed::default())[1].1.clone();
         done.status = Some(with_conditions(reported, None, &time("2026-01-01T00:00:00Z")));
-        let desired = Desired::of("lvs1", vec![chunk(0, 2, "r1"), Arc::new(done)]).unwrap();
-        let round = failing_round();
+        let desired = Arc::new(Desired::of("lvs1", vec![chunk(0, 2, "r1"), Arc::new(done)]).unwrap());
+        let standing = Standing::after(&failing_round());
+        let report = Report {
+            desired: Arc::clone(&desired),
+            standing: standing.clone(),
+            observed: Observed::default(),
+        };
 
         let server = tokio::spawn(async move {
             let status = expect_status_patch(&mut handle, "lvs1").await;
             (status, handle)
         });
-        tokio::time::timeout(Duration::from_secs(5), writer.write(&desired, &round, &Observed::default()))
-            .await
-            .unwrap();
+        let written = tokio::time::timeout(Duration::from_secs(5), writer.write(&report)).await.unwrap();
+        assert!(written);
         let (mut status, mut handle) = server.await.unwrap();
         let conditions: Vec<(&str, &str)> =
             status.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
         assert_eq!(conditions, [("Applied", "False"), ("Degraded", "True")]);
         status.conditions.clear();
-        assert_eq!(status, statuses(&desired, &round, &Observed::default())[0].1);
+        assert_eq!(status, statuses(&desired, &standing, &Observed::default())[0].1);
         assert_eq!(status.applied_revision.as_deref(), Some("r1"));
         assert!(status.services[0].programmed);
 
         // The same round again (a resync): nothing to write.
-        writer.write(&desired, &round, &Observed::default()).await;
+        assert!(writer.write(&report).await);
         drop(writer);
         assert!(handle.next_request().await.is_none(), "no second write");
+    }
+
+    /// A round that looked at `looked_at` and failed `services` (by VIP, port 80).
+    fn round_of(looked_at: LookedAt, services: &[&str]) -> Round {
+        let failures = services
+            .iter()
+            .map(|vip| {
+                let key = tcp_service(&format!("{vip}:80"));
+                Failure::new(Subject::Service(key), "refused".to_string())
+            })
+            .collect();
+        Round { failures, looked_at, ..Round::default() }
+    }
+
+    fn looked_at(services: &[&str], host: bool) -> LookedAt {
+        let services = services.iter().map(|vip| tcp_service(&format!("{vip}:80"))).collect();
+        LookedAt { all_services: false, services, host }
+    }
+
+    /// A round that looks at some services only (a change, a resync step)
+    /// leaves the failures of the others standing, so that its report is still
+    /// the node's whole picture; a later look clears what it finds fixed.
+    #[test]
+    fn partial_rounds_leave_the_failures_of_what_they_did_not_look_at() {
+        let desired = Desired::of("lvs1", vec![chunk(0, 2, "r1"), chunk(1, 2, "r1")]).unwrap();
+        let programmed = |standing: &Standing| -> Vec<bool> {
+            statuses(&desired, standing, &Observed::default())
+                .iter()
+                .map(|(_, status)| status.services[0].programmed)
+                .collect()
+        };
+        let held = |standing: &Standing| statuses(&desired, standing, &Observed::default())[0].1.vips[0].held;
+        // Startup: both services (web0 on .10, web1 on .11) and the VIP .10 failed.
+        let mut startup = failing_round();
+        startup.failures.extend(round_of(LookedAt::default(), &["192.0.2.10"]).failures);
+        let mut standing = Standing::after(&startup);
+        assert_eq!(programmed(&standing), [false, false]);
+        assert!(!held(&standing), "the VIP's failure from the startup round");
+
+        // A change of web1 alone, which succeeds: web0's failure and the VIP's stand.
+        assert!(standing.update(&round_of(looked_at(&["192.0.2.11"], false), &[])));
+        assert_eq!(programmed(&standing), [false, true]);
+        assert!(!held(&standing));
+        // The same again changes nothing (a silent resync step is not reported).
+        assert!(!standing.update(&round_of(looked_at(&["192.0.2.11"], false), &[])));
+        // The resync's slice with web0 finds it fixed; its last step, the host.
+        assert!(standing.update(&round_of(looked_at(&["192.0.2.10"], false), &[])));
+        assert_eq!(programmed(&standing), [true, true]);
+        assert!(standing.update(&round_of(looked_at(&[], true), &[])));
+        assert!(held(&standing));
+        assert_eq!(standing, Standing::default());
+
+        // Failures of a service a round did not look at replace, never pile up.
+        for _ in 0..3 {
+            standing.update(&round_of(LookedAt::default(), &["192.0.2.10"]));
+        }
+        assert_eq!(standing.of_service(tcp_service("192.0.2.10:80")), ["TCP 192.0.2.10:80: refused"]);
+        // A full round that finds nothing wrong clears everything.
+        assert!(standing.update(&round_of(LookedAt { all_services: true, ..LookedAt::default() }, &[])));
+        assert_eq!(standing, Standing::default());
+    }
+
+    /// Plays an API server that answers every status write 503 while `down`,
+    /// and 200 otherwise, sending each status it accepted on `accepted`.
+    /// Counts the requests in `requests`.
+    fn api_server(
+        mut handle: ApiServerHandle,
+        down: Arc<std::sync::atomic::AtomicBool>,
+        requests: Arc<std::sync::atomic::AtomicUsize>,
+        accepted: tokio::sync::mpsc::UnboundedSender<LvsNodeStatus>,
+    ) -> tokio::task::JoinHandle<()> {
+        use std::sync::atomic::Ordering;
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                requests.fetch_add(1, Ordering::SeqCst);
+                if down.load(Ordering::SeqCst) {
+                    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "etcdserver: request timed out", "reason": "ServiceUnavailable", "code": 503});
+                    let body = Body::from(serde_json::to_vec(&status).unwrap());
+                    send.send_response(
+                        Response::builder().status(StatusCode::SERVICE_UNAVAILABLE).body(body).unwrap(),
+                    );
+                    continue;
+                }
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                let answer = json!({
+                    "apiVersion": "lvs.dev/v1alpha1", "kind": "LvsNode",
+                    "metadata": {"name": "lvs1"}, "spec": {"node": "lvs1"}, "status": body["status"],
+                });
+                send.send_response(Response::new(Body::from(serde_json::to_vec(&answer).unwrap())));
+                let _ = accepted.send(serde_json::from_value(body["status"].clone()).unwrap());
+            }
+        })
+    }
+
+    /// Rounds keep coming while the API server answers 503: the writer holds
+    /// the latest report and one in hand at most (older ones are dropped at
+    /// once), retries with backoff rather than per round, and once the server
+    /// is back writes the latest status.
+    #[tokio::test(start_paused = true)]
+    async fn through_an_outage_the_latest_report_waits_alone_and_is_written_once_back() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (down, requests) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicUsize::new(0)));
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        let server = api_server(handle, Arc::clone(&down), Arc::clone(&requests), accepted_tx);
+        let (mut reporter, reports) = report_slot();
+        let writer =
+            tokio::spawn(write_statuses(reports, StatusWriter::new(Api::all(Client::new(mock, "default")))));
+
+        // A round a second for 200 s, each with a new revision.
+        let mut sent = Vec::new();
+        for revision in 0..200 {
+            let desired = Arc::new(Desired::of("lvs1", vec![chunk(0, 1, &format!("r{revision}"))]).unwrap());
+            reporter.take_in(&round_of(LookedAt::default(), &[]));
+            assert!(reporter.report(&desired, Observed::default()));
+            sent.push(Arc::downgrade(&desired));
+            drop(desired);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let alive = sent.iter().filter(|d| d.strong_count() > 0).count();
+            assert!(alive <= 2, "{alive} reports held after round {revision}");
+        }
+        // Backoff: 1, 2, 4, ... 64 s, then a minute: 8 attempts in 200 s, not 200.
+        let attempts = requests.load(Ordering::SeqCst);
+        assert!((5..=10).contains(&attempts), "{attempts} writes during the outage");
+        assert!(accepted.try_recv().is_err());
+
+        // Back: within a minute, the latest status and no other.
+        down.store(false, Ordering::SeqCst);
+        tokio::time::sleep(RETRY_MAX).await;
+        let written = accepted.try_recv().expect("the status written once the API server is back");
+        assert_eq!(written.applied_revision.as_deref(), Some("r199"));
+        assert!(accepted.try_recv().is_err(), "one write");
+        drop(reporter);
+        writer.await.unwrap();
+        server.abort();
+    }
+
+    /// An API server that takes each write and never answers: each write is
+    /// given up after its timeout, and the retries back off as after errors.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_never_answered_is_given_up_and_retried_with_backoff() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (mut reporter, reports) = report_slot();
+        let writer =
+            tokio::spawn(write_statuses(reports, StatusWriter::new(Api::all(Client::new(mock, "default")))));
+        let start = tokio::time::Instant::now();
+        let server = tokio::spawn(async move {
+            let mut taken = Vec::new();
+            while let Some((_request, never)) = handle.next_request().await {
+                taken.push((tokio::time::Instant::now() - start, never));
+            }
+            taken
+        });
+        let mut sent = Vec::new();
+        for revision in 0..200 {
+            let desired = Arc::new(Desired::of("lvs1", vec![chunk(0, 1, &format!("r{revision}"))]).unwrap());
+            assert!(reporter.report(&desired, Observed::default()));
+            sent.push(Arc::downgrade(&desired));
+            drop(desired);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let alive = sent.iter().filter(|d| d.strong_count() > 0).count();
+            assert!(alive <= 2, "{alive} reports held after round {revision}");
+        }
+        drop(reporter);
+        writer.await.unwrap();
+        let taken: Vec<u64> = server.await.unwrap().iter().map(|(at, _)| at.as_secs()).collect();
+        // Each attempt: the 10 s timeout, then 1, 2, 4, ... s.
+        assert_eq!(taken, [0, 11, 23, 37, 55, 81, 123, 193]);
     }
 }

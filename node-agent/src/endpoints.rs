@@ -460,6 +460,7 @@ mod tests {
             ],
             next_check: None,
             draining: std::collections::BTreeSet::new(),
+            looked_at: crate::engine::LookedAt::default(),
         }
     }
 

@@ -118,6 +118,20 @@ pub struct Round {
     pub next_check: Option<Duration>,
     /// The services whose drains are running (what to plan when `next_check` comes).
     pub draining: BTreeSet<ServiceKey>,
+    /// What the round looked at: its failures stand for these, and the earlier
+    /// failures of what it did not look at still stand (a report merges them).
+    pub looked_at: LookedAt,
+}
+
+/// What a round planned and configured (nothing, by default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LookedAt {
+    /// Every service (a full round).
+    pub all_services: bool,
+    /// These services (a change round, a resync step's slice).
+    pub services: BTreeSet<ServiceKey>,
+    /// The host part: VIPs, sysctls, real server devices, the masquerade.
+    pub host: bool,
 }
 
 /// What a failure is about: status reports find their services and VIPs by it.
@@ -533,6 +547,10 @@ impl Engine {
     /// part of the spec may have changed).
     fn round(&mut self, spec: &LvsNodeSpec, keys: Option<BTreeSet<ServiceKey>>, host: bool) -> Round {
         let mut round = Round::default();
+        match &keys {
+            None => round.looked_at.all_services = true,
+            Some(keys) => round.looked_at.services.clone_from(keys),
+        }
         let table = self.table.as_ref().expect("a round has a table");
         // Whether the state file changes: it holds ownership and drains, not
         // weights, so an edit alone does not rewrite it (megabytes at 10,000
@@ -640,6 +658,8 @@ impl Engine {
     /// the host is put back as it was. Addresses go in batches (one listing, one
     /// batch of route lookups, one of adds, one of removals), sysctls once per device.
     fn configure_host(&mut self, spec: &LvsNodeSpec, round: &mut Round) {
+        round.looked_at.host = true;
+        let failures_before = round.failures.len();
         let changes = &mut self.state.host;
         let system = &*self.system;
         let mut wanted: BTreeSet<DeviceAddress> = BTreeSet::new();
@@ -778,7 +798,12 @@ impl Engine {
         // Recorded even when some of it failed: a change round that leaves the
         // host part as it is does not redo the host (thousands of VIPs) for
         // another service's weight; the failures are retried at the resync.
-        self.host_inputs = Some(HostInputs::of(spec));
+        // Unless answers were lost: then what the host holds is unknown, and the
+        // next round, whatever it changes, reads the host again and configures it.
+        let unknown = round.failures[failures_before..]
+            .iter()
+            .any(|f| matches!(&f.error, FailureError::Host(e) if e.outcome_unknown()));
+        self.host_inputs = (!unknown).then(|| HostInputs::of(spec));
     }
 
     /// Takes the plan's ownership and drains: all of them after a full round,
@@ -906,7 +931,7 @@ fn full_nat_destinations(director: &DirectorState) -> Vec<IpAddr> {
 }
 
 /// The services whose desired state differs between two specs: a new version's
-/// [`Scope::Services`] when the caller does not know what changed.
+/// [`Scope::Changed`] when the caller does not know what changed.
 pub fn changed_services(old: &LvsNodeSpec, new: &LvsNodeSpec) -> BTreeSet<ServiceKey> {
     let (old, new) = (services_by_key(old), services_by_key(new));
     let differs = |key: &ServiceKey| old.get(key) != new.get(key);
@@ -943,4 +968,71 @@ fn desired_of(
 /// The time since the UNIX epoch, as drains are recorded.
 pub fn now() -> Duration {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use pretty_assertions::assert_eq;
+
+    use super::*;
+
+    /// A director's spec with one TCP service per `(vip, weight of its one
+    /// destination)`, on port 80, and `vips` as its VIPs.
+    fn director_spec(services: &[(&str, u16)], vips: &[&str]) -> LvsNodeSpec {
+        let services: String = services
+            .iter()
+            .map(|(vip, weight)| {
+                format!(
+                    "\n    - owner: {{namespace: default, name: web, uid: u1, generation: 1}}\
+                     \n      key: {{family: IPv4, address: '{vip}', port: 80, protocol: TCP}}\
+                     \n      scheduler: rr\
+                     \n      destinations: [{{address: 198.51.100.1, port: 80, weight: {weight}, forwarding: DirectRouting}}]"
+                )
+            })
+            .collect();
+        let vips: Vec<String> = vips.iter().map(|vip| format!("{{address: '{vip}'}}")).collect();
+        let yaml = format!("node: lvs1\ndirector:\n  vips: [{}]\n  services:{services}", vips.join(", "));
+        serde_yaml::from_str(&yaml).expect("a valid spec")
+    }
+
+    fn key(vip: &str) -> ServiceKey {
+        ServiceKey::tcp(SocketAddr::new(vip.parse().unwrap(), 80))
+    }
+
+    #[test]
+    fn changed_services_are_those_added_removed_or_modified() {
+        let old = director_spec(&[("192.0.2.1", 1), ("192.0.2.2", 1), ("192.0.2.3", 1)], &["192.0.2.1"]);
+        // .1 unchanged, .2 removed, .3 modified (a weight), .4 added.
+        let new = director_spec(&[("192.0.2.1", 1), ("192.0.2.3", 5), ("192.0.2.4", 1)], &["192.0.2.1"]);
+        let expected: BTreeSet<ServiceKey> = [key("192.0.2.2"), key("192.0.2.3"), key("192.0.2.4")].into();
+        assert_eq!(changed_services(&old, &new), expected);
+        assert_eq!(changed_services(&new, &old), expected, "symmetric");
+        assert_eq!(changed_services(&old, &old), BTreeSet::new(), "nothing changed");
+
+        // A change of the host part alone changes no service.
+        let other_vips =
+            director_spec(&[("192.0.2.1", 1), ("192.0.2.2", 1), ("192.0.2.3", 1)], &["192.0.2.9"]);
+        assert_eq!(changed_services(&old, &other_vips), BTreeSet::new());
+        // No director at all: every service of the other is a change.
+        let none = LvsNodeSpec { node: "lvs1".into(), ..LvsNodeSpec::default() };
+        assert_eq!(
+            changed_services(&none, &old),
+            [key("192.0.2.1"), key("192.0.2.2"), key("192.0.2.3")].into()
+        );
+    }
+
+    #[test]
+    fn a_change_found_by_comparison_may_concern_the_host() {
+        let old = director_spec(&[("192.0.2.1", 1)], &[]);
+        let new = director_spec(&[("192.0.2.1", 2)], &[]);
+        // The comparison does not look at the host part: it may have changed.
+        let between = Changed::between(&old, &new);
+        assert_eq!((between.services, between.host), ([key("192.0.2.1")].into(), true));
+        assert!(Changed::between(&old, &old).host, "even when nothing did");
+        // Named services alone leave the host; a later change that may concern it wins.
+        let mut changed = Changed::services([key("192.0.2.2")].into());
+        assert!(!changed.host);
+        changed.extend(Changed::between(&old, &new));
+        assert_eq!((changed.services, changed.host), ([key("192.0.2.1"), key("192.0.2.2")].into(), true));
+    }
 }

@@ -241,7 +241,15 @@ pub fn add_addresses(changes: &mut HostChanges, wanted: &[DeviceAddress]) -> Vec
         Ok(answers) => answers,
         Err(e) => {
             let addresses: Vec<DeviceAddress> = to_add.iter().map(|(a, _)| (*a).clone()).collect();
-            failures.extend(all_failed(&addresses, adding, &HostError::io("sending", e)));
+            let error = HostError::io("sending", e);
+            if error.outcome_unknown() {
+                // Absent just before the batch: those present now are the agent's.
+                let (added, unknown) = read_again(&addresses, true, &error);
+                changes.addresses.extend(added);
+                failures.extend(all_failed(&unknown, adding, &error));
+            } else {
+                failures.extend(all_failed(&addresses, adding, &error));
+            }
             return failures;
         }
     };
@@ -297,7 +305,16 @@ pub fn remove_addresses(
         Ok(answers) => answers,
         Err(e) => {
             let addresses: Vec<DeviceAddress> = to_remove.iter().map(|(a, _)| (*a).clone()).collect();
-            return all_failed(&addresses, removing, &HostError::io("sending", e));
+            let error = HostError::io("sending", e);
+            if !error.outcome_unknown() {
+                return all_failed(&addresses, removing, &error);
+            }
+            // Those gone now were removed; those still there stay recorded.
+            let (removed, unknown) = read_again(&addresses, false, &error);
+            for address in &removed {
+                changes.addresses.remove(address);
+            }
+            return all_failed(&unknown, removing, &error);
         }
     };
     let mut failures = Vec::new();
@@ -310,6 +327,26 @@ pub fn remove_addresses(
         }
     }
     failures
+}
+
+/// After a batch whose answers were lost: `addresses` split by what the host
+/// holds now into (done, not done), `done` meaning present when `added`, else
+/// absent. A listing that fails leaves every outcome unknown: none is done.
+fn read_again(
+    addresses: &[DeviceAddress],
+    added: bool,
+    lost: &HostError,
+) -> (Vec<DeviceAddress>, Vec<DeviceAddress>) {
+    match local_addresses() {
+        Ok(present) => {
+            let present: BTreeSet<DeviceAddress> = present.into_iter().collect();
+            addresses.iter().cloned().partition(|a| present.contains(a) == added)
+        }
+        Err(error) => {
+            tracing::warn!(%error, after = %lost, "reading the addresses again");
+            (Vec::new(), addresses.to_vec())
+        }
+    }
 }
 
 fn adding(address: &DeviceAddress) -> String {

@@ -38,6 +38,11 @@ pub enum Cause {
     /// Several changes failed (undoing keeps going after a failure).
     #[error("{}", Several(.0))]
     Several(Vec<HostError>),
+    /// The socket's receive buffer overran (`ENOBUFS`): the kernel's answers
+    /// were dropped, so whether the requests took effect is unknown. Neither a
+    /// success nor a refusal: the host must be read again.
+    #[error("outcome unknown, the kernel's answers were lost (netlink receive buffer overrun)")]
+    Lost,
 }
 
 impl HostError {
@@ -49,8 +54,22 @@ impl HostError {
         Self::new(action, Cause::Refused(errno))
     }
 
+    /// A socket's failure; `ENOBUFS` is [`Cause::Lost`].
     pub(crate) fn io(action: impl Into<String>, error: io::Error) -> Self {
+        if error.raw_os_error() == Some(Errno::ENOBUFS as i32) {
+            return Self::new(action, Cause::Lost);
+        }
         Self::new(action, Cause::Io(Arc::new(error)))
+    }
+
+    /// Whether what was asked may or may not have happened (answers lost): the
+    /// caller reads the host again rather than trust either.
+    pub fn outcome_unknown(&self) -> bool {
+        match &self.cause {
+            Cause::Lost => true,
+            Cause::Several(errors) => errors.iter().any(HostError::outcome_unknown),
+            _ => false,
+        }
     }
 
     /// The same cause for another action (one failure shared by a batch's items).
@@ -102,5 +121,25 @@ mod tests {
              adding 10.0.0.1 to lvs9: no such device lvs9"
         );
         assert_eq!(several.errno(), None);
+        assert!(!several.outcome_unknown());
+    }
+
+    #[test]
+    fn an_overrun_receive_buffer_is_an_unknown_outcome() {
+        let lost = HostError::io("sending", io::Error::from_raw_os_error(Errno::ENOBUFS as i32));
+        assert!(matches!(lost.cause, Cause::Lost), "{lost:?}");
+        assert!(lost.outcome_unknown());
+        assert_eq!(
+            lost.for_action("adding 10.0.0.1 to eth0").to_string(),
+            "adding 10.0.0.1 to eth0: outcome unknown, the kernel's answers were lost (netlink receive buffer overrun)"
+        );
+        // Among several, it still is.
+        let refused = HostError::refused("adding 10.0.0.2 to eth0", Errno::EPERM);
+        let several = HostError::new("undoing host changes", Cause::Several(vec![refused, lost]));
+        assert!(several.outcome_unknown());
+        // Any other socket error is a failure of a known kind.
+        let other = HostError::io("sending", io::Error::from_raw_os_error(Errno::EBADF as i32));
+        assert!(matches!(other.cause, Cause::Io(_)) && !other.outcome_unknown());
+        assert_eq!(other.errno(), Some(Errno::EBADF));
     }
 }

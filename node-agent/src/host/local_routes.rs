@@ -114,8 +114,17 @@ pub fn add_routes(
     let answers = match rtnl.batch(requests, NLM_F_CREATE | NLM_F_EXCL) {
         Ok(answers) => answers,
         Err(e) => {
-            failures.extend(all_failed(to_add.iter().map(|(r, _)| *r), adding, &HostError::io("sending", e)));
-            return (Vec::new(), failures);
+            let error = HostError::io("sending", e);
+            let routes: Vec<DeviceRoute> = to_add.iter().map(|(r, _)| (*r).clone()).collect();
+            if !error.outcome_unknown() {
+                failures.extend(all_failed(routes.iter(), adding, &error));
+                return (Vec::new(), failures);
+            }
+            // Absent just before the batch: those present now are the agent's.
+            let (added, unknown) = read_again(&routes, true, &error);
+            changes.routes.extend(added.iter().cloned());
+            failures.extend(all_failed(unknown.iter(), adding, &error));
+            return (added, failures);
         }
     };
     let mut added = Vec::new();
@@ -168,7 +177,17 @@ pub fn remove_routes(changes: &mut HostChanges, routes: &[DeviceRoute]) -> Vec<(
     let answers = match rtnl.batch(requests, 0) {
         Ok(answers) => answers,
         Err(e) => {
-            return all_failed(to_remove.iter().map(|(r, _)| *r), removing, &HostError::io("sending", e));
+            let error = HostError::io("sending", e);
+            let routes: Vec<DeviceRoute> = to_remove.iter().map(|(r, _)| (*r).clone()).collect();
+            if !error.outcome_unknown() {
+                return all_failed(routes.iter(), removing, &error);
+            }
+            // Those gone now were deleted; those still there stay recorded.
+            let (removed, unknown) = read_again(&routes, false, &error);
+            for route in &removed {
+                changes.routes.remove(route);
+            }
+            return all_failed(unknown.iter(), removing, &error);
         }
     };
     let mut failures = Vec::new();
@@ -181,6 +200,23 @@ pub fn remove_routes(changes: &mut HostChanges, routes: &[DeviceRoute]) -> Vec<(
         }
     }
     failures
+}
+
+/// After a batch whose answers were lost: `routes` split by what the local
+/// table holds now into (done, not done), `done` meaning present when `added`,
+/// else absent. A listing that fails leaves every outcome unknown: none is done.
+fn read_again(routes: &[DeviceRoute], added: bool, lost: &HostError) -> (Vec<DeviceRoute>, Vec<DeviceRoute>) {
+    let listed = Rtnl::connect().and_then(|mut rtnl| {
+        let names = link_names(&mut rtnl)?;
+        local_routes(&mut rtnl, &names)
+    });
+    match listed {
+        Ok(present) => routes.iter().cloned().partition(|r| present.contains(r) == added),
+        Err(error) => {
+            tracing::warn!(%error, after = %lost, "reading the local routes again");
+            (Vec::new(), routes.to_vec())
+        }
+    }
 }
 
 fn adding(route: &DeviceRoute) -> String {

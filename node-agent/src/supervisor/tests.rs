@@ -17,7 +17,7 @@ use lvs_vrrp::{AddressFamily, InstanceConfig, VrrpState};
 
 use super::{Input, Sink, Supervisor, Why};
 use crate::{
-    engine::{Changed, Engine, Round, Scope, Subject},
+    engine::{Changed, Engine, Failure, FailureError, Round, Scope, Subject},
     failover::Transition,
     host::{DeviceAddress, DeviceRoute, GuePort, HostChanges, HostError, sysctl::Forwarding},
     reconcile::{KernelTable, ObservedService, apply_to_table},
@@ -139,6 +139,9 @@ struct FakeHost {
     ops: Arc<Mutex<Vec<String>>>,
     /// Addresses present, as the host would list them.
     addresses: Arc<Mutex<BTreeSet<DeviceAddress>>>,
+    /// While set, taking VIPs loses the kernel's answers (`ENOBUFS`): each
+    /// VIP's outcome is unknown, and none is added.
+    lose_answers: Arc<Mutex<bool>>,
 }
 
 impl FakeHost {
@@ -230,6 +233,10 @@ impl Host for FakeHost {
         changes: &mut HostChanges,
         vips: &[DeviceAddress],
     ) -> Vec<(DeviceAddress, HostError)> {
+        if *self.lose_answers.lock().unwrap() {
+            let lost = HostError::new("sending", crate::host::Cause::Lost);
+            return vips.iter().map(|vip| (vip.clone(), lost.clone())).collect();
+        }
         for vip in vips {
             if self.addresses.lock().unwrap().insert(vip.clone()) {
                 changes.addresses.insert(vip.clone());
@@ -585,6 +592,39 @@ fn a_change_of_services_alone_leaves_the_host_part_unread() {
     engine.reconcile(&full_nat, changed(false));
     let ops = host.ops();
     assert!(ops.iter().any(|op| op.starts_with("masquerade [198.51.100.1")), "{ops:?}");
+    std::fs::remove_dir_all(&state_dir).unwrap();
+}
+
+/// A host batch whose answers were lost (`ENOBUFS`) is a failure of unknown
+/// outcome: reported, and the next round reads the host again and configures
+/// it, even one that changes services alone; once that succeeded, such rounds
+/// leave the host unread again.
+#[test]
+fn lost_host_answers_make_the_next_round_read_the_host_again() {
+    let host = FakeHost::default();
+    let state_dir = std::env::temp_dir().join(format!("lvs-agent-loop-lost-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let mut engine =
+        Engine::with(Box::new(FakeKernel::default()), Box::new(host.clone()), &state_dir, false).unwrap();
+    let key = ServiceKey::tcp(SERVICE.parse().unwrap());
+    let services_alone = || Scope::Changed(Changed { services: [key].into(), host: false });
+
+    *host.lose_answers.lock().unwrap() = true;
+    let round = engine.reconcile(&spec(2, true, ""), Scope::Full);
+    let lost: Vec<&Failure> = round.failures.iter().collect();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].subject, Subject::DirectorVip("192.0.2.100".parse().unwrap()));
+    assert!(matches!(&lost[0].error, FailureError::Host(e) if e.outcome_unknown()));
+    assert!(!host.ops().contains(&"add 192.0.2.100 on eth0".to_string()));
+
+    // A change of services alone: the host is read and configured again.
+    *host.lose_answers.lock().unwrap() = false;
+    let round = engine.reconcile(&spec(3, true, ""), services_alone());
+    assert_eq!(round.failures.len(), 0, "{:?}", round.failures);
+    assert!(host.ops().contains(&"add 192.0.2.100 on eth0".to_string()));
+    // Known again: the next such change leaves the host unread.
+    engine.reconcile(&spec(4, true, ""), services_alone());
+    assert!(host.ops().is_empty());
     std::fs::remove_dir_all(&state_dir).unwrap();
 }
 
