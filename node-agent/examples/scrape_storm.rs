@@ -1,9 +1,11 @@
 //! A storm of concurrent `/metrics` scrapes, for tests/chaos.
 //!
-//!   scrape_storm ADDRESS SCRAPERS SECONDS
+//!   scrape_storm ADDRESS SCRAPERS SECONDS [PAUSE_S]
 //!
 //! SCRAPERS threads each scrape `http://ADDRESS/metrics` in a loop (a new
-//! connection each time, as Prometheus does after an idle period) for SECONDS.
+//! connection each time, as Prometheus does after an idle period) for SECONDS,
+//! pausing PAUSE_S (default 0) after each answer: SCRAPERS clients at once,
+//! without the storm's own CPU drowning the agent under test.
 //! Prints `STORM key value` lines: scrapes served (200), refused (503), other
 //! answers, failures (no connection, no answer within 60 s), the largest body,
 //! and the median and slowest scrape in seconds.
@@ -31,9 +33,10 @@ fn scrape(address: SocketAddr) -> (u16, usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [address, scrapers, seconds] = &args[..] else {
-        panic!("usage: scrape_storm ADDRESS SCRAPERS SECONDS")
+    let [address, scrapers, seconds, rest @ ..] = &args[..] else {
+        panic!("usage: scrape_storm ADDRESS SCRAPERS SECONDS [PAUSE_S]")
     };
+    let pause = Duration::from_secs_f64(rest.first().map_or(0.0, |p| p.parse().expect("PAUSE_S")));
     let address: SocketAddr = address.parse().expect("ADDRESS");
     let scrapers: usize = scrapers.parse().expect("SCRAPERS");
     let until = Instant::now() + Duration::from_secs(seconds.parse().expect("SECONDS"));
@@ -45,6 +48,7 @@ fn main() {
                     let start = Instant::now();
                     let (status, body) = scrape(address);
                     answers.push((status, body, start.elapsed()));
+                    std::thread::sleep(pause);
                 }
                 answers
             })
