@@ -551,7 +551,6 @@ impl Engine {
             None => round.looked_at.all_services = true,
             Some(keys) => round.looked_at.services.clone_from(keys),
         }
-        let table = self.table.as_ref().expect("a round has a table");
         // Whether the state file changes: it holds ownership and drains, not
         // weights, so an edit alone does not rewrite it (megabytes at 10,000
         // services, longer to write than the edit takes).
@@ -571,7 +570,21 @@ impl Engine {
                 );
                 let desired =
                     spec.director.as_ref().map(|d| desired_of(d, keys, &self.health)).unwrap_or_default();
-                let plan = plan_services(keys, &desired, table, &owned, &drains, now(), self.exclusive);
+                let table = self.table.as_ref().expect("a round has a table");
+                let mut plan = plan_services(keys, &desired, table, &owned, &drains, now(), self.exclusive);
+                // The cache's connection counts are those of its last reading: a
+                // destination idle there may have connections now, and deleting it
+                // would cut them instead of draining. A plan that deletes is made
+                // again on the kernel's counts of those services.
+                let deleting = deleted_services(&plan);
+                if !deleting.is_empty() {
+                    if let Err(e) = self.refresh(&deleting) {
+                        round.failures.push(Failure::new(Subject::IpvsTable, e));
+                        return round;
+                    }
+                    let table = self.table.as_ref().expect("refreshed");
+                    plan = plan_services(keys, &desired, table, &owned, &drains, now(), self.exclusive);
+                }
                 let changed = owned != plan.owned || drains != plan.drains;
                 (plan, changed)
             }
@@ -581,6 +594,7 @@ impl Engine {
                     .as_ref()
                     .map(|d| desired_services_with(d, &self.health))
                     .unwrap_or_default();
+                let table = self.table.as_ref().expect("a round has a table");
                 let plan = plan_table(&desired, table, &self.owned, &self.drains, now(), self.exclusive);
                 let changed = self.owned != plan.owned || self.drains != plan.drains;
                 (plan, changed)
@@ -592,6 +606,7 @@ impl Engine {
         let untrusted = if keys.is_none() { self.untrusted.take() } else { None };
         if let Some(why) = &untrusted {
             round.failures.push(Failure::new(Subject::StateFile, why.clone()));
+            let table = self.table.as_ref().expect("a round has a table");
             for key in table.keys().filter(|key| !plan.owned.0.contains_key(key)) {
                 let left = format!("left in place: not known to be the agent's (the state file {why})");
                 round.failures.push(Failure::new(Subject::Service(*key), left));
@@ -615,6 +630,23 @@ impl Engine {
             self.save(&mut round);
         }
         round
+    }
+
+    /// Reads `keys` again from the kernel into the cached table. When the kernel
+    /// cannot be read, the cache goes (the next round dumps the table).
+    fn refresh(&mut self, keys: &BTreeSet<ServiceKey>) -> Result<(), IpvsError> {
+        let table = self.table.as_mut().expect("a round has a table");
+        for key in keys {
+            match self.kernel.service(key) {
+                Ok(Some(service)) => table.insert(*key, service),
+                Ok(None) => table.remove(key),
+                Err(e) => {
+                    self.table = None;
+                    return Err(e);
+                }
+            };
+        }
+        Ok(())
     }
 
     fn apply(&mut self, plan: &Plan, round: &mut Round) {
@@ -896,6 +928,17 @@ fn write_durably(file: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::File::open(directory)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", directory.display()))
+}
+
+/// The services of which `plan` deletes destinations, or which it deletes.
+fn deleted_services(plan: &Plan) -> BTreeSet<ServiceKey> {
+    plan.ops
+        .iter()
+        .filter_map(|op| match op {
+            lvs_ipvs::IpvsOp::DeleteDestination(key, _) | lvs_ipvs::IpvsOp::DeleteService(key) => Some(*key),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The director's sysctls for `interface`, by how it forwards.

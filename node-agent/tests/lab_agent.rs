@@ -198,7 +198,8 @@ fn a_bad_manifest_leaves_the_rules_intact_and_names_the_field() {
 /// A streaming TCP server: a line every 100 ms on each connection, for as long as
 /// it lasts.
 const STREAM_SERVER: &str = "
-import socket, threading, time
+import socket, sys, threading, time
+name = sys.argv[1].encode() + b' ' if len(sys.argv) > 1 else b''
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('0.0.0.0', 9000))
@@ -207,7 +208,7 @@ def serve(c):
     n = 0
     while True:
         n += 1
-        c.sendall(b'line %d\\n' % n)
+        c.sendall(name + b'line %d\\n' % n)
         time.sleep(0.1)
 while True:
     c, _ = s.accept()
@@ -427,6 +428,85 @@ fn an_agent_restart_keeps_established_connections_and_rules() {
         connections.contains("192.168.16.2:") && connections.contains("192.168.16.21:9000"),
         "{connections}"
     );
+}
+
+/// A streaming server on port 9000 of `node`, each line prefixed with its name.
+fn stream_server(node: &str) -> Killed {
+    let server = Command::new("ip")
+        .args(["netns", "exec", node, "python3", "-c", STREAM_SERVER, node])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Killed(server)
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn a_removed_real_server_drains_its_connections_then_goes() {
+    topology("classic");
+    let dir = "/tmp/lvs-agent-drain";
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let manifest = |without: Option<&str>| -> String {
+        std::fs::read_to_string(example("dr.yaml"))
+            .unwrap()
+            .replace("port: 80\n", "port: 9000\n")
+            .replace("drainSeconds: 30", "drainSeconds: 6")
+            .lines()
+            .filter(|l| !l.contains("healthCheck") && without.is_none_or(|rs| !l.contains(rs)))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    std::fs::write(format!("{dir}/web.yaml"), manifest(None)).unwrap();
+    apply_once("rs1", &format!("{dir}/web.yaml"));
+    apply_once("rs2", &format!("{dir}/web.yaml"));
+    let _servers = [stream_server("rs1"), stream_server("rs2")];
+    let _agent = Agent::start("director1", dir, 2);
+    let rules = || sorted_lines(&in_ns("director1", "ipvsadm -S -n"));
+    wait_until("programmed", Duration::from_secs(40), || rules().len() == 3);
+    wait_until("director1 holds the VIP", Duration::from_secs(20), || {
+        in_ns("director1", "ip -br addr show eth0").contains("192.168.16.100")
+    });
+    // A long connection, and the real server it went to.
+    let stream = std::fs::File::create("/tmp/lvs-drain-stream").unwrap();
+    let client = Command::new("ip")
+        .args(["netns", "exec", "client", "busybox", "nc", "192.168.16.100", "9000"])
+        .stdin(Stdio::piped())
+        .stdout(stream)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _client = Killed(client);
+    let lines = || std::fs::read_to_string("/tmp/lvs-drain-stream").unwrap_or_default();
+    wait_until("the stream starts", Duration::from_secs(10), || lines().lines().count() >= 5);
+    let (drained, kept) = if lines().starts_with("rs1 ") { ("rs1", "rs2") } else { ("rs2", "rs1") };
+    let address = |rs: &str| if rs == "rs1" { "192.168.16.21" } else { "192.168.16.22" };
+
+    // Removed from the manifest: weight 0 at once, not deleted.
+    std::fs::write(format!("{dir}/web.yaml"), manifest(Some(address(drained)))).unwrap();
+    let removed = Instant::now();
+    let weight_zero = format!("-a -t 192.168.16.100:9000 -r {}:9000 -g -w 0", address(drained));
+    wait_until("weight 0", Duration::from_secs(5), || rules().contains(&weight_zero));
+    // New connections go to the other real server only.
+    for _ in 0..4 {
+        let first = in_ns("client", "timeout 2 busybox nc 192.168.16.100 9000 | head -1 || true");
+        assert!(first.starts_with(&format!("{kept} line")), "a new connection answered by {first:?}");
+    }
+    // The established connection keeps streaming through the drain (a line
+    // every 100 ms; a stalled one would never get 10 more).
+    let before = lines().lines().count();
+    wait_until("the draining connection streams", Duration::from_secs(5), || {
+        lines().lines().count() >= before + 10
+    });
+    assert!(rules().contains(&weight_zero), "deleted {:?} after the removal", removed.elapsed());
+    // Deleted once the drain period (6 s) has passed: not before, and within a
+    // resync interval (2 s) and a second of it.
+    wait_until("deleted", Duration::from_secs(12), || !rules().iter().any(|r| r.contains(address(drained))));
+    let after = removed.elapsed();
+    assert!(after >= Duration::from_secs(5) && after <= Duration::from_secs(9), "deleted after {after:?}");
+    assert_eq!(rules().len(), 2, "{:?}", rules());
 }
 
 #[test]

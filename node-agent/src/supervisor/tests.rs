@@ -462,6 +462,32 @@ fn a_drain_falling_due_removes_the_destination() {
     assert!(lab.host.ops().is_empty());
 }
 
+/// The cache is read at startup, with no connections; a client connects
+/// afterwards. Removing its real server must drain it, not cut it: the plan is
+/// made on the kernel's counts.
+#[test]
+fn a_connection_made_after_the_last_reading_is_drained_not_cut() {
+    let lab = Lab::start("fresh-counts", spec(2, true, "  drainSeconds: 30\n"), HOUR);
+    lab.kernel.ops();
+    lab.host.ops();
+    let service = ServiceKey::tcp(SERVICE.parse().unwrap());
+    {
+        let mut state = lab.kernel.state.lock().unwrap();
+        let destinations = &mut state.table.get_mut(&service).unwrap().destinations;
+        destinations.iter_mut().for_each(|d| d.active_connections = 1);
+    }
+    lab.send(Input::Desired(spec(2, false, "  drainSeconds: 30\n")));
+    let (why, applied, _) = lab.next_change_round();
+    assert_eq!(why, Why::Applied);
+    assert_eq!(applied, [format!("-e -t {SERVICE} -r 198.51.100.2:80 -g -w 0 -x 0 -y 0")]);
+    // Idle in the kernel: deleted at once (nothing to drain).
+    let lab = Lab::start("fresh-idle", spec(2, true, "  drainSeconds: 30\n"), HOUR);
+    lab.kernel.ops();
+    lab.send(Input::Desired(spec(2, false, "  drainSeconds: 30\n")));
+    let (_, applied, _) = lab.next_change_round();
+    assert_eq!(applied, [format!("-d -t {SERVICE} -r 198.51.100.2:80")]);
+}
+
 #[test]
 fn a_health_transition_quiesces_and_restores_the_destination() {
     // Checks an hour apart: the checker itself says nothing during the test.
