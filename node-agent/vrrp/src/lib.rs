@@ -146,7 +146,7 @@ pub trait Hooks: Send + Sync + 'static {
     /// advertisements go on meanwhile). `to == Master`: take the addresses and
     /// announce them; anything else: release them. Also called with
     /// `from == to == Master` when a Master's address list changed, with the
-    /// new list, and when another master lost to this one (announce again).
+    /// new list, and when its link came back (announce again).
     fn transition(&self, instance: &InstanceConfig, from: VrrpState, to: VrrpState);
 }
 
@@ -512,9 +512,6 @@ impl Instance {
                     self.hook(VrrpState::Master, VrrpState::Master);
                 }
                 self.send_failing = !sent;
-            }
-            if action == Action::Reassert {
-                self.hook(VrrpState::Master, VrrpState::Master);
             }
             // BecomeMaster / BecomeBackup: the state change below covers them.
         }
