@@ -127,6 +127,12 @@ impl Machine {
         &self.config
     }
 
+    /// A new primary address (the interface was recreated), for the
+    /// tie-break of equal priorities.
+    pub(crate) fn set_own_address(&mut self, own_address: IpAddr) {
+        self.own_address = own_address;
+    }
+
     #[cfg(test)]
     fn master_adver_interval(&self) -> Duration {
         self.master_adver_interval
