@@ -548,6 +548,11 @@ impl Instance {
         self.perform(&link, &mut machine, VrrpState::Initialize, actions);
         let mut link_check = interval(RETRY);
         link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The check and the reopening run on a blocking thread: while the
+        // kernel deletes an interface it holds the locks that opening a socket
+        // and reading addresses need, for seconds under load, and the timers
+        // must not wait for that.
+        let mut reopening: Option<JoinHandle<Option<io::Result<Arc<Link>>>>> = None;
         loop {
             let deadline = machine.next_deadline();
             let from = machine.state();
@@ -571,9 +576,18 @@ impl Instance {
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     machine.on_timer(Instant::now())
                 }
-                _ = link_check.tick() => {
-                    if link.is_stale(&self.config.interface) {
-                        self.reopen(&shared, &mut link, &route, &mut machine);
+                _ = link_check.tick(), if reopening.is_none() => {
+                    let (shared, current) = (shared.clone(), link.clone());
+                    let (interface, family) = (self.config.interface.clone(), self.config.family);
+                    reopening = Some(tokio::task::spawn_blocking(move || {
+                        current.is_stale(&interface).then(|| shared.link(&interface, family))
+                    }));
+                    Vec::new()
+                }
+                checked = async { reopening.as_mut().expect("guarded").await }, if reopening.is_some() => {
+                    reopening = None;
+                    if let Ok(Some(opened)) = checked {
+                        self.reopened(opened, &mut link, &route, &mut machine);
                     }
                     Vec::new()
                 }
@@ -591,20 +605,22 @@ impl Instance {
     /// one, if it is there yet, replaces the old (which would neither send nor
     /// receive again). The state stays; a Master takes its addresses again,
     /// since they went with the old interface.
-    fn reopen(
+    fn reopened(
         &mut self,
-        shared: &Shared,
+        opened: io::Result<Arc<Link>>,
         link: &mut Arc<Link>,
         route: &mpsc::Sender<Received>,
         machine: &mut Machine,
     ) {
-        match shared.link(&self.config.interface, self.config.family) {
+        match opened {
             Ok(new) => {
                 unroute(link, self.config.vrid, route);
                 new.routes.lock().expect("routes lock").insert(self.config.vrid, route.clone());
                 *link = new;
                 machine.set_own_address(link.socket.own_address());
                 self.reopen_failing = false;
+                // The announcement below covers the link's return.
+                self.send_failing = false;
                 tracing::info!(
                     vrid = self.config.vrid,
                     interface = %self.config.interface,
