@@ -41,7 +41,7 @@ use std::{
     io,
     net::IpAddr,
     sync::{
-        Arc, Mutex, Weak,
+        Arc, Condvar, Mutex, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -49,9 +49,9 @@ use std::{
 
 use tokio::{
     runtime::Handle,
-    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+    sync::mpsc::{self, UnboundedReceiver, UnboundedSender, error::TrySendError, unbounded_channel},
     task::JoinHandle,
-    time::{Instant, sleep, sleep_until},
+    time::{Instant, interval, sleep, sleep_until},
 };
 
 pub use self::{
@@ -60,7 +60,7 @@ pub use self::{
     state::VrrpState,
 };
 use self::{
-    socket::{DropCounters, VrrpSocket, check},
+    socket::{DropCounters, DropReason, VrrpSocket, check},
     state::{Action, Config, Machine},
 };
 
@@ -91,8 +91,18 @@ impl From<IpAddr> for AddressFamily {
 }
 
 /// How long an instance waits before retrying to open its socket (interface
-/// missing or without address).
+/// missing or without address), and how often it checks that its interface is
+/// still the one its socket is bound to (deleted and recreated: a new index).
 const RETRY: Duration = Duration::from_secs(1);
+
+/// Valid adverts waiting for one instance. A real peer sends one per interval;
+/// more pile up only under a flood, whose excess is dropped (and counted), so
+/// memory stays bounded and the instance's task keeps its pace.
+const ADVERT_QUEUE: usize = 64;
+
+/// At most one receive error is logged per this long (per link): a socket
+/// failing on every call must not flood the log.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// One virtual router this node runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,12 +151,15 @@ impl InstanceConfig {
 
 /// What the host does when an instance changes state.
 pub trait Hooks: Send + Sync + 'static {
-    /// Called for each transition of `instance`, one at a time and in order
-    /// per instance, on a blocking thread (it may take some milliseconds: the
-    /// advertisements go on meanwhile). `to == Master`: take the addresses and
-    /// announce them; anything else: release them. Also called with
-    /// `from == to == Master` when a Master's address list changed, with the
-    /// new list, and when another master lost to this one (announce again).
+    /// Called for the transitions of `instance`, one at a time per instance,
+    /// on a blocking thread (it may take some milliseconds: the advertisements
+    /// go on meanwhile). Transitions made while a call runs are folded into
+    /// the next: it goes from the state the last call reported to the latest,
+    /// with the latest configuration, so a slow hook never runs stale ones.
+    /// `to == Master`: take the addresses and announce them; anything else:
+    /// release them. Also called with `from == to == Master` when a Master's
+    /// address list changed, with the new list, and when its link came back
+    /// (announce again).
     fn transition(&self, instance: &InstanceConfig, from: VrrpState, to: VrrpState);
 }
 
@@ -183,13 +196,24 @@ struct Status {
 /// A received advertisement, for the instance of its VRID.
 type Received = (IpAddr, Advertisement);
 
+/// The queues of the instances of one link, by VRID.
+type Routes = Arc<Mutex<HashMap<u8, mpsc::Sender<Received>>>>;
+
 /// A socket shared by the instances of one (interface, family), with the task
 /// that receives, checks and dispatches its packets by VRID. Closed when the
 /// last instance drops it.
 struct Link {
     socket: Arc<VrrpSocket>,
-    routes: Arc<Mutex<HashMap<u8, UnboundedSender<Received>>>>,
+    routes: Routes,
     receiver: JoinHandle<()>,
+}
+
+impl Link {
+    /// Whether the interface was deleted (and maybe recreated with a new
+    /// index) since the socket was bound to it.
+    fn is_stale(&self, interface: &str) -> bool {
+        nix::net::if_::if_nametoindex(interface).ok() != Some(self.socket.interface_index())
+    }
 }
 
 impl Drop for Link {
@@ -211,11 +235,13 @@ impl Shared {
     fn link(&self, interface: &str, family: AddressFamily) -> io::Result<Arc<Link>> {
         let mut links = self.links.lock().expect("links lock");
         let key = (interface.to_owned(), family);
-        if let Some(link) = links.get(&key).and_then(Weak::upgrade) {
+        if let Some(link) = links.get(&key).and_then(Weak::upgrade)
+            && !link.is_stale(interface)
+        {
             return Ok(link);
         }
         let socket = Arc::new(VrrpSocket::open(interface, family)?);
-        let routes: Arc<Mutex<HashMap<u8, UnboundedSender<Received>>>> = Arc::default();
+        let routes: Routes = Arc::default();
         let receiver = tokio::spawn(receive(socket.clone(), routes.clone(), self.drops.clone()));
         let link = Arc::new(Link { socket, routes, receiver });
         links.insert(key, Arc::downgrade(&link));
@@ -224,11 +250,8 @@ impl Shared {
 }
 
 /// Receives, checks and dispatches the packets of one socket, forever.
-async fn receive(
-    socket: Arc<VrrpSocket>,
-    routes: Arc<Mutex<HashMap<u8, UnboundedSender<Received>>>>,
-    drops: Arc<DropCounters>,
-) {
+async fn receive(socket: Arc<VrrpSocket>, routes: Routes, drops: Arc<DropCounters>) {
+    let mut last_logged: Option<Instant> = None;
     loop {
         let raw = match socket.receive().await {
             Ok(Ok(raw)) => raw,
@@ -237,8 +260,12 @@ async fn receive(
                 continue;
             }
             Err(error) => {
-                // Not expected on a raw socket; avoid spinning on a persistent error.
-                tracing::warn!(%error, "vrrp: receiving");
+                // Not expected on a raw socket (a deleted interface is noticed by
+                // its instances); avoid spinning or logging on every call.
+                if last_logged.is_none_or(|at| at.elapsed() >= ERROR_LOG_INTERVAL) {
+                    tracing::warn!(%error, "vrrp: receiving (logged at most once a minute)");
+                    last_logged = Some(Instant::now());
+                }
                 sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -247,8 +274,10 @@ async fn receive(
         match check(&raw, socket.own_address(), known) {
             Ok(advert) => {
                 let route = routes.lock().expect("routes lock").get(&advert.virtual_router_id).cloned();
-                if let Some(route) = route {
-                    let _ = route.send((raw.source, advert));
+                if let Some(route) = route
+                    && let Err(TrySendError::Full(_)) = route.try_send((raw.source, advert))
+                {
+                    drops.count(DropReason::QueueFull);
                 }
             }
             Err(reason) => drops.count(reason),
@@ -393,33 +422,100 @@ impl Drop for Router {
     }
 }
 
+/// The transition waiting for an instance's hook thread: at most one, the
+/// latest (see [`Hooks::transition`]). A bounded slot, not a queue, so that
+/// transitions coming faster than the hook runs cost no memory and a real
+/// Master -> Backup never waits behind stale ones.
+#[derive(Default)]
+struct HookSlot {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// Where the hooks stand: the `to` of the last transition handed out.
+    reported: Option<VrrpState>,
+    latest: Option<(InstanceConfig, VrrpState, VrrpState)>,
+    closed: bool,
+}
+
+impl HookSlot {
+    /// Puts a transition in the slot, folding it into the one waiting there.
+    fn put(&self, config: InstanceConfig, from: VrrpState, to: VrrpState) {
+        let mut pending = self.pending.lock().expect("hook slot lock");
+        let from = pending.latest.as_ref().map_or(from, |(_, first_from, _)| *first_from);
+        pending.latest = Some((config, from, to));
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    /// Closes the slot: [`HookSlot::take`] returns what is waiting, then None.
+    fn close(&self) {
+        self.pending.lock().expect("hook slot lock").closed = true;
+        self.wake.notify_one();
+    }
+
+    /// The next transition to run, blocking until there is one; None once
+    /// closed and empty.
+    fn take(&self) -> Option<(InstanceConfig, VrrpState, VrrpState)> {
+        let mut pending = self.pending.lock().expect("hook slot lock");
+        loop {
+            if let Some((config, from, to)) = pending.latest.take() {
+                // A transition folded back to where the hooks stand (e.g. Backup
+                // -> Master -> Backup before the hook ran) needs no call, except
+                // Master -> Master, which announces again.
+                if pending.reported == Some(to) && from == to && to != VrrpState::Master {
+                    continue;
+                }
+                pending.reported = Some(to);
+                return Some((config, from, to));
+            }
+            if pending.closed {
+                return None;
+            }
+            pending = self.wake.wait(pending).expect("hook slot lock");
+        }
+    }
+}
+
 /// One running instance: its task's state.
 struct Instance {
     config: InstanceConfig,
     status: Arc<Status>,
-    /// Transitions for the hook thread, in order.
-    hook_queue: Option<std::sync::mpsc::Sender<(InstanceConfig, VrrpState, VrrpState)>>,
+    /// The transition for the hook thread.
+    hook_slot: Arc<HookSlot>,
     hook_thread: Option<JoinHandle<()>>,
     /// Whether the last advertisement could not be sent (link down).
     send_failing: bool,
+    /// Whether reopening the socket of a recreated interface failed last time
+    /// (logged once, not at every retry).
+    reopen_failing: bool,
 }
 
 impl Instance {
     fn new(config: InstanceConfig, status: Arc<Status>) -> Self {
-        Instance { config, status, hook_queue: None, hook_thread: None, send_failing: false }
+        Instance {
+            config,
+            status,
+            hook_slot: Arc::default(),
+            hook_thread: None,
+            send_failing: false,
+            reopen_failing: false,
+        }
     }
 
-    /// Starts the thread that runs the hooks in order. Called from the
-    /// instance's task, so that the thread is the runtime's (and in its
-    /// network namespace), not the caller's of `set_instances`.
+    /// Starts the thread that runs the hooks. Called from the instance's task,
+    /// so that the thread is the runtime's (and in its network namespace), not
+    /// the caller's of `set_instances`. The hook runs without any lock held:
+    /// the instance's task only ever waits for the slot's lock, briefly.
     fn start_hooks(&mut self, hooks: Arc<dyn Hooks>) {
-        let (hook_queue, transitions) = std::sync::mpsc::channel::<(InstanceConfig, VrrpState, VrrpState)>();
+        let slot = self.hook_slot.clone();
         self.hook_thread = Some(tokio::task::spawn_blocking(move || {
-            for (config, from, to) in transitions {
+            while let Some((config, from, to)) = slot.take() {
                 hooks.transition(&config, from, to);
             }
         }));
-        self.hook_queue = Some(hook_queue);
     }
 
     async fn run(
@@ -430,7 +526,7 @@ impl Instance {
     ) {
         self.start_hooks(hooks);
         // Until the socket opens, the instance stays in Initialize.
-        let link = loop {
+        let mut link = loop {
             match shared.link(&self.config.interface, self.config.family) {
                 Ok(link) => break link,
                 Err(error) => {
@@ -445,11 +541,18 @@ impl Instance {
                 }
             }
         };
-        let (route, mut adverts) = unbounded_channel();
+        let (route, mut adverts) = mpsc::channel(ADVERT_QUEUE);
         link.routes.lock().expect("routes lock").insert(self.config.vrid, route.clone());
         let mut machine = Machine::new(self.config.machine_config(), link.socket.own_address());
         let actions = machine.startup(Instant::now());
         self.perform(&link, &mut machine, VrrpState::Initialize, actions);
+        let mut link_check = interval(RETRY);
+        link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The check and the reopening run on a blocking thread: while the
+        // kernel deletes an interface it holds the locks that opening a socket
+        // and reading addresses need, for seconds under load, and the timers
+        // must not wait for that.
+        let mut reopening: Option<JoinHandle<Option<io::Result<Arc<Link>>>>> = None;
         loop {
             let deadline = machine.next_deadline();
             let from = machine.state();
@@ -473,19 +576,67 @@ impl Instance {
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     machine.on_timer(Instant::now())
                 }
+                _ = link_check.tick(), if reopening.is_none() => {
+                    let (shared, current) = (shared.clone(), link.clone());
+                    let (interface, family) = (self.config.interface.clone(), self.config.family);
+                    reopening = Some(tokio::task::spawn_blocking(move || {
+                        current.is_stale(&interface).then(|| shared.link(&interface, family))
+                    }));
+                    Vec::new()
+                }
+                checked = async { reopening.as_mut().expect("guarded").await }, if reopening.is_some() => {
+                    reopening = None;
+                    if let Ok(Some(opened)) = checked {
+                        self.reopened(opened, &mut link, &route, &mut machine);
+                    }
+                    Vec::new()
+                }
             };
             self.perform(&link, &mut machine, from, actions);
         }
         let from = machine.state();
         let actions = machine.shutdown();
         self.perform(&link, &mut machine, from, actions);
-        {
-            let mut routes = link.routes.lock().expect("routes lock");
-            if routes.get(&self.config.vrid).is_some_and(|r| r.same_channel(&route)) {
-                routes.remove(&self.config.vrid);
+        unroute(&link, self.config.vrid, &route);
+        self.finish().await
+    }
+
+    /// The interface was deleted (and maybe recreated): a socket on the new
+    /// one, if it is there yet, replaces the old (which would neither send nor
+    /// receive again). The state stays; a Master takes its addresses again,
+    /// since they went with the old interface.
+    fn reopened(
+        &mut self,
+        opened: io::Result<Arc<Link>>,
+        link: &mut Arc<Link>,
+        route: &mpsc::Sender<Received>,
+        machine: &mut Machine,
+    ) {
+        match opened {
+            Ok(new) => {
+                unroute(link, self.config.vrid, route);
+                new.routes.lock().expect("routes lock").insert(self.config.vrid, route.clone());
+                *link = new;
+                machine.set_own_address(link.socket.own_address());
+                self.reopen_failing = false;
+                // The announcement below covers the link's return.
+                self.send_failing = false;
+                tracing::info!(
+                    vrid = self.config.vrid,
+                    interface = %self.config.interface,
+                    "vrrp: interface recreated; socket reopened"
+                );
+                if machine.state() == VrrpState::Master {
+                    self.hook(VrrpState::Master, VrrpState::Master);
+                }
+            }
+            Err(error) => {
+                if !self.reopen_failing {
+                    tracing::warn!(vrid = self.config.vrid, %error, "vrrp: interface gone; retrying every second");
+                    self.reopen_failing = true;
+                }
             }
         }
-        self.finish().await
     }
 
     /// Sends what the machine asked for and reports its state change.
@@ -513,9 +664,6 @@ impl Instance {
                 }
                 self.send_failing = !sent;
             }
-            if action == Action::Reassert {
-                self.hook(VrrpState::Master, VrrpState::Master);
-            }
             // BecomeMaster / BecomeBackup: the state change below covers them.
         }
         let to = machine.state();
@@ -527,17 +675,97 @@ impl Instance {
     }
 
     fn hook(&self, from: VrrpState, to: VrrpState) {
-        if let Some(queue) = &self.hook_queue {
-            let _ = queue.send((self.config.clone(), from, to));
+        self.hook_slot.put(self.config.clone(), from, to);
+    }
+
+    /// Waits for the hook of the last transition.
+    async fn finish(mut self) {
+        // Closing the slot ends the hook thread once it has run what waits there.
+        self.hook_slot.close();
+        if let Some(thread) = self.hook_thread.take() {
+            let _ = thread.await;
+        }
+    }
+}
+
+/// Removes the instance's queue from `link` (unless another instance of that
+/// VRID replaced it meanwhile).
+fn unroute(link: &Link, vrid: u8, route: &mpsc::Sender<Received>) {
+    let mut routes = link.routes.lock().expect("routes lock");
+    if routes.get(&vrid).is_some_and(|r| r.same_channel(route)) {
+        routes.remove(&vrid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(addresses: &[&str]) -> InstanceConfig {
+        InstanceConfig {
+            interface: "eth0".into(),
+            vrid: 51,
+            family: AddressFamily::IPv4,
+            priority: 100,
+            advert_interval: Duration::from_secs(1),
+            preempt: true,
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
         }
     }
 
-    /// Waits for the hooks queued so far.
-    async fn finish(mut self) {
-        // Closing the queue ends the hook thread once it has run what is queued.
-        self.hook_queue = None;
-        if let Some(thread) = self.hook_thread.take() {
-            let _ = thread.await;
+    use VrrpState::{Backup, Initialize, Master};
+
+    #[test]
+    fn the_hook_slot_keeps_the_latest_transition_from_where_the_hooks_stand() {
+        let slot = HookSlot::default();
+        slot.put(config(&["10.0.0.1"]), Initialize, Backup);
+        assert_eq!(slot.take(), Some((config(&["10.0.0.1"]), Initialize, Backup)));
+        // A hook running meanwhile: three transitions and a reassert fold into one.
+        slot.put(config(&["10.0.0.1"]), Backup, Master);
+        slot.put(config(&["10.0.0.1"]), Master, Master);
+        slot.put(config(&["10.0.0.1"]), Master, Backup);
+        slot.put(config(&["10.0.0.2"]), Backup, Master);
+        assert_eq!(slot.take(), Some((config(&["10.0.0.2"]), Backup, Master)));
+        // Back where the hooks stand: no call.
+        slot.put(config(&["10.0.0.2"]), Master, Backup);
+        slot.put(config(&["10.0.0.2"]), Backup, Master);
+        slot.put(config(&["10.0.0.2"]), Master, Master);
+        assert_eq!(slot.take(), Some((config(&["10.0.0.2"]), Master, Master)), "Master -> Master announces");
+        slot.put(config(&["10.0.0.2"]), Master, Backup);
+        assert_eq!(slot.take(), Some((config(&["10.0.0.2"]), Master, Backup)));
+        slot.put(config(&["10.0.0.2"]), Backup, Master);
+        slot.put(config(&["10.0.0.2"]), Master, Backup);
+        slot.close();
+        assert_eq!(slot.take(), None, "Backup -> Master -> Backup: nothing to do");
+    }
+
+    #[test]
+    fn a_flood_of_transitions_costs_one_slot_and_the_hook_thread_takes_the_latest() {
+        let slot = Arc::new(HookSlot::default());
+        let taker = {
+            let slot = slot.clone();
+            std::thread::spawn(move || {
+                let mut taken = Vec::new();
+                while let Some(transition) = slot.take() {
+                    taken.push(transition);
+                    // A slow hook: the flood goes on meanwhile.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                taken
+            })
+        };
+        for n in 0..100_000 {
+            let (from, to) = if n % 2 == 0 { (Backup, Master) } else { (Master, Backup) };
+            slot.put(config(&["10.0.0.1"]), from, to);
+        }
+        slot.put(config(&["10.0.0.1"]), Master, Backup);
+        slot.close();
+        let taken = taker.join().unwrap();
+        assert!(taken.len() < 1_000, "{} hook calls for 100,000 transitions", taken.len());
+        assert_eq!(taken.last().map(|(_, _, to)| *to), Some(Backup), "the latest state wins");
+        // Each call goes from where the previous one left the hooks.
+        for pair in taken.windows(2) {
+            assert_eq!(pair[1].1, pair[0].2, "{pair:?}");
         }
     }
 }

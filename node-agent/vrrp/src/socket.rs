@@ -54,6 +54,12 @@ pub(crate) enum DropReason {
     WrongVrid,
     /// Sent by this node (source is its own address).
     Own,
+    /// IPv6 source outside fe80::/10 (RFC 5798 5.1.2.1: adverts come from
+    /// the sender's link-local address).
+    NotLinkLocal,
+    /// Valid, but its instance had not taken the previous ones yet (a flood):
+    /// the queue per instance is bounded.
+    QueueFull,
 }
 
 impl From<PacketError> for DropReason {
@@ -79,11 +85,13 @@ pub struct Drops {
     pub bad_checksum: u64,
     pub wrong_vrid: u64,
     pub own: u64,
+    pub not_link_local: u64,
+    pub queue_full: u64,
 }
 
 impl Drops {
     /// (reason label, count) pairs, for metrics.
-    pub fn by_reason(&self) -> [(&'static str, u64); 8] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 10] {
         [
             ("bad_ttl", self.bad_ttl),
             ("truncated", self.truncated),
@@ -93,13 +101,15 @@ impl Drops {
             ("bad_checksum", self.bad_checksum),
             ("wrong_vrid", self.wrong_vrid),
             ("own", self.own),
+            ("not_link_local", self.not_link_local),
+            ("queue_full", self.queue_full),
         ]
     }
 }
 
 /// The live counters behind [`Drops`], shared by the receive tasks.
 #[derive(Debug, Default)]
-pub(crate) struct DropCounters([AtomicU64; 8]);
+pub(crate) struct DropCounters([AtomicU64; 10]);
 
 impl DropCounters {
     pub(crate) fn count(&self, reason: DropReason) {
@@ -117,6 +127,8 @@ impl DropCounters {
             bad_checksum: get(DropReason::BadChecksum),
             wrong_vrid: get(DropReason::WrongVrid),
             own: get(DropReason::Own),
+            not_link_local: get(DropReason::NotLinkLocal),
+            queue_full: get(DropReason::QueueFull),
         }
     }
 }
@@ -155,8 +167,9 @@ pub(crate) fn parse_ipv4(datagram: &[u8]) -> Result<RawPacket, DropReason> {
 }
 
 /// The checks of RFC 5798 7.1 in its order: TTL, then the VRRP message
-/// (length, version, type, count, checksum), then the VRID; own packets are
-/// dropped too.
+/// (length, version, type, count, checksum), then the VRID; own packets and
+/// IPv6 ones from beyond the link-local range are dropped too. Cheap: no
+/// allocation before the checksum passed.
 pub(crate) fn check(
     packet: &RawPacket,
     own_address: IpAddr,
@@ -168,6 +181,11 @@ pub(crate) fn check(
     let advert = Advertisement::parse(&packet.payload, packet.source, packet.destination)?;
     if packet.source == own_address {
         return Err(DropReason::Own);
+    }
+    if let IpAddr::V6(source) = packet.source
+        && !is_link_local(&source)
+    {
+        return Err(DropReason::NotLinkLocal);
     }
     if !known_vrid(advert.virtual_router_id) {
         return Err(DropReason::WrongVrid);
@@ -187,7 +205,7 @@ pub(crate) fn own_address(interface: &str, family: AddressFamily) -> io::Result<
             AddressFamily::IPv6 => address
                 .as_sockaddr_in6()
                 .map(|a| a.ip())
-                .filter(|ip| ip.segments()[0] & 0xffc0 == 0xfe80 && !tentative(ip))
+                .filter(|ip| is_link_local(ip) && !tentative(ip))
                 .map(IpAddr::V6),
         })
         .ok_or_else(|| {
@@ -197,6 +215,11 @@ pub(crate) fn own_address(interface: &str, family: AddressFamily) -> io::Result<
             };
             io::Error::new(io::ErrorKind::NotFound, format!("interface {interface} has no {what}"))
         })
+}
+
+/// fe80::/10.
+pub(crate) fn is_link_local(address: &Ipv6Addr) -> bool {
+    address.segments()[0] & 0xffc0 == 0xfe80
 }
 
 /// Whether `address` is still tentative (duplicate address detection running,
@@ -288,6 +311,11 @@ impl VrrpSocket {
 
     pub(crate) fn own_address(&self) -> IpAddr {
         self.own_address
+    }
+
+    /// The index of the interface the socket is bound to, when it was opened.
+    pub(crate) fn interface_index(&self) -> u32 {
+        self.interface_index
     }
 
     /// Sends one advertisement to the VRRP group. Never blocks: a full send
@@ -428,6 +456,27 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_adverts_must_come_from_a_link_local_address() {
+        let group = IpAddr::V6(packet::MULTICAST_V6);
+        let own: IpAddr = "fe80::11".parse().unwrap();
+        let advert = Advertisement {
+            virtual_router_id: 51,
+            priority: 100,
+            max_advert_interval: 100,
+            addresses: vec!["fd00:16::100".parse().unwrap()],
+        };
+        let from = |source: &str| {
+            let source: IpAddr = source.parse().unwrap();
+            RawPacket { source, destination: group, ttl: Some(255), payload: advert.emit(source, group) }
+        };
+        assert_eq!(check(&from("fe80::12"), own, vrid_51), Ok(advert.clone()));
+        assert_eq!(check(&from("febf::12"), own, vrid_51), Ok(advert.clone()), "fe80::/10 ends at febf");
+        for source in ["fd00:16::12", "2001:db8::12", "fec0::12", "::1", "ff02::1"] {
+            assert_eq!(check(&from(source), own, vrid_51), Err(DropReason::NotLinkLocal), "{source}");
+        }
+    }
+
+    #[test]
     fn splits_an_ipv4_datagram() {
         let payload = advert(51).emit(peer(), GROUP);
         assert_eq!(parse_ipv4(&datagram(255, &payload)), Ok(packet(peer(), 255, payload.clone())));
@@ -456,8 +505,13 @@ mod tests {
         counters.count(DropReason::BadTtl);
         counters.count(DropReason::WrongVrid);
         counters.count(DropReason::WrongVrid);
+        counters.count(DropReason::NotLinkLocal);
+        counters.count(DropReason::QueueFull);
         let drops = counters.snapshot();
-        assert_eq!(drops, Drops { bad_ttl: 1, wrong_vrid: 2, ..Drops::default() });
-        assert_eq!(drops.by_reason().iter().map(|(_, n)| n).sum::<u64>(), 3);
+        assert_eq!(
+            drops,
+            Drops { bad_ttl: 1, wrong_vrid: 2, not_link_local: 1, queue_full: 1, ..Drops::default() }
+        );
+        assert_eq!(drops.by_reason().iter().map(|(_, n)| n).sum::<u64>(), 5);
     }
 }

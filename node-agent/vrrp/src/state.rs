@@ -83,10 +83,6 @@ pub(crate) enum Action {
     BecomeMaster,
     /// The router became Backup: release the addresses.
     BecomeBackup,
-    /// Another master showed up and loses to this one (e.g. after a network
-    /// partition healed): announce the addresses again, since neighbours may
-    /// have learnt the other master's link address for them meanwhile.
-    Reassert,
 }
 
 /// The timer running in each state: the RFC's Master_Down_Timer (Backup) or
@@ -129,6 +125,12 @@ impl Machine {
 
     pub(crate) fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// A new primary address (the interface was recreated), for the
+    /// tie-break of equal priorities.
+    pub(crate) fn set_own_address(&mut self, own_address: IpAddr) {
+        self.own_address = own_address;
     }
 
     #[cfg(test)]
@@ -196,16 +198,17 @@ impl Machine {
                 } else if priority > self.config.priority
                     || (priority == self.config.priority && source > self.own_address)
                 {
-                    // One last advertisement before going quiet: should the new
-                    // master not have heard this one (a healed partition), it hears
-                    // a losing master now and announces the VIPs again, which
-                    // neighbours may still send here.
+                    // Step down at once, silently (RFC 5798 6.4.3): the winner
+                    // discards a loser's adverts anyway.
                     self.learn(interval);
-                    let last = Action::SendAdvert { priority: self.config.priority };
-                    [vec![last], self.become_backup(now)].concat()
+                    self.become_backup(now)
                 } else {
-                    // Two masters: answer at once, so the other steps down now.
-                    vec![Action::SendAdvert { priority: self.config.priority }, Action::Reassert]
+                    // A lower priority (or an equal one from a smaller address):
+                    // discarded, as RFC 5798 6.4.3 says. Answering each one would
+                    // let anyone on the link make us send and re-announce at their
+                    // rate; a real master that loses steps down at our next
+                    // advert, one interval later at most.
+                    Vec::new()
                 }
             }
             VrrpState::Initialize => Vec::new(),
@@ -409,56 +412,67 @@ mod tests {
     }
 
     #[test]
-    fn master_yields_to_a_higher_priority_after_one_last_advert() {
+    fn master_yields_to_a_higher_priority() {
         let (mut machine, now) = master(100, true);
         let at = now + ms(10);
-        assert_eq!(
-            machine.on_advert(at, ip(LOWER_PEER), 101, 20),
-            [Action::SendAdvert { priority: 100 }, Action::BecomeBackup]
-        );
+        assert_eq!(machine.on_advert(at, ip(LOWER_PEER), 101, 20), [Action::BecomeBackup]);
         assert_eq!(machine.state(), VrrpState::Backup);
         assert_eq!(machine.master_adver_interval(), ms(200));
         assert_eq!(machine.next_deadline(), Some(at + ms(721) + Duration::from_micros(875)));
     }
 
     #[test]
-    fn master_reasserts_itself_against_a_lower_priority() {
-        let (mut machine, now) = master(100, false);
+    fn master_discards_a_lower_priority_advert() {
+        // RFC 5798 6.4.3: no answer, no timer change, no re-announcement.
+        for preempt in [false, true] {
+            let (mut machine, now) = master(100, preempt);
+            let deadline = machine.next_deadline();
+            assert_eq!(machine.on_advert(now + ms(10), ip(HIGHER_PEER), 99, 100), []);
+            assert_eq!(machine.on_advert(now + ms(11), ip(HIGHER_PEER), 1, 1), []);
+            assert_eq!((machine.state(), machine.next_deadline()), (VrrpState::Master, deadline));
+            assert_eq!(machine.master_adver_interval(), ms(1000), "nothing learnt from a loser");
+        }
+    }
+
+    #[test]
+    fn a_flood_of_losing_adverts_costs_a_master_nothing() {
+        let (mut machine, now) = master(100, true);
         let deadline = machine.next_deadline();
-        assert_eq!(
-            machine.on_advert(now + ms(10), ip(HIGHER_PEER), 99, 100),
-            [Action::SendAdvert { priority: 100 }, Action::Reassert]
-        );
+        for n in 0..10_000u32 {
+            // Lower priorities from any address, and our own priority from
+            // addresses below ours (192.168.16.11): all lose.
+            let (priority, last_byte) =
+                if n % 2 == 0 { ((n % 99) as u8 + 1, (n % 250) as u8 + 1) } else { (100, (n % 10) as u8) };
+            let source = IpAddr::from([192, 168, 16, last_byte]);
+            let at = now + Duration::from_micros(u64::from(n));
+            let actions = machine.on_advert(at, source, priority, (n % 4096) as u16);
+            assert_eq!(actions, [], "advert {n}: priority {priority} from {source}");
+        }
         assert_eq!((machine.state(), machine.next_deadline()), (VrrpState::Master, deadline));
+        assert_eq!(machine.master_adver_interval(), ms(1000));
     }
 
     #[test]
     fn equal_priority_tie_break_on_the_primary_address() {
         // A greater source address wins: we step down.
         let (mut machine, now) = master(100, true);
-        assert_eq!(
-            machine.on_advert(now, ip(HIGHER_PEER), 100, 100),
-            [Action::SendAdvert { priority: 100 }, Action::BecomeBackup]
-        );
-        // A smaller one loses: we stay Master.
+        assert_eq!(machine.on_advert(now, ip(HIGHER_PEER), 100, 100), [Action::BecomeBackup]);
+        // A smaller one loses: we stay Master, and discard it.
         let (mut machine, now) = master(100, true);
-        assert_eq!(
-            machine.on_advert(now, ip(LOWER_PEER), 100, 100),
-            [Action::SendAdvert { priority: 100 }, Action::Reassert]
-        );
+        assert_eq!(machine.on_advert(now, ip(LOWER_PEER), 100, 100), []);
         assert_eq!(machine.state(), VrrpState::Master);
         // Addresses compare as unsigned numbers, not as text.
         let (mut machine, now) = master(100, true);
-        assert_eq!(machine.on_advert(now, ip("192.168.16.9"), 100, 100).len(), 2);
+        assert_eq!(machine.on_advert(now, ip("192.168.16.9"), 100, 100), []);
         assert_eq!(machine.state(), VrrpState::Master);
         // IPv6 too.
         let mut v6 = Machine::new(config(100, true), ip("fe80::a"));
         let at = Instant::now();
         v6.startup(at);
         v6.on_timer(v6.next_deadline().unwrap());
-        assert_eq!(v6.on_advert(at, ip("fe80::9"), 100, 100).len(), 2);
+        assert_eq!(v6.on_advert(at, ip("fe80::9"), 100, 100), []);
         assert_eq!(v6.state(), VrrpState::Master);
-        assert_eq!(v6.on_advert(at, ip("fe80::b"), 100, 100)[1], Action::BecomeBackup);
+        assert_eq!(v6.on_advert(at, ip("fe80::b"), 100, 100), [Action::BecomeBackup]);
     }
 
     #[test]
