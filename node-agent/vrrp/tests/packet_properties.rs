@@ -86,7 +86,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         any::<Index>().prop_map(Mutation::Truncate),
         (any::<Index>(), vec(any::<u8>(), 1..40)).prop_map(|(i, b)| Mutation::Insert(i, b)),
         prop_oneof![0u8..4, any::<u8>()].prop_map(Mutation::Count),
-        prop_oneof![Just(0x31u8), any::<u8>()].prop_map(Mutation::VersionType),
+        prop_oneof![Just(0x31u8), Just(0x21), Just(0x32), Just(0x30), any::<u8>()]
+            .prop_map(Mutation::VersionType),
     ]
 }
 
@@ -201,4 +202,41 @@ fn the_captured_advert_parses() {
     let mut zeroed = bytes.clone();
     zeroed[6..8].fill(0);
     assert_eq!(checksum(&zeroed, source, GROUP_V4).to_be_bytes(), [bytes[6], bytes[7]]);
+}
+
+/// Guards the generators: every check of the parser must see broken adverts
+/// it refuses, and some must pass them all.
+#[test]
+fn broken_adverts_reach_every_check() {
+    use std::collections::BTreeMap;
+
+    use proptest::{strategy::ValueTree, test_runner::TestRunner};
+    let mut runner = TestRunner::deterministic();
+    let (advert, source) = captured();
+    const SAMPLES: usize = 1000;
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for _ in 0..SAMPLES {
+        let (mutations, fix) =
+            (vec(mutation(), 1..5), any::<bool>()).new_tree(&mut runner).unwrap().current();
+        let mut bytes = mutate(&advert, &mutations);
+        if fix && bytes.len() >= 8 {
+            bytes[6..8].fill(0);
+            let sum = checksum(&bytes, source, GROUP_V4);
+            bytes[6..8].copy_from_slice(&sum.to_be_bytes());
+        }
+        let outcome = match Advertisement::parse(&bytes, source, GROUP_V4) {
+            Ok(_) => "parsed",
+            Err(PacketError::Truncated(_)) => "truncated",
+            Err(PacketError::Version(_)) => "version",
+            Err(PacketError::Type(_)) => "type",
+            Err(PacketError::AddressCount { .. }) => "address count",
+            Err(PacketError::Checksum { .. }) => "checksum",
+        };
+        *seen.entry(outcome).or_default() += 1;
+    }
+    println!("{seen:?}");
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    for (outcome, count) in seen {
+        assert!(count >= SAMPLES / 50, "{outcome}: {count} of {SAMPLES}");
+    }
 }
