@@ -168,7 +168,8 @@ fn server_port(key: &ServiceKey, port: u16) -> Option<u16> {
         ServiceKey::Address { address, .. } => address.port(),
         ServiceKey::Fwmark { .. } => 0,
     };
-    (port != service_port).then_some(port)
+    // 0 is the service's port to the API too (manifests load it as unset).
+    (port != service_port && port != 0).then_some(port)
 }
 
 fn nonzero(value: u32) -> Option<u32> {
