@@ -168,7 +168,8 @@ fn server_port(key: &ServiceKey, port: u16) -> Option<u16> {
         ServiceKey::Address { address, .. } => address.port(),
         ServiceKey::Fwmark { .. } => 0,
     };
-    (port != service_port).then_some(port)
+    // 0 is the service's port to the API too (manifests load it as unset).
+    (port != service_port && port != 0).then_some(port)
 }
 
 fn nonzero(value: u32) -> Option<u32> {
@@ -415,11 +416,17 @@ fn tokens(text: &str) -> Vec<(usize, Token<'_>)> {
     tokens
 }
 
+/// How deep blocks may nest. keepalived.conf needs four (virtual_server,
+/// real_server, a check, its url); a bound keeps a hostile file from
+/// overflowing the stack of this recursive reader (and of the drop of its result).
+const MAX_BLOCK_DEPTH: usize = 32;
+
 /// The statements of one block (the whole file at depth 0): a statement is the
 /// words of one line, with the `{ ... }` that follows it.
 fn statements(
     tokens: &mut std::iter::Peekable<std::vec::IntoIter<(usize, Token<'_>)>>,
     opened_at: Option<usize>,
+    depth: usize,
 ) -> Result<Vec<Statement>, ImportError> {
     let mut block = Vec::new();
     loop {
@@ -449,14 +456,17 @@ fn statements(
                 tokens.next();
             }
         }
-        statement.block = Some(statements(tokens, Some(line))?);
+        if depth == MAX_BLOCK_DEPTH {
+            return Err(at(line, format!("blocks nested deeper than {MAX_BLOCK_DEPTH}")));
+        }
+        statement.block = Some(statements(tokens, Some(line), depth + 1)?);
         block.push(statement);
     }
 }
 
 fn keepalived_conf(text: &str) -> Result<Imported, ImportError> {
     let mut tokens = tokens(text).into_iter().peekable();
-    let top = statements(&mut tokens, None)?;
+    let top = statements(&mut tokens, None, 0)?;
     let mut specs = BTreeMap::new();
     let mut warnings = Vec::new();
     for statement in &top {

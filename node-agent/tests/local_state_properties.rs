@@ -3,11 +3,15 @@
 //! after each change is the one a fresh start on the same manifests computes
 //! (conflicts settled the same way, winners never lost).
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::Arc,
+};
 
 use lvs_agent::standalone::{LocalState, ManifestChange, Role, local_state};
 use lvs_crds::VirtualService;
-use proptest::{prelude::*, sample::select};
+use proptest::{prelude::*, sample::select, strategy::ValueTree, test_runner::TestRunner};
 
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 
@@ -99,5 +103,87 @@ proptest! {
             let (fresh, _) = local_state(&all, "bench", &addresses, role);
             prop_assert_eq!(state.spec(), &fresh);
         }
+    }
+}
+
+/// The key a VirtualService claims: a fwmark service's ignores the protocol.
+fn claim(vs: &VirtualService) -> String {
+    match vs.spec.fwmark {
+        Some(mark) => format!("fwmark {mark}"),
+        None => format!("{:?} {:?} {:?}", vs.spec.vip, vs.spec.port, vs.spec.protocol),
+    }
+}
+
+/// Guards the generators (as the crds' and reconcile_properties' are): the
+/// property is only as good as the histories it sees. Each of these must
+/// happen in some of them: keys claimed twice, a claimant of a contested key
+/// changed or removed (where a loser must take over), invalid VirtualServices,
+/// VRRP, director and real-server states, and every role.
+#[test]
+fn the_histories_cover_conflicts_takeovers_invalid_services_and_every_role() {
+    let mut runner = TestRunner::deterministic();
+    const HISTORIES: usize = 256;
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for _ in 0..HISTORIES {
+        let steps = prop::collection::vec(step(), 1..8).new_tree(&mut runner).unwrap().current();
+        let (role, addresses) = roles().new_tree(&mut runner).unwrap().current();
+        let mut happened = BTreeSet::new();
+        happened.insert(match (role, addresses.is_empty()) {
+            (Role::Director, _) => "role director",
+            (Role::Auto, true) => "role auto, serving nothing",
+            (Role::Auto, false) => "role auto, a real server of some",
+            (Role::RealServer, _) => "role real-server",
+        });
+        // The property's replay, noting what the history goes through.
+        let mut state = LocalState::new("bench", role);
+        let mut current: BTreeMap<&str, Arc<VirtualService>> = BTreeMap::new();
+        for step in steps {
+            let mut change = ManifestChange::default();
+            for (name, action) in step {
+                let Some(new) = action else { continue };
+                if let Some(old) = current.remove(name) {
+                    happened.insert(if new.is_some() {
+                        "a VirtualService changed"
+                    } else {
+                        "a VirtualService removed"
+                    });
+                    if current.values().any(|other| claim(other) == claim(&old)) {
+                        happened.insert("a claimant of a contested key changed or removed");
+                    }
+                    change.removed.push(old);
+                }
+                if let Some(new) = new {
+                    let new = Arc::new(new);
+                    current.insert(name, Arc::clone(&new));
+                    change.added.push(new);
+                }
+            }
+            state.update(&change, &addresses);
+            let claims: Vec<String> = current.values().map(|vs| claim(vs)).collect();
+            if (1..claims.len()).any(|i| claims[..i].contains(&claims[i])) {
+                happened.insert("a key claimed twice");
+            }
+            let specs = || current.values().map(|vs| &vs.spec);
+            if specs().any(|spec| spec.real_servers.iter().any(|rs| rs.address.ends_with(".999"))) {
+                happened.insert("an invalid VirtualService");
+            }
+            if specs().any(|spec| spec.failover.is_some()) {
+                happened.insert("VRRP failover");
+            }
+            if state.spec().director.as_ref().is_some_and(|d| !d.services.is_empty()) {
+                happened.insert("a director state with services");
+            }
+            if state.spec().real_server.is_some() {
+                happened.insert("a real-server state");
+            }
+        }
+        for what in happened {
+            *seen.entry(what).or_default() += 1;
+        }
+    }
+    println!("{seen:#?}");
+    assert_eq!(seen.len(), 12, "something never happened: {seen:#?}");
+    for (what, histories) in seen {
+        assert!(histories >= HISTORIES / 32, "{what}: in {histories} of {HISTORIES} histories");
     }
 }

@@ -302,6 +302,15 @@ fn random_sets_have_conflicts_shared_vips_missing_namespaces_and_real_servers() 
                 .flat_map(|d| &d.vips)
                 .any(|vip| vip.vrrp.as_ref().is_some_and(|vrrp| vrrp.priority != DEFAULT_VRRP_PRIORITY)),
         );
+        // The property's three ways of comparing a node, each taken.
+        count(
+            "a node that is no director, a real server (compared with --role real-server)",
+            states.iter().any(|(node, spec)| !is_director(node) && spec.real_server.is_some()),
+        );
+        count(
+            "a director that is no real server (compared with --role director and auto)",
+            states.iter().any(|(node, spec)| is_director(node) && spec.real_server.is_none()),
+        );
         count("a node in several chunks", translation.lvs_nodes.iter().any(|o| o.spec.chunks > 1));
     }
     println!("{seen:#?}");

@@ -329,7 +329,7 @@ impl IpvsHandle {
     }
 }
 
-fn parse_message(genl_payload: &[u8]) -> Result<IpvsMessage, DecodeError> {
+pub(crate) fn parse_message(genl_payload: &[u8]) -> Result<IpvsMessage, DecodeError> {
     let header = GenlHeader::parse(genl_payload)?;
     IpvsMessage::parse_with_param(&genl_payload[GENL_HDRLEN..], header)
 }
@@ -339,7 +339,7 @@ fn decode<T>(op: &str, result: Result<T, DecodeError>) -> Result<T, IpvsError> {
 }
 
 /// One reply message, classified by what it means for the request it answers.
-enum Reply<'a> {
+pub(crate) enum Reply<'a> {
     /// An answer carrying data (a genl message of the family).
     Data { message_type: u16, payload: &'a [u8] },
     /// `NLMSG_ERROR` with 0: the acknowledgement.
@@ -605,7 +605,7 @@ fn lost_or_io(op: &str, e: io::Error) -> IpvsError {
 }
 
 /// Splits a datagram into its netlink messages: (sequence number, flags, reply).
-fn replies(datagram: &[u8]) -> impl Iterator<Item = Result<(u32, u16, Reply<'_>), String>> {
+pub(crate) fn replies(datagram: &[u8]) -> impl Iterator<Item = Result<(u32, u16, Reply<'_>), String>> {
     let mut offset = 0;
     std::iter::from_fn(move || {
         if offset >= datagram.len() {

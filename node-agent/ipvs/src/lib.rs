@@ -32,4 +32,6 @@ pub use service::{AddressFamily, Netmask, Protocol, Service, ServiceEntry, Servi
 pub use stats::Stats;
 
 #[cfg(test)]
+mod parse_properties;
+#[cfg(test)]
 mod tests;

@@ -352,3 +352,16 @@ fn errors_name_the_operation_and_object() {
     assert_eq!(KernelError::from_errno(2, op.subject()), KernelError::NoSuchDestination);
     assert_eq!(KernelError::from_errno(3, op.subject()), KernelError::NoSuchService);
 }
+
+/// Found by parse_properties' round trip: `-d` read a NAT server's port as the
+/// service's, so a plan's deletion shown by `--dry-run` named another server
+/// when read back. ipvsadm forces the service's port when adding or editing only.
+#[test]
+fn deleting_a_server_deletes_the_port_given() {
+    let key = ServiceKey::tcp("0.0.0.0:412".parse().unwrap());
+    let op = IpvsOp::DeleteDestination(key, "0.0.0.0:31".parse().unwrap());
+    assert_eq!(ipvsadm::op_rule(&op), "-d -t 0.0.0.0:412 -r 0.0.0.0:31");
+    assert_eq!(ipvsadm::parse_rule("-d -t 0.0.0.0:412 -r 0.0.0.0:31"), Ok(op));
+    let default_port = IpvsOp::DeleteDestination(key, "10.0.0.1:412".parse().unwrap());
+    assert_eq!(ipvsadm::parse_rule("-d -t 0.0.0.0:412 -r 10.0.0.1"), Ok(default_port));
+}

@@ -255,7 +255,10 @@ fn build(line: Line) -> Result<IpvsOp, String> {
         }
         Command::DeleteServer => {
             let key = service_key(&line)?;
-            IpvsOp::DeleteDestination(key, destination(&line, &key)?.address)
+            // As ipvsadm: the port given is the one deleted; only adding and
+            // editing force the service's port (a NAT server's may differ).
+            let server = line.server.as_deref().ok_or("no real server (-r)")?;
+            IpvsOp::DeleteDestination(key, parse_address(server, Some(service_port(&key)))?)
         }
     })
 }
@@ -349,13 +352,18 @@ fn service(line: &Line) -> Result<Service, String> {
     Ok(service)
 }
 
+/// The port a server without one takes: the service's, none for fwmark services.
+fn service_port(key: &ServiceKey) -> u16 {
+    match key {
+        ServiceKey::Address { address, .. } => address.port(),
+        ServiceKey::Fwmark { .. } => 0,
+    }
+}
+
 fn destination(line: &Line, key: &ServiceKey) -> Result<Destination, String> {
     let server = line.server.as_deref().ok_or("no real server (-r)")?;
     let forward = line.forward.unwrap_or(ForwardMethod::DirectRoute);
-    let service_port = match key {
-        ServiceKey::Address { address, .. } => address.port(),
-        ServiceKey::Fwmark { .. } => 0,
-    };
+    let service_port = service_port(key);
     let mut address = parse_address(server, Some(service_port))?;
     // Only NAT maps ports; ipvsadm silently uses the service port otherwise.
     if forward != ForwardMethod::Masquerade && matches!(key, ServiceKey::Address { .. }) {
