@@ -20,7 +20,7 @@ use nix::errno::Errno;
 use super::{
     changes::HostChanges,
     error::{Cause, HostError, Result},
-    rtnl::Rtnl,
+    rtnl::{Answer, Rtnl},
 };
 
 /// One network device: index, name, whether it is up.
@@ -65,11 +65,19 @@ pub fn device_exists(device: &str) -> bool {
     Rtnl::connect().and_then(|mut rtnl| find(&mut rtnl, device)).is_ok_and(|link| link.is_some())
 }
 
-/// One request that wants only an acknowledgement.
-fn request(rtnl: &mut Rtnl, message: RouteNetlinkMessage, flags: u16) -> Result<(), Errno> {
-    match rtnl.batch(vec![message], flags) {
-        Ok(mut answers) => answers.pop().expect("one answer").map(drop).map_err(Errno::from_raw),
-        Err(e) => Err(e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)),
+/// One request that wants only an acknowledgement. The kernel's refusal is
+/// [`Cause::Refused`]; a failure of the socket keeps its own cause, so that lost
+/// answers (`ENOBUFS`) read as an unknown outcome rather than as a refusal.
+fn request(rtnl: &mut Rtnl, message: RouteNetlinkMessage, flags: u16, action: &str) -> Result<()> {
+    answer(rtnl.batch(vec![message], flags), action)
+}
+
+fn answer(batch: std::io::Result<Vec<Answer>>, action: &str) -> Result<()> {
+    let mut answers = batch.map_err(|e| HostError::io(action, e))?;
+    match answers.pop() {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(errno)) => Err(HostError::refused(action, Errno::from_raw(errno))),
+        None => Err(HostError::new(action, Cause::Unsupported("the kernel gave no answer".into()))),
     }
 }
 
@@ -84,14 +92,15 @@ pub fn create_device(changes: &mut HostChanges, name: &str, kind: InfoKind) -> R
     let mut message = LinkMessage::default();
     message.attributes.push(LinkAttribute::IfName(name.to_string()));
     message.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(kind.clone())]));
-    match request(&mut rtnl, RouteNetlinkMessage::NewLink(message), NLM_F_CREATE | NLM_F_EXCL) {
+    let action = format!("creating {name} (type {kind})");
+    match request(&mut rtnl, RouteNetlinkMessage::NewLink(message), NLM_F_CREATE | NLM_F_EXCL, &action) {
         Ok(()) => {
             changes.created_devices.insert(name.to_string());
             Ok(())
         }
         // Loading the kind's module made it: a tunnel module's fallback device.
-        Err(Errno::EEXIST) => Ok(()),
-        Err(errno) => Err(HostError::refused(format!("creating {name} (type {kind})"), errno)),
+        Err(e) if matches!(e.cause, Cause::Refused(Errno::EEXIST)) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -115,14 +124,13 @@ pub fn ensure_dummy(changes: &mut HostChanges, name: &str) -> Result<()> {
 /// A change of the existing device `device`, as `RTM_NEWLINK` on its index.
 fn set_link(device: &str, change: impl FnOnce(&mut LinkMessage)) -> Result<()> {
     let mut rtnl = Rtnl::connect()?;
-    let action = || format!("changing {device}");
+    let action = format!("changing {device}");
     let link =
-        find(&mut rtnl, device)?.ok_or_else(|| HostError::new(action(), Cause::NoDevice(device.into())))?;
+        find(&mut rtnl, device)?.ok_or_else(|| HostError::new(&action, Cause::NoDevice(device.into())))?;
     let mut message = LinkMessage::default();
     message.header.index = link.index;
     change(&mut message);
-    request(&mut rtnl, RouteNetlinkMessage::SetLink(message), 0)
-        .map_err(|errno| HostError::refused(action(), errno))
+    request(&mut rtnl, RouteNetlinkMessage::SetLink(message), 0, &action)
 }
 
 fn set_up(device: &str, up: bool) -> Result<()> {
@@ -167,12 +175,40 @@ pub fn delete_device(changes: &mut HostChanges, device: &str) -> Result<()> {
         if let Some(link) = find(&mut rtnl, device)? {
             let mut message = LinkMessage::default();
             message.header.index = link.index;
-            match request(&mut rtnl, RouteNetlinkMessage::DelLink(message), 0) {
-                Ok(()) | Err(Errno::ENODEV) => {}
-                Err(errno) => return Err(HostError::refused(format!("deleting {device}"), errno)),
+            match request(&mut rtnl, RouteNetlinkMessage::DelLink(message), 0, &format!("deleting {device}"))
+            {
+                Ok(()) => {}
+                Err(e) if matches!(e.cause, Cause::Refused(Errno::ENODEV)) => {}
+                Err(e) => return Err(e),
             }
         }
     }
     changes.created_devices.remove(device);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A single request's answers lost to an overrun receive buffer is an unknown
+    /// outcome (the engine reads the host again), not the kernel's refusal.
+    #[test]
+    fn a_lost_answer_is_an_unknown_outcome_and_a_refusal_is_the_kernels() {
+        let lost = answer(
+            Err(std::io::Error::from_raw_os_error(Errno::ENOBUFS as i32)),
+            "creating lvs0 (type dummy)",
+        );
+        let lost = lost.unwrap_err();
+        assert!(lost.outcome_unknown(), "{lost:?}");
+        assert!(lost.to_string().starts_with("creating lvs0 (type dummy): outcome unknown"), "{lost}");
+
+        let refused = answer(Ok(vec![Err(Errno::EPERM as i32)]), "changing lvs0").unwrap_err();
+        assert_eq!(refused.errno(), Some(Errno::EPERM));
+        assert!(!refused.outcome_unknown());
+        assert_eq!(refused.to_string(), "changing lvs0: Operation not permitted");
+
+        assert!(answer(Ok(vec![Ok(Vec::new())]), "changing lvs0").is_ok());
+        assert!(answer(Ok(Vec::new()), "changing lvs0").is_err());
+    }
 }
