@@ -19,6 +19,8 @@ pub mod nat;
 mod nftables;
 pub mod real_server;
 mod rtnl;
+#[cfg(test)]
+mod rtnl_properties;
 pub mod sysctl;
 pub mod tunnel;
 

@@ -169,14 +169,14 @@ impl Rtnl {
 }
 
 /// One message of a reply datagram.
-struct Reply {
-    sequence: u32,
-    flags: u16,
-    payload: NetlinkPayload<RouteNetlinkMessage>,
+pub(super) struct Reply {
+    pub(super) sequence: u32,
+    pub(super) flags: u16,
+    pub(super) payload: NetlinkPayload<RouteNetlinkMessage>,
 }
 
 /// Splits a datagram into its messages.
-fn parse(datagram: &[u8]) -> io::Result<Vec<Reply>> {
+pub(super) fn parse(datagram: &[u8]) -> io::Result<Vec<Reply>> {
     let mut messages = Vec::new();
     let mut offset = 0;
     while offset + 16 <= datagram.len() {

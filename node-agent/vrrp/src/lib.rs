@@ -33,6 +33,8 @@
 //! ```
 
 mod packet;
+#[cfg(test)]
+mod receive_properties;
 mod socket;
 mod state;
 
