@@ -2,14 +2,19 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
+use k8s_openapi::jiff::Timestamp;
 
 /// lvs-controller: resolves VirtualServices into per-node LvsNode objects
 /// and reports their status.
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 pub struct Args {
+    /// Absent: run the controller.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Kubeconfig file; absent: in-cluster config, else ~/.kube/config.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -45,6 +50,25 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Print what the controller would write for the objects in files, with no
+    /// cluster: the LvsNodes it would apply and delete, and each
+    /// VirtualService's status. LvsNodes among the files stand for the
+    /// existing ones, with the agents' reports.
+    Translate {
+        /// A YAML or JSON file (documents separated by `---`, or `kind: List`),
+        /// or a directory of them, read recursively.
+        #[arg(short = 'f', long = "filename")]
+        path: PathBuf,
+        /// The time the conditions' transitions are stamped with (RFC 3339,
+        /// e.g. 2026-01-01T00:00:00Z); absent: now. Fixed, the output is the
+        /// same on every run.
+        #[arg(long)]
+        now: Option<Timestamp>,
+    },
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +117,23 @@ mod tests {
         assert_eq!(args.identity(), "replica-1");
         assert_eq!(args.log_format, LogFormat::Json);
         assert_eq!(args.lease_namespace, "lvs-system");
+    }
+
+    #[test]
+    fn the_translate_subcommand_parses() {
+        let args = Args::try_parse_from([
+            "lvs-controller",
+            "--allowed-vip-cidrs=192.0.2.0/24",
+            "translate",
+            "-f",
+            "manifests/",
+            "--now=2026-01-01T00:00:00Z",
+        ])
+        .unwrap();
+        let Some(Command::Translate { path, now }) = args.command else { panic!("{args:?}") };
+        assert_eq!(path, PathBuf::from("manifests/"));
+        assert_eq!(now.unwrap().to_string(), "2026-01-01T00:00:00Z");
+        assert!(Args::try_parse_from(["lvs-controller"]).unwrap().command.is_none());
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod controller;
 pub mod lease;
 pub mod metrics;
 pub mod plan;
+pub mod preview;
 pub mod server;
 pub mod status;
 pub mod telemetry;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Client, Config,
     client::ClientBuilder,
@@ -13,10 +14,11 @@ use kube::{
 };
 use lvs_controller::{
     FIELD_MANAGER,
-    args::Args,
+    args::{Args, Command},
     controller,
     lease::{LeaderElector, LeaseConfig},
     metrics::Metrics,
+    preview,
     server::{self, Health},
     telemetry,
     write_guard::WriteGuardLayer,
@@ -28,6 +30,9 @@ use tracing::{error, info, warn};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Translate { path, now }) = &args.command {
+        return translate(&args, path, *now);
+    }
     telemetry::init(args.log_format);
     let client = client(&args).await?;
     let identity = args.identity();
@@ -93,6 +98,20 @@ async fn main() -> anyhow::Result<()> {
     if let Err(error) = LeaderElector::new(client, lease).release().await {
         warn!(%error, "could not release the lease; the other replica takes over when it expires");
     }
+    Ok(())
+}
+
+/// `lvs-controller translate`: the preview on standard output, what was skipped
+/// on standard error.
+fn translate(args: &Args, path: &std::path::Path, now: Option<Timestamp>) -> anyhow::Result<()> {
+    let objects = preview::load(path)?;
+    for skipped in &objects.skipped {
+        eprintln!("{skipped}");
+    }
+    let options =
+        TranslateOptions { allowed_vip_cidrs: args.allowed_vip_cidrs.clone(), ..Default::default() };
+    let now = Time(now.unwrap_or_else(Timestamp::now));
+    print!("{}", preview::render(&preview::preview(&objects, &options, &now))?);
     Ok(())
 }
 

@@ -1,0 +1,191 @@
+//! `lvs-controller translate -f DIR`: what the controller would write for a set
+//! of objects read from files, with no cluster. A CI pipeline previews a change
+//! with it; a user debugs one.
+//!
+//! The objects are those the controller watches (VirtualServices, Nodes,
+//! EndpointSlices) and, optionally, LvsNodes as the agents last reported on
+//! them (they stand for the existing objects: the plan deletes those no node
+//! needs, and the statuses read their reports). The output is the controller's
+//! own decisions, made by the functions it runs: [`translate`], [`plan::plan`]
+//! and [`status::aggregate`]. Documents of other kinds are skipped, and said so.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::Read as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::{
+    Resource as _,
+    api::{core::v1::Node, discovery::v1::EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::{Resource, ResourceExt};
+use lvs_crds::{
+    LvsNode, VirtualService, VirtualServiceStatus,
+    translate::{ClusterState, TranslateOptions, Translation, object_id, translate},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{plan, status};
+
+/// Largest file read: far above any real set of manifests, and a bound on what
+/// a wrong path (a device, a huge log) can make the preview hold.
+const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// The objects read from the files.
+#[derive(Debug, Default)]
+pub struct Objects {
+    pub state: ClusterState,
+    /// LvsNodes as they exist, with the agents' reports.
+    pub lvs_nodes: Vec<Arc<LvsNode>>,
+    /// `file (document n): apiVersion kind` of each document skipped.
+    pub skipped: Vec<String>,
+}
+
+/// What the controller would write.
+#[derive(Debug)]
+pub struct Preview {
+    pub translation: Translation,
+    pub plan: plan::Plan,
+    /// Each VirtualService's status, in (namespace, name) order.
+    pub statuses: Vec<(VirtualService, VirtualServiceStatus)>,
+}
+
+/// Reads every `*.yaml`, `*.yml` and `*.json` file under `path` (a file, or a
+/// directory read recursively in name order).
+pub fn load(path: &Path) -> anyhow::Result<Objects> {
+    let mut objects = Objects::default();
+    for file in files(path)? {
+        let text = read_bounded(&file)?;
+        for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let source = format!("{} (document {})", file.display(), index + 1);
+            let value = serde_yaml::Value::deserialize(document).with_context(|| source.clone())?;
+            if let Some(skipped) = add(&mut objects, value).with_context(|| source.clone())? {
+                objects.skipped.push(format!("{source}: {skipped}"));
+            }
+        }
+    }
+    Ok(objects)
+}
+
+/// Adds one document; returns what it was when it is of no kind the preview reads.
+fn add(objects: &mut Objects, value: serde_yaml::Value) -> anyhow::Result<Option<String>> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    let field = |name: &str| value.get(name).and_then(serde_yaml::Value::as_str).unwrap_or("").to_owned();
+    let (api_version, kind) = (field("apiVersion"), field("kind"));
+    let is = |version: &str, name: &str| api_version == version && kind == name;
+    if is(&VirtualService::api_version(&()), &VirtualService::kind(&())) {
+        objects.state.virtual_services.push(serde_yaml::from_value(value)?);
+    } else if is(Node::API_VERSION, Node::KIND) {
+        objects.state.nodes.push(serde_yaml::from_value(value)?);
+    } else if is(EndpointSlice::API_VERSION, EndpointSlice::KIND) {
+        objects.state.endpoint_slices.push(serde_yaml::from_value(value)?);
+    } else if is(&LvsNode::api_version(&()), &LvsNode::kind(&())) {
+        objects.lvs_nodes.push(Arc::new(serde_yaml::from_value(value)?));
+    } else if api_version == "v1" && kind == "List" {
+        let items = value.get("items").and_then(serde_yaml::Value::as_sequence).cloned().unwrap_or_default();
+        let mut skipped = Vec::new();
+        for item in items {
+            skipped.extend(add(objects, item)?);
+        }
+        return Ok((!skipped.is_empty()).then(|| skipped.join(", ")));
+    } else {
+        return Ok(Some(format!("skipped {api_version} {kind}: not an input of the controller")));
+    }
+    Ok(None)
+}
+
+fn files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let metadata = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if !metadata.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut found = Vec::new();
+    let mut entries: Vec<PathBuf> = fs::read_dir(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {}", path.display()))?;
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            found.extend(files(&entry)?);
+        } else if entry.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json") {
+            found.push(entry);
+        }
+    }
+    Ok(found)
+}
+
+fn read_bounded(file: &Path) -> anyhow::Result<String> {
+    let mut text = String::new();
+    fs::File::open(file)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+        .with_context(|| format!("reading {}", file.display()))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        bail!("{}: larger than {MAX_FILE_BYTES} bytes", file.display());
+    }
+    Ok(text)
+}
+
+/// The controller's decisions on `objects` at time `now`.
+pub fn preview(objects: &Objects, options: &TranslateOptions, now: &Time) -> Preview {
+    // As the controller's stores give it: a VirtualService being deleted is
+    // left out of the translation (its status is not written either).
+    let mut state = objects.state.clone();
+    state.virtual_services.retain(|vs| vs.meta().deletion_timestamp.is_none());
+    let translation = translate(&state, options);
+    let plan = plan::plan(&translation.lvs_nodes, &objects.lvs_nodes);
+    let mut statuses: Vec<(VirtualService, VirtualServiceStatus)> = objects
+        .state
+        .virtual_services
+        .iter()
+        .filter_map(|vs| {
+            let verdict = translation.verdicts.get(&object_id(vs))?;
+            let status = status::aggregate(vs, verdict, &translation.lvs_nodes, &objects.lvs_nodes, now);
+            Some((vs.clone(), status))
+        })
+        .collect();
+    statuses.sort_by_key(|(vs, _)| object_id(vs));
+    Preview { translation, plan, statuses }
+}
+
+/// The preview as one YAML stream: the LvsNodes the controller would apply
+/// (every desired one, marked when unchanged), the names it would delete, then
+/// each VirtualService's status.
+pub fn render(preview: &Preview) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let applied: Vec<String> = preview.plan.apply.iter().map(ResourceExt::name_any).collect();
+    for object in &preview.translation.lvs_nodes {
+        let name = object.name_any();
+        let change = if applied.contains(&name) { "apply" } else { "unchanged" };
+        writeln!(out, "---\n# LvsNode {name}: {change}")?;
+        out.push_str(&serde_yaml::to_string(&plan::apply_body(object))?);
+    }
+    for name in &preview.plan.delete {
+        writeln!(out, "---\n# LvsNode {name}: delete (no node needs it)")?;
+    }
+    for (vs, status) in &preview.statuses {
+        let (namespace, name) = object_id(vs);
+        writeln!(out, "---\n# VirtualService {namespace}/{name}: status")?;
+        out.push_str(&serde_yaml::to_string(&status_object(vs, status))?);
+    }
+    Ok(out)
+}
+
+/// The status as the controller patches it, with the object's identity.
+fn status_object(vs: &VirtualService, status: &VirtualServiceStatus) -> impl Serialize {
+    json!({
+        "apiVersion": VirtualService::api_version(&()),
+        "kind": VirtualService::kind(&()),
+        "metadata": {"namespace": vs.namespace(), "name": vs.name_any(), "generation": vs.meta().generation},
+        "status": status,
+    })
+}
