@@ -18,7 +18,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::{Arc, mpsc},
+    sync::Arc,
     time::Duration,
 };
 
@@ -45,7 +45,7 @@ use serde_json::json;
 use crate::{
     endpoints::{AgentMetrics, Endpoints},
     engine::{Changed, Engine, Round, Subject},
-    supervisor::{DesiredState, Input, Sink, Supervisor, Why},
+    supervisor::{DesiredState, InboxSender, Input, Sink, Supervisor, Why, inbox},
 };
 use lvs_health::HealthMap;
 use lvs_ipvs::ServiceKey;
@@ -120,7 +120,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let client = client(options.kubeconfig.as_ref()).await?;
     let engine = Engine::open(&options.state_dir, &options.sysctl_root, options.exclusive)?;
     let metrics = Arc::new(AgentMetrics::default());
-    let (inputs_tx, inputs) = mpsc::channel();
+    let (inputs_tx, inputs) = inbox();
     let (reporter, reports) = report_slot();
     let engine_metrics = Arc::clone(&metrics);
     let resync = options.resync;
@@ -176,11 +176,7 @@ async fn shutdown_signal() {
 /// Watches the node's LvsNode objects and sends each new version of its desired
 /// state to the engine. Returns (an error) only when the engine or the watch
 /// is gone; watch errors are logged and retried with backoff.
-async fn watch_desired(
-    api: Api<LvsNode>,
-    node: &str,
-    engine: mpsc::Sender<Input<Arc<Desired>>>,
-) -> Result<()> {
+async fn watch_desired(api: Api<LvsNode>, node: &str, engine: InboxSender<Arc<Desired>>) -> Result<()> {
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().labels(&format!("{NODE_LABEL}={node}"));
     let mut events = watcher(api, config).default_backoff().reflect(writer).boxed();
@@ -782,7 +778,7 @@ spec:
     async fn the_watch_sends_each_version_of_the_node_state() {
         let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let api: Api<LvsNode> = Api::all(Client::new(mock, "default"));
-        let (engine, versions) = mpsc::channel();
+        let (engine, versions) = inbox();
         let watch = tokio::spawn(async move { watch_desired(api, "lvs1", engine).await });
         let object = |chunk: &Arc<LvsNode>| {
             let mut value = serde_json::to_value(chunk.as_ref()).unwrap();
@@ -803,6 +799,17 @@ spec:
         });
         send.send_response(Response::new(Body::from(serde_json::to_vec(&list).unwrap())));
 
+        // The versions not yet taken are one (the newest): each is taken before
+        // the next can come.
+        let receive = || {
+            let batch = versions.take(Some(Duration::from_secs(5))).expect("the watch is running");
+            batch.desired.expect("a version")
+        };
+        let listed = tokio::task::block_in_place(receive);
+        assert_eq!(listed.spec.revision, "r1");
+        assert_eq!(listed.objects.len(), 2);
+        assert_eq!(listed.spec.director.as_ref().unwrap().services.len(), 2);
+
         let (request, send) = handle.next_request().await.expect("a watch");
         assert!(request.uri().to_string().contains("watch=true"), "{}", request.uri());
         let events: Vec<u8> = [&first, &second]
@@ -816,15 +823,6 @@ spec:
             .collect();
         send.send_response(Response::new(Body::from(events)));
 
-        let receive = || match versions.recv_timeout(Duration::from_secs(5)).expect("a version") {
-            // Each version for the loop to compare with the last.
-            Input::Desired(desired) => desired,
-            other => panic!("not a version: {other:?}"),
-        };
-        let listed = tokio::task::block_in_place(receive);
-        assert_eq!(listed.spec.revision, "r1");
-        assert_eq!(listed.objects.len(), 2);
-        assert_eq!(listed.spec.director.as_ref().unwrap().services.len(), 2);
         // Deleting the first chunk leaves an incomplete state (not sent); then none.
         let deleted = tokio::task::block_in_place(receive);
         assert!(deleted.objects.is_empty());

@@ -53,7 +53,7 @@ use crate::{
     engine::{self, Changed, Engine, Round, Scope},
     host::address,
     reconcile::{Drains, Ownership, plan},
-    supervisor::{DesiredState, Input, Sink, Supervisor, Why},
+    supervisor::{Coalesce, DesiredState, InboxSender, Input, Sink, Supervisor, Why, inbox},
 };
 use kube::Resource;
 use lvs_ipvs::{IpvsHandle, ipvsadm::op_rule};
@@ -223,6 +223,20 @@ impl ManifestChange {
     /// Whether no VirtualService changed.
     pub fn is_empty(&self) -> bool {
         self.removed.is_empty() && self.added.is_empty()
+    }
+
+    /// Takes a later change in: the two as one. A VirtualService added by the
+    /// first and removed by the second was never applied, so it is in neither
+    /// list; the problems are the later change's (those of the manifests now).
+    fn absorb(&mut self, newer: ManifestChange) {
+        for vs in newer.removed {
+            match self.added.iter().position(|added| Arc::ptr_eq(added, &vs)) {
+                Some(at) => drop(self.added.remove(at)),
+                None => self.removed.push(vs),
+            }
+        }
+        self.added.extend(newer.added);
+        self.errors = newer.errors;
     }
 }
 
@@ -908,6 +922,14 @@ pub struct ManifestUpdate {
     addresses: Vec<IpAddr>,
 }
 
+/// Two updates not yet taken by the loop are one: both changes, the newer addresses.
+impl Coalesce for ManifestUpdate {
+    fn absorb(&mut self, newer: ManifestUpdate) {
+        self.change.absorb(newer.change);
+        self.addresses = newer.addresses;
+    }
+}
+
 impl DesiredState for LocalState {
     type Update = ManifestUpdate;
 
@@ -926,7 +948,7 @@ impl DesiredState for LocalState {
 /// `once`) or the error that stopped it.
 pub fn apply(options: &ApplyOptions) -> Result<bool> {
     let (events, changes) = mpsc::channel();
-    let (inputs_tx, inputs) = mpsc::channel();
+    let (inputs_tx, inputs) = inbox();
     if !options.once && !options.dry_run {
         // Before the first read, so that a change made while applying is seen.
         watch_manifests(&options.path, events.clone());
@@ -993,7 +1015,7 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
 /// addresses), when anything did (SIGHUP: always).
 fn read_manifests(
     events: &mpsc::Receiver<Event>,
-    inputs: &mpsc::Sender<Input<ManifestUpdate>>,
+    inputs: &InboxSender<ManifestUpdate>,
     mut manifests: Manifests,
     mut pending: ManifestChange,
     mut addresses: Vec<IpAddr>,
@@ -1045,7 +1067,7 @@ impl Sink<LocalState> for LogSink {
 }
 
 /// SIGHUP reloads every manifest; SIGTERM and SIGINT stop the agent gracefully.
-fn watch_signals(events: mpsc::Sender<Event>, inputs: mpsc::Sender<Input<ManifestUpdate>>) -> Result<()> {
+fn watch_signals(events: mpsc::Sender<Event>, inputs: InboxSender<ManifestUpdate>) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
     std::thread::spawn(move || {
@@ -1072,20 +1094,15 @@ fn load(
     named: Option<&BTreeSet<PathBuf>>,
     options: &ApplyOptions,
 ) -> Option<ManifestUpdate> {
-    let change = match named {
+    let mut change = match named {
         Some(named) => manifests.reload_named(named),
         None => manifests.reload(true),
     };
-    // A VirtualService added by a load that was not taken and removed since was never applied.
-    for vs in change.removed {
-        match pending.added.iter().position(|added| Arc::ptr_eq(added, &vs)) {
-            Some(at) => drop(pending.added.remove(at)),
-            None => pending.removed.push(vs),
-        }
-    }
-    pending.added.extend(change.added);
-    if !change.errors.is_empty() {
-        for problem in change.errors {
+    let errors = std::mem::take(&mut change.errors);
+    // Kept until a load is taken: a change is never lost behind a bad manifest.
+    pending.absorb(change);
+    if !errors.is_empty() {
+        for problem in errors {
             error!(source = %problem.source, problem = %problem.message, "bad manifest");
         }
         return None;

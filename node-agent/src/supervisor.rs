@@ -10,10 +10,12 @@
 //!  signals ────────────────────────── Stop ─┘        └─> Sink (state report, LvsNode status)
 //! ```
 //!
-//! Every input arrives on one channel ([`Input`]); the loop waits on it until
-//! the nearest of its own deadlines (the next resync, the end of the first
-//! drain, a delayed VRRP release), never polling. Inputs already queued are taken
-//! together: one round for all of them. The loop holds the desired state; a
+//! Every input arrives in one [`Inbox`] ([`Input`]), which coalesces them as
+//! they come (bounded: one pending desired update, one verdict per destination,
+//! one transition per VRRP instance); the loop waits on it until the nearest of
+//! its own deadlines (the next resync, the end of the first drain, a delayed
+//! VRRP release), never polling. Inputs pending are taken together: one round
+//! for all of them. The loop holds the desired state; a
 //! source sends updates of it, which say what they changed (see
 //! [`DesiredState`]). The periodic resync dumps the table on another thread,
 //! then plans a slice of the services per step, each step only when no input
@@ -44,6 +46,10 @@ use lvs_health::{Checker, CheckerStats, HealthChange, HealthMap};
 use lvs_ipvs::ServiceKey;
 use lvs_vrrp::{InstanceConfig, InstanceKey, Router};
 
+pub use self::inbox::{Batch, Closed, Coalesce, Inbox, InboxSender, inbox};
+
+mod inbox;
+
 /// What the loop is fed (`U`: its source's updates of the desired state).
 #[derive(Debug)]
 pub enum Input<U> {
@@ -64,8 +70,8 @@ pub enum Input<U> {
 /// just that (standalone: the manifests that changed), so that a change costs
 /// what it touches, not a copy of the whole state.
 pub trait DesiredState: Send + 'static {
-    /// What the source sends.
-    type Update: Send + 'static;
+    /// What the source sends; two pending ones are merged into one.
+    type Update: Coalesce + Send + 'static;
 
     fn spec(&self) -> &LvsNodeSpec;
 
@@ -131,10 +137,10 @@ impl Supervisor {
     /// Runs health checks and VRRP on `handle`'s runtime; their changes, and the
     /// resync's dumps, come to the loop as `inputs`. The engine is told that
     /// VRRP decides who holds VIPs with a `vrrp` section.
-    pub fn new<U: Send + 'static>(
+    pub fn new<U: Coalesce + Send + 'static>(
         mut engine: Engine,
         handle: Handle,
-        inputs: &mpsc::Sender<Input<U>>,
+        inputs: &InboxSender<U>,
     ) -> Self {
         engine.set_vrrp(true);
         let (health_tx, health_changes) = mpsc::channel();
@@ -150,7 +156,9 @@ impl Supervisor {
         };
         std::thread::Builder::new().name("health-inputs".into()).spawn(forward).expect("a thread");
         let vrrp_inputs = inputs.clone();
-        let hooks = FailoverHooks::hooks(move |transition| drop(vrrp_inputs.send(Input::Vrrp(transition))));
+        let hooks = FailoverHooks::hooks(move |transition| {
+            let _ = vrrp_inputs.send(Input::Vrrp(transition));
+        });
         let dumped_inputs = inputs.clone();
         Supervisor {
             engine,
@@ -158,7 +166,9 @@ impl Supervisor {
             heard: HashMap::new(),
             router: Router::new(handle.clone(), hooks),
             failover: Failover::default(),
-            dumped: Arc::new(move || drop(dumped_inputs.send(Input::Dumped))),
+            dumped: Arc::new(move || {
+                let _ = dumped_inputs.send(Input::Dumped);
+            }),
             sync: None,
             instances: Vec::new(),
             handle,
@@ -173,19 +183,21 @@ impl Supervisor {
     pub fn run<D: DesiredState>(
         mut self,
         mut current: D,
-        inputs: &mpsc::Receiver<Input<D::Update>>,
+        inputs: &Inbox<D::Update>,
         sink: &mut impl Sink<D>,
         resync: Duration,
     ) {
         loop {
-            match inputs.recv() {
-                Ok(Input::Desired(update)) => {
-                    current.update(update);
-                    break;
-                }
-                Ok(Input::Vrrp(transition)) => self.transition(&transition),
-                Ok(Input::Health(_) | Input::Dumped) => {}
-                Ok(Input::Stop) | Err(_) => return self.shutdown(inputs),
+            let Ok(batch) = inputs.take(None) else { return self.shutdown(inputs) };
+            for transition in &batch.vrrp {
+                self.transition(transition);
+            }
+            if batch.stop {
+                return self.shutdown(inputs);
+            }
+            if let Some(update) = batch.desired {
+                current.update(update);
+                break;
             }
         }
         let round = self.apply(current.spec(), Scope::Full);
@@ -209,30 +221,22 @@ impl Supervisor {
                 }
                 wait
             };
-            let first = match inputs.recv_timeout(wait) {
-                Ok(input) => Some(input),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return self.shutdown(inputs),
-            };
-            // Everything already queued is taken by this one turn.
-            let mut changed: Option<Changed> = None;
-            let mut health_keys = BTreeSet::new();
-            let mut dumped = false;
-            for input in first.into_iter().chain(inputs.try_iter()) {
-                match input {
-                    Input::Desired(update) => {
-                        changed.get_or_insert_default().extend(current.update(update));
-                    }
-                    Input::Health(change) => {
-                        log_health(&change);
-                        self.heard.insert((change.service, change.destination), change.healthy);
-                        health_keys.insert(change.service);
-                    }
-                    Input::Vrrp(transition) => self.transition(&transition),
-                    Input::Dumped => dumped = true,
-                    Input::Stop => return self.shutdown(inputs),
-                }
+            let Ok(batch) = inputs.take(Some(wait)) else { return self.shutdown(inputs) };
+            // Everything pending is taken by this one turn.
+            for transition in &batch.vrrp {
+                self.transition(transition);
             }
+            if batch.stop {
+                return self.shutdown(inputs);
+            }
+            let changed: Option<Changed> = batch.desired.map(|update| current.update(update));
+            let mut health_keys = BTreeSet::new();
+            for change in batch.health {
+                log_health(&change);
+                self.heard.insert((change.service, change.destination), change.healthy);
+                health_keys.insert(change.service);
+            }
+            let dumped = batch.dumped;
             let drain_due = drains.0.is_some_and(|at| engine::now() >= at);
             let turn = if let Some(mut changed) = changed {
                 changed.services.extend(health_keys);
@@ -392,13 +396,11 @@ impl Supervisor {
     /// Leaves gracefully: masters send priority 0 (a backup takes over at once)
     /// and give their VIPs up (the router's last transitions, still queued, are
     /// acted on). IPVS rules stay, as on any backup.
-    fn shutdown<D>(mut self, inputs: &mpsc::Receiver<Input<D>>) {
+    fn shutdown<D>(mut self, inputs: &Inbox<D>) {
         info!("stopping; the kernel's rules stay as they are");
         self.handle.block_on(self.router.shutdown());
-        for input in inputs.try_iter() {
-            if let Input::Vrrp(transition) = input {
-                self.transition(&transition);
-            }
+        for transition in inputs.take_now().vrrp {
+            self.transition(&transition);
         }
     }
 }

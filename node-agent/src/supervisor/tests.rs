@@ -15,7 +15,7 @@ use lvs_health::HealthChange;
 use lvs_ipvs::{BatchReport, IpvsError, IpvsOp, ServiceKey, SyncDaemon, ipvsadm::op_rule};
 use lvs_vrrp::{AddressFamily, InstanceConfig, VrrpState};
 
-use super::{Input, Sink, Supervisor, Why};
+use super::{InboxSender, Input, Sink, Supervisor, Why, inbox};
 use crate::{
     engine::{Changed, Engine, Failure, FailureError, Round, Scope, Subject},
     failover::Transition,
@@ -303,7 +303,7 @@ const SERVICE: &str = "192.0.2.100:80";
 struct Lab {
     kernel: FakeKernel,
     host: FakeHost,
-    inputs: mpsc::Sender<Input<Arc<LvsNodeSpec>>>,
+    inputs: InboxSender<Arc<LvsNodeSpec>>,
     rounds: mpsc::Receiver<(Why, Vec<String>, usize)>,
     agent: Option<JoinHandle<()>>,
     _runtime: tokio::runtime::Runtime,
@@ -326,7 +326,7 @@ impl Lab {
             Engine::with(Box::new(kernel.clone()), Box::new(host.clone()), &state_dir, false).unwrap();
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let (inputs, receiver) = mpsc::channel();
+        let (inputs, receiver) = inbox();
         let agent = Supervisor::new(engine, runtime.handle().clone(), &inputs);
         let (rounds_tx, rounds) = mpsc::channel();
         let none_yet = Arc::new(LvsNodeSpec::default());
