@@ -9,6 +9,7 @@ pub mod engine;
 pub mod failover;
 pub mod host;
 pub mod import;
+pub mod listing;
 pub mod reconcile;
 pub mod seams;
 pub mod standalone;

@@ -3,11 +3,12 @@
 use std::{io::Read, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use lvs_agent::{
     cluster::{self, RunOptions},
     import,
-    standalone::{self, ApplyOptions, Role},
+    listing::Listing,
+    standalone::{self, ApplyOptions, Outcome, Role},
 };
 use lvs_crds::translate::DEFAULT_VRRP_PRIORITY;
 use lvs_ipvs::{
@@ -16,8 +17,19 @@ use lvs_ipvs::{
 };
 use tracing_subscriber::{EnvFilter, fmt};
 
+/// Exit code: something failed and nothing was changed: bad input (manifests,
+/// rules), no privileges, no IPVS in the kernel. (2, a wrong command line, is
+/// clap's own.)
+const EXIT_FAILED: u8 = 1;
+/// Exit code: applied in part: what failed is listed by name, the rest took effect.
+const EXIT_PARTLY_FAILED: u8 = 3;
+
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 failed, nothing changed (bad manifests or rules, \
+no privileges, no IPVS); 2 wrong command line; 3 applied in part (`apply --once`, `restore`): \
+what failed is listed by name, the rest took effect.";
+
 #[derive(Parser)]
-#[command(name = "lvs-agent", version, about = "Declarative Linux Virtual Server: the node agent")]
+#[command(name = "lvs-agent", version, about = "Declarative Linux Virtual Server: the node agent", after_help = EXIT_CODES)]
 struct Cli {
     /// How the agent logs (on standard error; the level comes from RUST_LOG,
     /// default `info`).
@@ -111,6 +123,10 @@ enum Command {
         /// The connection-sync daemons (`ipvsadm -L --daemon`).
         #[arg(long, conflicts_with = "stats")]
         daemon: bool,
+        /// `table` as ipvsadm prints it; `json` or `yaml` for scripts: every
+        /// service and real server with its counters and rates, in named fields.
+        #[arg(long, short = 'o', value_enum, default_value_t = ListOutput::Table, conflicts_with_all = ["timeout", "daemon"])]
+        output: ListOutput,
     },
     /// Apply ipvsadm rules (the `ipvsadm -R` input format) from FILE or standard
     /// input, pipelined. Every rule is attempted; failures are listed.
@@ -124,7 +140,8 @@ enum Command {
         /// Manifest file or directory of *.yaml files.
         #[arg(short = 'f', long = "filename")]
         path: PathBuf,
-        /// Apply once and exit: 0 when everything applied, 1 naming what failed.
+        /// Apply once and exit: 0 when everything applied, 3 naming what failed
+        /// (the rest applied), 1 when the manifests do not load (nothing changed).
         #[arg(long)]
         once: bool,
         /// Print the planned operations as ipvsadm lines; changes nothing and needs
@@ -156,6 +173,19 @@ enum Command {
         #[arg(long, default_value = import::DEFAULT_NAMESPACE)]
         namespace: String,
     },
+    /// Print a shell completion script, e.g. `lvs-agent completions bash >
+    /// /etc/bash_completion.d/lvs-agent`.
+    Completions { shell: clap_complete::Shell },
+    /// Write the manual pages (lvs-agent.1 and one per command, e.g.
+    /// lvs-agent-apply.1) into DIRECTORY.
+    Man { directory: PathBuf },
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum ListOutput {
+    Table,
+    Json,
+    Yaml,
 }
 
 fn main() -> ExitCode {
@@ -165,7 +195,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("lvs-agent: {error:#}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_FAILED)
         }
     }
 }
@@ -195,6 +225,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List { daemon: true, .. } => {
             print!("{}", ipvsadm::daemons(&IpvsHandle::connect()?.sync_daemons()?));
         }
+        Command::List { output: ListOutput::Json, .. } => {
+            let listing = Listing::of(&IpvsHandle::connect()?.table()?);
+            println!("{}", serde_json::to_string_pretty(&listing)?);
+        }
+        Command::List { output: ListOutput::Yaml, .. } => {
+            print!("{}", serde_yaml::to_string(&Listing::of(&IpvsHandle::connect()?.table()?))?);
+        }
         Command::List { stats, rate, .. } => {
             let handle = IpvsHandle::connect()?;
             let view = match (stats, rate) {
@@ -223,7 +260,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if !report.is_success() {
                 eprintln!("lvs-agent: {} of {} rules failed", report.failures.len(), report.requests);
-                return Ok(ExitCode::FAILURE);
+                let none_applied = report.failures.len() >= report.requests;
+                return Ok(ExitCode::from(if none_applied { EXIT_FAILED } else { EXIT_PARTLY_FAILED }));
             }
         }
         Command::Apply {
@@ -249,8 +287,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 metrics_address,
                 metrics_destinations,
             };
-            if !standalone::apply(&options)? {
-                return Ok(ExitCode::FAILURE);
+            match standalone::apply(&options)? {
+                Outcome::Applied => {}
+                Outcome::NotLoaded => return Ok(ExitCode::from(EXIT_FAILED)),
+                Outcome::PartlyFailed => return Ok(ExitCode::from(EXIT_PARTLY_FAILED)),
             }
         }
         Command::Import { file, namespace } => {
@@ -266,6 +306,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             print!("{}", imported.to_yaml());
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "lvs-agent", &mut std::io::stdout());
+        }
+        Command::Man { directory } => write_manual(&directory)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `lvs-agent.1`, and `lvs-agent-<command>.1` for each command.
+fn write_manual(directory: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(directory).with_context(|| format!("creating {}", directory.display()))?;
+    let command = Cli::command();
+    let write = |name: &str, page: clap::Command| -> anyhow::Result<()> {
+        let path = directory.join(format!("{name}.1"));
+        let mut roff = Vec::new();
+        clap_mangen::Man::new(page).render(&mut roff)?;
+        std::fs::write(&path, roff).with_context(|| format!("writing {}", path.display()))
+    };
+    for sub in command.get_subcommands() {
+        let name = format!("lvs-agent-{}", sub.get_name());
+        write(&name, sub.clone().name(name.clone()))?;
+    }
+    write("lvs-agent", command)
 }

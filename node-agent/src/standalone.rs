@@ -63,11 +63,14 @@ use tracing::{error, info, warn};
 /// What this host does with the manifests (`--role`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Role {
-    /// A real server where one of this host's addresses is a real server, a
-    /// director for the rest.
+    /// A real server of the services that list one of this host's addresses
+    /// among their real servers, a director of the rest.
     #[default]
     Auto,
+    /// A director of every service: IPVS rules, VIPs, health checks, VRRP.
     Director,
+    /// A real server only: the VIPs to accept (on lvs0 or a tunnel device) and
+    /// the ARP sysctls, no IPVS rules.
     RealServer,
 }
 
@@ -942,11 +945,22 @@ impl DesiredState for LocalState {
     }
 }
 
+/// How `apply` ended (its exit code tells them apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything applied (with `once`), or the agent stopped gracefully.
+    Applied,
+    /// The manifests did not load: nothing was changed.
+    NotLoaded,
+    /// Applied, except what failed (logged by name).
+    PartlyFailed,
+}
+
 /// Applies the manifests at `options.path`; without `once`, keeps them applied:
 /// reloads on change (inotify) and on SIGHUP, repairs drift every `resync`, and
-/// looks again when a drain ends. Returns whether everything applied (with
-/// `once`) or the error that stopped it.
-pub fn apply(options: &ApplyOptions) -> Result<bool> {
+/// looks again when a drain ends. Returns how it ended, or the error that
+/// stopped it.
+pub fn apply(options: &ApplyOptions) -> Result<Outcome> {
     let (events, changes) = mpsc::channel();
     let (inputs_tx, inputs) = inbox();
     if !options.once && !options.dry_run {
@@ -960,12 +974,12 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
     let mut state = LocalState::new(&host, options.role).with_vrrp_priority(options.vrrp_priority);
     let mut pending = ManifestChange::default();
     let Some(first) = load(&mut manifests, &mut pending, None, options) else {
-        return Ok(false);
+        return Ok(Outcome::NotLoaded);
     };
     state.update(&first.change, &first.addresses);
     if options.dry_run {
         print_plan(state.spec(), options);
-        return Ok(true);
+        return Ok(Outcome::Applied);
     }
     let mut engine = Engine::open(&options.state_dir, &options.sysctl_root, options.exclusive)?;
     if options.once {
@@ -976,7 +990,7 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
         // No health checks, no VRRP: this host holds every VIP it directs.
         let round = engine.reconcile(&spec, Scope::Full);
         log_round(&round, "applied");
-        return Ok(round.failures.is_empty());
+        return Ok(if round.failures.is_empty() { Outcome::Applied } else { Outcome::PartlyFailed });
     }
 
     // Health checks and VRRP run on this runtime; the loop on this thread.
@@ -1007,7 +1021,7 @@ pub fn apply(options: &ApplyOptions) -> Result<bool> {
         read_manifests(&changes, &inputs_tx, manifests, pending, addresses, &source_options);
     })?;
     agent.run(state, &inputs, &mut LogSink { metrics }, options.resync);
-    Ok(true)
+    Ok(Outcome::Applied)
 }
 
 /// The source of standalone mode: reads the manifests again at each event (all

@@ -115,3 +115,60 @@ fn restore_programs_what_ipvsadm_restore_programs() {
         sorted_lines(&theirs.ipvsadm("-Ln --tun-info"))
     );
 }
+
+/// `list --output json` holds every service and real server of the table, as
+/// ipvsadm lists them; `yaml` the same document.
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn list_as_json_and_yaml_names_every_service_and_real_server() {
+    let ns = Netns::new("listjson");
+    let rules = mixed_rules();
+    std::fs::write(format!("/tmp/{}.rules", ns.name), &rules).unwrap();
+    ns.sh(&format!("ipvsadm -R < /tmp/{}.rules", ns.name));
+    let json = ns.sh(concat!(env!("CARGO_BIN_EXE_lvs-agent"), " list --output json"));
+    let listing: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let services = listing["services"].as_array().unwrap();
+    let oracle = ns.saved_rules();
+    let added_services = oracle.iter().filter(|line| line.starts_with("-A ")).count();
+    let added_servers = oracle.iter().filter(|line| line.starts_with("-a ")).count();
+    assert_eq!(services.len(), added_services);
+    let servers: usize = services.iter().map(|s| s["destinations"].as_array().unwrap().len()).sum();
+    assert_eq!(servers, added_servers);
+    // Every real server's address:port appears in ipvsadm's own listing.
+    let listed = ns.ipvsadm("-Ln");
+    for service in services {
+        for server in service["destinations"].as_array().unwrap() {
+            let address = server["address"].as_str().unwrap();
+            let shown = if address.contains(':') { format!("[{address}]") } else { address.to_owned() };
+            assert!(listed.contains(&format!("{shown}:{}", server["port"])), "{server} not in\n{listed}");
+        }
+    }
+    let yaml = ns.sh(concat!(env!("CARGO_BIN_EXE_lvs-agent"), " list -o yaml"));
+    let from_yaml: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(from_yaml, listing);
+}
+
+/// A restore of which some rules fail exits 3 (applied in part), naming each
+/// failure; one of which every rule fails exits 1.
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn a_partly_failed_restore_exits_3_and_a_wholly_failed_one_1() {
+    let ns = Netns::new("exitcode");
+    let path = format!("/tmp/{}.rules", ns.name);
+    std::fs::write(&path, "-A -t 192.0.2.1:80 -s rr\n-a -t 192.0.2.9:80 -r 10.0.0.1:80 -g\n").unwrap();
+    let run = |rules: &str| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_lvs-agent"), "restore", rules])
+            .output()
+            .unwrap()
+    };
+    let partly = run(&path);
+    let stderr = String::from_utf8_lossy(&partly.stderr);
+    assert_eq!(partly.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("1 of 2 rules failed"), "{stderr}");
+    assert_eq!(ns.saved_rules(), ["-A -t 192.0.2.1:80 -s rr"]);
+
+    std::fs::write(&path, "-a -t 192.0.2.9:80 -r 10.0.0.1:80 -g\n").unwrap();
+    let wholly = run(&path);
+    assert_eq!(wholly.status.code(), Some(1), "{}", String::from_utf8_lossy(&wholly.stderr));
+}
