@@ -15,8 +15,12 @@ const HEADER: &str = "\
 
 # API reference: VirtualService (`lvs.dev/v1alpha1`)
 
-Namespaced; short name `lvs`; category `lvs` (`kubectl get lvs`). `kubectl explain
-virtualservice.spec` shows the same descriptions.
+Namespaced; short name `lvs`; category `lvs` (`kubectl get lvs` lists VirtualServices
+only; the internal LvsNodes are in `lvs-internal`). `kubectl explain
+virtualservices.lvs.dev.spec` shows the same descriptions. The kind shares its name
+with Istio's VirtualService (`networking.istio.io`); both CRDs install side by side,
+and with both installed `kubectl get virtualservice` may pick either: address ours by
+its full name, `kubectl get virtualservices.lvs.dev`, or by `lvs`.
 
 Every rule below is enforced twice: by the API server (OpenAPI bounds and the CEL
 rules, Kubernetes 1.31 or newer) and by the Rust function `lvs_crds::validate`,

@@ -33,7 +33,8 @@ pub const NODE_LABEL: &str = "lvs.dev/node";
     version = "v1alpha1",
     kind = "LvsNode",
     doc = "The resolved desired state of one node (or one chunk of it), written by lvs-controller and applied by that node's lvs-agent. Internal: not for users.",
-    category = "lvs",
+    // Not in the user-facing category `lvs`: `kubectl get lvs` lists VirtualServices only.
+    category = "lvs-internal",
     status = "LvsNodeStatus",
     derive = "PartialEq",
     printcolumn = r#"{"name":"NODE","type":"string","jsonPath":".spec.node"}"#,

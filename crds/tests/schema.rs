@@ -92,6 +92,9 @@ fn crd_names_match_the_design() {
     assert_eq!(crd.spec.scope, "Namespaced");
     assert_eq!(crd.spec.names.short_names, Some(vec!["lvs".to_owned()]));
     assert_eq!(crd.spec.names.categories, Some(vec!["lvs".to_owned()]));
+    // `kubectl get lvs` expands the category first: only VirtualServices are in it.
+    assert_eq!(LvsNode::crd().spec.names.categories, Some(vec!["lvs-internal".to_owned()]));
+    assert_eq!(LvsNode::crd().spec.names.short_names, None);
     let version = &crd.spec.versions[0];
     assert_eq!(version.name, "v1alpha1");
     assert!(version.subresources.as_ref().is_some_and(|s| s.status.is_some()));
@@ -102,4 +105,28 @@ fn crd_names_match_the_design() {
     let crd = LvsNode::crd();
     assert_eq!(crd.spec.scope, "Cluster");
     assert!(crd.spec.versions[0].subresources.as_ref().is_some_and(|s| s.status.is_some()));
+}
+
+/// Istio's VirtualService CRD (networking.istio.io), by the names it declares
+/// (istio/api, kubernetes/customresourcedefinitions.gen.yaml): ours installs
+/// beside it. The API server keys CRDs by `<plural>.<group>`, and kubectl
+/// resolves short names and categories across groups, so none may be shared.
+#[test]
+fn the_crds_install_beside_istios_virtual_service() {
+    use kube::CustomResourceExt;
+    let istio_name = "virtualservices.networking.istio.io";
+    let istio_short_names = ["vs"];
+    let istio_categories = ["istio-io", "networking-istio-io"];
+    for crd in [VirtualService::crd(), LvsNode::crd()] {
+        let name = crd.metadata.name.clone().unwrap();
+        assert_ne!(name, istio_name);
+        assert!(name.ends_with(".lvs.dev"), "{name}");
+        for short in crd.spec.names.short_names.iter().flatten() {
+            assert!(!istio_short_names.contains(&short.as_str()), "{name}: short name {short} is Istio's");
+        }
+        for category in crd.spec.names.categories.iter().flatten() {
+            assert!(!istio_categories.contains(&category.as_str()), "{name}: category {category} is Istio's");
+        }
+    }
+    assert_eq!(VirtualService::crd().metadata.name.as_deref(), Some("virtualservices.lvs.dev"));
 }
