@@ -153,7 +153,7 @@ impl Refusal {
             }
             Refusal::NotInPool { address, namespace, pools } => format!(
                 "vip {address} lies in no VipPool that admits namespace {namespace} (admitting: {})",
-                if pools.is_empty() { "none".to_owned() } else { pools.join(", ") }
+                pools.join(", ")
             ),
             Refusal::Reserved { address, what } => format!("vip {address} is reserved: {what}"),
             Refusal::InUse { address, holder, same_ports: true } => {
@@ -323,6 +323,9 @@ fn serve(
             false => Refusal::PoolNotFound { pool: name.clone() },
         });
     }
+    if admitting.is_empty() {
+        return Err(Refusal::NoPool { namespace });
+    }
     if let Some(address) = claim.requested {
         if let Some(&i) = admitting.iter().find(|&&i| pools[i].contains(address)) {
             return state.take(address, &pools[i], claim).map(|()| (address, i));
@@ -334,9 +337,6 @@ fn serve(
         }
         let pools = admitting.iter().map(|&i| pools[i].name.to_owned()).collect();
         return Err(Refusal::NotInPool { address, namespace, pools });
-    }
-    if admitting.is_empty() {
-        return Err(Refusal::NoPool { namespace });
     }
     let candidates: Vec<usize> = match claim.pool {
         Some(_) => admitting.to_vec(),
