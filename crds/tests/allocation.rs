@@ -75,7 +75,7 @@ fn an_exhausted_pool_refuses_the_newest_claim() {
     // No IPv6 in the pool: exhausted at once.
     let v6 = Claim { family: AddressFamily::IPv6, ..claim("a", "v6", 1) };
     assert_eq!(
-        outcome(&allocate(&[web_pool()], &[], &[], &[v6.clone()]), &v6).unwrap_err().reason(),
+        outcome(&allocate(&[web_pool()], &[], &[], std::slice::from_ref(&v6)), &v6).unwrap_err().reason(),
         "PoolExhausted"
     );
 }
@@ -149,13 +149,14 @@ fn a_pool_shrunk_under_a_live_vip_releases_it_and_allocates_again() {
     // 192.0.2.2 was allocated; the pool now holds only 192.0.2.5-192.0.2.6.
     let shrunk = pool("web", "{addresses: [192.0.2.5-192.0.2.6], namespaces: [a]}");
     let live = Claim { previous: Some(ip("192.0.2.2")), ..claim("a", "one", 1) };
-    let allocation = allocate(&[shrunk.clone()], &[], &[], &[live.clone()]);
+    let allocation = allocate(std::slice::from_ref(&shrunk), &[], &[], std::slice::from_ref(&live));
     let allocated = outcome(&allocation, &live).unwrap();
     assert_eq!((allocated.address, allocated.released), (ip("192.0.2.5"), Some(ip("192.0.2.2"))));
 
     // One that asked for the address by name is refused instead.
     let explicit = Claim { requested: Some(ip("192.0.2.2")), ..live };
-    let refusal = outcome(&allocate(&[shrunk], &[], &[], &[explicit.clone()]), &explicit).unwrap_err();
+    let refusal =
+        outcome(&allocate(&[shrunk], &[], &[], std::slice::from_ref(&explicit)), &explicit).unwrap_err();
     assert_eq!(refusal.reason(), "VipNotInPool");
     assert_eq!(
         refusal.message(),
@@ -167,7 +168,8 @@ fn a_pool_shrunk_under_a_live_vip_releases_it_and_allocates_again() {
 fn a_pool_that_stops_admitting_a_namespace_releases_its_addresses() {
     let pool_for_b = pool("web", "{addresses: [192.0.2.0/30], namespaces: [b]}");
     let live = Claim { previous: Some(ip("192.0.2.1")), ..claim("a", "one", 1) };
-    let refusal = outcome(&allocate(&[pool_for_b], &[], &[], &[live.clone()]), &live).unwrap_err();
+    let refusal =
+        outcome(&allocate(&[pool_for_b], &[], &[], std::slice::from_ref(&live)), &live).unwrap_err();
     assert_eq!(refusal, Refusal::NoPool { namespace: "a".into() });
     assert_eq!(refusal.message(), "no VipPool admits namespace a");
 }
@@ -176,7 +178,7 @@ fn a_pool_that_stops_admitting_a_namespace_releases_its_addresses() {
 fn requests_outside_every_admitting_pool_are_refused_naming_the_reason() {
     let pools = [web_pool(), pool("other", "{addresses: [198.51.100.0/24], namespaces: [z]}")];
     let outside = Claim { requested: Some(ip("198.51.100.7")), ..claim("a", "one", 1) };
-    let refusal = outcome(&allocate(&pools, &[], &[], &[outside.clone()]), &outside).unwrap_err();
+    let refusal = outcome(&allocate(&pools, &[], &[], std::slice::from_ref(&outside)), &outside).unwrap_err();
     assert_eq!(
         refusal.message(),
         "vip 198.51.100.7 lies in no VipPool that admits namespace a (admitting: web)"
@@ -192,7 +194,8 @@ fn requests_outside_every_admitting_pool_are_refused_naming_the_reason() {
     );
     // A namespace no pool admits.
     let stranger = claim("c", "four", 1);
-    let refusal = outcome(&allocate(&pools, &[], &[], &[stranger.clone()]), &stranger).unwrap_err();
+    let refusal =
+        outcome(&allocate(&pools, &[], &[], std::slice::from_ref(&stranger)), &stranger).unwrap_err();
     assert_eq!(refusal.reason(), "NoPool");
 }
 
@@ -290,7 +293,7 @@ fn pool_entries_are_checked_naming_the_entry() {
     );
     // The other entries still serve.
     let one = claim("a", "one", 1);
-    let allocation = allocate(&[reversed], &[], &[], &[one.clone()]);
+    let allocation = allocate(&[reversed], &[], &[], std::slice::from_ref(&one));
     assert_eq!(address(&allocation, &one), ip("192.0.2.17"));
     assert_eq!(allocation.pools["bad"].errors.len(), 1);
 }

@@ -332,10 +332,9 @@ pub(super) fn vrrp_conflicts(
     order.sort_by(|a, b| a.0.cmp(b.0));
 
     let mut by_vip: HashMap<(usize, std::net::IpAddr), (Settings, ObjectId)> = HashMap::new();
-    let mut by_router: HashMap<
-        (usize, Option<String>, AddressFamily, u8),
-        ((u32, bool), std::net::IpAddr, ObjectId),
-    > = HashMap::new();
+    // (director, interface, family, router ID) -> (interval, preempt), VIP, holder.
+    type Router = (usize, Option<String>, AddressFamily, u8);
+    let mut by_router: HashMap<Router, ((u32, bool), std::net::IpAddr, ObjectId)> = HashMap::new();
     let mut refused = BTreeMap::new();
     for (_, service) in order {
         let Some(vip) = service.service.key.address else { continue };
