@@ -136,6 +136,12 @@ impl Context {
             Some((made_at, translation)) if *made_at == epoch => Arc::clone(translation),
             _ => {
                 let translation = Arc::new(translate(&self.stores.cluster_state(), &self.options));
+                for ((namespace, name), allocation) in &translation.allocations {
+                    if let (Some(released), Some(vip)) = (allocation.released, allocation.vip) {
+                        warn!(virtualservice = %format!("{namespace}/{name}"), %released, %vip, pool = %allocation.pool,
+                            "the previous VIP left every admitting pool: released, and a new one allocated");
+                    }
+                }
                 for stale in triggers::stale_verdicts(&translation, &self.stores.virtual_services.state()) {
                     // Fails only when the controller is shutting down.
                     let _ = self.requeue.unbounded_send(stale);
