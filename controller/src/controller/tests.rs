@@ -291,3 +291,37 @@ async fn directors_come_from_the_pool() {
         written.status.as_ref().unwrap().directors.iter().map(|d| d.node.as_str()).collect();
     assert_eq!(directors, ["lvs2"]);
 }
+
+#[tokio::test]
+async fn a_vrrp_conflict_refuses_the_newer_service_alone() {
+    let failover = |vrid| lvs_crds::virtual_service::Failover {
+        vrrp: lvs_crds::virtual_service::Vrrp {
+            virtual_router_id: vrid,
+            advert_interval_ms: 1000,
+            preempt: true,
+        },
+    };
+    let mut older = service("older", "2025-12-01T00:00:00Z").finalized();
+    older.spec.failover = Some(failover(51));
+    // The same VIP (shared on another port) with another router: the agent
+    // could not hold both.
+    let mut newer = web().finalized();
+    newer.spec.port = Some(443);
+    newer.spec.failover = Some(failover(52));
+    let services = vec![older.clone(), newer.clone()];
+    let (ctx, server) = context(&cluster(services.clone(), services, true));
+    let scenario = server.run(vec![Call::CreateEvent("VrrpConflict"), Call::PatchStatus("web")]);
+    reconcile(Arc::new(newer), ctx).await.expect("reconcile");
+    let written = timeout_after_1s(scenario).await;
+
+    let status = written.status.unwrap();
+    assert_eq!(conditions(&status)[0], ("Accepted", "False", "VrrpConflict"));
+    assert!(
+        status.conditions[0].message.contains("older VirtualService default/older"),
+        "{}",
+        status.conditions[0].message
+    );
+    assert_eq!(written.events[0].type_.as_deref(), Some("Warning"));
+    // The older service's LvsNodes stay as they are: nothing applied.
+    assert!(written.applied.is_empty());
+}
