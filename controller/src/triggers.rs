@@ -246,6 +246,59 @@ mod tests {
     }
 
     #[test]
+    fn nodes_concern_the_services_of_pools_that_select_them() {
+        let pool = |name: &str, yaml: &str| -> Arc<VipPool> {
+            let text = format!(
+                "apiVersion: lvs.dev/v1alpha1\nkind: VipPool\nmetadata: {{name: {name}}}\nspec: {yaml}"
+            );
+            Arc::new(serde_yaml::from_str(&text).unwrap())
+        };
+        let pools = vec![
+            pool(
+                "edge",
+                "{addresses: [192.0.2.0/28], namespaces: [default], directors: {nodeSelector: {edge: 'yes'}}}",
+            ),
+            pool(
+                "workers",
+                "{addresses: [192.0.2.16/28], namespaces: [default], realServerNodeSelector: {role: web}}",
+            ),
+        ];
+        let in_pool = |name: &str, pool: &str| {
+            let pool = pool.to_owned();
+            service(name, move |s| {
+                // Its own selector matches no node: only the pool makes it concerned.
+                s.spec.directors =
+                    Some(Directors { node_selector: selector(&[("x", "y")]), interface: None });
+                s.status = Some(VirtualServiceStatus { pool: Some(pool), ..Default::default() });
+            })
+        };
+        let services = vec![in_pool("at-edge", "edge"), in_pool("on-workers", "workers")];
+        assert_eq!(
+            names(for_node(&node("n1", &[("edge", "yes")], "10.0.0.1"), &services, &pools)),
+            ["at-edge"]
+        );
+        assert_eq!(
+            names(for_node(&node("n2", &[("role", "web")], "10.0.0.2"), &services, &pools)),
+            ["on-workers"]
+        );
+        assert!(for_node(&node("n3", &[], "10.0.0.3"), &services, &pools).is_empty());
+    }
+
+    #[test]
+    fn pools_concern_every_service_and_namespaces_their_own() {
+        let services =
+            vec![service("a", |_| {}), service("b", |s| s.metadata.namespace = Some("other".into()))];
+        let pool: VipPool = serde_yaml::from_str(
+            "apiVersion: lvs.dev/v1alpha1\nkind: VipPool\nmetadata: {name: p}\nspec: {addresses: [192.0.2.0/28], namespaces: [x]}",
+        )
+        .unwrap();
+        assert_eq!(names(for_vip_pool(&pool, &services)), ["a", "b"]);
+        let mut namespace = Namespace::default();
+        namespace.metadata.name = Some("other".into());
+        assert_eq!(names(for_namespace(&namespace, &services)), ["b"]);
+    }
+
+    #[test]
     fn endpoint_slices_concern_services_of_their_backend_in_their_namespace() {
         let backend = |s: &mut VirtualService| {
             s.spec.backend_service = Some(BackendService { name: "web".into(), port: None })
