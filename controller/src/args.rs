@@ -29,11 +29,20 @@ pub struct Args {
     #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     pub metrics_address: SocketAddr,
 
-    /// Comma-separated CIDRs the VIPs must lie in; a VirtualService whose VIP
-    /// lies outside is refused (Accepted=False, reason VipNotAllowed).
-    /// Absent: any VIP.
-    #[arg(long, env = "ALLOWED_VIP_CIDRS", value_delimiter = ',')]
-    pub allowed_vip_cidrs: Vec<IpNet>,
+    /// The cluster's Service CIDRs (comma-separated): never a VIP. VIPs come
+    /// from VipPools; this guards against a pool that overlaps them.
+    #[arg(long, env = "SERVICE_CIDRS", value_delimiter = ',')]
+    pub service_cidrs: Vec<IpNet>,
+
+    /// The cluster's pod CIDRs (comma-separated): never a VIP.
+    #[arg(long, env = "POD_CIDRS", value_delimiter = ',')]
+    pub pod_cidrs: Vec<IpNet>,
+
+    /// The API server's addresses (comma-separated): never a VIP. Added to
+    /// the endpoints of the `default/kubernetes` Service and the client
+    /// config's host, which are found by themselves.
+    #[arg(long, env = "API_SERVER_ADDRESSES", value_delimiter = ',')]
+    pub api_server_addresses: Vec<std::net::IpAddr>,
 
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "LEASE_NAMESPACE", default_value = "lvs-system")]
@@ -103,7 +112,9 @@ mod tests {
             "lvs-controller",
             "--namespace=web",
             "--metrics-address=127.0.0.1:9090",
-            "--allowed-vip-cidrs=192.0.2.0/24,2001:db8::/64",
+            "--service-cidrs=10.96.0.0/12,fd00:10:96::/112",
+            "--pod-cidrs=10.244.0.0/16",
+            "--api-server-addresses=192.0.2.1",
             "--identity=replica-1",
             "--log-format=json",
         ])
@@ -111,9 +122,11 @@ mod tests {
         assert_eq!(args.namespace.as_deref(), Some("web"));
         assert_eq!(args.metrics_address, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(
-            args.allowed_vip_cidrs,
-            ["192.0.2.0/24".parse::<IpNet>().unwrap(), "2001:db8::/64".parse().unwrap()]
+            args.service_cidrs,
+            ["10.96.0.0/12".parse::<IpNet>().unwrap(), "fd00:10:96::/112".parse().unwrap()]
         );
+        assert_eq!(args.pod_cidrs, ["10.244.0.0/16".parse::<IpNet>().unwrap()]);
+        assert_eq!(args.api_server_addresses, ["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]);
         assert_eq!(args.identity(), "replica-1");
         assert_eq!(args.log_format, LogFormat::Json);
         assert_eq!(args.lease_namespace, "lvs-system");
@@ -138,6 +151,7 @@ mod tests {
 
     #[test]
     fn bad_cidrs_are_refused() {
-        assert!(Args::try_parse_from(["lvs-controller", "--allowed-vip-cidrs=192.0.2.0/33"]).is_err());
+        assert!(Args::try_parse_from(["lvs-controller", "--service-cidrs=192.0.2.0/33"]).is_err());
+        assert!(Args::try_parse_from(["lvs-controller", "--pod-cidrs=10.244.0.0"]).is_err());
     }
 }

@@ -12,7 +12,10 @@ use std::{
 
 use futures::{StreamExt, channel::mpsc, future};
 use k8s_openapi::{
-    api::{core::v1::Node, discovery::v1::EndpointSlice},
+    api::{
+        core::v1::{Namespace, Node},
+        discovery::v1::EndpointSlice,
+    },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
@@ -33,7 +36,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, instrument, warn};
 
 use lvs_crds::{
-    LvsNode, NODE_LABEL, VirtualService,
+    LvsNode, NODE_LABEL, VipPool, VirtualService,
     translate::{ClusterState, TranslateOptions, Translation, translate},
 };
 
@@ -54,6 +57,10 @@ pub struct Stores {
     pub virtual_services: Store<VirtualService>,
     pub nodes: Store<Node>,
     pub endpoint_slices: Store<EndpointSlice>,
+    /// The administrator's pools.
+    pub vip_pools: Store<VipPool>,
+    /// For the pools' namespaceSelector.
+    pub namespaces: Store<Namespace>,
     /// The LvsNodes written by the controller, with the agents' reports.
     pub lvs_nodes: Store<LvsNode>,
     /// Bumped by the watches whenever an input of the translation changed.
@@ -66,6 +73,8 @@ impl Stores {
         self.virtual_services.wait_until_ready().await.map_err(closed)?;
         self.nodes.wait_until_ready().await.map_err(closed)?;
         self.endpoint_slices.wait_until_ready().await.map_err(closed)?;
+        self.vip_pools.wait_until_ready().await.map_err(closed)?;
+        self.namespaces.wait_until_ready().await.map_err(closed)?;
         self.lvs_nodes.wait_until_ready().await.map_err(closed)
     }
 
@@ -78,6 +87,8 @@ impl Stores {
             virtual_services,
             nodes: snapshot(&self.nodes),
             endpoint_slices: snapshot(&self.endpoint_slices),
+            vip_pools: Some(snapshot(&self.vip_pools)),
+            namespaces: snapshot(&self.namespaces),
         }
     }
 }
@@ -125,6 +136,12 @@ impl Context {
             Some((made_at, translation)) if *made_at == epoch => Arc::clone(translation),
             _ => {
                 let translation = Arc::new(translate(&self.stores.cluster_state(), &self.options));
+                for ((namespace, name), allocation) in &translation.allocations {
+                    if let (Some(released), Some(vip)) = (allocation.released, allocation.vip) {
+                        warn!(virtualservice = %format!("{namespace}/{name}"), %released, %vip, pool = %allocation.pool,
+                            "the previous VIP left every admitting pool: released, and a new one allocated");
+                    }
+                }
                 for stale in triggers::stale_verdicts(&translation, &self.stores.virtual_services.state()) {
                     // Fails only when the controller is shutting down.
                     let _ = self.requeue.unbounded_send(stale);
@@ -148,8 +165,35 @@ impl Context {
                 result => drop(result?),
             }
         }
+        self.write_pool_statuses(&translation).await?;
         self.metrics.set_managed(self.stores.virtual_services.state().len(), translation.lvs_nodes.len());
         Ok(translation)
+    }
+
+    /// Each VipPool's used/free counts, written when they changed.
+    async fn write_pool_statuses(&self, translation: &Translation) -> Result<()> {
+        let api: Api<VipPool> = Api::all(self.client.clone());
+        let now = Time(Timestamp::now());
+        for pool in self.stores.vip_pools.state() {
+            let Some(usage) = translation.pools.get(&pool.name_any()) else { continue };
+            let new = status::pool_status(&pool, usage, &now);
+            if pool.status.as_ref() == Some(&new) {
+                continue;
+            }
+            info!(vippool = %pool.name_any(), used = new.used, free = new.free, "writing VipPool status");
+            let patch = json!({
+                "apiVersion": VipPool::api_version(&()),
+                "kind": VipPool::kind(&()),
+                "status": new,
+            });
+            api.patch_status(
+                &pool.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// The VirtualService exists: write the LvsNodes, then its status.
@@ -163,6 +207,7 @@ impl Context {
         let now = Time(Timestamp::now());
         let new =
             status::aggregate(service, verdict, &translation.lvs_nodes, &self.stores.lvs_nodes.state(), &now);
+        let new = status::with_allocation(new, translation.allocations.get(&key));
         if service.status.as_ref() == Some(&new) {
             return Ok(Action::requeue(RESYNC));
         }
@@ -254,10 +299,14 @@ pub async fn run(
     let (nodes, nodes_writer) = reflector::store();
     let (endpoint_slices, slices_writer) = reflector::store();
     let (lvs_nodes, lvs_nodes_writer) = reflector::store();
+    let (vip_pools, pools_writer) = reflector::store();
+    let (namespaces, namespaces_writer) = reflector::store();
     let stores = Stores {
         virtual_services: virtual_services.clone(),
         nodes,
         endpoint_slices,
+        vip_pools: vip_pools.clone(),
+        namespaces,
         lvs_nodes,
         inputs_epoch: Arc::clone(&epoch),
     };
@@ -284,6 +333,20 @@ pub async fn run(
         watch::endpoint_slice_fingerprint,
         Some(Arc::clone(&epoch)),
     );
+    let pool_changes = watch::changes(
+        Api::all(client.clone()),
+        config.clone(),
+        pools_writer,
+        watch::vip_pool_fingerprint,
+        Some(Arc::clone(&epoch)),
+    );
+    let namespace_changes = watch::changes(
+        Api::all(client.clone()),
+        config.clone(),
+        namespaces_writer,
+        watch::namespace_fingerprint,
+        Some(Arc::clone(&epoch)),
+    );
     // Not an input of the translation: no epoch.
     let lvs_node_changes = watch::changes(
         Api::all(client.clone()),
@@ -297,8 +360,16 @@ pub async fn run(
     let ctx = Arc::new(Context::new(client, stores.clone(), options, reporter, metrics, requeue));
     let (for_nodes, for_slices, for_lvs_nodes) =
         (virtual_services.clone(), virtual_services.clone(), virtual_services.clone());
+    let (for_pools, for_namespaces, pools_for_nodes) =
+        (virtual_services.clone(), virtual_services.clone(), vip_pools.clone());
     let controller = Controller::for_stream(service_changes, virtual_services)
-        .watches_stream(node_changes, move |node| triggers::for_node(&node, &for_nodes.state()))
+        .watches_stream(node_changes, move |node| {
+            triggers::for_node(&node, &for_nodes.state(), &pools_for_nodes.state())
+        })
+        .watches_stream(pool_changes, move |pool| triggers::for_vip_pool(&pool, &for_pools.state()))
+        .watches_stream(namespace_changes, move |namespace| {
+            triggers::for_namespace(&namespace, &for_namespaces.state())
+        })
         .watches_stream(slice_changes, move |slice| triggers::for_endpoint_slice(&slice, &for_slices.state()))
         .watches_stream(lvs_node_changes, move |object| {
             triggers::for_lvs_node(&object, &for_lvs_nodes.state())

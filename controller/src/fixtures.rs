@@ -25,9 +25,9 @@ use kube::{
     },
 };
 use lvs_crds::{
-    LvsNode, LvsNodeStatus, VirtualService, VirtualServiceStatus,
+    LvsNode, LvsNodeStatus, VipPool, VirtualService, VirtualServiceStatus,
     lvs_node::{DestinationReport, ServiceReport},
-    translate::{ClusterState, TranslateOptions, translate},
+    translate::{ClusterState, TranslateOptions, Translation, translate},
 };
 use serde_json::{Value, json};
 
@@ -109,19 +109,45 @@ pub(crate) fn director(name: &str, address: &str) -> Node {
     node
 }
 
+/// The administrator's pool of the tests: `192.0.2.0/24` for namespace
+/// `default`, directed by the nodes labelled `lvs.dev/director=true`,
+/// addresses shared on different ports.
+pub(crate) fn lab_pool() -> VipPool {
+    serde_yaml::from_str(
+        "apiVersion: lvs.dev/v1alpha1
+kind: VipPool
+metadata: {name: lab, generation: 1}
+spec: {addresses: [192.0.2.0/24], namespaces: [default], allowSharedVip: true}",
+    )
+    .expect("a valid VipPool")
+}
+
 /// The objects the stores hold in a test.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Cluster {
     pub services: Vec<VirtualService>,
     pub nodes: Vec<Node>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub lvs_nodes: Vec<LvsNode>,
+    pub vip_pools: Vec<VipPool>,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self {
+            services: Vec::new(),
+            nodes: Vec::new(),
+            endpoint_slices: Vec::new(),
+            lvs_nodes: Vec::new(),
+            vip_pools: vec![lab_pool()],
+        }
+    }
 }
 
 impl Cluster {
-    /// The LvsNodes the translation makes of `services` (those not being
-    /// deleted) on this cluster's nodes: what the controller wrote earlier.
-    pub(crate) fn translated(&self, services: &[VirtualService]) -> Vec<LvsNode> {
+    /// The translation of `services` (those not being deleted) on this
+    /// cluster's nodes and pools, as the controller makes it.
+    pub(crate) fn translation(&self, services: &[VirtualService]) -> Translation {
         let state = ClusterState {
             virtual_services: services
                 .iter()
@@ -130,8 +156,26 @@ impl Cluster {
                 .collect(),
             nodes: self.nodes.clone(),
             endpoint_slices: self.endpoint_slices.clone(),
+            vip_pools: Some(self.vip_pools.clone()),
+            namespaces: Vec::new(),
         };
-        translate(&state, &TranslateOptions::default()).lvs_nodes
+        translate(&state, &TranslateOptions::default())
+    }
+
+    /// The LvsNodes the translation makes of `services`: what the controller wrote earlier.
+    pub(crate) fn translated(&self, services: &[VirtualService]) -> Vec<LvsNode> {
+        self.translation(services).lvs_nodes
+    }
+
+    /// The pools with the status the controller wrote for the current
+    /// services (so that a reconcile has no pool status to write).
+    pub(crate) fn with_pool_statuses(mut self) -> Self {
+        let translation = self.translation(&self.services);
+        for pool in &mut self.vip_pools {
+            let usage = &translation.pools[pool.metadata.name.as_deref().unwrap()];
+            pool.status = Some(crate::status::pool_status(pool, usage, &now()));
+        }
+        self
     }
 }
 
@@ -204,6 +248,8 @@ impl Context {
             virtual_services: store(&cluster.services),
             nodes: store(&cluster.nodes),
             endpoint_slices: store(&cluster.endpoint_slices),
+            vip_pools: store(&cluster.vip_pools),
+            namespaces: store(&[]),
             lvs_nodes: store(&cluster.lvs_nodes),
             inputs_epoch: Arc::new(AtomicU64::new(0)),
         };
@@ -231,6 +277,8 @@ pub(crate) enum Call {
     CreateEvent(&'static str),
     /// Server-side apply of the status of VirtualService `default/{0}`.
     PatchStatus(&'static str),
+    /// Server-side apply of the status of VipPool `{0}`.
+    PatchPoolStatus(&'static str),
 }
 
 /// What the controller wrote during a scenario.
@@ -239,10 +287,12 @@ pub(crate) struct Recorded {
     pub applied: Vec<LvsNode>,
     pub events: Vec<Event>,
     pub status: Option<VirtualServiceStatus>,
+    pub pool_statuses: Vec<lvs_crds::VipPoolStatus>,
 }
 
 const SERVICES: &str = "/apis/lvs.dev/v1alpha1/namespaces/default/virtualservices";
 const LVS_NODES: &str = "/apis/lvs.dev/v1alpha1/lvsnodes";
+const POOLS: &str = "/apis/lvs.dev/v1alpha1/vippools";
 const APPLY: &str = "?&force=true&fieldManager=lvs-controller";
 
 impl ApiServerVerifier {
@@ -299,6 +349,15 @@ impl ApiServerVerifier {
                         );
                         recorded.status = Some(serde_json::from_value(body["status"].clone()).unwrap());
                         json!({"apiVersion": "lvs.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": name, "namespace": "default"}, "spec": {}, "status": body["status"]})
+                    }
+                    Call::PatchPoolStatus(name) => {
+                        expect(Method::PATCH, format!("{POOLS}/{name}/status{APPLY}"));
+                        assert_eq!(
+                            (&body["apiVersion"], &body["kind"]),
+                            (&json!("lvs.dev/v1alpha1"), &json!("VipPool"))
+                        );
+                        recorded.pool_statuses.push(serde_json::from_value(body["status"].clone()).unwrap());
+                        json!({"apiVersion": "lvs.dev/v1alpha1", "kind": "VipPool", "metadata": {"name": name}, "spec": {"addresses": ["192.0.2.0/24"], "namespaces": ["default"]}, "status": body["status"]})
                     }
                 };
                 let response = Response::builder()

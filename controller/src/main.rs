@@ -55,8 +55,13 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(LeaderElector::new(client.clone(), lease.clone()).run(deadline_tx));
     info!(%identity, lease = %format!("{}/{}", lease.namespace, lease.name), "waiting for the lease");
 
-    let options =
-        TranslateOptions { allowed_vip_cidrs: args.allowed_vip_cidrs.clone(), ..Default::default() };
+    let options = TranslateOptions {
+        service_cidrs: args.service_cidrs.clone(),
+        pod_cidrs: args.pod_cidrs.clone(),
+        api_server_addresses: api_server_addresses(&args, &client).await,
+        ..Default::default()
+    };
+    info!(api_servers = ?options.api_server_addresses, "addresses never given as VIPs");
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -108,11 +113,45 @@ fn translate(args: &Args, path: &std::path::Path, now: Option<Timestamp>) -> any
     for skipped in &objects.skipped {
         eprintln!("{skipped}");
     }
-    let options =
-        TranslateOptions { allowed_vip_cidrs: args.allowed_vip_cidrs.clone(), ..Default::default() };
+    let options = TranslateOptions {
+        service_cidrs: args.service_cidrs.clone(),
+        pod_cidrs: args.pod_cidrs.clone(),
+        api_server_addresses: args.api_server_addresses.clone(),
+        ..Default::default()
+    };
     let now = Time(now.unwrap_or_else(Timestamp::now));
     print!("{}", preview::render(&preview::preview(&objects, &options, &now))?);
     Ok(())
+}
+
+/// The API server's addresses, never to be a VIP: `--api-server-addresses`,
+/// the client config's host when it is an address, and the endpoints of the
+/// `default/kubernetes` Service (best effort: a failure is logged).
+async fn api_server_addresses(args: &Args, client: &Client) -> Vec<std::net::IpAddr> {
+    let mut addresses = args.api_server_addresses.clone();
+    if let Ok(config) = config(args).await
+        && let Some(host) = config.cluster_url.host()
+        && let Ok(address) = host.trim_matches(['[', ']']).parse()
+    {
+        addresses.push(address);
+    }
+    let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        kube::Api::namespaced(client.clone(), "default");
+    let params = kube::api::ListParams::default().labels("kubernetes.io/service-name=kubernetes");
+    match slices.list(&params).await {
+        Ok(list) => {
+            let endpoints = list
+                .items
+                .into_iter()
+                .flat_map(|s| s.endpoints.into_iter().flatten())
+                .flat_map(|e| e.addresses);
+            addresses.extend(endpoints.filter_map(|a| a.parse::<std::net::IpAddr>().ok()));
+        }
+        Err(error) => warn!(%error, "could not read the API server's endpoints"),
+    }
+    addresses.sort();
+    addresses.dedup();
+    addresses
 }
 
 async fn client(args: &Args) -> anyhow::Result<Client> {

@@ -2,12 +2,13 @@
 //! of objects read from files, with no cluster. A CI pipeline previews a change
 //! with it; a user debugs one.
 //!
-//! The objects are those the controller watches (VirtualServices, Nodes,
-//! EndpointSlices) and, optionally, LvsNodes as the agents last reported on
-//! them (they stand for the existing objects: the plan deletes those no node
+//! The objects are those the controller watches (VirtualServices, VipPools,
+//! Namespaces, Nodes, EndpointSlices) and, optionally, LvsNodes as the agents
+//! last reported on them (they stand for the existing objects: the plan deletes those no node
 //! needs, and the statuses read their reports). The output is the controller's
-//! own decisions, made by the functions it runs: [`translate`], [`plan::plan`]
-//! and [`status::aggregate`]. Documents of other kinds are skipped, and said so.
+//! own decisions, made by the functions it runs: [`translate`] (with the VIP
+//! allocations), [`plan::plan`], [`status::aggregate`] and
+//! [`status::pool_status`]. Documents of other kinds are skipped, and said so.
 
 use std::{
     fmt::Write as _,
@@ -20,12 +21,15 @@ use std::{
 use anyhow::{Context as _, bail};
 use k8s_openapi::{
     Resource as _,
-    api::{core::v1::Node, discovery::v1::EndpointSlice},
+    api::{
+        core::v1::{Namespace, Node},
+        discovery::v1::EndpointSlice,
+    },
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{Resource, ResourceExt};
 use lvs_crds::{
-    LvsNode, VirtualService, VirtualServiceStatus,
+    LvsNode, VipPool, VipPoolStatus, VirtualService, VirtualServiceStatus,
     translate::{ClusterState, TranslateOptions, Translation, object_id, translate},
 };
 use serde::{Deserialize, Serialize};
@@ -52,14 +56,19 @@ pub struct Objects {
 pub struct Preview {
     pub translation: Translation,
     pub plan: plan::Plan,
-    /// Each VirtualService's status, in (namespace, name) order.
+    /// Each VirtualService's status (with its VIP allocation), in (namespace, name) order.
     pub statuses: Vec<(VirtualService, VirtualServiceStatus)>,
+    /// Each VipPool's status (its counts), by name.
+    pub pool_statuses: Vec<(VipPool, VipPoolStatus)>,
 }
 
 /// Reads every `*.yaml`, `*.yml` and `*.json` file under `path` (a file, or a
 /// directory read recursively in name order).
 pub fn load(path: &Path) -> anyhow::Result<Objects> {
     let mut objects = Objects::default();
+    // As in a cluster: pools decide (none among the files: every VirtualService
+    // is refused for want of one, as the controller would refuse it).
+    objects.state.vip_pools = Some(Vec::new());
     for file in files(path)? {
         let text = read_bounded(&file)?;
         for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
@@ -83,6 +92,10 @@ fn add(objects: &mut Objects, value: serde_yaml::Value) -> anyhow::Result<Option
     let is = |version: &str, name: &str| api_version == version && kind == name;
     if is(&VirtualService::api_version(&()), &VirtualService::kind(&())) {
         objects.state.virtual_services.push(serde_yaml::from_value(value)?);
+    } else if is(&VipPool::api_version(&()), &VipPool::kind(&())) {
+        objects.state.vip_pools.get_or_insert_default().push(serde_yaml::from_value(value)?);
+    } else if is(Namespace::API_VERSION, Namespace::KIND) {
+        objects.state.namespaces.push(serde_yaml::from_value(value)?);
     } else if is(Node::API_VERSION, Node::KIND) {
         objects.state.nodes.push(serde_yaml::from_value(value)?);
     } else if is(EndpointSlice::API_VERSION, EndpointSlice::KIND) {
@@ -148,18 +161,29 @@ pub fn preview(objects: &Objects, options: &TranslateOptions, now: &Time) -> Pre
         .virtual_services
         .iter()
         .filter_map(|vs| {
-            let verdict = translation.verdicts.get(&object_id(vs))?;
+            let id = object_id(vs);
+            let verdict = translation.verdicts.get(&id)?;
             let status = status::aggregate(vs, verdict, &translation.lvs_nodes, &objects.lvs_nodes, now);
-            Some((vs.clone(), status))
+            Some((vs.clone(), status::with_allocation(status, translation.allocations.get(&id))))
         })
         .collect();
     statuses.sort_by_key(|(vs, _)| object_id(vs));
-    Preview { translation, plan, statuses }
+    let mut pool_statuses: Vec<(VipPool, VipPoolStatus)> = state
+        .vip_pools
+        .iter()
+        .flatten()
+        .filter_map(|pool| {
+            let usage = translation.pools.get(&pool.name_any())?;
+            Some((pool.clone(), status::pool_status(pool, usage, now)))
+        })
+        .collect();
+    pool_statuses.sort_by_key(|(pool, _)| pool.name_any());
+    Preview { translation, plan, statuses, pool_statuses }
 }
 
 /// The preview as one YAML stream: the LvsNodes the controller would apply
-/// (every desired one, marked when unchanged), the names it would delete, then
-/// each VirtualService's status.
+/// (every desired one, marked when unchanged), the names it would delete, each
+/// VirtualService's status (its VIP and pool among it), then each VipPool's.
 pub fn render(preview: &Preview) -> anyhow::Result<String> {
     let mut out = String::new();
     let applied: Vec<String> = preview.plan.apply.iter().map(ResourceExt::name_any).collect();
@@ -176,6 +200,16 @@ pub fn render(preview: &Preview) -> anyhow::Result<String> {
         let (namespace, name) = object_id(vs);
         writeln!(out, "---\n# VirtualService {namespace}/{name}: status")?;
         out.push_str(&serde_yaml::to_string(&status_object(vs, status))?);
+    }
+    for (pool, status) in &preview.pool_statuses {
+        writeln!(out, "---\n# VipPool {}: status", pool.name_any())?;
+        let object = json!({
+            "apiVersion": VipPool::api_version(&()),
+            "kind": VipPool::kind(&()),
+            "metadata": {"name": pool.name_any(), "generation": pool.meta().generation},
+            "status": status,
+        });
+        out.push_str(&serde_yaml::to_string(&object)?);
     }
     Ok(out)
 }

@@ -3,7 +3,9 @@
 //! and the Events its changes deserve. Pure: the clock is an argument.
 //!
 //! Conditions:
-//! - `Accepted`: the verdict (reasons `Accepted`, `Conflict`, `Invalid`, `VipNotAllowed`).
+//! - `Accepted`: the verdict (reasons `Accepted`, `Conflict`, `Invalid`, and
+//!   the pools' refusals such as `NoPool`, `VipNotInPool`, `PoolExhausted`,
+//!   `VrrpConflict`).
 //! - `Programmed`: every director reports the VirtualService's current
 //!   generation applied without error.
 //! - `Healthy`: at least one real server passes its health check, as the
@@ -18,9 +20,11 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{ResourceExt, runtime::events::EventType};
 use lvs_crds::{
-    LvsNode, VirtualService, VirtualServiceStatus,
+    LvsNode, VipPool, VirtualService, VirtualServiceStatus,
+    allocation::PoolUsage,
     lvs_node::{DestinationReport, IpvsService},
-    translate::Verdict,
+    translate::{Verdict, VipAllocation},
+    vip_pool::{VipPoolStatus, conditions::VALID},
     virtual_service::{
         DirectorStatus, RealServerStatus,
         conditions::{ACCEPTED, HEALTHY, PROGRAMMED},
@@ -94,6 +98,9 @@ pub fn aggregate(
 
     VirtualServiceStatus {
         observed_generation: generation,
+        // The allocation's, see [`with_allocation`].
+        vip: None,
+        pool: None,
         conditions: vec![
             condition(ACCEPTED, accepted),
             condition(PROGRAMMED, programmed),
@@ -103,6 +110,43 @@ pub fn aggregate(
         directors: observed.into_iter().map(|o| o.row).collect(),
         real_servers,
     }
+}
+
+/// `status` with the allocation shown: the VIP and pool (read back as the
+/// previous allocation by the next translation).
+pub fn with_allocation(
+    mut status: VirtualServiceStatus,
+    allocation: Option<&VipAllocation>,
+) -> VirtualServiceStatus {
+    status.vip = allocation.and_then(|a| a.vip).map(|vip| vip.to_string());
+    status.pool = allocation.map(|a| a.pool.clone());
+    status
+}
+
+/// The status a VipPool should have: its counts, and `Valid` (False with
+/// the entries that do not parse; the others are used).
+pub fn pool_status(pool: &VipPool, usage: &PoolUsage, now: &Time) -> VipPoolStatus {
+    let (status, reason, message) = match usage.errors.as_slice() {
+        [] => ("True", "Valid", "every address entry parses".to_owned()),
+        errors => (
+            "False",
+            "InvalidAddresses",
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        ),
+    };
+    let old = pool.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let valid = Condition {
+        type_: VALID.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: pool.metadata.generation,
+        last_transition_time: old
+            .iter()
+            .find(|c| c.type_ == VALID && c.status == status)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone()),
+    };
+    VipPoolStatus { used: usage.used, free: usage.free, conditions: vec![valid] }
 }
 
 /// The IPVS service the translation made of `owner`, and its director nodes

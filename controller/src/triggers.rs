@@ -5,10 +5,13 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Node},
+    discovery::v1::EndpointSlice,
+};
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 use lvs_crds::{
-    LvsNode, VirtualService,
+    LvsNode, VipPool, VirtualService,
     translate::{DIRECTOR_LABEL, Translation},
     virtual_service::conditions::ACCEPTED,
 };
@@ -20,10 +23,28 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// server selector matches its labels now, and those whose status lists it
 /// (as a director, or one of its addresses as a real server), which covers a
 /// node that stopped matching.
-pub fn for_node(node: &Node, services: &[Arc<VirtualService>]) -> Vec<ObjectRef<VirtualService>> {
+pub fn for_node(
+    node: &Node,
+    services: &[Arc<VirtualService>],
+    pools: &[Arc<VipPool>],
+) -> Vec<ObjectRef<VirtualService>> {
     let name = node.name_any();
     let labels = node.labels();
     let addresses = addresses(node);
+    // The pools whose directors or real servers the node may be: their
+    // selectors decide, not the VirtualServices' own.
+    let pool_nodes: Vec<String> = pools
+        .iter()
+        .filter(|pool| {
+            let directors = pool.spec.directors.as_ref().map(|d| &d.node_selector).filter(|s| !s.is_empty());
+            let directs = match directors {
+                Some(selector) => matches(selector, labels),
+                None => labels.get(DIRECTOR_LABEL.0).map(String::as_str) == Some(DIRECTOR_LABEL.1),
+            };
+            directs || pool.spec.real_server_node_selector.as_ref().is_some_and(|s| matches(s, labels))
+        })
+        .map(|pool| pool.name_any())
+        .collect();
     services
         .iter()
         .filter(|service| {
@@ -39,8 +60,30 @@ pub fn for_node(node: &Node, services: &[Arc<VirtualService>]) -> Vec<ObjectRef<
                 status.directors.iter().any(|d| d.node == name)
                     || status.real_servers.iter().any(|r| addresses.contains(&r.address.as_str()))
             });
-            directs || serves || listed
+            let in_pool =
+                service.status.as_ref().and_then(|s| s.pool.as_ref()).is_some_and(|p| pool_nodes.contains(p));
+            directs || serves || listed || in_pool
         })
+        .map(|service| ObjectRef::from_obj(service.as_ref()))
+        .collect()
+}
+
+/// The VirtualServices a VipPool may matter to: all, since a pool's change
+/// can move allocations (overlaps, exhaustion) of any namespace.
+pub fn for_vip_pool(_pool: &VipPool, services: &[Arc<VirtualService>]) -> Vec<ObjectRef<VirtualService>> {
+    services.iter().map(|service| ObjectRef::from_obj(service.as_ref())).collect()
+}
+
+/// The VirtualServices of a namespace whose labels changed (pools may admit
+/// it or not any more).
+pub fn for_namespace(
+    namespace: &Namespace,
+    services: &[Arc<VirtualService>],
+) -> Vec<ObjectRef<VirtualService>> {
+    let name = namespace.name_any();
+    services
+        .iter()
+        .filter(|service| service.namespace().as_deref() == Some(name.as_str()))
         .map(|service| ObjectRef::from_obj(service.as_ref()))
         .collect()
 }
@@ -192,14 +235,67 @@ mod tests {
             }),
         ];
         assert_eq!(
-            names(for_node(&node("n1", &[("lvs.dev/director", "true")], "10.0.0.9"), &services)),
+            names(for_node(&node("n1", &[("lvs.dev/director", "true")], "10.0.0.9"), &services, &[])),
             ["default-directors", "web-servers", "listed-director"]
         );
         assert_eq!(
-            names(for_node(&node("n2", &[("edge", "yes"), ("role", "web")], "10.0.0.1"), &services)),
+            names(for_node(&node("n2", &[("edge", "yes"), ("role", "web")], "10.0.0.1"), &services, &[])),
             ["edge-directors", "web-servers", "listed-real-server"]
         );
-        assert!(for_node(&node("n3", &[], "10.0.0.3"), &services).is_empty());
+        assert!(for_node(&node("n3", &[], "10.0.0.3"), &services, &[]).is_empty());
+    }
+
+    #[test]
+    fn nodes_concern_the_services_of_pools_that_select_them() {
+        let pool = |name: &str, yaml: &str| -> Arc<VipPool> {
+            let text = format!(
+                "apiVersion: lvs.dev/v1alpha1\nkind: VipPool\nmetadata: {{name: {name}}}\nspec: {yaml}"
+            );
+            Arc::new(serde_yaml::from_str(&text).unwrap())
+        };
+        let pools = vec![
+            pool(
+                "edge",
+                "{addresses: [192.0.2.0/28], namespaces: [default], directors: {nodeSelector: {edge: 'yes'}}}",
+            ),
+            pool(
+                "workers",
+                "{addresses: [192.0.2.16/28], namespaces: [default], realServerNodeSelector: {role: web}}",
+            ),
+        ];
+        let in_pool = |name: &str, pool: &str| {
+            let pool = pool.to_owned();
+            service(name, move |s| {
+                // Its own selector matches no node: only the pool makes it concerned.
+                s.spec.directors =
+                    Some(Directors { node_selector: selector(&[("x", "y")]), interface: None });
+                s.status = Some(VirtualServiceStatus { pool: Some(pool), ..Default::default() });
+            })
+        };
+        let services = vec![in_pool("at-edge", "edge"), in_pool("on-workers", "workers")];
+        assert_eq!(
+            names(for_node(&node("n1", &[("edge", "yes")], "10.0.0.1"), &services, &pools)),
+            ["at-edge"]
+        );
+        assert_eq!(
+            names(for_node(&node("n2", &[("role", "web")], "10.0.0.2"), &services, &pools)),
+            ["on-workers"]
+        );
+        assert!(for_node(&node("n3", &[], "10.0.0.3"), &services, &pools).is_empty());
+    }
+
+    #[test]
+    fn pools_concern_every_service_and_namespaces_their_own() {
+        let services =
+            vec![service("a", |_| {}), service("b", |s| s.metadata.namespace = Some("other".into()))];
+        let pool: VipPool = serde_yaml::from_str(
+            "apiVersion: lvs.dev/v1alpha1\nkind: VipPool\nmetadata: {name: p}\nspec: {addresses: [192.0.2.0/28], namespaces: [x]}",
+        )
+        .unwrap();
+        assert_eq!(names(for_vip_pool(&pool, &services)), ["a", "b"]);
+        let mut namespace = Namespace::default();
+        namespace.metadata.name = Some("other".into());
+        assert_eq!(names(for_namespace(&namespace, &services)), ["b"]);
     }
 
     #[test]
@@ -304,6 +400,7 @@ mod tests {
                 (key("new"), Verdict::Accepted),
             ]
             .into(),
+            ..Translation::default()
         };
         assert_eq!(names(stale_verdicts(&translation, &services)), ["was-conflict-now-accepted"]);
     }

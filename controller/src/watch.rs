@@ -13,7 +13,10 @@ use std::{
 };
 
 use futures::{Stream, StreamExt, future};
-use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Node},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api, Resource, ResourceExt,
     runtime::{
@@ -24,7 +27,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use lvs_crds::{LvsNode, VirtualService};
+use lvs_crds::{LvsNode, VipPool, VirtualService};
 
 /// Watch `api`, keep `writer`'s store up to date, and yield the objects whose
 /// `fingerprint` changed, and deleted ones. Each such change bumps `epoch`
@@ -93,6 +96,16 @@ pub fn node_fingerprint(node: &Node) -> u64 {
 }
 
 /// Any change of an EndpointSlice: its endpoints, their readiness, its ports.
+/// A pool's spec (its status is the controller's own write).
+pub fn vip_pool_fingerprint(pool: &VipPool) -> u64 {
+    hash(serde_json::to_string(&pool.spec).unwrap_or_default())
+}
+
+/// A namespace's labels: what the pools' namespaceSelector reads.
+pub fn namespace_fingerprint(namespace: &Namespace) -> u64 {
+    hash(namespace.labels())
+}
+
 pub fn endpoint_slice_fingerprint(slice: &EndpointSlice) -> u64 {
     hash(&slice.metadata.resource_version)
 }

@@ -25,15 +25,23 @@ its full name, `kubectl get virtualservices.lvs.dev`, or by `lvs`.
 Every rule below is enforced twice: by the API server (OpenAPI bounds and the CEL
 rules, Kubernetes 1.31 or newer) and by the Rust function `lvs_crds::validate`,
 which the standalone `lvs-agent apply` uses, with the same messages naming the
-field. Two further rules need the whole cluster and are the controller's:
+field. Further rules need the whole cluster and are the controller's:
 
 - **Conflicts.** Two VirtualServices may not claim the same (vip, port, protocol)
   (or the same fwmark and family): the older one (creationTimestamp, then
   namespace/name) wins; the others get `Accepted=False`, reason `Conflict`, and
   are not programmed. The winner depends only on the set of VirtualServices, so
   nothing flaps.
-- **Allowed VIPs.** With `lvs-controller --allowed-vip-cidrs`, a VIP outside those
-  CIDRs gets `Accepted=False`, reason `VipNotAllowed`.
+- **VipPools.** In the cluster, each VirtualService takes its VIP from a
+  `VipPool` (cluster-scoped, the administrator's) that admits its namespace:
+  `vip` must lie in one, without `vip` one is allocated and shown in
+  `status.vip` and `status.pool`. The pool also decides the directors (its
+  selector, narrowed by `directors.nodeSelector`), the interface, the nodes
+  that may be made real servers, the forwarding methods, fwmark services and
+  VIP sharing; VRRP settings must agree with the older VirtualServices on a
+  shared director. Refusals give `Accepted=False` with the reasons below;
+  docs/security.md states the model. The standalone agent has no pools (and
+  needs `vip` or `fwmark`).
 
 Types: `integer` fields carry their range in *Rules*; *Default* is what the API
 server fills in when the field is absent (an absent field without default means
@@ -178,7 +186,45 @@ fn conditions() -> String {
             "an older VirtualService claims the same key; the message names it",
         ),
         ("Accepted", "False", "Invalid", "the spec breaks rules above; the message lists them"),
-        ("Accepted", "False", "VipNotAllowed", "the VIP lies outside `--allowed-vip-cidrs`"),
+        ("Accepted", "False", "NoPool", "no VipPool admits the namespace"),
+        (
+            "Accepted",
+            "False",
+            "PoolNotFound, PoolNotAdmitted",
+            "`spec.pool` names no pool, or one that does not admit the namespace",
+        ),
+        ("Accepted", "False", "VipNotInPool", "`vip` lies in no pool that admits the namespace"),
+        (
+            "Accepted",
+            "False",
+            "VipReserved",
+            "`vip` is a node's or the API server's address, or inside the Service or pod CIDRs",
+        ),
+        (
+            "Accepted",
+            "False",
+            "VipInUse",
+            "another (older, or earlier allocated) service holds the VIP on the same ports, or its pool does not share",
+        ),
+        (
+            "Accepted",
+            "False",
+            "NoAutoAssign, PoolExhausted",
+            "no pool assigns automatically, or no free address is left",
+        ),
+        (
+            "Accepted",
+            "False",
+            "ForwardingNotAllowed, FwmarkNotAllowed, InterfaceNotAllowed, DirectorsOutsidePool, RealServerNodesNotAllowed",
+            "the pool does not allow the forwarding method, fwmark services, the interface, the directors or the real-server nodes",
+        ),
+        (
+            "Accepted",
+            "False",
+            "VrrpConflict",
+            "its VRRP settings contradict an older VirtualService's on a shared director",
+        ),
+        ("Accepted", "False", "NoVip", "standalone agent only: neither `vip` nor `fwmark`"),
         ("Programmed", "True", PROGRAMMED, "every director reports this generation applied without error"),
         (
             "Programmed",

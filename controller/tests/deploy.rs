@@ -45,9 +45,12 @@ fn the_base_renders_every_object() {
         [
             "ClusterRole/lvs-agent",
             "ClusterRole/lvs-controller",
+            "ClusterRole/lvs-tenant-edit",
+            "ClusterRole/lvs-tenant-view",
             "ClusterRoleBinding/lvs-agent",
             "ClusterRoleBinding/lvs-controller",
             "CustomResourceDefinition/lvsnodes.lvs.dev",
+            "CustomResourceDefinition/vippools.lvs.dev",
             "CustomResourceDefinition/virtualservices.lvs.dev",
             "DaemonSet/lvs-agent",
             "Deployment/lvs-controller",
@@ -143,6 +146,10 @@ fn rbac_grants_what_each_binary_uses_and_no_more() {
     assert_eq!(verbs(&controller, "nodes"), ["get", "list", "watch"]);
     assert_eq!(verbs(&controller, "endpointslices"), ["get", "list", "watch"]);
     assert!(!verbs(&controller, "virtualservices").contains(&"delete".into()));
+    // The administrator's pools: read, and their counts written.
+    assert_eq!(verbs(&controller, "vippools"), ["get", "list", "watch"]);
+    assert_eq!(verbs(&controller, "vippools/status"), ["get", "patch"]);
+    assert_eq!(verbs(&controller, "namespaces"), ["get", "list", "watch"]);
 
     let agent = rules("lvs-agent");
     assert_eq!(verbs(&agent, "lvsnodes"), ["get", "list", "watch"]);
@@ -155,4 +162,46 @@ fn rbac_grants_what_each_binary_uses_and_no_more() {
     let resources: Vec<&str> =
         lease["rules"].as_sequence().unwrap().iter().flat_map(|r| strings(&r["resources"])).collect();
     assert_eq!(resources, ["leases", "leases"]);
+}
+
+/// Tenants get VirtualServices of their namespace through the built-in
+/// `edit`/`admin` (and `view`) roles, and nothing cluster-scoped: no VipPool,
+/// no LvsNode, no Node, and not the status the controller reads back.
+#[test]
+fn tenants_get_virtual_services_and_nothing_cluster_scoped() {
+    let objects = render();
+    let role = |name: &str| find(&objects, "ClusterRole", name);
+    let edit = role("lvs-tenant-edit");
+    let labels = &edit["metadata"]["labels"];
+    assert_eq!(labels["rbac.authorization.k8s.io/aggregate-to-edit"], "true");
+    assert_eq!(labels["rbac.authorization.k8s.io/aggregate-to-admin"], "true");
+    assert_eq!(
+        role("lvs-tenant-view")["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    for name in ["lvs-tenant-edit", "lvs-tenant-view"] {
+        for rule in role(name)["rules"].as_sequence().unwrap() {
+            assert_eq!(strings(&rule["apiGroups"]), ["lvs.dev"], "{name}");
+            for resource in strings(&rule["resources"]) {
+                assert!(resource.starts_with("virtualservices"), "{name}: {resource}");
+                let verbs = strings(&rule["verbs"]);
+                assert!(!verbs.contains(&"*"), "{name}");
+                if resource == "virtualservices/status" {
+                    assert_eq!(verbs, ["get", "list", "watch"], "{name}: tenants never write the status");
+                }
+            }
+        }
+    }
+    let verbs = strings(&edit["rules"][0]["verbs"]);
+    for verb in ["get", "list", "watch", "create", "update", "patch", "delete"] {
+        assert!(verbs.contains(&verb), "edit: {verb}");
+    }
+    // Granted per namespace: aggregated into roles that RoleBindings grant,
+    // never bound cluster-wide here.
+    let bound: Vec<&str> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRoleBinding")
+        .filter_map(|o| o["roleRef"]["name"].as_str())
+        .collect();
+    assert!(!bound.iter().any(|name| name.starts_with("lvs-tenant")), "{bound:?}");
 }

@@ -28,8 +28,19 @@ items:
     status: {addresses: [{type: InternalIP, address: 192.168.16.21}]}
 "#;
 
-/// Two VirtualServices claiming one key (the older wins), and an Istio object
-/// of the same kind name, which is not ours.
+/// The administrator's pool: both namespaces, real servers on any node.
+const POOLS: &str = r#"
+apiVersion: lvs.dev/v1alpha1
+kind: VipPool
+metadata: {name: lab, generation: 1}
+spec:
+  addresses: [192.168.16.100-192.168.16.109]
+  namespaces: [shop, blog]
+  realServerNodeSelector: {}
+"#;
+
+/// Two VirtualServices claiming one key (the older wins), one given its VIP by
+/// the pool, and an Istio object of the same kind name, which is not ours.
 const SERVICES: &str = r#"
 apiVersion: lvs.dev/v1alpha1
 kind: VirtualService
@@ -49,6 +60,14 @@ spec:
   forwarding: DirectRouting
   realServers: [{address: 192.168.16.21}]
 ---
+apiVersion: lvs.dev/v1alpha1
+kind: VirtualService
+metadata: {name: api, namespace: shop, generation: 1, creationTimestamp: "2025-02-01T00:00:00Z"}
+spec:
+  port: 443
+  forwarding: NAT
+  realServers: [{address: 10.0.0.1}]
+---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: reviews, namespace: shop}
@@ -67,6 +86,7 @@ fn write_objects(dir: &Path) {
     fs::create_dir_all(dir.join("nodes")).unwrap();
     fs::write(dir.join("nodes/nodes.yaml"), NODES).unwrap();
     fs::write(dir.join("services.yaml"), SERVICES).unwrap();
+    fs::write(dir.join("pools.yaml"), POOLS).unwrap();
     fs::write(dir.join("README.md"), "not read").unwrap();
 }
 
@@ -100,6 +120,12 @@ fn the_preview_prints_the_controllers_decisions_the_same_on_every_run() {
     assert!(stdout.contains("reason: Conflict"), "{stdout}");
     assert!(stdout.contains("already claimed by the older VirtualService shop/web"), "{stdout}");
     assert!(stdout.contains("lastTransitionTime: 2026-01-01T00:00:00Z"), "{stdout}");
+    // The allocation: the pool's lowest free address (.100 is held by shop/web),
+    // shown in the status as the controller writes it, and the pool's counts.
+    let api = stdout.split("# VirtualService shop/api: status").nth(1).unwrap();
+    assert!(api.contains("vip: 192.168.16.101") && api.contains("pool: lab"), "{api}");
+    let pool = stdout.split("# VipPool lab: status").nth(1).unwrap();
+    assert!(pool.contains("used: 2") && pool.contains("free: 8"), "{pool}");
     // The Istio object is skipped, and said so; the README is not read.
     assert!(stderr.contains("skipped networking.istio.io/v1 VirtualService"), "{stderr}");
     assert!(!stderr.contains("README"), "{stderr}");

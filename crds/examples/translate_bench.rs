@@ -6,7 +6,13 @@
 //! DirectRouting with 10 static real servers (workers, which therefore bind
 //! VIPs), 20% Tunnel with a realServerSelector matching a pool of 10 workers,
 //! 20% NAT with a backendService of 10 ready endpoints (plus one not ready);
-//! all with VRRP failover, connection sync and an HTTP health check.
+//! all with VRRP failover, connection sync and an HTTP health check. The
+//! services of one VRRP router ID share a namespace (20 namespaces): the
+//! cluster mode lets one namespace group VIPs under a router ID, not two.
+//!
+//! With `LVS_BENCH_POOLS=1`, the cluster mode: one VipPool (10.200.0.0/16,
+//! every namespace, every node a possible real server) and every other
+//! service without `vip`, so that the allocation assigns 5,000 addresses.
 
 use std::{collections::BTreeMap, time::Instant};
 
@@ -27,7 +33,10 @@ const DIRECTORS: usize = 4;
 
 fn main() {
     let runs: usize = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(3);
-    let state = cluster();
+    let mut state = cluster();
+    if std::env::var("LVS_BENCH_POOLS").is_ok_and(|v| v == "1") {
+        with_pools(&mut state);
+    }
     let options = TranslateOptions::default();
 
     let mut times = Vec::new();
@@ -60,8 +69,27 @@ fn main() {
     let best = times.iter().copied().fold(f64::INFINITY, f64::min);
     println!("translate_ms_each_run: {}", times_ms.join(" "));
     println!("translate_ms_best: {:.0}", best * 1e3);
+    if state.vip_pools.is_some() {
+        println!("allocated: {} VIPs, pools {:?}", translation.allocations.len(), translation.pools);
+    }
     println!("translate_ms_first: {:.0}", times[0] * 1e3);
     println!("peak_rss_mib: {:.1}", peak_rss_kib() as f64 / 1024.0);
+}
+
+/// The cluster mode: one pool for every namespace; odd services lose their `vip`.
+fn with_pools(state: &mut ClusterState) {
+    let pool: lvs_crds::VipPool = serde_yaml::from_str(
+        "apiVersion: lvs.dev/v1alpha1\nkind: VipPool\nmetadata: {name: bench}\n\
+         spec: {addresses: [10.200.0.0/16], namespaceSelector: {}, realServerNodeSelector: {},\
+         forwardingMethods: [DirectRouting, NAT, Tunnel]}",
+    )
+    .expect("a VipPool");
+    state.vip_pools = Some(vec![pool]);
+    for (i, vs) in state.virtual_services.iter_mut().enumerate() {
+        if i % 2 == 1 {
+            vs.spec.vip = None;
+        }
+    }
 }
 
 /// VmHWM: the process's peak resident set, in KiB (0 where /proc is absent).
@@ -75,7 +103,7 @@ fn cluster() -> ClusterState {
     let nodes = (0..NODES).map(node).collect();
     let virtual_services = (0..SERVICES).map(virtual_service).collect();
     let endpoint_slices = (0..SERVICES).filter(|i| i % 5 == 4).map(endpoint_slice).collect();
-    ClusterState { virtual_services, nodes, endpoint_slices }
+    ClusterState { virtual_services, nodes, endpoint_slices, ..ClusterState::default() }
 }
 
 fn worker_ip(worker: usize) -> String {
@@ -136,7 +164,7 @@ fn virtual_service(i: usize) -> VirtualService {
     };
     let spec = serde_yaml::from_str(&(common + &sources)).expect("a valid spec");
     let mut vs = VirtualService::new(&format!("vs-{i}"), spec);
-    vs.metadata.namespace = Some(format!("team-{}", i % 20));
+    vs.metadata.namespace = Some(format!("team-{}", i % 255 % 20));
     vs.metadata.uid = Some(format!("00000000-0000-0000-0000-{i:012}"));
     vs.metadata.generation = Some(1);
     vs.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1_700_000_000 + i as i64).unwrap()));
@@ -158,7 +186,7 @@ fn endpoint_slice(i: usize) -> EndpointSlice {
     EndpointSlice {
         metadata: ObjectMeta {
             name: Some(format!("svc-{i}-abcde")),
-            namespace: Some(format!("team-{}", i % 20)),
+            namespace: Some(format!("team-{}", i % 255 % 20)),
             labels: Some(BTreeMap::from([("kubernetes.io/service-name".to_owned(), format!("svc-{i}"))])),
             ..ObjectMeta::default()
         },

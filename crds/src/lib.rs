@@ -25,14 +25,17 @@
 //! # Ok::<(), serde_yaml::Error>(())
 //! ```
 
+pub mod allocation;
 pub mod lvs_node;
 pub mod translate;
 pub mod validation;
+pub mod vip_pool;
 pub mod virtual_service;
 
 pub use lvs_node::{LvsNode, LvsNodeSpec, LvsNodeStatus, NODE_LABEL};
 pub use translate::{ClusterState, TranslateOptions, Translation, Verdict, assemble, translate};
 pub use validation::{ValidationError, validate};
+pub use vip_pool::{VipPool, VipPoolSpec, VipPoolStatus};
 pub use virtual_service::{VirtualService, VirtualServiceSpec, VirtualServiceStatus};
 
 /// API group of every kind in this crate.
@@ -40,7 +43,7 @@ pub const GROUP: &str = "lvs.dev";
 
 /// The CRD files of `deploy/crds/`: file name and YAML text, as `crdgen`
 /// writes them.
-pub fn crd_files() -> [(&'static str, String); 2] {
+pub fn crd_files() -> [(&'static str, String); 3] {
     use kube::CustomResourceExt;
     const HEADER: &str = "# Generated from crds/ by `cargo run -p lvs-crds --bin crdgen -- --write`; do not edit.\n\
                           # Needs Kubernetes 1.31 or newer: the CEL rules use the IP library (isIP).\n";
@@ -48,5 +51,6 @@ pub fn crd_files() -> [(&'static str, String); 2] {
     [
         ("virtualservices.lvs.dev.yaml", yaml(VirtualService::crd())),
         ("lvsnodes.lvs.dev.yaml", yaml(LvsNode::crd())),
+        ("vippools.lvs.dev.yaml", yaml(VipPool::crd())),
     ]
 }

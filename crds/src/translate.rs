@@ -3,9 +3,13 @@
 //! input in any order gives byte-identical output, so the controller writes
 //! nothing when nothing changed.
 //!
+//! - Pools (cluster mode, [`ClusterState::vip_pools`]): each valid
+//!   VirtualService gets its VIP and pool, is checked against the pool and
+//!   narrowed to it (see the `tenancy` module); without pools (the standalone
+//!   agent) everything is allowed.
 //! - Verdicts: each VirtualService is checked in age order (creationTimestamp,
 //!   then namespace/name; objects without a timestamp count as the newest):
-//!   an invalid spec or a VIP outside the allowed CIDRs is refused; else it
+//!   an invalid spec or one its pool refuses is refused; else it
 //!   claims its key, (vip, port, protocol) or (fwmark, family), and a key
 //!   already claimed by an older one is a conflict. The winner is therefore a
 //!   function of the set of VirtualServices alone, and never flaps.
@@ -33,13 +37,17 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::{core::v1::Node, discovery::v1::EndpointSlice},
+    api::{
+        core::v1::{Namespace, Node},
+        discovery::v1::EndpointSlice,
+    },
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use serde::Serialize;
 
 use crate::{
-    LvsNode, LvsNodeSpec, NODE_LABEL, ValidationError, VirtualService,
+    LvsNode, LvsNodeSpec, NODE_LABEL, ValidationError, VipPool, VirtualService,
+    allocation::PoolUsage,
     lvs_node::{
         ConnectionSync, Destination, DirectorState, DirectorVip, IpvsPersistence, IpvsService,
         IpvsServiceKey, RealServerMode, RealServerState, RealServerVip, ServiceOwner, VrrpInstance,
@@ -47,6 +55,11 @@ use crate::{
     validation::{netmask_prefix_length, parse_ip},
     virtual_service::{AddressFamily, BackendService, Forwarding, Protocol, VirtualServiceSpec},
 };
+
+mod tenancy;
+
+use tenancy::RealServerNodes;
+pub use tenancy::{VIRTUAL_SERVICE_KIND, claim_of, owner_of, reservations};
 
 /// Largest serialized size of one LvsNode object by default: 1 MiB (etcd
 /// refuses objects over 1.5 MiB; the rest is headroom for status and
@@ -76,22 +89,39 @@ pub struct ClusterState {
     /// Of every namespace; only those labelled `kubernetes.io/service-name`
     /// with a VirtualService's `backendService` count.
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// The administrator's VipPools (the cluster mode): every VirtualService
+    /// takes its VIP, directors and permissions from a pool that admits its
+    /// namespace. `None`: no pools at all (the standalone agent, whose
+    /// manifests the host's administrator writes): every VIP, director and
+    /// node is allowed, and a VirtualService needs a `vip` or `fwmark`.
+    pub vip_pools: Option<Vec<VipPool>>,
+    /// The namespaces with their labels, for the pools' `namespaceSelector`.
+    pub namespaces: Vec<Namespace>,
 }
 
 /// Knobs of the translation.
 #[derive(Clone, Debug)]
 pub struct TranslateOptions {
-    /// VIPs must lie inside one of these (empty = any VIP allowed).
-    pub allowed_vip_cidrs: Vec<ipnet::IpNet>,
     /// Max serialized size (JSON) of one LvsNode object. Only a single
     /// service too large for any object (tens of thousands of destinations)
     /// can exceed it: it gets a chunk of its own.
     pub max_object_bytes: usize,
+    /// The cluster's Service CIDRs: never a VIP (with pools).
+    pub service_cidrs: Vec<ipnet::IpNet>,
+    /// The cluster's pod CIDRs: never a VIP (with pools).
+    pub pod_cidrs: Vec<ipnet::IpNet>,
+    /// The API server's addresses: never a VIP (with pools).
+    pub api_server_addresses: Vec<IpAddr>,
 }
 
 impl Default for TranslateOptions {
     fn default() -> Self {
-        Self { allowed_vip_cidrs: Vec::new(), max_object_bytes: DEFAULT_MAX_OBJECT_BYTES }
+        Self {
+            max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
+            service_cidrs: Vec::new(),
+            pod_cidrs: Vec::new(),
+            api_server_addresses: Vec::new(),
+        }
     }
 }
 
@@ -102,6 +132,21 @@ pub struct Translation {
     pub lvs_nodes: Vec<LvsNode>,
     /// One verdict per VirtualService.
     pub verdicts: BTreeMap<ObjectId, Verdict>,
+    /// With pools: the VIP (none for fwmark services) and pool of each
+    /// VirtualService that got one, accepted or not (the address stays held).
+    pub allocations: BTreeMap<ObjectId, VipAllocation>,
+    /// With pools: each pool's count, by name.
+    pub pools: BTreeMap<String, PoolUsage>,
+}
+
+/// A VirtualService's VIP and pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipAllocation {
+    /// None for a fwmark service.
+    pub vip: Option<IpAddr>,
+    pub pool: String,
+    /// An earlier VIP that was released because its pool no longer holds it.
+    pub released: Option<IpAddr>,
 }
 
 /// (namespace, name) of a VirtualService.
@@ -145,8 +190,11 @@ pub enum Verdict {
         key: String,
     },
     Invalid(Vec<ValidationError>),
-    VipNotAllowed {
-        vip: String,
+    /// Refused by the pools: no admitting pool, an address not allowed, a
+    /// forwarding method, node or VRRP setting the pool does not allow.
+    Refused {
+        reason: &'static str,
+        message: String,
     },
 }
 
@@ -162,7 +210,7 @@ impl Verdict {
             Verdict::Accepted => "Accepted",
             Verdict::Conflict { .. } => "Conflict",
             Verdict::Invalid(_) => "Invalid",
-            Verdict::VipNotAllowed { .. } => "VipNotAllowed",
+            Verdict::Refused { reason, .. } => reason,
         }
     }
 
@@ -174,7 +222,7 @@ impl Verdict {
                 format!("{key} is already claimed by the older VirtualService {}", qualified_name(winner))
             }
             Verdict::Invalid(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-            Verdict::VipNotAllowed { vip } => format!("vip {vip} lies outside the allowed VIP CIDRs"),
+            Verdict::Refused { message, .. } => message.clone(),
         }
     }
 }
@@ -184,10 +232,26 @@ impl Verdict {
 pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translation {
     let nodes = NodeIndex::new(&state.nodes);
     let backends = Backends::new(&state.endpoint_slices);
-    let (accepted, verdicts) = judge(&state.virtual_services, options);
+    let tenancy = state.vip_pools.as_deref().map(|pools| tenancy::admit(state, pools, options));
+    let effective = tenancy.as_ref().map_or(&state.virtual_services[..], |t| &t.effective[..]);
+    let (accepted, mut verdicts) = judge(effective, options);
 
     let mut services: Vec<Resolved<'_>> =
         accepted.into_iter().map(|vs| resolve(vs, &nodes, &backends)).collect();
+    let (mut allocations, mut pools) = (BTreeMap::new(), BTreeMap::new());
+    if let Some(tenancy) = tenancy.as_ref() {
+        for resolved in &mut services {
+            resolved.real_server_nodes =
+                tenancy.real_server_nodes.get(&resolved.id()).cloned().unwrap_or(RealServerNodes::None);
+        }
+        verdicts.extend(tenancy.verdicts.clone());
+        let ages: HashMap<ObjectId, Age> = effective.iter().map(|vs| (object_id(vs), Age::of(vs))).collect();
+        let refused = tenancy::vrrp_conflicts(&services, &ages, &nodes);
+        services.retain(|resolved| !refused.contains_key(&resolved.id()));
+        verdicts.extend(refused);
+        allocations.clone_from(&tenancy.allocations);
+        pools.clone_from(&tenancy.allocation.pools);
+    }
     for resolved in &mut services {
         resolved.fingerprint = Fingerprint::of(&resolved.service);
     }
@@ -205,7 +269,9 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translatio
         }
         if let Some(vip) = &resolved.real_server_vip {
             for real_server in nodes.owners_of(resolved.real_server_addresses()) {
-                desired.entry(real_server).or_default().real_server_vips.push(vip.clone());
+                if nodes.may_change(real_server, &resolved.real_server_nodes) {
+                    desired.entry(real_server).or_default().real_server_vips.push(vip.clone());
+                }
             }
         }
     }
@@ -216,13 +282,13 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translatio
         .flat_map(|(node, state)| state.into_objects(nodes.name(node), options.max_object_bytes, &names))
         .collect();
     lvs_nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    Translation { lvs_nodes, verdicts }
+    Translation { lvs_nodes, verdicts, allocations, pools }
 }
 
 /// One VirtualService's part of one node's desired state, translated alone.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodePart {
-    /// On its own: `Invalid`, `VipNotAllowed` or `Accepted` (conflicts between
+    /// On its own: `Invalid`, `Refused` (no vip) or `Accepted` (conflicts between
     /// VirtualServices are the caller's to settle).
     pub verdict: Verdict,
     /// Its service when accepted, whether or not the node directs it.
@@ -271,7 +337,7 @@ pub fn translate_for_node(vs: &VirtualService, node: &Node, options: &TranslateO
 /// unless an older one did.
 fn judge<'a>(
     services: &'a [VirtualService],
-    options: &TranslateOptions,
+    _options: &TranslateOptions,
 ) -> (Vec<&'a VirtualService>, BTreeMap<ObjectId, Verdict>) {
     let mut by_age: Vec<(Age, &VirtualService)> = services.iter().map(|vs| (Age::of(vs), vs)).collect();
     by_age.sort_by(|a, b| a.0.cmp(&b.0));
@@ -283,10 +349,12 @@ fn judge<'a>(
         let spec = &vs.spec;
         let verdict = if let Err(errors) = spec.validate() {
             Verdict::Invalid(errors)
-        } else if let Some(vip) =
-            spec.vip.as_ref().filter(|vip| !vip_allowed(vip, &options.allowed_vip_cidrs))
-        {
-            Verdict::VipNotAllowed { vip: vip.clone() }
+        } else if spec.vip.is_none() && spec.fwmark.is_none() {
+            // With pools, the allocation gave it one.
+            Verdict::Refused {
+                reason: "NoVip",
+                message: "without VipPools (the standalone agent) a vip or fwmark is required".into(),
+            }
         } else {
             let key = service_key(spec);
             match claims.entry(claim(&key)) {
@@ -301,10 +369,6 @@ fn judge<'a>(
         verdicts.insert(id, verdict);
     }
     (accepted, verdicts)
-}
-
-fn vip_allowed(vip: &str, allowed: &[ipnet::IpNet]) -> bool {
-    allowed.is_empty() || parse_ip(vip).is_some_and(|ip| allowed.iter().any(|net| net.contains(&ip)))
 }
 
 /// The kernel's key of a valid spec's service.
@@ -396,6 +460,18 @@ impl<'a> NodeIndex<'a> {
             selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
         };
         rarest.iter().filter(matches).copied().collect()
+    }
+
+    /// Whether `node` may be changed as a real server, within `allowed`.
+    fn may_change(&self, node: usize, allowed: &RealServerNodes) -> bool {
+        match allowed {
+            RealServerNodes::Any => true,
+            RealServerNodes::None => false,
+            RealServerNodes::Matching(selector) => {
+                let labels = self.nodes[node].metadata.labels.as_ref();
+                selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            }
+        }
     }
 
     fn directors(&self, spec: &VirtualServiceSpec) -> Vec<usize> {
@@ -502,6 +578,8 @@ struct Resolved<'a> {
     real_server_vip: Option<RealServerVip>,
     /// What its directors need for it alone (no services, no VIPs).
     director_settings: DirectorState,
+    /// The nodes its real server VIP may be bound on.
+    real_server_nodes: RealServerNodes,
 }
 
 fn resolve<'a>(vs: &'a VirtualService, nodes: &NodeIndex<'_>, backends: &Backends<'_>) -> Resolved<'a> {
@@ -595,6 +673,7 @@ fn resolve<'a>(vs: &'a VirtualService, nodes: &NodeIndex<'_>, backends: &Backend
         directors: nodes.directors(spec),
         real_server_vip,
         director_settings: director_settings(spec),
+        real_server_nodes: RealServerNodes::Any,
     }
 }
 
@@ -657,6 +736,10 @@ fn director_vip_order(vip: &DirectorVip) -> impl Ord + '_ {
 }
 
 impl Resolved<'_> {
+    fn id(&self) -> ObjectId {
+        (self.service.owner.namespace.clone(), self.service.owner.name.clone())
+    }
+
     /// The VIP a director with VRRP priority `priority` may hold.
     fn director_vip(&self, priority: u8) -> Option<DirectorVip> {
         Some(DirectorVip {

@@ -139,7 +139,6 @@ impl Checker {
     /// vip, fwmark and port: what identifies the service.
     fn key(&mut self, spec: &VirtualServiceSpec) {
         match (&spec.vip, spec.fwmark) {
-            (None, None) => self.fail("spec.vip", None, "one of vip or fwmark is required"),
             (Some(_), Some(mark)) => {
                 self.fail("spec.fwmark", Some(mark.to_string()), "fwmark excludes vip and port")
             }
@@ -150,9 +149,12 @@ impl Checker {
         }
         if let Some(vip) = &spec.vip {
             self.ip("spec.vip", vip);
-            if spec.port.is_none() {
-                self.fail("spec.port", None, "port is required with vip (0 = all ports)");
-            }
+        }
+        if spec.fwmark.is_none() && spec.port.is_none() {
+            self.fail("spec.port", None, "port is required without fwmark (0 = all ports)");
+        }
+        if let Some(pool) = &spec.pool {
+            self.length("spec.pool", pool, 1, 253);
         }
         if spec.fwmark == Some(0) {
             self.fail("spec.fwmark", Some("0".into()), "must be 1-4294967295");
@@ -432,7 +434,7 @@ impl Checker {
 
     fn failover(&mut self, spec: &VirtualServiceSpec) {
         let Some(failover) = &spec.failover else { return };
-        if spec.vip.is_none() {
+        if spec.fwmark.is_some() {
             self.fail(
                 "spec.failover",
                 None,

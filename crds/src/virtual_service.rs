@@ -39,7 +39,7 @@ pub const MAX_REAL_SERVERS: usize = 1000;
     category = "lvs",
     status = "VirtualServiceStatus",
     derive = "PartialEq",
-    printcolumn = r#"{"name":"VIP","type":"string","jsonPath":".spec.vip"}"#,
+    printcolumn = r#"{"name":"VIP","type":"string","jsonPath":".status.vip"}"#,
     printcolumn = r#"{"name":"PORT","type":"integer","jsonPath":".spec.port"}"#,
     printcolumn = r#"{"name":"PROTO","type":"string","jsonPath":".spec.protocol"}"#,
     printcolumn = r#"{"name":"MODE","type":"string","jsonPath":".spec.forwarding"}"#,
@@ -49,14 +49,11 @@ pub const MAX_REAL_SERVERS: usize = 1000;
     printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(
-    validation = Rule::new("has(self.vip) || has(self.fwmark)")
-        .message("one of vip or fwmark is required")
-        .field_path(".vip"),
     validation = Rule::new("!has(self.fwmark) || (!has(self.vip) && !has(self.port))")
         .message("fwmark excludes vip and port")
         .field_path(".fwmark"),
-    validation = Rule::new("!has(self.vip) || has(self.port)")
-        .message("port is required with vip (0 = all ports)")
+    validation = Rule::new("has(self.fwmark) || has(self.port)")
+        .message("port is required without fwmark (0 = all ports)")
         .field_path(".port"),
     validation = Rule::new("!has(self.port) || self.port != 0 || has(self.persistence)")
         .message("port 0 (all ports) needs persistence")
@@ -116,7 +113,7 @@ pub const MAX_REAL_SERVERS: usize = 1000;
     )
         .message("persistence.netmask must be a dotted IPv4 netmask (e.g. 255.255.255.0) for IPv4, a prefix length 1-128 for IPv6")
         .field_path(".persistence.netmask"),
-    validation = Rule::new("!has(self.failover) || has(self.vip)")
+    validation = Rule::new("!has(self.failover) || !has(self.fwmark)")
         .message("failover moves the vip between directors: it needs a vip, not a fwmark")
         .field_path(".failover"),
     validation = Rule::new(
@@ -128,24 +125,33 @@ pub const MAX_REAL_SERVERS: usize = 1000;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualServiceSpec {
-    /// The virtual IP address clients connect to, IPv4 or IPv6. Exactly one of
-    /// `vip` and `fwmark` is required.
+    /// The virtual IP address clients connect to, IPv4 or IPv6; it must lie
+    /// in a VipPool that admits the namespace. Absent (and no `fwmark`): an
+    /// address is allocated from such a pool and shown in `status.vip`; the
+    /// family is then the real servers' (IPv4 without static ones).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("isIP(self)").message("must be an IPv4 or IPv6 address"))]
     #[schemars(length(max = 45))]
     pub vip: Option<String>,
 
     /// Firewall mark that selects the packets of this service (`ipvsadm -f`),
-    /// instead of `vip` and `port`. The address family is the real servers'
+    /// instead of `vip` and `port` (only in a pool with `allowFwmark`). The address family is the real servers'
     /// (IPv4 when there are none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = u32::MAX))]
     pub fwmark: Option<u32>,
 
     /// The port clients connect to; 0 means all ports and needs `persistence`.
-    /// Required with `vip`.
+    /// Required without `fwmark`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+
+    /// The VipPool to take the VIP (and the directors) from. Absent: the
+    /// first pool by name that admits the namespace and contains `vip`, or,
+    /// without `vip`, assigns automatically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub pool: Option<String>,
 
     /// Transport protocol of the service.
     #[serde(default)]
@@ -656,6 +662,18 @@ pub struct VirtualServiceStatus {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 
+    /// The VIP allocated to the service (its `spec.vip`, or one chosen from
+    /// the pool). Read back by the controller: an allocation survives
+    /// restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 45))]
+    pub vip: Option<String>,
+
+    /// The VipPool the service uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub pool: Option<String>,
+
     /// Number of real servers the service resolved to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = u32::MAX))]
@@ -729,4 +747,7 @@ pub mod conditions {
     pub const REASON_CONFLICT: &str = "Conflict";
     /// Reason of `Accepted=False`: the spec breaks a validation rule.
     pub const REASON_INVALID: &str = "Invalid";
+    /// Reason of `Accepted=False`: its VRRP settings conflict with an older
+    /// VirtualService's on a shared director.
+    pub const REASON_VRRP_CONFLICT: &str = "VrrpConflict";
 }

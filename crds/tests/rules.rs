@@ -24,6 +24,9 @@ const GOOD: &[&str] = &[
                       intervalSeconds: 2, timeoutSeconds: 1, rise: 2, fall: 3, onFailure: Quiesce},
         failover: {vrrp: {virtualRouterId: 51, advertIntervalMs: 1000, preempt: true}},
         connectionSync: true, drainSeconds: 30, sorryServer: {address: 192.168.16.200, port: 80}}"#,
+    // No vip: one is allocated from a pool (named, or the first admitting one).
+    r#"{port: 80, pool: lab, realServers: [{address: 192.168.16.21}]}"#,
+    r#"{port: 443, forwarding: NAT, backendService: {name: web}}"#,
     // NAT maps ports and may use a backend Service.
     r#"{vip: 192.168.16.100, port: 80, forwarding: NAT, scheduler: wrr,
         realServers: [{address: 192.168.17.21, port: 8080, weight: 2, upperThreshold: 100, lowerThreshold: 50}],
@@ -210,7 +213,9 @@ const BAD: &[(&str, &str, &str, By)] = &[
         By::Cel,
     ),
     ("fwmark 0", "{fwmark: 0, realServers: [{address: 192.168.16.21}]}", "spec.fwmark", By::Schema),
-    ("neither vip nor fwmark", "{port: 80, realServers: [{address: 192.168.16.21}]}", "spec.vip", By::Cel),
+    // Without vip, the VIP is allocated from a pool; the port is still required.
+    ("neither fwmark nor port", "{realServers: [{address: 192.168.16.21}]}", "spec.port", By::Cel),
+    ("empty pool name", "{port: 80, pool: '', realServers: [{address: 192.168.16.21}]}", "spec.pool", By::Schema),
     (
         "vip without port",
         "{vip: 192.168.16.100, realServers: [{address: 192.168.16.21}]}",

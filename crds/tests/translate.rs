@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use cluster::{annotated, director, endpoint_slice, json, node, state, states, virtual_service};
 use lvs_crds::{
-    ClusterState, LvsNode, LvsNodeSpec, TranslateOptions, Translation, Verdict, assemble,
+    ClusterState, LvsNode, LvsNodeSpec, TranslateOptions, Translation, Verdict, VipPool, assemble,
     lvs_node::{ConnectionSync, Destination, RealServerMode, VrrpInstance},
     translate,
     virtual_service::{Forwarding, Tunnel},
@@ -43,6 +43,7 @@ fn web(spec: &str) -> ClusterState {
             node("db1", &[("role", "db")], &["10.0.0.31"]),
         ],
         endpoint_slices: Vec::new(),
+        ..ClusterState::default()
     }
 }
 
@@ -256,21 +257,230 @@ fn invalid_specs_are_refused_and_not_programmed() {
     assert!(t.lvs_nodes.is_empty());
 }
 
-#[test]
-fn vips_outside_the_allowed_cidrs_are_refused() {
-    let cluster = web("{vip: 192.168.16.100, port: 80, realServers: [{address: 10.0.0.21}]}");
-    let options = |cidrs: &[&str]| TranslateOptions {
-        allowed_vip_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
-        ..TranslateOptions::default()
-    };
-    let t = translate(&cluster, &options(&["10.0.0.0/8", "fd00::/8"]));
-    let verdict = &t.verdicts[&id("default", "web")];
-    assert_eq!(verdict, &Verdict::VipNotAllowed { vip: "192.168.16.100".into() });
-    assert_eq!(verdict.reason(), "VipNotAllowed");
-    assert!(t.lvs_nodes.is_empty());
+/// `web`'s cluster in the cluster mode, with pool `lab`: 192.168.16.96/28
+/// for namespace `default`, and these extra spec fields.
+fn pooled(spec: &str, pool: &str) -> ClusterState {
+    let pool: VipPool = serde_yaml::from_str(&format!(
+        "apiVersion: lvs.dev/v1alpha1\nkind: VipPool\nmetadata: {{name: lab}}\n\
+         spec: {{addresses: [192.168.16.96/28, 'fd00::100/126'], namespaces: [default], {pool}}}"
+    ))
+    .unwrap();
+    ClusterState { vip_pools: Some(vec![pool]), ..web(spec) }
+}
 
-    let t = translate(&cluster, &options(&["192.168.16.0/24"]));
+#[test]
+fn vips_outside_every_admitting_pool_are_refused() {
+    let t = run(pooled("{vip: 192.168.16.200, port: 80, realServers: [{address: 10.0.0.21}]}", ""));
+    let verdict = &t.verdicts[&id("default", "web")];
+    assert_eq!(verdict.reason(), "VipNotInPool");
+    assert_eq!(
+        verdict.message(),
+        "vip 192.168.16.200 lies in no VipPool that admits namespace default (admitting: lab)"
+    );
+    assert!(t.lvs_nodes.is_empty());
+    assert!(t.allocations.is_empty());
+
+    let t = run(pooled("{vip: 192.168.16.100, port: 80, realServers: [{address: 10.0.0.21}]}", ""));
     assert_eq!(t.verdicts[&id("default", "web")], Verdict::Accepted);
+    assert_eq!(t.allocations[&id("default", "web")].pool, "lab");
+    // 14 IPv4 addresses (no network, no broadcast) and 3 IPv6 (no anycast), one used.
+    assert_eq!((t.pools["lab"].used, t.pools["lab"].free), (1, 16));
+
+    // A node's address is never a VIP, even inside a pool; nor are the
+    // cluster's Service CIDRs and the API server's address.
+    let mut cluster = pooled("{vip: 192.168.16.100, port: 80, realServers: [{address: 10.0.0.21}]}", "");
+    cluster.nodes.push(director("lvs3", "192.168.16.100"));
+    let verdict = &run(cluster).verdicts[&id("default", "web")];
+    assert_eq!(verdict.message(), "vip 192.168.16.100 is reserved: the address of node lvs3");
+    let cluster = pooled("{vip: 192.168.16.100, port: 80, realServers: [{address: 10.0.0.21}]}", "");
+    for (options, what) in [
+        (
+            TranslateOptions {
+                service_cidrs: vec!["192.168.16.96/27".parse().unwrap()],
+                ..Default::default()
+            },
+            "inside the Service CIDR 192.168.16.96/27",
+        ),
+        (
+            TranslateOptions { pod_cidrs: vec!["192.168.0.0/16".parse().unwrap()], ..Default::default() },
+            "inside the pod CIDR 192.168.0.0/16",
+        ),
+        (
+            TranslateOptions {
+                api_server_addresses: vec!["192.168.16.100".parse().unwrap()],
+                ..Default::default()
+            },
+            "the API server's address",
+        ),
+    ] {
+        let verdict = &translate(&cluster, &options).verdicts[&id("default", "web")];
+        assert_eq!(verdict.message(), format!("vip 192.168.16.100 is reserved: {what}"));
+    }
+}
+
+#[test]
+fn a_service_without_vip_gets_the_pools_first_free_address() {
+    let mut cluster = pooled("{port: 80, realServers: [{address: 10.0.0.21}]}", "");
+    cluster.virtual_services.push(virtual_service(
+        "default",
+        "v6",
+        2,
+        "{port: 80, forwarding: NAT, realServers: [{address: 'fd00::22'}]}",
+    ));
+    let t = run(cluster);
+    assert_eq!(t.verdicts[&id("default", "web")], Verdict::Accepted);
+    let allocation = &t.allocations[&id("default", "web")];
+    assert_eq!((allocation.vip, allocation.pool.as_str()), (Some("192.168.16.97".parse().unwrap()), "lab"));
+    assert_eq!(t.allocations[&id("default", "v6")].vip, Some("fd00::101".parse().unwrap()));
+    let vips: Vec<String> =
+        state(&t, "lvs1").director.unwrap().vips.iter().map(|v| v.address.to_string()).collect();
+    assert_eq!(vips, ["192.168.16.97", "fd00::101"]);
+
+    // Without pools (the standalone agent) a vip is required.
+    let verdict =
+        &run(web("{port: 80, realServers: [{address: 10.0.0.21}]}")).verdicts[&id("default", "web")];
+    assert_eq!(verdict.reason(), "NoVip");
+}
+
+#[test]
+fn directors_and_host_changes_stay_within_the_pool() {
+    // web1 may be a real server (host changes), web2 may not.
+    let spec = "{vip: 192.168.16.100, port: 80, realServers: [{address: 10.0.0.21}, {address: 10.0.0.22}],
+                 directors: {nodeSelector: {lvs.dev/director: 'true'}}}";
+    let mut cluster = pooled(
+        spec,
+        "directors: {nodeSelector: {tier: edge}, interface: eth1}, realServerNodeSelector: {rs: ok}",
+    );
+    for node in &mut cluster.nodes {
+        let labels = node.metadata.labels.get_or_insert_default();
+        match node.metadata.name.as_deref() {
+            Some("lvs1") => drop(labels.insert("tier".into(), "edge".into())),
+            Some("db1") => drop(labels.insert("tier".into(), "edge".into())),
+            Some("web1") => drop(labels.insert("rs".into(), "ok".into())),
+            _ => {}
+        }
+    }
+    let t = run(cluster.clone());
+    assert_eq!(t.verdicts[&id("default", "web")], Verdict::Accepted);
+    let states = states(&t);
+    // Its own selector narrows the pool's: lvs1 only (db1 is no director, lvs2 not the pool's).
+    let directing: Vec<&str> =
+        states.iter().filter(|(_, s)| s.director.is_some()).map(|(n, _)| n.as_str()).collect();
+    assert_eq!(directing, ["lvs1"]);
+    assert_eq!(states["lvs1"].director.as_ref().unwrap().vips[0].interface.as_deref(), Some("eth1"));
+    let real_servers: Vec<&str> =
+        states.iter().filter(|(_, s)| s.real_server.is_some()).map(|(n, _)| n.as_str()).collect();
+    assert_eq!(real_servers, ["web1"]);
+
+    // Another interface than the pool's, or nodes the pool does not allow, are refused.
+    let mut other_interface = cluster.clone();
+    other_interface.virtual_services[0].spec.directors.as_mut().unwrap().interface = Some("eth0".into());
+    let verdict = &run(other_interface).verdicts[&id("default", "web")];
+    assert_eq!(verdict.reason(), "InterfaceNotAllowed");
+    assert_eq!(verdict.message(), "spec.directors.interface eth0: VipPool lab puts its VIPs on eth1");
+    let mut contradicting = cluster.clone();
+    contradicting.virtual_services[0].spec.directors.as_mut().unwrap().node_selector =
+        [("tier".to_owned(), "core".to_owned())].into();
+    assert_eq!(run(contradicting).verdicts[&id("default", "web")].reason(), "DirectorsOutsidePool");
+    let mut selecting = cluster;
+    selecting.virtual_services[0].spec.real_server_selector =
+        Some(lvs_crds::virtual_service::RealServerSelector {
+            node_selector: [("role".into(), "web".into())].into(),
+            port: None,
+        });
+    let t = run(selecting);
+    let destinations: Vec<String> = state(&t, "lvs1").director.unwrap().services[0]
+        .destinations
+        .iter()
+        .map(|d| d.address.to_string())
+        .collect();
+    assert_eq!(
+        destinations,
+        ["10.0.0.21", "10.0.0.22"],
+        "web2 is a static server; the selector adds web1 only"
+    );
+    let no_real_server_nodes =
+        pooled("{vip: 192.168.16.100, port: 80, realServerSelector: {nodeSelector: {role: web}}}", "");
+    let verdict = &run(no_real_server_nodes).verdicts[&id("default", "web")];
+    assert_eq!(verdict.reason(), "RealServerNodesNotAllowed");
+}
+
+#[test]
+fn forwarding_methods_and_fwmark_need_the_pools_consent() {
+    let t = run(pooled(
+        "{vip: 192.168.16.100, port: 80, forwarding: FullNAT, realServers: [{address: 10.0.0.21}]}",
+        "",
+    ));
+    let verdict = &t.verdicts[&id("default", "web")];
+    assert_eq!(verdict.reason(), "ForwardingNotAllowed");
+    assert_eq!(verdict.message(), "VipPool lab allows forwarding DirectRouting, Nat, Tunnel, not FullNat");
+    let fwmark = "{fwmark: 7, realServers: [{address: 10.0.0.21}]}";
+    assert_eq!(run(pooled(fwmark, "")).verdicts[&id("default", "web")].reason(), "FwmarkNotAllowed");
+    let t = run(pooled(fwmark, "allowFwmark: true"));
+    assert_eq!(t.verdicts[&id("default", "web")], Verdict::Accepted);
+    assert_eq!(t.allocations[&id("default", "web")].vip, None);
+}
+
+#[test]
+fn a_vrrp_conflict_refuses_the_newer_service_alone() {
+    let vrrp = |vip: &str, vrid: u8, advert: u32| {
+        format!(
+            "{{vip: {vip}, port: 80, realServers: [{{address: 10.0.0.21}}],
+               failover: {{vrrp: {{virtualRouterId: {vrid}, advertIntervalMs: {advert}}}}}}}"
+        )
+    };
+    let mut cluster = pooled(&vrrp("192.168.16.100", 51, 1000), "allowSharedVip: true");
+    cluster.virtual_services.extend([
+        // One VIP, another interval: refused.
+        virtual_service(
+            "default",
+            "interval",
+            2,
+            &vrrp("192.168.16.100", 51, 2000).replace("port: 80", "port: 81"),
+        ),
+        // One VIP, another router: refused.
+        virtual_service(
+            "default",
+            "router",
+            3,
+            &vrrp("192.168.16.100", 52, 1000).replace("port: 80", "port: 82"),
+        ),
+        // Another VIP on router 51 with its settings: one namespace may group them.
+        virtual_service("default", "grouped", 4, &vrrp("192.168.16.101", 51, 1000)),
+        // Router 51 from another namespace: refused.
+        virtual_service("other", "foreign", 5, &vrrp("192.168.16.102", 51, 1000)),
+        // Its own router: fine.
+        virtual_service("other", "own", 6, &vrrp("192.168.16.103", 60, 1000)),
+    ]);
+    cluster.vip_pools.as_mut().unwrap()[0].spec.namespaces.push("other".into());
+    let t = run(cluster);
+    let reasons: Vec<(&str, &str)> =
+        t.verdicts.iter().map(|((_, name), verdict)| (name.as_str(), verdict.reason())).collect();
+    assert_eq!(
+        reasons,
+        [
+            ("grouped", "Accepted"),
+            ("interval", "VrrpConflict"),
+            ("router", "VrrpConflict"),
+            ("web", "Accepted"),
+            ("foreign", "VrrpConflict"),
+            ("own", "Accepted"),
+        ]
+    );
+    assert_eq!(
+        t.verdicts[&id("default", "interval")].message(),
+        "on director lvs1, VIP 192.168.16.100 has other interface or VRRP settings (interface the route's \
+         interface, VRRP router 51, advert interval 1000 ms, preempt true) in the older VirtualService default/web"
+    );
+    assert_eq!(
+        t.verdicts[&id("other", "foreign")].message(),
+        "on director lvs1, VRRP router 51 (the route's interface) is used by the older VirtualService \
+         default/web (VIP 192.168.16.100, advert interval 1000 ms, preempt true)"
+    );
+    // Every other VIP keeps working.
+    let vips: Vec<String> =
+        state(&t, "lvs1").director.unwrap().vips.iter().map(|v| v.address.to_string()).collect();
+    assert_eq!(vips, ["192.168.16.100", "192.168.16.101", "192.168.16.103"]);
 }
 
 #[test]

@@ -5,10 +5,7 @@
 
 mod cluster;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use cluster::{annotated, endpoint_slice, json, node, states, with_meta};
 use k8s_openapi::api::core::v1::Node;
@@ -138,7 +135,7 @@ fn cluster() -> impl Strategy<Value = ClusterState> {
         slices.collect()
     });
     (virtual_services(), nodes(), slices).prop_map(|(virtual_services, nodes, endpoint_slices)| {
-        ClusterState { virtual_services, nodes, endpoint_slices }
+        ClusterState { virtual_services, nodes, endpoint_slices, ..ClusterState::default() }
     })
 }
 
@@ -153,16 +150,14 @@ fn shuffled(cluster: ClusterState) -> impl Strategy<Value = ClusterState> {
             virtual_services,
             nodes,
             endpoint_slices,
+            ..ClusterState::default()
         })
 }
 
+/// Without pools (the standalone agent's translation); the cluster mode's
+/// properties are in tenancy_props.rs.
 fn options() -> impl Strategy<Value = TranslateOptions> {
-    prop::option::of(Just(vec!["192.168.1.0/24".parse().unwrap(), "fd00::/16".parse().unwrap()])).prop_map(
-        |cidrs| TranslateOptions {
-            allowed_vip_cidrs: cidrs.unwrap_or_default(),
-            ..TranslateOptions::default()
-        },
-    )
+    Just(TranslateOptions::default())
 }
 
 /// What two services may not share, computed here independently of the crate.
@@ -176,12 +171,6 @@ fn claim(spec: &VirtualServiceSpec) -> String {
 
 fn id(vs: &VirtualService) -> (String, String) {
     (vs.metadata.namespace.clone().unwrap(), vs.metadata.name.clone().unwrap())
-}
-
-fn allowed(vs: &VirtualService, options: &TranslateOptions) -> bool {
-    let vip = vs.spec.vip.as_deref().and_then(parse_ip);
-    options.allowed_vip_cidrs.is_empty()
-        || vip.is_none_or(|ip: IpAddr| options.allowed_vip_cidrs.iter().any(|n| n.contains(&ip)))
 }
 
 proptest! {
@@ -200,6 +189,7 @@ proptest! {
                     virtual_services: vec![vs.clone()],
                     nodes: vec![node.clone()],
                     endpoint_slices: vec![],
+                    ..ClusterState::default()
                 };
                 let whole = translate(&alone, &options);
                 let part = translate_for_node(vs, node, &options);
@@ -265,7 +255,6 @@ proptest! {
             let verdict = &translation.verdicts[&id(vs)];
             match vs.spec.validate() {
                 Err(_) => prop_assert_eq!(verdict.reason(), "Invalid"),
-                Ok(()) if !allowed(vs, &options) => prop_assert_eq!(verdict.reason(), "VipNotAllowed"),
                 Ok(()) => claimants.entry(claim(&vs.spec)).or_default().push(vs),
             }
         }
@@ -333,14 +322,11 @@ fn random_clusters_mix_verdicts_and_chunking() {
     let mut chunked = 0;
     for _ in 0..64 {
         let cluster = cluster().new_tree(&mut runner).unwrap().current();
-        let options = TranslateOptions {
-            allowed_vip_cidrs: vec!["192.168.1.0/24".parse().unwrap(), "fd00::/16".parse().unwrap()],
-            max_object_bytes: 3000,
-        };
+        let options = TranslateOptions { max_object_bytes: 3000, ..TranslateOptions::default() };
         let translation: Translation = translate(&cluster, &options);
         reasons.extend(translation.verdicts.values().map(Verdict::reason));
         chunked += translation.lvs_nodes.iter().filter(|o| o.spec.chunks > 2).count();
     }
-    assert_eq!(reasons, BTreeSet::from(["Accepted", "Conflict", "Invalid", "VipNotAllowed"]));
+    assert_eq!(reasons, BTreeSet::from(["Accepted", "Conflict", "Invalid"]));
     assert!(chunked > 10, "{chunked} objects of nodes with 3 or more chunks");
 }

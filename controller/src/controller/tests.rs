@@ -18,7 +18,7 @@ fn cluster(services: Vec<VirtualService>, applied: Vec<VirtualService>, healthy:
         ..Cluster::default()
     };
     cluster.lvs_nodes = reported(cluster.translated(&applied), healthy);
-    cluster
+    cluster.with_pool_statuses()
 }
 
 fn context(cluster: &Cluster) -> (Arc<Context>, ApiServerVerifier) {
@@ -160,10 +160,12 @@ async fn nothing_changed_nothing_written() {
     let service = web().finalized();
     let cluster = cluster(vec![service.clone()], vec![service.clone()], false);
     // The status a previous reconcile wrote for this very state.
-    let translation = translate(&cluster_state(&cluster), &TranslateOptions::default());
-    let verdict = &translation.verdicts[&("default".to_owned(), "web".to_owned())];
+    let translation = cluster.translation(&cluster.services);
+    let key = ("default".to_owned(), "web".to_owned());
+    let verdict = &translation.verdicts[&key];
     let reports: Vec<Arc<LvsNode>> = cluster.lvs_nodes.iter().cloned().map(Arc::new).collect();
     let written = status::aggregate(&service, verdict, &translation.lvs_nodes, &reports, &now());
+    let written = status::with_allocation(written, translation.allocations.get(&key));
     let service = service.with_status(written);
 
     let (ctx, server) = context(&Cluster { services: vec![service.clone()], ..cluster });
@@ -184,10 +186,142 @@ async fn errors_are_counted_by_reason() {
     assert!(text.contains(r#"lvs_controller_reconcile_errors_total{reason="stores_closed"} 1"#), "{text}");
 }
 
-fn cluster_state(cluster: &Cluster) -> ClusterState {
-    ClusterState {
-        virtual_services: cluster.services.clone(),
-        nodes: cluster.nodes.clone(),
-        endpoint_slices: cluster.endpoint_slices.clone(),
-    }
+#[tokio::test]
+async fn a_service_without_vip_gets_one_from_the_pool_shown_in_both_statuses() {
+    let mut service = web().finalized();
+    service.spec.vip = None;
+    // The pool's status as written before this service existed.
+    let mut cluster = cluster(vec![], vec![], true);
+    cluster.services = vec![service.clone()];
+    let (ctx, server) = context(&cluster);
+    let scenario = server.run(vec![
+        Call::ApplyLvsNode("lvs1"),
+        Call::ApplyLvsNode("lvs2"),
+        Call::PatchPoolStatus("lab"),
+        Call::PatchStatus("web"),
+    ]);
+    reconcile(Arc::new(service), ctx).await.expect("reconcile");
+    let written = timeout_after_1s(scenario).await;
+
+    let status = written.status.expect("status");
+    assert_eq!((status.vip.as_deref(), status.pool.as_deref()), (Some("192.0.2.1"), Some("lab")));
+    assert_eq!(conditions(&status)[0], ("Accepted", "True", "Accepted"));
+    let vips = &written.applied[0].spec.director.as_ref().unwrap().vips;
+    assert_eq!(vips[0].address.to_string(), "192.0.2.1");
+    // 192.0.2.0/24 without its network and broadcast addresses: 254.
+    let pool = &written.pool_statuses[0];
+    assert_eq!((pool.used, pool.free), (1, 253));
+    assert_eq!((pool.conditions[0].type_.as_str(), pool.conditions[0].status.as_str()), ("Valid", "True"));
+}
+
+#[tokio::test]
+async fn the_allocation_read_back_from_the_status_is_kept() {
+    // web holds 192.0.2.7 from an earlier allocation (another replica wrote it).
+    let mut service = web().finalized();
+    service.spec.vip = None;
+    let service = service.with_status(lvs_crds::VirtualServiceStatus {
+        vip: Some("192.0.2.7".into()),
+        pool: Some("lab".into()),
+        ..Default::default()
+    });
+    let cluster = cluster(vec![service.clone()], vec![], true);
+    let (ctx, server) = context(&cluster);
+    let scenario =
+        server.run(vec![Call::ApplyLvsNode("lvs1"), Call::ApplyLvsNode("lvs2"), Call::PatchStatus("web")]);
+    reconcile(Arc::new(service), ctx).await.expect("reconcile");
+    let written = timeout_after_1s(scenario).await;
+    assert_eq!(written.status.unwrap().vip.as_deref(), Some("192.0.2.7"));
+    let vips = &written.applied[0].spec.director.as_ref().unwrap().vips;
+    assert_eq!(vips[0].address.to_string(), "192.0.2.7");
+}
+
+#[tokio::test]
+async fn a_vip_outside_every_admitting_pool_is_refused_with_a_warning_event() {
+    let mut service = web().finalized();
+    service.spec.vip = Some("198.51.100.10".into());
+    let (ctx, server) = context(&cluster(vec![service.clone()], vec![], true));
+    let scenario = server.run(vec![Call::CreateEvent("VipNotInPool"), Call::PatchStatus("web")]);
+    reconcile(Arc::new(service), ctx).await.expect("reconcile");
+    let written = timeout_after_1s(scenario).await;
+
+    let status = written.status.unwrap();
+    assert_eq!(conditions(&status)[0], ("Accepted", "False", "VipNotInPool"));
+    assert_eq!(
+        status.conditions[0].message,
+        "vip 198.51.100.10 lies in no VipPool that admits namespace default (admitting: lab)"
+    );
+    assert_eq!((status.vip, status.pool), (None, None));
+    assert_eq!(written.events[0].type_.as_deref(), Some("Warning"));
+    assert!(written.applied.is_empty(), "no node gets anything");
+}
+
+#[tokio::test]
+async fn a_namespace_no_pool_admits_is_refused() {
+    let service = web().finalized();
+    let mut cluster = cluster(vec![service.clone()], vec![], true);
+    cluster.vip_pools[0].spec.namespaces = vec!["other".into()];
+    let cluster = cluster.with_pool_statuses();
+    let (ctx, server) = context(&cluster);
+    let scenario = server.run(vec![Call::CreateEvent("NoPool"), Call::PatchStatus("web")]);
+    reconcile(Arc::new(service), ctx).await.expect("reconcile");
+    let status = timeout_after_1s(scenario).await.status.unwrap();
+    assert_eq!(conditions(&status)[0], ("Accepted", "False", "NoPool"));
+    assert_eq!(status.conditions[0].message, "no VipPool admits namespace default");
+}
+
+#[tokio::test]
+async fn directors_come_from_the_pool() {
+    // The pool directs with lvs2 only; web asks for every director-labelled node.
+    let service = web().finalized();
+    let mut cluster = cluster(vec![service.clone()], vec![], true);
+    let mut lvs2 = cluster.nodes[1].clone();
+    lvs2.metadata.labels.as_mut().unwrap().insert("pool".into(), "lab".into());
+    cluster.nodes[1] = lvs2;
+    cluster.vip_pools[0].spec.directors = Some(lvs_crds::virtual_service::Directors {
+        node_selector: [("pool".into(), "lab".into())].into(),
+        interface: None,
+    });
+    let cluster = cluster.with_pool_statuses();
+    let (ctx, server) = context(&cluster);
+    let scenario = server.run(vec![Call::ApplyLvsNode("lvs2"), Call::PatchStatus("web")]);
+    reconcile(Arc::new(service), ctx).await.expect("reconcile");
+    let written = timeout_after_1s(scenario).await;
+    assert_eq!(written.applied.len(), 1);
+    let directors: Vec<&str> =
+        written.status.as_ref().unwrap().directors.iter().map(|d| d.node.as_str()).collect();
+    assert_eq!(directors, ["lvs2"]);
+}
+
+#[tokio::test]
+async fn a_vrrp_conflict_refuses_the_newer_service_alone() {
+    let failover = |vrid| lvs_crds::virtual_service::Failover {
+        vrrp: lvs_crds::virtual_service::Vrrp {
+            virtual_router_id: vrid,
+            advert_interval_ms: 1000,
+            preempt: true,
+        },
+    };
+    let mut older = service("older", "2025-12-01T00:00:00Z").finalized();
+    older.spec.failover = Some(failover(51));
+    // The same VIP (shared on another port) with another router: the agent
+    // could not hold both.
+    let mut newer = web().finalized();
+    newer.spec.port = Some(443);
+    newer.spec.failover = Some(failover(52));
+    let services = vec![older.clone(), newer.clone()];
+    let (ctx, server) = context(&cluster(services.clone(), services, true));
+    let scenario = server.run(vec![Call::CreateEvent("VrrpConflict"), Call::PatchStatus("web")]);
+    reconcile(Arc::new(newer), ctx).await.expect("reconcile");
+    let written = timeout_after_1s(scenario).await;
+
+    let status = written.status.unwrap();
+    assert_eq!(conditions(&status)[0], ("Accepted", "False", "VrrpConflict"));
+    assert!(
+        status.conditions[0].message.contains("older VirtualService default/older"),
+        "{}",
+        status.conditions[0].message
+    );
+    assert_eq!(written.events[0].type_.as_deref(), Some("Warning"));
+    // The older service's LvsNodes stay as they are: nothing applied.
+    assert!(written.applied.is_empty());
 }
