@@ -75,7 +75,7 @@ fn cluster() -> ClusterState {
     let nodes = (0..NODES).map(node).collect();
     let virtual_services = (0..SERVICES).map(virtual_service).collect();
     let endpoint_slices = (0..SERVICES).filter(|i| i % 5 == 4).map(endpoint_slice).collect();
-    ClusterState { virtual_services, nodes, endpoint_slices }
+    ClusterState { virtual_services, nodes, endpoint_slices, ..ClusterState::default() }
 }
 
 fn worker_ip(worker: usize) -> String {

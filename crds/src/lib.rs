@@ -26,6 +26,7 @@
 //! ```
 
 pub mod lvs_node;
+pub mod service_lb;
 pub mod translate;
 pub mod validation;
 pub mod virtual_service;

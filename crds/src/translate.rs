@@ -21,6 +21,11 @@
 //! - Real servers: with DirectRouting or Tunnel, a node one of whose
 //!   addresses is a destination (or the sorry server) of a VIP service gets
 //!   that VIP to bind. fwmark services have no VIP to bind.
+//! - Services of type LoadBalancer of our class ([`service_lb`]): each port
+//!   on each of its addresses becomes a service as a VirtualService's would,
+//!   owned by `kind: Service`; they claim their keys in the same age order as
+//!   VirtualServices (a Service all its keys or none), and their verdicts are
+//!   kept apart in [`Translation::load_balancers`].
 //! - Objects: a node's state is split into chunks (`<node>`, `<node>-1`, ...)
 //!   of at most `max_object_bytes` of JSON each, see [`TranslateOptions`].
 
@@ -33,8 +38,11 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::{core::v1::Node, discovery::v1::EndpointSlice},
-    apimachinery::pkg::apis::meta::v1::Time,
+    api::{
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
 use serde::Serialize;
 
@@ -42,8 +50,10 @@ use crate::{
     LvsNode, LvsNodeSpec, NODE_LABEL, ValidationError, VirtualService,
     lvs_node::{
         ConnectionSync, Destination, DirectorState, DirectorVip, IpvsPersistence, IpvsService,
-        IpvsServiceKey, RealServerMode, RealServerState, RealServerVip, ServiceOwner, VrrpInstance,
+        IpvsServiceKey, OwnerKind, RealServerMode, RealServerState, RealServerVip, ServiceOwner,
+        VrrpInstance,
     },
+    service_lb::{self, LoadBalancerPort, LoadBalancerRequest},
     validation::{netmask_prefix_length, parse_ip},
     virtual_service::{AddressFamily, BackendService, Forwarding, Protocol, VirtualServiceSpec},
 };
@@ -74,8 +84,11 @@ pub struct ClusterState {
     /// Unique by name.
     pub nodes: Vec<Node>,
     /// Of every namespace; only those labelled `kubernetes.io/service-name`
-    /// with a VirtualService's `backendService` count.
+    /// with a VirtualService's `backendService`, or a Service of ours, count.
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// Unique by (namespace, name); only those of type LoadBalancer and our
+    /// class count (see [`service_lb::is_ours`]).
+    pub services: Vec<Service>,
 }
 
 /// Knobs of the translation.
@@ -87,11 +100,18 @@ pub struct TranslateOptions {
     /// service too large for any object (tens of thousands of destinations)
     /// can exceed it: it gets a chunk of its own.
     pub max_object_bytes: usize,
+    /// Also serve the Services of type LoadBalancer that name no class: we
+    /// are the cluster's default load-balancer implementation.
+    pub default_load_balancer_class: bool,
 }
 
 impl Default for TranslateOptions {
     fn default() -> Self {
-        Self { allowed_vip_cidrs: Vec::new(), max_object_bytes: DEFAULT_MAX_OBJECT_BYTES }
+        Self {
+            allowed_vip_cidrs: Vec::new(),
+            max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
+            default_load_balancer_class: false,
+        }
     }
 }
 
@@ -102,6 +122,17 @@ pub struct Translation {
     pub lvs_nodes: Vec<LvsNode>,
     /// One verdict per VirtualService.
     pub verdicts: BTreeMap<ObjectId, Verdict>,
+    /// One per Service of ours: apart from `verdicts`, since a Service and a
+    /// VirtualService may share a namespace and name.
+    pub load_balancers: BTreeMap<ObjectId, LoadBalancerOutcome>,
+}
+
+/// What became of a Service of type LoadBalancer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadBalancerOutcome {
+    pub verdict: Verdict,
+    /// Its addresses, one per family served, when accepted: its `status.loadBalancer.ingress`.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// (namespace, name) of a VirtualService.
@@ -130,8 +161,14 @@ pub struct Age {
 
 impl Age {
     pub fn of(vs: &VirtualService) -> Self {
-        let created = vs.metadata.creation_timestamp.clone();
-        Age { undated: created.is_none(), created, id: object_id(vs) }
+        Self::of_meta(&vs.metadata)
+    }
+
+    /// The age of any object, by its metadata.
+    pub fn of_meta(meta: &ObjectMeta) -> Self {
+        let created = meta.creation_timestamp.clone();
+        let id = (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
+        Age { undated: created.is_none(), created, id }
     }
 }
 
@@ -139,21 +176,30 @@ impl Age {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Accepted,
-    /// Another VirtualService (older) claims the same (vip, port, protocol) / fwmark.
+    /// An older VirtualService or Service claims the same (vip, port, protocol) / fwmark.
     Conflict {
         winner: ObjectId,
+        /// Of the winner.
+        winner_kind: OwnerKind,
         key: String,
     },
     Invalid(Vec<ValidationError>),
     VipNotAllowed {
         vip: String,
     },
+    /// The VIP is the address of a node: taking it would cut the node off.
+    VipIsNodeAddress {
+        vip: String,
+        node: String,
+    },
+    /// A Service of type LoadBalancer got no address.
+    NoAddress,
 }
 
 impl Verdict {
     /// The verdict on a VirtualService that claims `claim`, which the older `winner` holds.
-    pub fn conflict(winner: ObjectId, claim: &IpvsServiceKey) -> Self {
-        Verdict::Conflict { winner, key: describe_claim(claim) }
+    pub fn conflict((winner, winner_kind): (ObjectId, OwnerKind), claim: &IpvsServiceKey) -> Self {
+        Verdict::Conflict { winner, winner_kind, key: describe_claim(claim) }
     }
 
     /// The `reason` of the `Accepted` condition.
@@ -162,7 +208,8 @@ impl Verdict {
             Verdict::Accepted => "Accepted",
             Verdict::Conflict { .. } => "Conflict",
             Verdict::Invalid(_) => "Invalid",
-            Verdict::VipNotAllowed { .. } => "VipNotAllowed",
+            Verdict::VipNotAllowed { .. } | Verdict::VipIsNodeAddress { .. } => "VipNotAllowed",
+            Verdict::NoAddress => "NoAddress",
         }
     }
 
@@ -170,11 +217,16 @@ impl Verdict {
     pub fn message(&self) -> String {
         match self {
             Verdict::Accepted => "valid, and no older VirtualService claims its key".to_owned(),
-            Verdict::Conflict { winner, key } => {
-                format!("{key} is already claimed by the older VirtualService {}", qualified_name(winner))
+            Verdict::Conflict { winner, winner_kind, key } => {
+                format!("{key} is already claimed by the older {winner_kind:?} {}", qualified_name(winner))
             }
             Verdict::Invalid(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
             Verdict::VipNotAllowed { vip } => format!("vip {vip} lies outside the allowed VIP CIDRs"),
+            Verdict::VipIsNodeAddress { vip, node } => format!("vip {vip} is an address of node {node}"),
+            Verdict::NoAddress => format!(
+                "no address: request one with spec.loadBalancerIP or the annotation {}",
+                service_lb::VIP_ANNOTATION
+            ),
         }
     }
 }
@@ -184,10 +236,22 @@ impl Verdict {
 pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translation {
     let nodes = NodeIndex::new(&state.nodes);
     let backends = Backends::new(&state.endpoint_slices);
-    let (accepted, verdicts) = judge(&state.virtual_services, options);
+    let balancers = load_balancers(state, &nodes, &backends, options);
+    let judged = judge(&state.virtual_services, balancers, Some(&nodes), options);
 
+    // The Services' ports as VirtualServices (each with its one director under
+    // `externalTrafficPolicy: Local`), kept here: the resolved services borrow them.
+    let ports: Vec<(VirtualService, Option<usize>)> =
+        judged.load_balancers.iter().flat_map(|lb| lb.virtual_services(&nodes)).collect();
     let mut services: Vec<Resolved<'_>> =
-        accepted.into_iter().map(|vs| resolve(vs, &nodes, &backends)).collect();
+        judged.accepted.iter().map(|&vs| resolve(vs, OwnerKind::VirtualService, &nodes, &backends)).collect();
+    for (port, director) in &ports {
+        let mut resolved = resolve(port, OwnerKind::Service, &nodes, &backends);
+        if let Some(director) = director {
+            resolved.directors = vec![*director];
+        }
+        services.push(resolved);
+    }
     for resolved in &mut services {
         resolved.fingerprint = Fingerprint::of(&resolved.service);
     }
@@ -216,7 +280,7 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translatio
         .flat_map(|(node, state)| state.into_objects(nodes.name(node), options.max_object_bytes, &names))
         .collect();
     lvs_nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    Translation { lvs_nodes, verdicts }
+    Translation { lvs_nodes, verdicts: judged.verdicts, load_balancers: judged.load_balancer_outcomes }
 }
 
 /// One VirtualService's part of one node's desired state, translated alone.
@@ -242,8 +306,8 @@ pub struct NodePart {
 /// per VirtualService and updates it one document at a time. No
 /// EndpointSlices: `backendService` contributes no destinations here.
 pub fn translate_for_node(vs: &VirtualService, node: &Node, options: &TranslateOptions) -> NodePart {
-    let (accepted, verdicts) = judge(std::slice::from_ref(vs), options);
-    let verdict = verdicts.into_values().next().unwrap_or(Verdict::Accepted);
+    let judged = judge(std::slice::from_ref(vs), Vec::new(), None, options);
+    let verdict = judged.verdicts.into_values().next().unwrap_or(Verdict::Accepted);
     let mut part = NodePart {
         verdict,
         service: None,
@@ -252,11 +316,11 @@ pub fn translate_for_node(vs: &VirtualService, node: &Node, options: &TranslateO
         real_server_vip: None,
         director_settings: None,
     };
-    if accepted.is_empty() {
+    if judged.accepted.is_empty() {
         return part;
     }
     let nodes = NodeIndex::new(std::slice::from_ref(node));
-    let resolved = resolve(vs, &nodes, &Backends::new(&[]));
+    let resolved = resolve(vs, OwnerKind::VirtualService, &nodes, &Backends::new(&[]));
     part.directs = !resolved.directors.is_empty();
     part.director_vip = resolved.director_vip(nodes.vrrp_priority(0));
     if !nodes.owners_of(resolved.real_server_addresses()).is_empty() {
@@ -267,40 +331,200 @@ pub fn translate_for_node(vs: &VirtualService, node: &Node, options: &TranslateO
     part
 }
 
-/// Verdicts in age order: each valid, allowed VirtualService claims its key
-/// unless an older one did.
+/// The verdicts, and what is accepted.
+struct Judged<'a> {
+    accepted: Vec<&'a VirtualService>,
+    verdicts: BTreeMap<ObjectId, Verdict>,
+    load_balancers: Vec<LoadBalancer<'a>>,
+    load_balancer_outcomes: BTreeMap<ObjectId, LoadBalancerOutcome>,
+}
+
+/// Verdicts in age order, VirtualServices and Services of type LoadBalancer
+/// alike: each valid, allowed one claims its keys unless an older one did (a
+/// Service claims all its ports' keys, or none).
 fn judge<'a>(
     services: &'a [VirtualService],
+    balancers: Vec<(Age, Result<LoadBalancer<'a>, Verdict>)>,
+    nodes: Option<&NodeIndex<'_>>,
     options: &TranslateOptions,
-) -> (Vec<&'a VirtualService>, BTreeMap<ObjectId, Verdict>) {
-    let mut by_age: Vec<(Age, &VirtualService)> = services.iter().map(|vs| (Age::of(vs), vs)).collect();
-    by_age.sort_by(|a, b| a.0.cmp(&b.0));
+) -> Judged<'a> {
+    enum Candidate<'a> {
+        Virtual(&'a VirtualService),
+        Balancer(Result<LoadBalancer<'a>, Verdict>),
+    }
+    let mut queue: Vec<(Age, OwnerKind, Candidate<'a>)> = services
+        .iter()
+        .map(|vs| (Age::of(vs), OwnerKind::VirtualService, Candidate::Virtual(vs)))
+        .chain(balancers.into_iter().map(|(age, b)| (age, OwnerKind::Service, Candidate::Balancer(b))))
+        .collect();
+    queue.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
 
-    let mut claims: HashMap<IpvsServiceKey, ObjectId> = HashMap::new();
-    let mut accepted = Vec::new();
-    let mut verdicts = BTreeMap::new();
-    for (Age { id, .. }, vs) in by_age {
-        let spec = &vs.spec;
-        let verdict = if let Err(errors) = spec.validate() {
-            Verdict::Invalid(errors)
-        } else if let Some(vip) =
-            spec.vip.as_ref().filter(|vip| !vip_allowed(vip, &options.allowed_vip_cidrs))
-        {
-            Verdict::VipNotAllowed { vip: vip.clone() }
-        } else {
-            let key = service_key(spec);
-            match claims.entry(claim(&key)) {
-                Entry::Occupied(winner) => Verdict::conflict(winner.get().clone(), winner.key()),
-                Entry::Vacant(free) => {
-                    free.insert(id.clone());
-                    accepted.push(vs);
+    let mut claims: HashMap<IpvsServiceKey, (ObjectId, OwnerKind)> = HashMap::new();
+    let mut judged = Judged {
+        accepted: Vec::new(),
+        verdicts: BTreeMap::new(),
+        load_balancers: Vec::new(),
+        load_balancer_outcomes: BTreeMap::new(),
+    };
+    for (Age { id, .. }, kind, candidate) in queue {
+        match candidate {
+            Candidate::Virtual(vs) => {
+                let spec = &vs.spec;
+                let verdict = if let Err(errors) = spec.validate() {
+                    Verdict::Invalid(errors)
+                } else if let Some(vip) =
+                    spec.vip.as_ref().filter(|vip| !vip_allowed(vip, &options.allowed_vip_cidrs))
+                {
+                    Verdict::VipNotAllowed { vip: vip.clone() }
+                } else {
+                    let key = service_key(spec);
+                    match claims.entry(claim(&key)) {
+                        Entry::Occupied(winner) => Verdict::conflict(winner.get().clone(), winner.key()),
+                        Entry::Vacant(free) => {
+                            free.insert((id.clone(), kind));
+                            judged.accepted.push(vs);
+                            Verdict::Accepted
+                        }
+                    }
+                };
+                judged.verdicts.insert(id, verdict);
+            }
+            Candidate::Balancer(Err(verdict)) => {
+                judged
+                    .load_balancer_outcomes
+                    .insert(id, LoadBalancerOutcome { verdict, addresses: Vec::new() });
+            }
+            Candidate::Balancer(Ok(balancer)) => {
+                let keys: Vec<IpvsServiceKey> =
+                    balancer.ports.iter().map(|p| claim(&service_key(&p.spec))).collect();
+                let taken = keys.iter().find_map(|key| claims.get_key_value(key));
+                let verdict = if let Some(vip) = balancer
+                    .addresses
+                    .iter()
+                    .find(|vip| !vip_allowed(&vip.to_string(), &options.allowed_vip_cidrs))
+                {
+                    Verdict::VipNotAllowed { vip: vip.to_string() }
+                } else if let Some((vip, node)) = nodes.and_then(|nodes| {
+                    balancer.addresses.iter().find_map(|vip| Some((vip, nodes.by_address.get(vip)?[0])))
+                }) {
+                    let node = nodes.map(|n| n.name(node).to_owned()).unwrap_or_default();
+                    Verdict::VipIsNodeAddress { vip: vip.to_string(), node }
+                } else if let Some((key, winner)) = taken {
+                    Verdict::conflict(winner.clone(), key)
+                } else {
                     Verdict::Accepted
+                };
+                let accepted = verdict == Verdict::Accepted;
+                let addresses = if accepted { balancer.addresses.clone() } else { Vec::new() };
+                if accepted {
+                    for key in keys {
+                        claims.insert(key, (id.clone(), kind));
+                    }
+                    judged.load_balancers.push(balancer);
+                }
+                judged.load_balancer_outcomes.insert(id, LoadBalancerOutcome { verdict, addresses });
+            }
+        }
+    }
+    judged
+}
+
+/// A Service of ours, ready to be judged: its addresses and its ports.
+struct LoadBalancer<'a> {
+    service: &'a Service,
+    addresses: Vec<IpAddr>,
+    ports: Vec<LoadBalancerPort>,
+    /// `externalTrafficPolicy: Local`.
+    local: bool,
+}
+
+impl LoadBalancer<'_> {
+    /// Its ports as VirtualServices. With `externalTrafficPolicy: Local`, one
+    /// per port and director with ready endpoints on its own node, holding
+    /// those alone; no such director, no service.
+    fn virtual_services(&self, nodes: &NodeIndex<'_>) -> Vec<(VirtualService, Option<usize>)> {
+        let meta = &self.service.metadata;
+        let metadata = ObjectMeta {
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
+            uid: meta.uid.clone(),
+            generation: meta.generation,
+            ..ObjectMeta::default()
+        };
+        let as_virtual_service = |spec| VirtualService { metadata: metadata.clone(), spec, status: None };
+        let mut result = Vec::new();
+        for port in &self.ports {
+            if !self.local {
+                result.push((as_virtual_service(port.spec.clone()), None));
+                continue;
+            }
+            for director in nodes.directors(&port.spec) {
+                let name = nodes.name(director);
+                // The real servers were made from the endpoints, in their order.
+                let local: Vec<_> = (port.spec.real_servers.iter().zip(&port.endpoints))
+                    .filter(|(_, endpoint)| endpoint.node.as_deref() == Some(name))
+                    .map(|(real_server, _)| real_server.clone())
+                    .collect();
+                if !local.is_empty() {
+                    let spec = VirtualServiceSpec { real_servers: local, ..port.spec.clone() };
+                    result.push((as_virtual_service(spec), Some(director)));
                 }
             }
-        };
-        verdicts.insert(id, verdict);
+        }
+        result
     }
-    (accepted, verdicts)
+}
+
+/// The Services of ours, in any order, each with its addresses and ports or
+/// what refuses it.
+fn load_balancers<'a>(
+    state: &'a ClusterState,
+    nodes: &NodeIndex<'_>,
+    backends: &Backends<'_>,
+    options: &TranslateOptions,
+) -> Vec<(Age, Result<LoadBalancer<'a>, Verdict>)> {
+    let ours = state.services.iter().filter(|s| service_lb::is_ours(s, options.default_load_balancer_class));
+    ours.map(|service| (Age::of_meta(&service.metadata), load_balancer(service, nodes, backends))).collect()
+}
+
+fn load_balancer<'a>(
+    service: &'a Service,
+    nodes: &NodeIndex<'_>,
+    backends: &Backends<'_>,
+) -> Result<LoadBalancer<'a>, Verdict> {
+    let (request, settings) = match (service_lb::request(service), service_lb::settings(service)) {
+        (Ok(request), Ok(settings)) => (request, settings),
+        (request, settings) => {
+            let errors = request.err().into_iter().chain(settings.err()).flatten().collect();
+            return Err(Verdict::Invalid(errors));
+        }
+    };
+    let addresses = assign_addresses(&request)?;
+    let (namespace, name) = &request.id;
+    let slices = backends.by_service.get(&(namespace.as_str(), name.as_str())).map_or(&[][..], Vec::as_slice);
+    let ports =
+        service_lb::ports(service, &settings, &addresses, slices, |ip| nodes.by_address.contains_key(&ip))
+            .map_err(Verdict::Invalid)?;
+    Ok(LoadBalancer { service, addresses, ports, local: settings.local })
+}
+
+/// The addresses of a Service's load balancer, one per family it is served
+/// in, or why it gets none.
+///
+/// The seam of address allocation. Until VipPools allocate, a Service gets
+/// the addresses it requested (`spec.loadBalancerIP`, the annotation
+/// `lvs.dev/vip`) and nothing else: without one it is refused (`NoAddress`),
+/// and with `RequireDualStack` it needs one of each family.
+fn assign_addresses(request: &LoadBalancerRequest) -> Result<Vec<IpAddr>, Verdict> {
+    let addresses: Vec<IpAddr> = (request.families.iter())
+        .filter_map(|family| {
+            request.requested.iter().find(|ip| AddressFamily::from(**ip) == *family).copied()
+        })
+        .collect();
+    if addresses.is_empty() || (request.require_every_family && addresses.len() < request.families.len()) {
+        return Err(Verdict::NoAddress);
+    }
+    Ok(addresses)
 }
 
 fn vip_allowed(vip: &str, allowed: &[ipnet::IpNet]) -> bool {
@@ -504,7 +728,12 @@ struct Resolved<'a> {
     director_settings: DirectorState,
 }
 
-fn resolve<'a>(vs: &'a VirtualService, nodes: &NodeIndex<'_>, backends: &Backends<'_>) -> Resolved<'a> {
+fn resolve<'a>(
+    vs: &'a VirtualService,
+    kind: OwnerKind,
+    nodes: &NodeIndex<'_>,
+    backends: &Backends<'_>,
+) -> Resolved<'a> {
     let spec = &vs.spec;
     let family = spec.family();
     let service_port = spec.port.unwrap_or(0);
@@ -559,6 +788,7 @@ fn resolve<'a>(vs: &'a VirtualService, nodes: &NodeIndex<'_>, backends: &Backend
         ),
     });
     let owner = ServiceOwner {
+        kind,
         namespace: vs.metadata.namespace.clone().unwrap_or_default(),
         name: vs.metadata.name.clone().unwrap_or_default(),
         uid: vs.metadata.uid.clone().unwrap_or_default(),

@@ -138,7 +138,7 @@ fn cluster() -> impl Strategy<Value = ClusterState> {
         slices.collect()
     });
     (virtual_services(), nodes(), slices).prop_map(|(virtual_services, nodes, endpoint_slices)| {
-        ClusterState { virtual_services, nodes, endpoint_slices }
+        ClusterState { virtual_services, nodes, endpoint_slices, ..ClusterState::default() }
     })
 }
 
@@ -153,6 +153,7 @@ fn shuffled(cluster: ClusterState) -> impl Strategy<Value = ClusterState> {
             virtual_services,
             nodes,
             endpoint_slices,
+            ..ClusterState::default()
         })
 }
 
@@ -200,6 +201,7 @@ proptest! {
                     virtual_services: vec![vs.clone()],
                     nodes: vec![node.clone()],
                     endpoint_slices: vec![],
+                    ..ClusterState::default()
                 };
                 let whole = translate(&alone, &options);
                 let part = translate_for_node(vs, node, &options);
@@ -336,6 +338,7 @@ fn random_clusters_mix_verdicts_and_chunking() {
         let options = TranslateOptions {
             allowed_vip_cidrs: vec!["192.168.1.0/24".parse().unwrap(), "fd00::/16".parse().unwrap()],
             max_object_bytes: 3000,
+            ..TranslateOptions::default()
         };
         let translation: Translation = translate(&cluster, &options);
         reasons.extend(translation.verdicts.values().map(Verdict::reason));

@@ -198,7 +198,7 @@ proptest! {
         nodes in nodes(),
         options in options(),
     ) {
-        let cluster = ClusterState { virtual_services: services, nodes, endpoint_slices: Vec::new() };
+        let cluster = ClusterState { virtual_services: services, nodes, ..ClusterState::default() };
         let translation = translate(&cluster, &options);
         let services: Vec<Arc<VirtualService>> = cluster.virtual_services.iter().cloned().map(Arc::new).collect();
         for node in &cluster.nodes {
@@ -236,7 +236,7 @@ fn random_sets_have_conflicts_shared_vips_missing_namespaces_and_real_servers() 
         let services = virtual_services().new_tree(&mut runner).unwrap().current();
         let nodes = nodes().new_tree(&mut runner).unwrap().current();
         let options = TranslateOptions { max_object_bytes: 3000, ..TranslateOptions::default() };
-        let cluster = ClusterState { virtual_services: services, nodes, endpoint_slices: Vec::new() };
+        let cluster = ClusterState { virtual_services: services, nodes, ..ClusterState::default() };
         let translation = translate(&cluster, &options);
         let by_id: BTreeMap<ObjectId, &VirtualService> =
             cluster.virtual_services.iter().map(|vs| (object_id(vs), vs)).collect();
