@@ -30,6 +30,14 @@ pub struct Args {
     #[arg(long, env = "ALLOWED_VIP_CIDRS", value_delimiter = ',')]
     pub allowed_vip_cidrs: Vec<IpNet>,
 
+    /// Also serve the Services of type LoadBalancer that name no
+    /// `loadBalancerClass` (those naming `lvs.dev/ipvs` are served always):
+    /// make lvs-operator the cluster's default load-balancer implementation.
+    /// Leave it off where another implementation (a cloud provider, MetalLB)
+    /// serves classless Services.
+    #[arg(long, env = "DEFAULT_LOAD_BALANCER_CLASS")]
+    pub default_load_balancer_class: bool,
+
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "LEASE_NAMESPACE", default_value = "lvs-system")]
     pub lease_namespace: String,
@@ -82,8 +90,10 @@ mod tests {
             "--allowed-vip-cidrs=192.0.2.0/24,2001:db8::/64",
             "--identity=replica-1",
             "--log-format=json",
+            "--default-load-balancer-class",
         ])
         .unwrap();
+        assert!(args.default_load_balancer_class);
         assert_eq!(args.namespace.as_deref(), Some("web"));
         assert_eq!(args.metrics_address, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(

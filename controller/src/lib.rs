@@ -22,6 +22,7 @@
 pub mod args;
 pub mod controller;
 pub mod lease;
+pub mod load_balancer;
 pub mod metrics;
 pub mod plan;
 pub mod server;
@@ -41,6 +42,11 @@ pub const FIELD_MANAGER: &str = "lvs-controller";
 
 /// Finalizer that keeps a deleted VirtualService until every node dropped it.
 pub const FINALIZER: &str = "lvs.dev/cleanup";
+
+/// Finalizer that keeps a Service of type LoadBalancer of ours, deleted or
+/// moved to another class, until every node dropped it and its status is
+/// cleared.
+pub const SERVICE_FINALIZER: &str = "lvs.dev/load-balancer-cleanup";
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]

@@ -50,8 +50,11 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(LeaderElector::new(client.clone(), lease.clone()).run(deadline_tx));
     info!(%identity, lease = %format!("{}/{}", lease.namespace, lease.name), "waiting for the lease");
 
-    let options =
-        TranslateOptions { allowed_vip_cidrs: args.allowed_vip_cidrs.clone(), ..Default::default() };
+    let options = TranslateOptions {
+        allowed_vip_cidrs: args.allowed_vip_cidrs.clone(),
+        default_load_balancer_class: args.default_load_balancer_class,
+        ..Default::default()
+    };
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {

@@ -5,10 +5,15 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 use lvs_crds::{
     LvsNode, VirtualService,
+    lvs_node::OwnerKind,
+    service_lb,
     translate::{DIRECTOR_LABEL, Translation},
     virtual_service::conditions::ACCEPTED,
 };
@@ -76,7 +81,7 @@ pub fn for_lvs_node(object: &LvsNode, services: &[Arc<VirtualService>]) -> Vec<O
                 .status
                 .as_ref()
                 .is_some_and(|s| s.directors.iter().any(|d| d.node == object.spec.node));
-            crate::plan::names_owner(object, owner) || reports || listed
+            crate::plan::names_owner(object, OwnerKind::VirtualService, owner) || reports || listed
         })
         .map(|service| ObjectRef::from_obj(service.as_ref()))
         .collect()
@@ -102,6 +107,61 @@ pub fn stale_verdicts(
         })
         .map(|service| ObjectRef::from_obj(service.as_ref()))
         .collect()
+}
+
+/// The Services of type LoadBalancer an EndpointSlice feeds: its Service, if
+/// ours or once ours (it carries our finalizer).
+pub fn services_for_endpoint_slice(
+    slice: &EndpointSlice,
+    services: &[Arc<Service>],
+    default_class: bool,
+) -> Vec<ObjectRef<Service>> {
+    let Some(service_name) = slice.labels().get(SERVICE_NAME_LABEL) else { return vec![] };
+    services
+        .iter()
+        .filter(|service| service.namespace() == slice.namespace() && &service.name_any() == service_name)
+        .filter(|service| is_or_was_ours(service, default_class))
+        .map(|service| ObjectRef::from_obj(service.as_ref()))
+        .collect()
+}
+
+/// The Services of type LoadBalancer a Node may matter to: all of ours (a
+/// director, a hostNetwork endpoint's node, or a VIP that is its address).
+pub fn services_for_node(services: &[Arc<Service>], default_class: bool) -> Vec<ObjectRef<Service>> {
+    services
+        .iter()
+        .filter(|service| is_or_was_ours(service, default_class))
+        .map(|service| ObjectRef::from_obj(service.as_ref()))
+        .collect()
+}
+
+/// The Services of ours whose status does not show their outcome in
+/// `translation`: another object's change (a conflict's winner deleted)
+/// changes it without an event of theirs.
+pub fn stale_load_balancers(translation: &Translation, services: &[Arc<Service>]) -> Vec<ObjectRef<Service>> {
+    services
+        .iter()
+        .filter(|service| {
+            let key = (service.namespace().unwrap_or_default(), service.name_any());
+            let Some(outcome) = translation.load_balancers.get(&key) else { return false };
+            let status = service.status.as_ref();
+            let recorded = status.and_then(|s| {
+                s.conditions.iter().flatten().find(|c| c.type_ == crate::load_balancer::ACCEPTED)
+            });
+            // Services without a recorded outcome are new: their own event queues them.
+            recorded.is_some_and(|c| {
+                c.reason != outcome.verdict.reason()
+                    || crate::load_balancer::ingress_addresses(status) != outcome.addresses
+            })
+        })
+        .map(|service| ObjectRef::from_obj(service.as_ref()))
+        .collect()
+}
+
+/// Whether a Service is ours, or carries our finalizer (its release is ours to finish).
+pub fn is_or_was_ours(service: &Service, default_class: bool) -> bool {
+    service_lb::is_ours(service, default_class)
+        || service.finalizers().iter().any(|f| f == crate::SERVICE_FINALIZER)
 }
 
 /// Whether `labels` carry every pair of `selector`.
@@ -297,6 +357,7 @@ mod tests {
         ];
         let key = |name: &str| ("default".to_owned(), name.to_owned());
         let translation = Translation {
+            load_balancers: BTreeMap::new(),
             lvs_nodes: vec![],
             verdicts: [
                 (key("was-conflict-now-accepted"), Verdict::Accepted),

@@ -189,5 +189,6 @@ fn cluster_state(cluster: &Cluster) -> ClusterState {
         virtual_services: cluster.services.clone(),
         nodes: cluster.nodes.clone(),
         endpoint_slices: cluster.endpoint_slices.clone(),
+        services: cluster.load_balancers.clone(),
     }
 }
