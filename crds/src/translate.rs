@@ -198,7 +198,12 @@ pub enum Verdict {
 
 impl Verdict {
     /// The verdict on a VirtualService that claims `claim`, which the older `winner` holds.
-    pub fn conflict((winner, winner_kind): (ObjectId, OwnerKind), claim: &IpvsServiceKey) -> Self {
+    pub fn conflict(winner: ObjectId, claim: &IpvsServiceKey) -> Self {
+        Self::conflict_with((winner, OwnerKind::VirtualService), claim)
+    }
+
+    /// The same, when the winner may be a VirtualService or a Service.
+    pub fn conflict_with((winner, winner_kind): (ObjectId, OwnerKind), claim: &IpvsServiceKey) -> Self {
         Verdict::Conflict { winner, winner_kind, key: describe_claim(claim) }
     }
 
@@ -379,7 +384,7 @@ fn judge<'a>(
                 } else {
                     let key = service_key(spec);
                     match claims.entry(claim(&key)) {
-                        Entry::Occupied(winner) => Verdict::conflict(winner.get().clone(), winner.key()),
+                        Entry::Occupied(winner) => Verdict::conflict_with(winner.get().clone(), winner.key()),
                         Entry::Vacant(free) => {
                             free.insert((id.clone(), kind));
                             judged.accepted.push(vs);
@@ -410,7 +415,7 @@ fn judge<'a>(
                     let node = nodes.map(|n| n.name(node).to_owned()).unwrap_or_default();
                     Verdict::VipIsNodeAddress { vip: vip.to_string(), node }
                 } else if let Some((key, winner)) = taken {
-                    Verdict::conflict(winner.clone(), key)
+                    Verdict::conflict_with(winner.clone(), key)
                 } else {
                     Verdict::Accepted
                 };
