@@ -336,6 +336,75 @@ mod tests {
         assert_eq!(names(for_lvs_node(&object, &services)), ["held", "reported", "lost"]);
     }
 
+    fn load_balancer(name: &str, class: Option<&str>, finalizers: &[&str]) -> Arc<Service> {
+        let mut service = Service::default();
+        service.metadata.namespace = Some("default".into());
+        service.metadata.name = Some(name.into());
+        service.metadata.finalizers = Some(finalizers.iter().map(|f| (*f).to_owned()).collect());
+        service.spec = Some(k8s_openapi::api::core::v1::ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            load_balancer_class: class.map(Into::into),
+            ..Default::default()
+        });
+        Arc::new(service)
+    }
+
+    fn service_names(refs: Vec<ObjectRef<Service>>) -> Vec<String> {
+        refs.into_iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn slices_and_nodes_concern_services_of_ours_and_those_we_still_hold() {
+        let services = vec![
+            load_balancer("ours", Some("lvs.dev/ipvs"), &[]),
+            load_balancer("classless", None, &[]),
+            load_balancer("moved", Some("example.com/lb"), &[crate::SERVICE_FINALIZER]),
+            load_balancer("theirs", Some("example.com/lb"), &[]),
+        ];
+        assert_eq!(service_names(services_for_node(&services, false)), ["ours", "moved"]);
+        assert_eq!(service_names(services_for_node(&services, true)), ["ours", "classless", "moved"]);
+
+        let mut slice = EndpointSlice::default();
+        slice.metadata.namespace = Some("default".into());
+        for (service, concerned) in [("ours", true), ("moved", true), ("theirs", false)] {
+            slice.metadata.labels = Some(selector(&[(SERVICE_NAME_LABEL, service)]));
+            let found = service_names(services_for_endpoint_slice(&slice, &services, false));
+            assert_eq!(found == [service], concerned, "{service}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn stale_load_balancers_are_those_whose_status_does_not_show_their_outcome() {
+        use lvs_crds::translate::LoadBalancerOutcome;
+        let outcome = |verdict| LoadBalancerOutcome { verdict, addresses: vec![] };
+        let with_status = |name: &str, outcome: &LoadBalancerOutcome| {
+            let mut service = (*load_balancer(name, Some("lvs.dev/ipvs"), &[])).clone();
+            let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default());
+            service.status = Some(crate::load_balancer::status(&service, outcome, &now));
+            Arc::new(service)
+        };
+        let refused = outcome(Verdict::NoAddress);
+        let services = vec![
+            with_status("was-refused-now-accepted", &refused),
+            with_status("still-refused", &refused),
+            load_balancer("new", Some("lvs.dev/ipvs"), &[]),
+        ];
+        let key = |name: &str| ("default".to_owned(), name.to_owned());
+        let translation = Translation {
+            load_balancers: [
+                (key("was-refused-now-accepted"), outcome(Verdict::Accepted)),
+                (key("still-refused"), outcome(Verdict::NoAddress)),
+                (key("new"), outcome(Verdict::Accepted)),
+            ]
+            .into(),
+            ..Translation::default()
+        };
+        assert_eq!(
+            service_names(stale_load_balancers(&translation, &services)),
+            ["was-refused-now-accepted"]
+        );
+    }
+
     #[test]
     fn stale_verdicts_are_those_the_status_does_not_show() {
         let accepted_status = |reason: &str| {

@@ -550,3 +550,34 @@ fn the_generator_makes_every_outcome() {
     );
     assert!(local > 0 && vs_lost > 0, "local {local}, VirtualServices losing {vs_lost}");
 }
+
+#[test]
+fn the_request_tells_an_allocator_everything_it_needs() {
+    use lvs_crds::{service_lb, virtual_service::AddressFamily};
+    let mut service = web(
+        "{lvs.dev/pool: public, lvs.dev/vip: '2001:db8::200'}",
+        "ipFamilies: [IPv6, IPv4], ipFamilyPolicy: RequireDualStack,",
+    );
+    service.status =
+        Some(serde_yaml::from_str("loadBalancer: {ingress: [{ip: 192.168.16.7, ipMode: Proxy}]}").unwrap());
+    let request = service_lb::request(&service).unwrap();
+    assert_eq!(request.id, id("web"));
+    assert_eq!(request.families, [AddressFamily::IPv6, AddressFamily::IPv4]);
+    assert!(request.require_every_family);
+    assert_eq!(request.requested, [ip("192.168.16.200"), ip("2001:db8::200")]);
+    assert_eq!(request.pool.as_deref(), Some("public"));
+    assert_eq!(request.previous, [ip("192.168.16.7")]);
+    assert_eq!(request.ports, [(Protocol::TCP, 80), (Protocol::UDP, 53)]);
+
+    // Two addresses of one family, and a word that is no address.
+    let bad = web("{lvs.dev/vip: '192.168.16.201, not-an-ip'}", "");
+    let errors: Vec<String> =
+        service_lb::request(&bad).unwrap_err().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        [
+            "metadata.annotations[lvs.dev/vip]: not-an-ip: not an IP address",
+            "requested addresses: 192.168.16.200, 192.168.16.201: at most one address per IP family",
+        ]
+    );
+}
