@@ -14,7 +14,8 @@
 //! shared by many of them), so every reconcile recomputes it from the stores
 //! (cached until an input changes), writes the LvsNodes that differ, deletes
 //! those no longer needed, and then writes the status of its own
-//! VirtualService. The decisions are pure functions ([`plan`], [`status`],
+//! VirtualService (or of its Service of type LoadBalancer, [`load_balancer`]).
+//! The decisions are pure functions ([`plan`], [`status`],
 //! [`triggers`]); [`controller`] does the IO. Only the holder of the
 //! [`lease`] runs the controller, and its writes go through the
 //! [`write_guard`], which ends each one by the lease's renew deadline.
