@@ -260,6 +260,15 @@ pub fn settings(service: &Service) -> Result<LoadBalancerSettings, Vec<Validatio
             }
         },
     };
+    // kube-proxy enforces the ranges only for VIP-mode addresses, and the
+    // directors filter nothing: refused rather than silently open to all.
+    if let Some(ranges) = spec.load_balancer_source_ranges.as_ref().filter(|r| !r.is_empty()) {
+        errors.push(error(
+            "spec.loadBalancerSourceRanges",
+            &ranges.join(", "),
+            "not supported: the directors do not filter clients (leave it empty and filter before the VIP)",
+        ));
+    }
     let persistence = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         let timeout = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref());
         let timeout =

@@ -292,6 +292,13 @@ fn annotations_set_the_scheduler_and_forwarding_and_bad_values_are_refused_by_na
 }
 
 #[test]
+fn source_ranges_are_refused_rather_than_ignored() {
+    let t = run(cluster(vec![web("{}", "loadBalancerSourceRanges: [10.1.0.0/16],")], vec![pods()]));
+    let message = messages(&outcome(&t, "web").verdict);
+    assert!(message.starts_with("spec.loadBalancerSourceRanges: 10.1.0.0/16: not supported"), "{message}");
+}
+
+#[test]
 fn direct_routing_reaches_host_network_endpoints_only() {
     let to_pods = run(cluster(vec![web("{lvs.dev/forwarding: DirectRouting}", "")], vec![pods()]));
     let message = messages(&outcome(&to_pods, "web").verdict);
