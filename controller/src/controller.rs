@@ -84,8 +84,12 @@ impl Stores {
     pub fn cluster_state(&self) -> ClusterState {
         let mut virtual_services = snapshot(&self.virtual_services);
         virtual_services.retain(|s| s.meta().deletion_timestamp.is_none());
-        let mut services = snapshot(&self.services);
-        services.retain(|s| s.meta().deletion_timestamp.is_none());
+        // Only those of type LoadBalancer can be ours: the others are not copied.
+        let services = (self.services.state().iter())
+            .filter(|s| s.meta().deletion_timestamp.is_none())
+            .filter(|s| s.spec.as_ref().and_then(|spec| spec.type_.as_deref()) == Some("LoadBalancer"))
+            .map(|s| Service::clone(s))
+            .collect();
         ClusterState {
             virtual_services,
             nodes: snapshot(&self.nodes),
