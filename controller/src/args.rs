@@ -44,6 +44,14 @@ pub struct Args {
     #[arg(long, env = "API_SERVER_ADDRESSES", value_delimiter = ',')]
     pub api_server_addresses: Vec<std::net::IpAddr>,
 
+    /// Also serve the Services of type LoadBalancer that name no
+    /// `loadBalancerClass` (those naming `lvs.dev/ipvs` are served always):
+    /// make lvs-operator the cluster's default load-balancer implementation.
+    /// Leave it off where another implementation (a cloud provider, MetalLB)
+    /// serves classless Services.
+    #[arg(long, env = "DEFAULT_LOAD_BALANCER_CLASS")]
+    pub default_load_balancer_class: bool,
+
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "LEASE_NAMESPACE", default_value = "lvs-system")]
     pub lease_namespace: String,
@@ -117,8 +125,10 @@ mod tests {
             "--api-server-addresses=192.0.2.1",
             "--identity=replica-1",
             "--log-format=json",
+            "--default-load-balancer-class",
         ])
         .unwrap();
+        assert!(args.default_load_balancer_class);
         assert_eq!(args.namespace.as_deref(), Some("web"));
         assert_eq!(args.metrics_address, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(
@@ -136,7 +146,7 @@ mod tests {
     fn the_translate_subcommand_parses() {
         let args = Args::try_parse_from([
             "lvs-controller",
-            "--allowed-vip-cidrs=192.0.2.0/24",
+            "--service-cidrs=10.96.0.0/12",
             "translate",
             "-f",
             "manifests/",

@@ -13,7 +13,7 @@ use std::{
 use futures::{StreamExt, channel::mpsc, future};
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Node},
+        core::v1::{Namespace, Node, Service},
         discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -37,11 +37,14 @@ use tracing::{debug, info, instrument, warn};
 
 use lvs_crds::{
     LvsNode, NODE_LABEL, VipPool, VirtualService,
+    lvs_node::OwnerKind,
+    service_lb,
     translate::{ClusterState, TranslateOptions, Translation, translate},
 };
 
 use crate::{
-    Error, FIELD_MANAGER, FINALIZER, Result, metrics::Metrics, plan, server::Health, status, triggers, watch,
+    Error, FIELD_MANAGER, FINALIZER, Result, SERVICE_FINALIZER, load_balancer, metrics::Metrics, plan,
+    server::Health, status, triggers, watch,
 };
 
 /// Level-triggered safety net: every VirtualService is reconciled this often.
@@ -61,6 +64,8 @@ pub struct Stores {
     pub vip_pools: Store<VipPool>,
     /// For the pools' namespaceSelector.
     pub namespaces: Store<Namespace>,
+    /// Services of every type and class (the translation picks those of ours).
+    pub services: Store<Service>,
     /// The LvsNodes written by the controller, with the agents' reports.
     pub lvs_nodes: Store<LvsNode>,
     /// Bumped by the watches whenever an input of the translation changed.
@@ -75,20 +80,29 @@ impl Stores {
         self.endpoint_slices.wait_until_ready().await.map_err(closed)?;
         self.vip_pools.wait_until_ready().await.map_err(closed)?;
         self.namespaces.wait_until_ready().await.map_err(closed)?;
+        self.services.wait_until_ready().await.map_err(closed)?;
         self.lvs_nodes.wait_until_ready().await.map_err(closed)
     }
 
-    /// The translation's input. VirtualServices being deleted are left out:
-    /// removing them from every node is what their deletion waits for.
+    /// The translation's input. VirtualServices and Services being deleted
+    /// are left out: removing them from every node is what their deletion
+    /// waits for.
     pub fn cluster_state(&self) -> ClusterState {
         let mut virtual_services = snapshot(&self.virtual_services);
         virtual_services.retain(|s| s.meta().deletion_timestamp.is_none());
+        // Only those of type LoadBalancer can be ours: the others are not copied.
+        let services = (self.services.state().iter())
+            .filter(|s| s.meta().deletion_timestamp.is_none())
+            .filter(|s| s.spec.as_ref().and_then(|spec| spec.type_.as_deref()) == Some("LoadBalancer"))
+            .map(|s| Service::clone(s))
+            .collect();
         ClusterState {
             virtual_services,
             nodes: snapshot(&self.nodes),
             endpoint_slices: snapshot(&self.endpoint_slices),
             vip_pools: Some(snapshot(&self.vip_pools)),
             namespaces: snapshot(&self.namespaces),
+            services,
         }
     }
 }
@@ -112,6 +126,8 @@ pub struct Context {
     translation: Mutex<Option<(u64, Arc<Translation>)>>,
     /// VirtualServices to reconcile because a translation changed their verdict.
     requeue: mpsc::UnboundedSender<ObjectRef<VirtualService>>,
+    /// The same for Services of type LoadBalancer.
+    requeue_services: mpsc::UnboundedSender<ObjectRef<Service>>,
 }
 
 impl Context {
@@ -122,9 +138,19 @@ impl Context {
         reporter: Reporter,
         metrics: Arc<Metrics>,
         requeue: mpsc::UnboundedSender<ObjectRef<VirtualService>>,
+        requeue_services: mpsc::UnboundedSender<ObjectRef<Service>>,
     ) -> Self {
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, stores, options, recorder, metrics, translation: Mutex::default(), requeue }
+        Self {
+            client,
+            stores,
+            options,
+            recorder,
+            metrics,
+            translation: Mutex::default(),
+            requeue,
+            requeue_services,
+        }
     }
 
     /// Make the LvsNodes match the translation of the current stores, and
@@ -145,6 +171,9 @@ impl Context {
                 for stale in triggers::stale_verdicts(&translation, &self.stores.virtual_services.state()) {
                     // Fails only when the controller is shutting down.
                     let _ = self.requeue.unbounded_send(stale);
+                }
+                for stale in triggers::stale_load_balancers(&translation, &self.stores.services.state()) {
+                    let _ = self.requeue_services.unbounded_send(stale);
                 }
                 *cached = Some((epoch, Arc::clone(&translation)));
                 translation
@@ -212,17 +241,7 @@ impl Context {
             return Ok(Action::requeue(RESYNC));
         }
         for notice in status::transitions(service.status.as_ref(), &new) {
-            let event = Event {
-                type_: notice.type_,
-                reason: notice.reason,
-                note: Some(notice.note),
-                action: notice.action.into(),
-                secondary: None,
-            };
-            // Best effort: a lost Event must not hold the status back.
-            if let Err(error) = self.recorder.publish(&event, &service.object_ref(&())).await {
-                warn!(%error, reason = %event.reason, "could not publish an Event");
-            }
+            self.publish(service, notice).await;
         }
         let api: Api<VirtualService> = Api::namespaced(self.client.clone(), &key.0);
         let patch = json!({
@@ -240,15 +259,146 @@ impl Context {
         self.sync().await?;
         let (namespace, name) = (service.namespace().unwrap_or_default(), service.name_any());
         let nodes: HashSet<String> = self.stores.nodes.state().iter().map(|n| n.name_any()).collect();
-        let pending = plan::cleanup_pending((&namespace, &name), &self.stores.lvs_nodes.state(), |node| {
-            nodes.contains(node)
-        });
+        let pending = plan::cleanup_pending(
+            OwnerKind::VirtualService,
+            (&namespace, &name),
+            &self.stores.lvs_nodes.state(),
+            |node| nodes.contains(node),
+        );
         if pending.is_empty() {
             info!("every node dropped the service; releasing it");
             Ok(Action::await_change())
         } else {
             Err(Error::CleanupPending(pending.into_iter().collect()))
         }
+    }
+}
+
+impl Context {
+    /// A Service of ours with our finalizer: write the LvsNodes, then its
+    /// status (addresses and the `lvs.dev/Accepted` condition).
+    async fn apply_load_balancer(&self, service: &Service) -> Result<Action> {
+        let translation = self.sync().await?;
+        let key = service_lb::service_id(service);
+        let Some(outcome) = translation.load_balancers.get(&key) else {
+            // Not in the cached translation yet: its watch event is on the way.
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        };
+        let new = load_balancer::status(service, outcome, &Time(Timestamp::now()));
+        if !load_balancer::differs(service.status.as_ref(), &new) {
+            return Ok(Action::requeue(RESYNC));
+        }
+        for notice in load_balancer::transitions(service.status.as_ref(), &new) {
+            self.publish(service, notice).await;
+        }
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &key.0);
+        let patch = json!({"apiVersion": "v1", "kind": "Service", "status": new});
+        api.patch_status(&key.1, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+        Ok(Action::requeue(RESYNC))
+    }
+
+    /// A Service with our finalizer that is no longer ours (deleted, or of
+    /// another class or type now): write the LvsNodes without it, wait until
+    /// every node's agent dropped it, clear what we wrote in its status
+    /// (unless it is going away), then remove the finalizer.
+    async fn release_load_balancer(&self, service: &Service) -> Result<Action> {
+        self.sync().await?;
+        let (namespace, name) = service_lb::service_id(service);
+        let nodes: HashSet<String> = self.stores.nodes.state().iter().map(|n| n.name_any()).collect();
+        let pending = plan::cleanup_pending(
+            OwnerKind::Service,
+            (&namespace, &name),
+            &self.stores.lvs_nodes.state(),
+            |node| nodes.contains(node),
+        );
+        if !pending.is_empty() {
+            return Err(Error::CleanupPending(pending.into_iter().collect()));
+        }
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &namespace);
+        if service.meta().deletion_timestamp.is_none() {
+            // Applying an empty status drops every field we own in it: the
+            // ingress is free for the Service's new implementation.
+            let patch = json!({"apiVersion": "v1", "kind": "Service", "status": {}});
+            api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+        }
+        info!("every node dropped the load balancer; releasing it");
+        let finalizers = service.finalizers();
+        if let Some(index) = finalizers.iter().position(|f| f == SERVICE_FINALIZER) {
+            let path = format!("/metadata/finalizers/{index}");
+            let patch: json_patch::Patch = serde_json::from_value(json!([
+                {"op": "test", "path": path, "value": SERVICE_FINALIZER},
+                {"op": "remove", "path": path},
+            ]))
+            .expect("a JSON patch");
+            api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
+        }
+        Ok(Action::await_change())
+    }
+
+    /// Add our finalizer to a Service of ours, before anything is programmed for it.
+    async fn add_service_finalizer(&self, service: &Service) -> Result<Action> {
+        let (namespace, name) = service_lb::service_id(service);
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &namespace);
+        let patch = match service.metadata.finalizers.as_ref() {
+            None => json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": [SERVICE_FINALIZER]},
+            ]),
+            Some(finalizers) => json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": SERVICE_FINALIZER},
+            ]),
+        };
+        let patch: json_patch::Patch = serde_json::from_value(patch).expect("a JSON patch");
+        api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
+        // The patch's watch event reconciles the Service again.
+        Ok(Action::await_change())
+    }
+
+    /// Best effort: a lost Event must not hold the status back.
+    async fn publish<K: Resource<DynamicType = ()>>(&self, object: &K, notice: status::Notice) {
+        let event = Event {
+            type_: notice.type_,
+            reason: notice.reason,
+            note: Some(notice.note),
+            action: notice.action.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            warn!(%error, reason = %event.reason, "could not publish an Event");
+        }
+    }
+}
+
+/// Reconcile one Service: when it is of type LoadBalancer and our class,
+/// hold it with our finalizer, write the whole cluster's LvsNodes and its
+/// status; when it no longer is (deleted, or another class or type) but
+/// carries our finalizer, release it. Other Services are left alone.
+#[instrument(skip_all, fields(service = %format!("{}/{}", service.namespace().unwrap_or_default(), service.name_any())))]
+pub async fn reconcile_service(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile();
+    ctx.stores.wait_until_ready().await?;
+    let ours = service_lb::is_ours(&service, ctx.options.default_load_balancer_class)
+        && service.meta().deletion_timestamp.is_none();
+    let held = service.finalizers().iter().any(|f| f == SERVICE_FINALIZER);
+    match (ours, held) {
+        (true, false) => ctx.add_service_finalizer(&service).await,
+        (true, true) => ctx.apply_load_balancer(&service).await,
+        (false, true) => ctx.release_load_balancer(&service).await,
+        (false, false) => Ok(Action::await_change()),
+    }
+}
+
+/// As [`error_policy`], for Services.
+pub fn service_error_policy(service: Arc<Service>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error);
+    let name = format!("{}/{}", service.namespace().unwrap_or_default(), service.name_any());
+    if let Error::CleanupPending(_) = error.cause() {
+        info!(service = %name, %error, "release in progress");
+        Action::requeue(CLEANUP_POLL)
+    } else {
+        warn!(service = %name, %error, "reconcile failed");
+        Action::requeue(RETRY)
     }
 }
 
@@ -301,15 +451,18 @@ pub async fn run(
     let (lvs_nodes, lvs_nodes_writer) = reflector::store();
     let (vip_pools, pools_writer) = reflector::store();
     let (namespaces, namespaces_writer) = reflector::store();
+    let (services, k8s_services_writer) = reflector::store();
     let stores = Stores {
         virtual_services: virtual_services.clone(),
         nodes,
         endpoint_slices,
         vip_pools: vip_pools.clone(),
         namespaces,
+        services: services.clone(),
         lvs_nodes,
         inputs_epoch: Arc::clone(&epoch),
     };
+    let default_class = options.default_load_balancer_class;
 
     let config = watcher::Config::default();
     let service_changes = watch::changes(
@@ -333,13 +486,55 @@ pub async fn run(
         watch::endpoint_slice_fingerprint,
         Some(Arc::clone(&epoch)),
     );
+    let load_balancer_changes = watch::changes(
+        scoped(client.clone(), namespace.as_deref()),
+        config.clone(),
+        k8s_services_writer,
+        watch::service_fingerprint,
+        Some(Arc::clone(&epoch)),
+    );
+    // Nodes, EndpointSlices and VipPools matter to Services too: their changes
+    // are passed on to the Service controller's queue as they go by.
+    let (concerned, services_concerned) = mpsc::unbounded();
+    let node_changes = node_changes.inspect({
+        let (concerned, services) = (concerned.clone(), services.clone());
+        move |change| {
+            if change.is_ok() {
+                for service in triggers::services_for_node(&services.state(), default_class) {
+                    let _ = concerned.unbounded_send(service);
+                }
+            }
+        }
+    });
+    let slice_changes = slice_changes.inspect({
+        let (concerned, services) = (concerned.clone(), services.clone());
+        move |change| {
+            if let Ok(slice) = change {
+                for service in triggers::services_for_endpoint_slice(slice, &services.state(), default_class)
+                {
+                    let _ = concerned.unbounded_send(service);
+                }
+            }
+        }
+    });
     let pool_changes = watch::changes(
         Api::all(client.clone()),
         config.clone(),
         pools_writer,
         watch::vip_pool_fingerprint,
         Some(Arc::clone(&epoch)),
-    );
+    )
+    .inspect({
+        let (concerned, services) = (concerned.clone(), services.clone());
+        // A pool's change may give every Service of ours another address.
+        move |change| {
+            if change.is_ok() {
+                for service in triggers::services_for_node(&services.state(), default_class) {
+                    let _ = concerned.unbounded_send(service);
+                }
+            }
+        }
+    });
     let namespace_changes = watch::changes(
         Api::all(client.clone()),
         config.clone(),
@@ -357,7 +552,9 @@ pub async fn run(
     );
 
     let (requeue, requeued) = mpsc::unbounded();
-    let ctx = Arc::new(Context::new(client, stores.clone(), options, reporter, metrics, requeue));
+    let (requeue_services, services_requeued) = mpsc::unbounded();
+    let ctx =
+        Arc::new(Context::new(client, stores.clone(), options, reporter, metrics, requeue, requeue_services));
     let (for_nodes, for_slices, for_lvs_nodes) =
         (virtual_services.clone(), virtual_services.clone(), virtual_services.clone());
     let (for_pools, for_namespaces, pools_for_nodes) =
@@ -377,7 +574,7 @@ pub async fn run(
         .reconcile_on(requeued)
         // Bursts (a rollout changing many EndpointSlices) become one reconcile.
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)).concurrency(8))
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, Arc::clone(&ctx))
         .for_each(|result| {
             match result {
                 // A watch failing (RBAC, API server down): retried with backoff.
@@ -388,13 +585,25 @@ pub async fn run(
             }
             future::ready(())
         });
+    let load_balancer_controller = Controller::for_stream(load_balancer_changes, services)
+        .reconcile_on(futures::stream::select(services_concerned, services_requeued))
+        .with_config(controller::Config::default().debounce(Duration::from_millis(500)).concurrency(8))
+        .run(reconcile_service, service_error_policy, ctx)
+        .for_each(|result| {
+            match result {
+                Err(error @ controller::Error::QueueError(_)) => warn!(%error, "watch failed"),
+                Err(error) => debug!(%error, "reconcile failed"),
+                Ok((object, _)) => debug!(service = %object, "reconciled"),
+            }
+            future::ready(())
+        });
     let synced = async {
         if stores.wait_until_ready().await.is_ok() {
             info!("caches synced");
             health.set_synced();
         }
     };
-    tokio::join!(controller, synced);
+    tokio::join!(controller, load_balancer_controller, synced);
 }
 
 /// The namespaced kinds are watched in `namespace`, or in all namespaces.
@@ -411,3 +620,6 @@ where
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod load_balancer_tests;

@@ -8,7 +8,7 @@ use futures::channel::mpsc;
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::{
     api::{
-        core::v1::{Node, NodeAddress, NodeCondition, NodeStatus},
+        core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, Service, ServiceStatus},
         discovery::v1::EndpointSlice,
         events::v1::Event,
     },
@@ -32,7 +32,7 @@ use lvs_crds::{
 use serde_json::{Value, json};
 
 use crate::{
-    FINALIZER,
+    FINALIZER, SERVICE_FINALIZER,
     controller::{Context, Stores},
 };
 
@@ -117,7 +117,8 @@ pub(crate) fn lab_pool() -> VipPool {
         "apiVersion: lvs.dev/v1alpha1
 kind: VipPool
 metadata: {name: lab, generation: 1}
-spec: {addresses: [192.0.2.0/24], namespaces: [default], allowSharedVip: true}",
+spec: {addresses: [192.0.2.0/24], namespaces: [default], allowSharedVip: true,
+       forwardingMethods: [DirectRouting, NAT, Tunnel, FullNAT]}",
     )
     .expect("a valid VipPool")
 }
@@ -128,6 +129,8 @@ pub(crate) struct Cluster {
     pub services: Vec<VirtualService>,
     pub nodes: Vec<Node>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// Kubernetes Services (of type LoadBalancer, mostly).
+    pub load_balancers: Vec<Service>,
     pub lvs_nodes: Vec<LvsNode>,
     pub vip_pools: Vec<VipPool>,
 }
@@ -140,6 +143,7 @@ impl Default for Cluster {
             endpoint_slices: Vec::new(),
             lvs_nodes: Vec::new(),
             vip_pools: vec![lab_pool()],
+            load_balancers: Vec::new(),
         }
     }
 }
@@ -148,6 +152,15 @@ impl Cluster {
     /// The translation of `services` (those not being deleted) on this
     /// cluster's nodes and pools, as the controller makes it.
     pub(crate) fn translation(&self, services: &[VirtualService]) -> Translation {
+        self.translation_with(services, &[])
+    }
+
+    /// The same with Kubernetes Services too (of this cluster's EndpointSlices).
+    pub(crate) fn translation_with(
+        &self,
+        services: &[VirtualService],
+        load_balancers: &[Service],
+    ) -> Translation {
         let state = ClusterState {
             virtual_services: services
                 .iter()
@@ -158,6 +171,11 @@ impl Cluster {
             endpoint_slices: self.endpoint_slices.clone(),
             vip_pools: Some(self.vip_pools.clone()),
             namespaces: Vec::new(),
+            services: load_balancers
+                .iter()
+                .filter(|s| s.meta().deletion_timestamp.is_none())
+                .cloned()
+                .collect(),
         };
         translate(&state, &TranslateOptions::default())
     }
@@ -167,10 +185,19 @@ impl Cluster {
         self.translation(services).lvs_nodes
     }
 
+    /// The same with Kubernetes Services too.
+    pub(crate) fn translated_with(
+        &self,
+        services: &[VirtualService],
+        load_balancers: &[Service],
+    ) -> Vec<LvsNode> {
+        self.translation_with(services, load_balancers).lvs_nodes
+    }
+
     /// The pools with the status the controller wrote for the current
     /// services (so that a reconcile has no pool status to write).
     pub(crate) fn with_pool_statuses(mut self) -> Self {
-        let translation = self.translation(&self.services);
+        let translation = self.translation_with(&self.services, &self.load_balancers);
         for pool in &mut self.vip_pools {
             let usage = &translation.pools[pool.metadata.name.as_deref().unwrap()];
             pool.status = Some(crate::status::pool_status(pool, usage, &now()));
@@ -250,14 +277,23 @@ impl Context {
             endpoint_slices: store(&cluster.endpoint_slices),
             vip_pools: store(&cluster.vip_pools),
             namespaces: store(&[]),
+            services: store(&cluster.load_balancers),
             lvs_nodes: store(&cluster.lvs_nodes),
             inputs_epoch: Arc::new(AtomicU64::new(0)),
         };
         let reporter = Reporter { controller: "lvs-controller".into(), instance: Some("test".into()) };
         // Requeues go nowhere: each test runs one reconcile.
         let (requeue, _) = mpsc::unbounded();
-        let ctx =
-            Context::new(client, stores, TranslateOptions::default(), reporter, Arc::default(), requeue);
+        let (requeue_services, _) = mpsc::unbounded();
+        let ctx = Context::new(
+            client,
+            stores,
+            TranslateOptions::default(),
+            reporter,
+            Arc::default(),
+            requeue,
+            requeue_services,
+        );
         (Arc::new(ctx), ApiServerVerifier(handle))
     }
 }
@@ -279,6 +315,12 @@ pub(crate) enum Call {
     PatchStatus(&'static str),
     /// Server-side apply of the status of VipPool `{0}`.
     PatchPoolStatus(&'static str),
+    /// JSON patch adding the finalizer to Service `default/{0}` (which has none).
+    AddServiceFinalizer(&'static str),
+    /// JSON patch removing the finalizer (the first) from Service `default/{0}`.
+    RemoveServiceFinalizer(&'static str),
+    /// Server-side apply of the status of Service `default/{0}`.
+    PatchServiceStatus(&'static str),
 }
 
 /// What the controller wrote during a scenario.
@@ -288,11 +330,13 @@ pub(crate) struct Recorded {
     pub events: Vec<Event>,
     pub status: Option<VirtualServiceStatus>,
     pub pool_statuses: Vec<lvs_crds::VipPoolStatus>,
+    pub service_status: Option<ServiceStatus>,
 }
 
 const SERVICES: &str = "/apis/lvs.dev/v1alpha1/namespaces/default/virtualservices";
 const LVS_NODES: &str = "/apis/lvs.dev/v1alpha1/lvsnodes";
 const POOLS: &str = "/apis/lvs.dev/v1alpha1/vippools";
+const K8S_SERVICES: &str = "/api/v1/namespaces/default/services";
 const APPLY: &str = "?&force=true&fieldManager=lvs-controller";
 
 impl ApiServerVerifier {
@@ -359,6 +403,34 @@ impl ApiServerVerifier {
                         recorded.pool_statuses.push(serde_json::from_value(body["status"].clone()).unwrap());
                         json!({"apiVersion": "lvs.dev/v1alpha1", "kind": "VipPool", "metadata": {"name": name}, "spec": {"addresses": ["192.0.2.0/24"], "namespaces": ["default"]}, "status": body["status"]})
                     }
+                    Call::AddServiceFinalizer(name) => {
+                        expect(Method::PATCH, format!("{K8S_SERVICES}/{name}?"));
+                        assert_eq!(
+                            body[0],
+                            json!({"op": "test", "path": "/metadata/finalizers", "value": null})
+                        );
+                        assert_eq!(
+                            body[1],
+                            json!({"op": "add", "path": "/metadata/finalizers", "value": [SERVICE_FINALIZER]})
+                        );
+                        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default", "finalizers": [SERVICE_FINALIZER]}})
+                    }
+                    Call::RemoveServiceFinalizer(name) => {
+                        expect(Method::PATCH, format!("{K8S_SERVICES}/{name}?"));
+                        assert_eq!(
+                            body[0],
+                            json!({"op": "test", "path": "/metadata/finalizers/0", "value": SERVICE_FINALIZER})
+                        );
+                        assert_eq!(body[1], json!({"op": "remove", "path": "/metadata/finalizers/0"}));
+                        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"}})
+                    }
+                    Call::PatchServiceStatus(name) => {
+                        expect(Method::PATCH, format!("{K8S_SERVICES}/{name}/status{APPLY}"));
+                        assert_eq!((&body["apiVersion"], &body["kind"]), (&json!("v1"), &json!("Service")));
+                        recorded.service_status =
+                            Some(serde_json::from_value(body["status"].clone()).unwrap());
+                        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"}, "status": body["status"]})
+                    }
                 };
                 let response = Response::builder()
                     .status(StatusCode::OK)
@@ -382,4 +454,66 @@ pub(crate) async fn timeout_after_1s(scenario: tokio::task::JoinHandle<Recorded>
 /// Now, for statuses made outside a reconcile.
 pub(crate) fn now() -> Time {
     Time(Timestamp::now())
+}
+
+/// `default/{name}`: a Service of type LoadBalancer of our class created at
+/// `created`, asking for `vip` (if any), port 80 (named http) to the pods' 8080.
+pub(crate) fn load_balancer(name: &str, created: &str, vip: Option<&str>) -> Service {
+    let vip = vip.map(|vip| format!("loadBalancerIP: {vip},")).unwrap_or_default();
+    let mut service: Service = serde_yaml::from_str(&format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default, uid: uid-{name}, creationTimestamp: '{created}'}}
+spec: {{type: LoadBalancer, loadBalancerClass: lvs.dev/ipvs, {vip} ports: [{{name: http, port: 80, targetPort: 8080}}]}}"
+    ))
+    .expect("a valid Service");
+    service.meta_mut().resource_version = Some("1".into());
+    service
+}
+
+/// The EndpointSlice of Service `default/{service}`: ready pods at
+/// `addresses` on node web1, port http 8080.
+pub(crate) fn pods(service: &str, addresses: &[&str]) -> EndpointSlice {
+    let endpoints: Vec<String> = addresses
+        .iter()
+        .map(|a| format!("{{addresses: [{a}], nodeName: web1, conditions: {{ready: true}}}}"))
+        .collect();
+    serde_yaml::from_str(&format!(
+        "metadata: {{name: {service}-1, namespace: default, labels: {{kubernetes.io/service-name: {service}}}, resourceVersion: '1'}}
+addressType: IPv4
+endpoints: [{}]
+ports: [{{name: http, port: 8080, protocol: TCP}}]",
+        endpoints.join(", ")
+    ))
+    .expect("a valid EndpointSlice")
+}
+
+/// Consuming builders on the test Services.
+pub(crate) trait ServiceExt: Sized {
+    fn finalized(self) -> Self;
+    fn deleting(self) -> Self;
+    fn with_class(self, class: &str) -> Self;
+    fn with_status(self, status: ServiceStatus) -> Self;
+}
+
+impl ServiceExt for Service {
+    fn finalized(mut self) -> Self {
+        self.finalizers_mut().push(SERVICE_FINALIZER.to_owned());
+        self
+    }
+
+    fn deleting(mut self) -> Self {
+        self.meta_mut().deletion_timestamp = Some(Time("2026-01-02T00:00:00Z".parse().unwrap()));
+        self
+    }
+
+    fn with_class(mut self, class: &str) -> Self {
+        self.spec.as_mut().unwrap().load_balancer_class = Some(class.to_owned());
+        self
+    }
+
+    fn with_status(mut self, status: ServiceStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
 }

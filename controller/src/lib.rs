@@ -14,7 +14,8 @@
 //! shared by many of them), so every reconcile recomputes it from the stores
 //! (cached until an input changes), writes the LvsNodes that differ, deletes
 //! those no longer needed, and then writes the status of its own
-//! VirtualService. The decisions are pure functions ([`plan`], [`status`],
+//! VirtualService (or of its Service of type LoadBalancer, [`load_balancer`]).
+//! The decisions are pure functions ([`plan`], [`status`],
 //! [`triggers`]); [`controller`] does the IO. Only the holder of the
 //! [`lease`] runs the controller, and its writes go through the
 //! [`write_guard`], which ends each one by the lease's renew deadline.
@@ -22,6 +23,7 @@
 pub mod args;
 pub mod controller;
 pub mod lease;
+pub mod load_balancer;
 pub mod metrics;
 pub mod plan;
 pub mod preview;
@@ -42,6 +44,11 @@ pub const FIELD_MANAGER: &str = "lvs-controller";
 
 /// Finalizer that keeps a deleted VirtualService until every node dropped it.
 pub const FINALIZER: &str = "lvs.dev/cleanup";
+
+/// Finalizer that keeps a Service of type LoadBalancer of ours, deleted or
+/// moved to another class, until every node dropped it and its status is
+/// cleared.
+pub const SERVICE_FINALIZER: &str = "lvs.dev/load-balancer-cleanup";
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]

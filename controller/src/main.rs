@@ -59,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         service_cidrs: args.service_cidrs.clone(),
         pod_cidrs: args.pod_cidrs.clone(),
         api_server_addresses: api_server_addresses(&args, &client).await,
+        default_load_balancer_class: args.default_load_balancer_class,
         ..Default::default()
     };
     info!(api_servers = ?options.api_server_addresses, "addresses never given as VIPs");

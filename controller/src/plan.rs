@@ -7,7 +7,10 @@ use std::{
 };
 
 use kube::ResourceExt;
-use lvs_crds::{LvsNode, NODE_LABEL, lvs_node::ServiceOwner};
+use lvs_crds::{
+    LvsNode, NODE_LABEL,
+    lvs_node::{OwnerKind, ServiceOwner},
+};
 
 /// The writes that bring the LvsNode objects in line with the translation.
 #[derive(Debug, Default, PartialEq)]
@@ -57,8 +60,8 @@ fn has_node_label(object: &LvsNode) -> bool {
     object.labels().get(NODE_LABEL) == Some(&object.spec.node)
 }
 
-/// The nodes whose agents have not yet dropped the VirtualService `owner`
-/// (namespace, name): an object of the node still names it in its spec (the
+/// The nodes whose agents have not yet dropped the object `kind` `owner`
+/// (namespace, name), a VirtualService or a Service: an object of the node still names it in its spec (the
 /// new state is not written or not yet seen), or its agent still reports a
 /// service of it (the agent has not applied the new state). Nodes that no
 /// longer exist are not waited for: no agent is left to report.
@@ -66,6 +69,7 @@ fn has_node_label(object: &LvsNode) -> bool {
 /// Real-server VIPs carry no per-owner report, so for them only the spec is
 /// checked; the directors' services are what stops the traffic.
 pub fn cleanup_pending(
+    kind: OwnerKind,
     owner: (&str, &str),
     existing: &[Arc<LvsNode>],
     node_exists: impl Fn(&str) -> bool,
@@ -73,26 +77,32 @@ pub fn cleanup_pending(
     existing
         .iter()
         .filter(|object| node_exists(&object.spec.node))
-        .filter(|object| names_owner(object, owner) || reports_owner(object, owner))
+        .filter(|object| names_owner(object, kind, owner) || reports_owner(object, kind, owner))
         .map(|object| object.spec.node.clone())
         .collect()
 }
 
 /// Whether `candidate` is the VirtualService (namespace, name).
-pub fn is_owner(candidate: &ServiceOwner, (namespace, name): (&str, &str)) -> bool {
-    candidate.namespace == namespace && candidate.name == name
+pub fn is_owner(candidate: &ServiceOwner, owner: (&str, &str)) -> bool {
+    is_owner_of_kind(candidate, OwnerKind::VirtualService, owner)
 }
 
-/// Whether the object's spec holds anything of `owner`.
-pub fn names_owner(object: &LvsNode, owner: (&str, &str)) -> bool {
+/// Whether `candidate` is the object `kind` (namespace, name).
+pub fn is_owner_of_kind(candidate: &ServiceOwner, kind: OwnerKind, (namespace, name): (&str, &str)) -> bool {
+    candidate.kind == kind && candidate.namespace == namespace && candidate.name == name
+}
+
+/// Whether the object's spec holds anything of `owner`, of `kind`.
+pub fn names_owner(object: &LvsNode, kind: OwnerKind, owner: (&str, &str)) -> bool {
     let spec = &object.spec;
-    let directs = spec.director.iter().flat_map(|d| &d.services).any(|s| is_owner(&s.owner, owner));
-    let serves = spec.real_server.iter().flat_map(|r| &r.vips).any(|v| is_owner(&v.owner, owner));
+    let owns = |candidate| is_owner_of_kind(candidate, kind, owner);
+    let directs = spec.director.iter().flat_map(|d| &d.services).any(|s| owns(&s.owner));
+    let serves = spec.real_server.iter().flat_map(|r| &r.vips).any(|v| owns(&v.owner));
     directs || serves
 }
 
-fn reports_owner(object: &LvsNode, owner: (&str, &str)) -> bool {
-    object.status.iter().flat_map(|s| &s.services).any(|report| is_owner(&report.owner, owner))
+fn reports_owner(object: &LvsNode, kind: OwnerKind, owner: (&str, &str)) -> bool {
+    object.status.iter().flat_map(|s| &s.services).any(|report| is_owner_of_kind(&report.owner, kind, owner))
 }
 
 #[cfg(test)]
@@ -107,7 +117,7 @@ mod tests {
     use super::*;
 
     fn owner(name: &str) -> ServiceOwner {
-        ServiceOwner { namespace: "default".into(), name: name.into(), uid: String::new(), generation: 1 }
+        ServiceOwner { namespace: "default".into(), name: name.into(), generation: 1, ..Default::default() }
     }
 
     fn key() -> IpvsServiceKey {
@@ -218,8 +228,12 @@ mod tests {
             Arc::new(reporting(directing("lvs3", &["db"]), &["db"])),
             Arc::new(directing("gone", &["web"])),
         ];
-        let pending = cleanup_pending(web, &existing, |node| node != "gone");
+        let pending = cleanup_pending(OwnerKind::VirtualService, web, &existing, |node| node != "gone");
         assert_eq!(pending, BTreeSet::from(["lvs1".to_owned(), "lvs2".to_owned()]));
-        assert!(cleanup_pending(("default", "other"), &existing, |_| true).is_empty());
+        assert!(
+            cleanup_pending(OwnerKind::VirtualService, ("default", "other"), &existing, |_| true).is_empty()
+        );
+        // A Service of the same name is another owner.
+        assert!(cleanup_pending(OwnerKind::Service, web, &existing, |_| true).is_empty());
     }
 }

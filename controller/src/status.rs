@@ -329,7 +329,7 @@ mod tests {
     }
 
     fn owner(generation: i64) -> ServiceOwner {
-        ServiceOwner { namespace: "default".into(), name: "web".into(), uid: String::new(), generation }
+        ServiceOwner { namespace: "default".into(), name: "web".into(), generation, ..Default::default() }
     }
 
     const VIP: &str = "192.0.2.10";
@@ -524,8 +524,11 @@ mod tests {
 
     #[test]
     fn refused_services_say_why() {
-        let conflict =
-            Verdict::Conflict { winner: ("default".into(), "old".into()), key: "192.0.2.10:80/TCP".into() };
+        let conflict = Verdict::Conflict {
+            winner: ("default".into(), "old".into()),
+            winner_kind: lvs_crds::lvs_node::OwnerKind::VirtualService,
+            key: "192.0.2.10:80/TCP".into(),
+        };
         let status = aggregate(&web(1), &conflict, &[], &[], &time("2026-01-01T00:00:00Z"));
         assert_eq!(
             summary(&status),
@@ -567,7 +570,11 @@ mod tests {
     #[test]
     fn events_once_per_transition() {
         let desired = desired(&["lvs1"], 1);
-        let conflict = Verdict::Conflict { winner: ("default".into(), "old".into()), key: "k".into() };
+        let conflict = Verdict::Conflict {
+            winner: ("default".into(), "old".into()),
+            winner_kind: lvs_crds::lvs_node::OwnerKind::VirtualService,
+            key: "k".into(),
+        };
         let now = time("2026-01-01T00:00:00Z");
         let mut service = web(1);
         let refused = aggregate(&service, &conflict, &[], &[], &now);

@@ -6,12 +6,14 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Node},
+    core::v1::{Namespace, Node, Service},
     discovery::v1::EndpointSlice,
 };
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 use lvs_crds::{
     LvsNode, VipPool, VirtualService,
+    lvs_node::OwnerKind,
+    service_lb,
     translate::{DIRECTOR_LABEL, Translation},
     virtual_service::conditions::ACCEPTED,
 };
@@ -119,7 +121,7 @@ pub fn for_lvs_node(object: &LvsNode, services: &[Arc<VirtualService>]) -> Vec<O
                 .status
                 .as_ref()
                 .is_some_and(|s| s.directors.iter().any(|d| d.node == object.spec.node));
-            crate::plan::names_owner(object, owner) || reports || listed
+            crate::plan::names_owner(object, OwnerKind::VirtualService, owner) || reports || listed
         })
         .map(|service| ObjectRef::from_obj(service.as_ref()))
         .collect()
@@ -145,6 +147,61 @@ pub fn stale_verdicts(
         })
         .map(|service| ObjectRef::from_obj(service.as_ref()))
         .collect()
+}
+
+/// The Services of type LoadBalancer an EndpointSlice feeds: its Service, if
+/// ours or once ours (it carries our finalizer).
+pub fn services_for_endpoint_slice(
+    slice: &EndpointSlice,
+    services: &[Arc<Service>],
+    default_class: bool,
+) -> Vec<ObjectRef<Service>> {
+    let Some(service_name) = slice.labels().get(SERVICE_NAME_LABEL) else { return vec![] };
+    services
+        .iter()
+        .filter(|service| service.namespace() == slice.namespace() && &service.name_any() == service_name)
+        .filter(|service| is_or_was_ours(service, default_class))
+        .map(|service| ObjectRef::from_obj(service.as_ref()))
+        .collect()
+}
+
+/// The Services of type LoadBalancer a Node may matter to: all of ours (a
+/// director, a hostNetwork endpoint's node, or a VIP that is its address).
+pub fn services_for_node(services: &[Arc<Service>], default_class: bool) -> Vec<ObjectRef<Service>> {
+    services
+        .iter()
+        .filter(|service| is_or_was_ours(service, default_class))
+        .map(|service| ObjectRef::from_obj(service.as_ref()))
+        .collect()
+}
+
+/// The Services of ours whose status does not show their outcome in
+/// `translation`: another object's change (a conflict's winner deleted)
+/// changes it without an event of theirs.
+pub fn stale_load_balancers(translation: &Translation, services: &[Arc<Service>]) -> Vec<ObjectRef<Service>> {
+    services
+        .iter()
+        .filter(|service| {
+            let key = (service.namespace().unwrap_or_default(), service.name_any());
+            let Some(outcome) = translation.load_balancers.get(&key) else { return false };
+            let status = service.status.as_ref();
+            let recorded = status.and_then(|s| {
+                s.conditions.iter().flatten().find(|c| c.type_ == crate::load_balancer::ACCEPTED)
+            });
+            // Services without a recorded outcome are new: their own event queues them.
+            recorded.is_some_and(|c| {
+                c.reason != outcome.verdict.reason()
+                    || crate::load_balancer::ingress_addresses(status) != outcome.addresses
+            })
+        })
+        .map(|service| ObjectRef::from_obj(service.as_ref()))
+        .collect()
+}
+
+/// Whether a Service is ours, or carries our finalizer (its release is ours to finish).
+pub fn is_or_was_ours(service: &Service, default_class: bool) -> bool {
+    service_lb::is_ours(service, default_class)
+        || service.finalizers().iter().any(|f| f == crate::SERVICE_FINALIZER)
 }
 
 /// Whether `labels` carry every pair of `selector`.
@@ -372,6 +429,75 @@ mod tests {
         assert_eq!(names(for_lvs_node(&object, &services)), ["held", "reported", "lost"]);
     }
 
+    fn load_balancer(name: &str, class: Option<&str>, finalizers: &[&str]) -> Arc<Service> {
+        let mut service = Service::default();
+        service.metadata.namespace = Some("default".into());
+        service.metadata.name = Some(name.into());
+        service.metadata.finalizers = Some(finalizers.iter().map(|f| (*f).to_owned()).collect());
+        service.spec = Some(k8s_openapi::api::core::v1::ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            load_balancer_class: class.map(Into::into),
+            ..Default::default()
+        });
+        Arc::new(service)
+    }
+
+    fn service_names(refs: Vec<ObjectRef<Service>>) -> Vec<String> {
+        refs.into_iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn slices_and_nodes_concern_services_of_ours_and_those_we_still_hold() {
+        let services = vec![
+            load_balancer("ours", Some("lvs.dev/ipvs"), &[]),
+            load_balancer("classless", None, &[]),
+            load_balancer("moved", Some("example.com/lb"), &[crate::SERVICE_FINALIZER]),
+            load_balancer("theirs", Some("example.com/lb"), &[]),
+        ];
+        assert_eq!(service_names(services_for_node(&services, false)), ["ours", "moved"]);
+        assert_eq!(service_names(services_for_node(&services, true)), ["ours", "classless", "moved"]);
+
+        let mut slice = EndpointSlice::default();
+        slice.metadata.namespace = Some("default".into());
+        for (service, concerned) in [("ours", true), ("moved", true), ("theirs", false)] {
+            slice.metadata.labels = Some(selector(&[(SERVICE_NAME_LABEL, service)]));
+            let found = service_names(services_for_endpoint_slice(&slice, &services, false));
+            assert_eq!(found == [service], concerned, "{service}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn stale_load_balancers_are_those_whose_status_does_not_show_their_outcome() {
+        use lvs_crds::translate::LoadBalancerOutcome;
+        let outcome = |verdict| LoadBalancerOutcome { verdict, addresses: vec![] };
+        let with_status = |name: &str, outcome: &LoadBalancerOutcome| {
+            let mut service = (*load_balancer(name, Some("lvs.dev/ipvs"), &[])).clone();
+            let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default());
+            service.status = Some(crate::load_balancer::status(&service, outcome, &now));
+            Arc::new(service)
+        };
+        let refused = outcome(Verdict::NoAddress);
+        let services = vec![
+            with_status("was-refused-now-accepted", &refused),
+            with_status("still-refused", &refused),
+            load_balancer("new", Some("lvs.dev/ipvs"), &[]),
+        ];
+        let key = |name: &str| ("default".to_owned(), name.to_owned());
+        let translation = Translation {
+            load_balancers: [
+                (key("was-refused-now-accepted"), outcome(Verdict::Accepted)),
+                (key("still-refused"), outcome(Verdict::NoAddress)),
+                (key("new"), outcome(Verdict::Accepted)),
+            ]
+            .into(),
+            ..Translation::default()
+        };
+        assert_eq!(
+            service_names(stale_load_balancers(&translation, &services)),
+            ["was-refused-now-accepted"]
+        );
+    }
+
     #[test]
     fn stale_verdicts_are_those_the_status_does_not_show() {
         let accepted_status = |reason: &str| {
@@ -393,6 +519,7 @@ mod tests {
         ];
         let key = |name: &str| ("default".to_owned(), name.to_owned());
         let translation = Translation {
+            load_balancers: BTreeMap::new(),
             lvs_nodes: vec![],
             verdicts: [
                 (key("was-conflict-now-accepted"), Verdict::Accepted),

@@ -14,7 +14,7 @@ use std::{
 
 use futures::{Stream, StreamExt, future};
 use k8s_openapi::api::{
-    core::v1::{Namespace, Node},
+    core::v1::{Namespace, Node, Service},
     discovery::v1::EndpointSlice,
 };
 use kube::{
@@ -95,6 +95,23 @@ pub fn node_fingerprint(node: &Node) -> u64 {
     hash((node.labels(), lvs_annotations, crate::triggers::addresses(node)))
 }
 
+/// What of a Service the translation and the finalizer read: its spec, its
+/// `lvs.dev/` annotations, its deletion and finalizers, and the addresses
+/// its status shows (an allocator keeps them); not the rest of its status.
+pub fn service_fingerprint(service: &Service) -> u64 {
+    let lvs_annotations: BTreeMap<&String, &String> =
+        service.annotations().iter().filter(|(key, _)| key.starts_with("lvs.dev/")).collect();
+    let spec = serde_json::to_string(&service.spec).unwrap_or_default();
+    let addresses = crate::load_balancer::ingress_addresses(service.status.as_ref());
+    hash((
+        spec,
+        lvs_annotations,
+        service.meta().deletion_timestamp.is_some(),
+        service.finalizers(),
+        addresses,
+    ))
+}
+
 /// Any change of an EndpointSlice: its endpoints, their readiness, its ports.
 /// A pool's spec (its status is the controller's own write).
 pub fn vip_pool_fingerprint(pool: &VipPool) -> u64 {
@@ -151,6 +168,29 @@ mod tests {
         let mut relabelled = node.clone();
         relabelled.labels_mut().clear();
         assert_ne!(node_fingerprint(&relabelled), before);
+    }
+
+    #[test]
+    fn a_service_fingerprint_follows_spec_annotations_finalizers_and_addresses_only() {
+        let mut service = Service { spec: Some(Default::default()), ..Service::default() };
+        let before = service_fingerprint(&service);
+        service
+            .annotations_mut()
+            .insert("kubectl.kubernetes.io/last-applied-configuration".into(), "{}".into());
+        service.status = Some(k8s_openapi::api::core::v1::ServiceStatus {
+            conditions: Some(vec![]),
+            ..Default::default()
+        });
+        assert_eq!(service_fingerprint(&service), before);
+        let mut changed = service.clone();
+        changed.annotations_mut().insert("lvs.dev/scheduler".into(), "rr".into());
+        assert_ne!(service_fingerprint(&changed), before);
+        let mut changed = service.clone();
+        changed.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        assert_ne!(service_fingerprint(&changed), before);
+        let mut changed = service.clone();
+        changed.finalizers_mut().push(crate::SERVICE_FINALIZER.into());
+        assert_ne!(service_fingerprint(&changed), before);
     }
 
     #[test]

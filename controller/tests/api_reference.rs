@@ -183,7 +183,7 @@ fn conditions() -> String {
             "Accepted",
             "False",
             "Conflict",
-            "an older VirtualService claims the same key; the message names it",
+            "an older VirtualService, or Service of type LoadBalancer, claims the same key; the message names it",
         ),
         ("Accepted", "False", "Invalid", "the spec breaks rules above; the message lists them"),
         ("Accepted", "False", "NoPool", "no VipPool admits the namespace"),
@@ -262,7 +262,12 @@ fn conditions() -> String {
     out.push_str(
         "\nEvents (`kubectl describe lvs NAME`), once per transition: a `Warning` whose reason is the\n\
          condition's when a condition turns False for a reason other than `Pending` and\n\
-         `NotAccepted`; a `Normal` event `Programmed` when the service becomes programmed.\n",
+         `NotAccepted`; a `Normal` event `Programmed` when the service becomes programmed.\n\n\
+         A Service of type LoadBalancer of class `lvs.dev/ipvs` is no VirtualService, but its\n\
+         ports are judged with them (the older wins a key either way); its outcome is its\n\
+         condition `lvs.dev/Accepted` (reasons `Accepted`, `NoAddress`, `Conflict`, `Invalid`,\n\
+         `VipNotAllowed`) and its `status.loadBalancer.ingress`. Its annotations are listed in\n\
+         [architecture.md](architecture.md#services-of-type-loadbalancer).\n",
     );
     out
 }

@@ -150,6 +150,10 @@ fn rbac_grants_what_each_binary_uses_and_no_more() {
     assert_eq!(verbs(&controller, "vippools"), ["get", "list", "watch"]);
     assert_eq!(verbs(&controller, "vippools/status"), ["get", "patch"]);
     assert_eq!(verbs(&controller, "namespaces"), ["get", "list", "watch"]);
+    // Services of type LoadBalancer: read, finalizer and status only; never created, updated or deleted.
+    assert_eq!(verbs(&controller, "services"), ["get", "list", "watch", "patch"]);
+    assert_eq!(verbs(&controller, "services/status"), ["get", "patch"]);
+    assert_eq!(verbs(&controller, "services/finalizers"), ["update"]);
 
     let agent = rules("lvs-agent");
     assert_eq!(verbs(&agent, "lvsnodes"), ["get", "list", "watch"]);

@@ -27,6 +27,7 @@
 
 pub mod allocation;
 pub mod lvs_node;
+pub mod service_lb;
 pub mod translate;
 pub mod validation;
 pub mod vip_pool;

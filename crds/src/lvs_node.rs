@@ -235,10 +235,14 @@ pub struct Destination {
     pub lower_threshold: u32,
 }
 
-/// The VirtualService an entry comes from.
+/// The VirtualService (or Service of type LoadBalancer) an entry comes from.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceOwner {
+    /// Kind of the owner. Absent: VirtualService.
+    #[serde(default, skip_serializing_if = "OwnerKind::is_virtual_service")]
+    pub kind: OwnerKind,
+
     /// Namespace of the VirtualService.
     pub namespace: String,
 
@@ -252,6 +256,24 @@ pub struct ServiceOwner {
     /// The VirtualService's `metadata.generation` this entry was made from.
     #[serde(default)]
     pub generation: i64,
+}
+
+/// The kinds of object that own IPVS services: a VirtualService and a
+/// Service of type LoadBalancer of the same namespace and name are different
+/// owners.
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+pub enum OwnerKind {
+    #[default]
+    VirtualService,
+    Service,
+}
+
+impl OwnerKind {
+    pub fn is_virtual_service(&self) -> bool {
+        *self == OwnerKind::VirtualService
+    }
 }
 
 /// A VIP a director may hold.

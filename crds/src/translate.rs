@@ -25,6 +25,11 @@
 //! - Real servers: with DirectRouting or Tunnel, a node one of whose
 //!   addresses is a destination (or the sorry server) of a VIP service gets
 //!   that VIP to bind. fwmark services have no VIP to bind.
+//! - Services of type LoadBalancer of our class ([`service_lb`]): each port
+//!   on each of its addresses becomes a service as a VirtualService's would,
+//!   owned by `kind: Service`; they claim their keys in the same age order as
+//!   VirtualServices (a Service all its keys or none), and their verdicts are
+//!   kept apart in [`Translation::load_balancers`].
 //! - Objects: a node's state is split into chunks (`<node>`, `<node>-1`, ...)
 //!   of at most `max_object_bytes` of JSON each, see [`TranslateOptions`].
 
@@ -38,10 +43,10 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Node},
+        core::v1::{Namespace, Node, Service},
         discovery::v1::EndpointSlice,
     },
-    apimachinery::pkg::apis::meta::v1::Time,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
 use serde::Serialize;
 
@@ -50,16 +55,18 @@ use crate::{
     allocation::PoolUsage,
     lvs_node::{
         ConnectionSync, Destination, DirectorState, DirectorVip, IpvsPersistence, IpvsService,
-        IpvsServiceKey, RealServerMode, RealServerState, RealServerVip, ServiceOwner, VrrpInstance,
+        IpvsServiceKey, OwnerKind, RealServerMode, RealServerState, RealServerVip, ServiceOwner,
+        VrrpInstance,
     },
+    service_lb::{self, LoadBalancerPort, LoadBalancerRequest},
     validation::{netmask_prefix_length, parse_ip},
     virtual_service::{AddressFamily, BackendService, Forwarding, Protocol, VirtualServiceSpec},
 };
 
 mod tenancy;
 
-use tenancy::RealServerNodes;
-pub use tenancy::{VIRTUAL_SERVICE_KIND, claim_of, owner_of, reservations};
+use tenancy::{RealServerNodes, Tenancy};
+pub use tenancy::{SERVICE_KIND, VIRTUAL_SERVICE_KIND, claim_of, owner_of, reservations, service_claims};
 
 /// Largest serialized size of one LvsNode object by default: 1 MiB (etcd
 /// refuses objects over 1.5 MiB; the rest is headroom for status and
@@ -87,7 +94,7 @@ pub struct ClusterState {
     /// Unique by name.
     pub nodes: Vec<Node>,
     /// Of every namespace; only those labelled `kubernetes.io/service-name`
-    /// with a VirtualService's `backendService` count.
+    /// with a VirtualService's `backendService`, or a Service of ours, count.
     pub endpoint_slices: Vec<EndpointSlice>,
     /// The administrator's VipPools (the cluster mode): every VirtualService
     /// takes its VIP, directors and permissions from a pool that admits its
@@ -97,6 +104,9 @@ pub struct ClusterState {
     pub vip_pools: Option<Vec<VipPool>>,
     /// The namespaces with their labels, for the pools' `namespaceSelector`.
     pub namespaces: Vec<Namespace>,
+    /// Unique by (namespace, name); only those of type LoadBalancer and our
+    /// class count (see [`service_lb::is_ours`]).
+    pub services: Vec<Service>,
 }
 
 /// Knobs of the translation.
@@ -112,6 +122,9 @@ pub struct TranslateOptions {
     pub pod_cidrs: Vec<ipnet::IpNet>,
     /// The API server's addresses: never a VIP (with pools).
     pub api_server_addresses: Vec<IpAddr>,
+    /// Also serve the Services of type LoadBalancer that name no class: we
+    /// are the cluster's default load-balancer implementation.
+    pub default_load_balancer_class: bool,
 }
 
 impl Default for TranslateOptions {
@@ -121,6 +134,7 @@ impl Default for TranslateOptions {
             service_cidrs: Vec::new(),
             pod_cidrs: Vec::new(),
             api_server_addresses: Vec::new(),
+            default_load_balancer_class: false,
         }
     }
 }
@@ -137,6 +151,9 @@ pub struct Translation {
     pub allocations: BTreeMap<ObjectId, VipAllocation>,
     /// With pools: each pool's count, by name.
     pub pools: BTreeMap<String, PoolUsage>,
+    /// One per Service of ours: apart from `verdicts`, since a Service and a
+    /// VirtualService may share a namespace and name.
+    pub load_balancers: BTreeMap<ObjectId, LoadBalancerOutcome>,
 }
 
 /// A VirtualService's VIP and pool.
@@ -147,6 +164,14 @@ pub struct VipAllocation {
     pub pool: String,
     /// An earlier VIP that was released because its pool no longer holds it.
     pub released: Option<IpAddr>,
+}
+
+/// What became of a Service of type LoadBalancer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadBalancerOutcome {
+    pub verdict: Verdict,
+    /// Its addresses, one per family served, when accepted: its `status.loadBalancer.ingress`.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// (namespace, name) of a VirtualService.
@@ -175,8 +200,14 @@ pub struct Age {
 
 impl Age {
     pub fn of(vs: &VirtualService) -> Self {
-        let created = vs.metadata.creation_timestamp.clone();
-        Age { undated: created.is_none(), created, id: object_id(vs) }
+        Self::of_meta(&vs.metadata)
+    }
+
+    /// The age of any object, by its metadata.
+    pub fn of_meta(meta: &ObjectMeta) -> Self {
+        let created = meta.creation_timestamp.clone();
+        let id = (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
+        Age { undated: created.is_none(), created, id }
     }
 }
 
@@ -184,9 +215,11 @@ impl Age {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Accepted,
-    /// Another VirtualService (older) claims the same (vip, port, protocol) / fwmark.
+    /// An older VirtualService or Service claims the same (vip, port, protocol) / fwmark.
     Conflict {
         winner: ObjectId,
+        /// Of the winner.
+        winner_kind: OwnerKind,
         key: String,
     },
     Invalid(Vec<ValidationError>),
@@ -196,12 +229,24 @@ pub enum Verdict {
         reason: &'static str,
         message: String,
     },
+    /// The VIP is the address of a node: taking it would cut the node off.
+    VipIsNodeAddress {
+        vip: String,
+        node: String,
+    },
+    /// A Service of type LoadBalancer got no address.
+    NoAddress,
 }
 
 impl Verdict {
     /// The verdict on a VirtualService that claims `claim`, which the older `winner` holds.
     pub fn conflict(winner: ObjectId, claim: &IpvsServiceKey) -> Self {
-        Verdict::Conflict { winner, key: describe_claim(claim) }
+        Self::conflict_with((winner, OwnerKind::VirtualService), claim)
+    }
+
+    /// The same, when the winner may be a VirtualService or a Service.
+    pub fn conflict_with((winner, winner_kind): (ObjectId, OwnerKind), claim: &IpvsServiceKey) -> Self {
+        Verdict::Conflict { winner, winner_kind, key: describe_claim(claim) }
     }
 
     /// The `reason` of the `Accepted` condition.
@@ -211,6 +256,8 @@ impl Verdict {
             Verdict::Conflict { .. } => "Conflict",
             Verdict::Invalid(_) => "Invalid",
             Verdict::Refused { reason, .. } => reason,
+            Verdict::VipIsNodeAddress { .. } => "VipNotAllowed",
+            Verdict::NoAddress => "NoAddress",
         }
     }
 
@@ -218,11 +265,16 @@ impl Verdict {
     pub fn message(&self) -> String {
         match self {
             Verdict::Accepted => "valid, and no older VirtualService claims its key".to_owned(),
-            Verdict::Conflict { winner, key } => {
-                format!("{key} is already claimed by the older VirtualService {}", qualified_name(winner))
+            Verdict::Conflict { winner, winner_kind, key } => {
+                format!("{key} is already claimed by the older {winner_kind:?} {}", qualified_name(winner))
             }
             Verdict::Invalid(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
             Verdict::Refused { message, .. } => message.clone(),
+            Verdict::VipIsNodeAddress { vip, node } => format!("vip {vip} is an address of node {node}"),
+            Verdict::NoAddress => format!(
+                "no address: request one with spec.loadBalancerIP or the annotation {}",
+                service_lb::VIP_ANNOTATION
+            ),
         }
     }
 }
@@ -234,10 +286,16 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translatio
     let backends = Backends::new(&state.endpoint_slices);
     let tenancy = state.vip_pools.as_deref().map(|pools| tenancy::admit(state, pools, options));
     let effective = tenancy.as_ref().map_or(&state.virtual_services[..], |t| &t.effective[..]);
-    let (accepted, mut verdicts) = judge(effective, options);
+    let balancers = load_balancers(state, &nodes, &backends, options, tenancy.as_ref());
+    let judged = judge(effective, balancers, Some(&nodes));
+    let mut verdicts = judged.verdicts;
 
+    // The Services' ports as VirtualServices (each with its one director under
+    // `externalTrafficPolicy: Local`), kept here: the resolved services borrow them.
+    let ports: Vec<(VirtualService, Option<usize>)> =
+        judged.load_balancers.iter().flat_map(|lb| lb.virtual_services(&nodes)).collect();
     let mut services: Vec<Resolved<'_>> =
-        accepted.into_iter().map(|vs| resolve(vs, &nodes, &backends)).collect();
+        judged.accepted.iter().map(|&vs| resolve(vs, OwnerKind::VirtualService, &nodes, &backends)).collect();
     let (mut allocations, mut pools) = (BTreeMap::new(), BTreeMap::new());
     if let Some(tenancy) = tenancy.as_ref() {
         for resolved in &mut services {
@@ -251,6 +309,16 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translatio
         verdicts.extend(refused);
         allocations.clone_from(&tenancy.allocations);
         pools.clone_from(&tenancy.allocation.pools);
+    }
+    // A Service's real servers are its own endpoints: the nodes among them
+    // (host-network pods) are the only ones its ports may change.
+    for (port, director) in &ports {
+        let mut resolved = resolve(port, OwnerKind::Service, &nodes, &backends);
+        resolved.real_server_nodes = RealServerNodes::Any;
+        if let Some(director) = director {
+            resolved.directors = vec![*director];
+        }
+        services.push(resolved);
     }
     for resolved in &mut services {
         resolved.fingerprint = Fingerprint::of(&resolved.service);
@@ -282,7 +350,7 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translatio
         .flat_map(|(node, state)| state.into_objects(nodes.name(node), options.max_object_bytes, &names))
         .collect();
     lvs_nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    Translation { lvs_nodes, verdicts, allocations, pools }
+    Translation { lvs_nodes, verdicts, allocations, pools, load_balancers: judged.load_balancer_outcomes }
 }
 
 /// One VirtualService's part of one node's desired state, translated alone.
@@ -307,9 +375,9 @@ pub struct NodePart {
 /// building LvsNode objects: for an agent that keeps its manifests' state
 /// per VirtualService and updates it one document at a time. No
 /// EndpointSlices: `backendService` contributes no destinations here.
-pub fn translate_for_node(vs: &VirtualService, node: &Node, options: &TranslateOptions) -> NodePart {
-    let (accepted, verdicts) = judge(std::slice::from_ref(vs), options);
-    let verdict = verdicts.into_values().next().unwrap_or(Verdict::Accepted);
+pub fn translate_for_node(vs: &VirtualService, node: &Node, _options: &TranslateOptions) -> NodePart {
+    let judged = judge(std::slice::from_ref(vs), Vec::new(), None);
+    let verdict = judged.verdicts.into_values().next().unwrap_or(Verdict::Accepted);
     let mut part = NodePart {
         verdict,
         service: None,
@@ -318,11 +386,11 @@ pub fn translate_for_node(vs: &VirtualService, node: &Node, options: &TranslateO
         real_server_vip: None,
         director_settings: None,
     };
-    if accepted.is_empty() {
+    if judged.accepted.is_empty() {
         return part;
     }
     let nodes = NodeIndex::new(std::slice::from_ref(node));
-    let resolved = resolve(vs, &nodes, &Backends::new(&[]));
+    let resolved = resolve(vs, OwnerKind::VirtualService, &nodes, &Backends::new(&[]));
     part.directs = !resolved.directors.is_empty();
     part.director_vip = resolved.director_vip(nodes.vrrp_priority(0));
     if !nodes.owners_of(resolved.real_server_addresses()).is_empty() {
@@ -333,42 +401,222 @@ pub fn translate_for_node(vs: &VirtualService, node: &Node, options: &TranslateO
     part
 }
 
-/// Verdicts in age order: each valid, allowed VirtualService claims its key
-/// unless an older one did.
+/// The verdicts, and what is accepted.
+struct Judged<'a> {
+    accepted: Vec<&'a VirtualService>,
+    verdicts: BTreeMap<ObjectId, Verdict>,
+    load_balancers: Vec<LoadBalancer<'a>>,
+    load_balancer_outcomes: BTreeMap<ObjectId, LoadBalancerOutcome>,
+}
+
+/// Verdicts in age order, VirtualServices and Services of type LoadBalancer
+/// alike: each valid, allowed one claims its keys unless an older one did (a
+/// Service claims all its ports' keys, or none).
 fn judge<'a>(
     services: &'a [VirtualService],
-    _options: &TranslateOptions,
-) -> (Vec<&'a VirtualService>, BTreeMap<ObjectId, Verdict>) {
-    let mut by_age: Vec<(Age, &VirtualService)> = services.iter().map(|vs| (Age::of(vs), vs)).collect();
-    by_age.sort_by(|a, b| a.0.cmp(&b.0));
+    balancers: Vec<(Age, Result<LoadBalancer<'a>, Verdict>)>,
+    nodes: Option<&NodeIndex<'_>>,
+) -> Judged<'a> {
+    enum Candidate<'a> {
+        Virtual(&'a VirtualService),
+        Balancer(Result<LoadBalancer<'a>, Verdict>),
+    }
+    let mut queue: Vec<(Age, OwnerKind, Candidate<'a>)> = services
+        .iter()
+        .map(|vs| (Age::of(vs), OwnerKind::VirtualService, Candidate::Virtual(vs)))
+        .chain(balancers.into_iter().map(|(age, b)| (age, OwnerKind::Service, Candidate::Balancer(b))))
+        .collect();
+    queue.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
 
-    let mut claims: HashMap<IpvsServiceKey, ObjectId> = HashMap::new();
-    let mut accepted = Vec::new();
-    let mut verdicts = BTreeMap::new();
-    for (Age { id, .. }, vs) in by_age {
-        let spec = &vs.spec;
-        let verdict = if let Err(errors) = spec.validate() {
-            Verdict::Invalid(errors)
-        } else if spec.vip.is_none() && spec.fwmark.is_none() {
-            // With pools, the allocation gave it one.
-            Verdict::Refused {
-                reason: "NoVip",
-                message: "without VipPools (the standalone agent) a vip or fwmark is required".into(),
+    let mut claims: HashMap<IpvsServiceKey, (ObjectId, OwnerKind)> = HashMap::new();
+    let mut judged = Judged {
+        accepted: Vec::new(),
+        verdicts: BTreeMap::new(),
+        load_balancers: Vec::new(),
+        load_balancer_outcomes: BTreeMap::new(),
+    };
+    for (Age { id, .. }, kind, candidate) in queue {
+        match candidate {
+            Candidate::Virtual(vs) => {
+                let spec = &vs.spec;
+                let verdict = if let Err(errors) = spec.validate() {
+                    Verdict::Invalid(errors)
+                } else if spec.vip.is_none() && spec.fwmark.is_none() {
+                    // With pools, the allocation gave it one.
+                    Verdict::Refused {
+                        reason: "NoVip",
+                        message: "without VipPools (the standalone agent) a vip or fwmark is required".into(),
+                    }
+                } else {
+                    let key = service_key(spec);
+                    match claims.entry(claim(&key)) {
+                        Entry::Occupied(winner) => Verdict::conflict_with(winner.get().clone(), winner.key()),
+                        Entry::Vacant(free) => {
+                            free.insert((id.clone(), kind));
+                            judged.accepted.push(vs);
+                            Verdict::Accepted
+                        }
+                    }
+                };
+                judged.verdicts.insert(id, verdict);
             }
-        } else {
-            let key = service_key(spec);
-            match claims.entry(claim(&key)) {
-                Entry::Occupied(winner) => Verdict::conflict(winner.get().clone(), winner.key()),
-                Entry::Vacant(free) => {
-                    free.insert(id.clone());
-                    accepted.push(vs);
+            Candidate::Balancer(Err(verdict)) => {
+                judged
+                    .load_balancer_outcomes
+                    .insert(id, LoadBalancerOutcome { verdict, addresses: Vec::new() });
+            }
+            Candidate::Balancer(Ok(balancer)) => {
+                let keys: Vec<IpvsServiceKey> =
+                    balancer.ports.iter().map(|p| claim(&service_key(&p.spec))).collect();
+                let taken = keys.iter().find_map(|key| claims.get_key_value(key));
+                let verdict = if let Some((vip, node)) = nodes.and_then(|nodes| {
+                    balancer.addresses.iter().find_map(|vip| Some((vip, nodes.by_address.get(vip)?[0])))
+                }) {
+                    let node = nodes.map(|n| n.name(node).to_owned()).unwrap_or_default();
+                    Verdict::VipIsNodeAddress { vip: vip.to_string(), node }
+                } else if let Some((key, winner)) = taken {
+                    Verdict::conflict_with(winner.clone(), key)
+                } else {
                     Verdict::Accepted
+                };
+                let accepted = verdict == Verdict::Accepted;
+                let addresses = if accepted { balancer.addresses.clone() } else { Vec::new() };
+                if accepted {
+                    for key in keys {
+                        claims.insert(key, (id.clone(), kind));
+                    }
+                    judged.load_balancers.push(balancer);
+                }
+                judged.load_balancer_outcomes.insert(id, LoadBalancerOutcome { verdict, addresses });
+            }
+        }
+    }
+    judged
+}
+
+/// A Service of ours, ready to be judged: its addresses and its ports.
+struct LoadBalancer<'a> {
+    service: &'a Service,
+    addresses: Vec<IpAddr>,
+    ports: Vec<LoadBalancerPort>,
+    /// `externalTrafficPolicy: Local`.
+    local: bool,
+}
+
+impl LoadBalancer<'_> {
+    /// Its ports as VirtualServices. With `externalTrafficPolicy: Local`, one
+    /// per port and director with ready endpoints on its own node, holding
+    /// those alone; no such director, no service.
+    fn virtual_services(&self, nodes: &NodeIndex<'_>) -> Vec<(VirtualService, Option<usize>)> {
+        let meta = &self.service.metadata;
+        let metadata = ObjectMeta {
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
+            uid: meta.uid.clone(),
+            generation: meta.generation,
+            ..ObjectMeta::default()
+        };
+        let as_virtual_service = |spec| VirtualService { metadata: metadata.clone(), spec, status: None };
+        let mut result = Vec::new();
+        for port in &self.ports {
+            if !self.local {
+                result.push((as_virtual_service(port.spec.clone()), None));
+                continue;
+            }
+            for director in nodes.directors(&port.spec) {
+                let name = nodes.name(director);
+                // The real servers were made from the endpoints, in their order.
+                let local: Vec<_> = (port.spec.real_servers.iter().zip(&port.endpoints))
+                    .filter(|(_, endpoint)| endpoint.node.as_deref() == Some(name))
+                    .map(|(real_server, _)| real_server.clone())
+                    .collect();
+                if !local.is_empty() {
+                    let spec = VirtualServiceSpec { real_servers: local, ..port.spec.clone() };
+                    result.push((as_virtual_service(spec), Some(director)));
                 }
             }
-        };
-        verdicts.insert(id, verdict);
+        }
+        result
     }
-    (accepted, verdicts)
+}
+
+/// The Services of ours, in any order, each with its addresses and ports or
+/// what refuses it. With pools, the addresses are the allocation's and each
+/// port is held within its pool (directors, interface, forwarding method).
+fn load_balancers<'a>(
+    state: &'a ClusterState,
+    nodes: &NodeIndex<'_>,
+    backends: &Backends<'_>,
+    options: &TranslateOptions,
+    tenancy: Option<&Tenancy>,
+) -> Vec<(Age, Result<LoadBalancer<'a>, Verdict>)> {
+    let pools = state.vip_pools.as_deref().unwrap_or_default();
+    let ours = state.services.iter().filter(|s| service_lb::is_ours(s, options.default_load_balancer_class));
+    ours.map(|service| {
+        (
+            Age::of_meta(&service.metadata),
+            load_balancer(service, nodes, backends, tenancy.map(|t| (t, pools))),
+        )
+    })
+    .collect()
+}
+
+fn load_balancer<'a>(
+    service: &'a Service,
+    nodes: &NodeIndex<'_>,
+    backends: &Backends<'_>,
+    tenancy: Option<(&Tenancy, &[VipPool])>,
+) -> Result<LoadBalancer<'a>, Verdict> {
+    let (request, settings) = match (service_lb::request(service), service_lb::settings(service)) {
+        (Ok(request), Ok(settings)) => (request, settings),
+        (request, settings) => {
+            let errors = request.err().into_iter().chain(settings.err()).flatten().collect();
+            return Err(Verdict::Invalid(errors));
+        }
+    };
+    let given: Vec<(IpAddr, Option<String>)> = match tenancy {
+        Some((tenancy, _)) => {
+            tenancy.service_addresses(&request)?.into_iter().map(|(ip, pool)| (ip, Some(pool))).collect()
+        }
+        None => assign_addresses(&request)?.into_iter().map(|ip| (ip, None)).collect(),
+    };
+    let addresses: Vec<IpAddr> = given.iter().map(|(ip, _)| *ip).collect();
+    let (namespace, name) = &request.id;
+    let slices = backends.by_service.get(&(namespace.as_str(), name.as_str())).map_or(&[][..], Vec::as_slice);
+    let mut ports =
+        service_lb::ports(service, &settings, &addresses, slices, |ip| nodes.by_address.contains_key(&ip))
+            .map_err(Verdict::Invalid)?;
+    if let Some((_, pools)) = tenancy {
+        for port in &mut ports {
+            let vip = port.spec.vip.as_deref().and_then(parse_ip);
+            let pool_name =
+                given.iter().find(|(ip, _)| Some(*ip) == vip).and_then(|(_, pool)| pool.as_deref());
+            let pool = pools.iter().find(|p| p.metadata.name.as_deref() == pool_name);
+            let pool = pool.ok_or(Verdict::NoAddress)?;
+            port.spec = tenancy::service_port_within(&service.metadata, &port.spec, pool)?;
+        }
+    }
+    Ok(LoadBalancer { service, addresses, ports, local: settings.local })
+}
+
+/// The addresses of a Service's load balancer, one per family it is served
+/// in, or why it gets none.
+///
+/// Without VipPools only (the cluster mode always has them, so this is for
+/// translations made without pools): a Service gets the addresses it
+/// requested (`spec.loadBalancerIP`, the annotation `lvs.dev/vip`) and nothing
+/// else: without one it is refused (`NoAddress`), and with `RequireDualStack`
+/// it needs one of each family.
+fn assign_addresses(request: &LoadBalancerRequest) -> Result<Vec<IpAddr>, Verdict> {
+    let addresses: Vec<IpAddr> = (request.families.iter())
+        .filter_map(|family| {
+            request.requested.iter().find(|ip| AddressFamily::from(**ip) == *family).copied()
+        })
+        .collect();
+    if addresses.is_empty() || (request.require_every_family && addresses.len() < request.families.len()) {
+        return Err(Verdict::NoAddress);
+    }
+    Ok(addresses)
 }
 
 /// The kernel's key of a valid spec's service.
@@ -582,7 +830,12 @@ struct Resolved<'a> {
     real_server_nodes: RealServerNodes,
 }
 
-fn resolve<'a>(vs: &'a VirtualService, nodes: &NodeIndex<'_>, backends: &Backends<'_>) -> Resolved<'a> {
+fn resolve<'a>(
+    vs: &'a VirtualService,
+    kind: OwnerKind,
+    nodes: &NodeIndex<'_>,
+    backends: &Backends<'_>,
+) -> Resolved<'a> {
     let spec = &vs.spec;
     let family = spec.family();
     let service_port = spec.port.unwrap_or(0);
@@ -637,6 +890,7 @@ fn resolve<'a>(vs: &'a VirtualService, nodes: &NodeIndex<'_>, backends: &Backend
         ),
     });
     let owner = ServiceOwner {
+        kind,
         namespace: vs.metadata.namespace.clone().unwrap_or_default(),
         name: vs.metadata.name.clone().unwrap_or_default(),
         uid: vs.metadata.uid.clone().unwrap_or_default(),

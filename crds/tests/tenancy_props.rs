@@ -205,6 +205,7 @@ fn cluster() -> impl Strategy<Value = ClusterState> {
             endpoint_slices: Vec::new(),
             vip_pools: Some(pools),
             namespaces,
+            services: Vec::new(),
         },
     )
 }
@@ -222,6 +223,7 @@ fn shuffled(cluster: ClusterState) -> impl Strategy<Value = ClusterState> {
             endpoint_slices: Vec::new(),
             vip_pools: Some(pools),
             namespaces,
+            services: Vec::new(),
         })
 }
 

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use cluster::{annotated, director, endpoint_slice, json, node, state, states, virtual_service};
 use lvs_crds::{
     ClusterState, LvsNode, LvsNodeSpec, TranslateOptions, Translation, Verdict, VipPool, assemble,
-    lvs_node::{ConnectionSync, Destination, RealServerMode, VrrpInstance},
+    lvs_node::{ConnectionSync, Destination, OwnerKind, RealServerMode, VrrpInstance},
     translate,
     virtual_service::{Forwarding, Tunnel},
 };
@@ -511,7 +511,11 @@ fn the_oldest_claim_wins_a_conflict() {
         ),
     ];
     let t = run(cluster);
-    let conflict = Verdict::Conflict { winner: id("a", "old"), key: "TCP 192.168.16.100:80".into() };
+    let conflict = Verdict::Conflict {
+        winner: id("a", "old"),
+        winner_kind: OwnerKind::VirtualService,
+        key: "TCP 192.168.16.100:80".into(),
+    };
     assert_eq!(t.verdicts[&id("a", "old")], Verdict::Accepted);
     assert_eq!(t.verdicts[&id("b", "old")], conflict);
     assert_eq!(t.verdicts[&id("b", "newer")], conflict);
@@ -544,7 +548,11 @@ fn fwmark_services_conflict_by_mark_and_family() {
     assert_eq!(t.verdicts[&id("default", "web")], Verdict::Accepted);
     assert_eq!(
         t.verdicts[&id("default", "udp")],
-        Verdict::Conflict { winner: id("default", "web"), key: "fwmark 7 (IPv4)".into() }
+        Verdict::Conflict {
+            winner: id("default", "web"),
+            winner_kind: OwnerKind::VirtualService,
+            key: "fwmark 7 (IPv4)".into()
+        }
     );
     assert_eq!(t.verdicts[&id("default", "v6")], Verdict::Accepted);
 }

@@ -50,6 +50,7 @@ fn desired(services: usize) -> Arc<Desired> {
                     name: format!("web{index}"),
                     uid: format!("u{index}"),
                     generation: 1,
+                    ..Default::default()
                 },
                 key: IpvsServiceKey {
                     family: AddressFamily::IPv4,

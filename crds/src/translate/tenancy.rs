@@ -15,21 +15,30 @@
 //! VirtualService whose VRRP settings contradict an older one's on a shared
 //! director: every other VIP keeps working.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 
 use super::{Age, DIRECTOR_LABEL, NodeIndex, ObjectId, Resolved, Verdict, VipAllocation, object_id};
 use crate::{
     VirtualService,
     allocation::{Allocation, Claim, Owner, Refusal, Reservation, allocate},
-    lvs_node::IpvsServiceKey,
+    lvs_node::{IpvsServiceKey, OwnerKind},
+    service_lb::{self, LoadBalancerRequest},
     translate::{ClusterState, TranslateOptions, describe_claim},
     validation::parse_ip,
     vip_pool::VipPool,
-    virtual_service::{AddressFamily, Directors},
+    virtual_service::{AddressFamily, Directors, VirtualServiceSpec},
 };
 
 /// The owner kind of a VirtualService's claims.
 pub const VIRTUAL_SERVICE_KIND: &str = "VirtualService";
+
+/// The owner kind of a Service's claims (type LoadBalancer, our class).
+pub const SERVICE_KIND: &str = "Service";
 
 /// Which nodes may be changed as real servers of a service (the VIP bound,
 /// sysctls).
@@ -70,6 +79,30 @@ pub fn claim_of(vs: &VirtualService) -> Claim {
     }
 }
 
+/// The claims of a Service of type LoadBalancer: one per family it serves,
+/// in the same allocation as the VirtualServices', so that no address is
+/// handed out twice whichever kind holds it.
+pub fn service_claims(service: &Service, request: &LoadBalancerRequest) -> Vec<Claim> {
+    let of_family = |addresses: &[IpAddr], family: AddressFamily| {
+        addresses.iter().find(|ip| AddressFamily::from(**ip) == family).copied()
+    };
+    let (namespace, name) = request.id.clone();
+    (request.families.iter())
+        .map(|&family| Claim {
+            owner: Owner { kind: SERVICE_KIND.to_owned(), namespace: namespace.clone(), name: name.clone() },
+            created: service.metadata.creation_timestamp.clone(),
+            family,
+            requested: of_family(&request.requested, family),
+            pool: request.pool.clone(),
+            previous: of_family(&request.previous, family),
+            // The Service's status names no pool: any admitting pool that
+            // still holds the address keeps it.
+            previous_pool: None,
+            ports: request.ports.iter().map(|&(protocol, port)| (port, protocol)).collect(),
+        })
+        .collect()
+}
+
 pub fn owner_of(vs: &VirtualService) -> Owner {
     let (namespace, name) = object_id(vs);
     Owner { kind: VIRTUAL_SERVICE_KIND.to_owned(), namespace, name }
@@ -103,10 +136,17 @@ pub fn reservations(
 
 pub(super) fn admit(state: &ClusterState, pools: &[VipPool], options: &TranslateOptions) -> Tenancy {
     let valid: Vec<bool> = state.virtual_services.iter().map(|vs| vs.spec.validate().is_ok()).collect();
-    let claims: Vec<Claim> = (state.virtual_services.iter().zip(&valid))
+    let mut claims: Vec<Claim> = (state.virtual_services.iter().zip(&valid))
         .filter(|(vs, valid)| **valid && vs.spec.fwmark.is_none())
         .map(|(vs, _)| claim_of(vs))
         .collect();
+    let services =
+        state.services.iter().filter(|s| service_lb::is_ours(s, options.default_load_balancer_class));
+    for service in services {
+        if let Ok(request) = service_lb::request(service) {
+            claims.extend(service_claims(service, &request));
+        }
+    }
     let ports: HashMap<&Owner, &Claim> = claims.iter().map(|c| (&c.owner, c)).collect();
     let allocation = allocate(pools, &state.namespaces, &reservations(&state.nodes, options), &claims);
 
@@ -168,6 +208,48 @@ pub(super) fn admit(state: &ClusterState, pools: &[VipPool], options: &Translate
     tenancy
 }
 
+impl Tenancy {
+    /// A Service's addresses, each with its pool, from the allocation: one per
+    /// family served (every family with `RequireDualStack`), or the refusal.
+    pub(super) fn service_addresses(
+        &self,
+        request: &LoadBalancerRequest,
+    ) -> Result<Vec<(IpAddr, String)>, Verdict> {
+        let (namespace, name) = request.id.clone();
+        let owner = Owner { kind: SERVICE_KIND.to_owned(), namespace, name };
+        let mut given = Vec::new();
+        let mut refusal = None;
+        for &family in &request.families {
+            match self.allocation.outcomes.get(&(owner.clone(), family)) {
+                Some(Ok(allocated)) => given.push((allocated.address, allocated.pool.clone())),
+                Some(Err(refused)) => {
+                    refusal.get_or_insert(Verdict::Refused {
+                        reason: refused.reason(),
+                        message: refused.message(),
+                    });
+                }
+                None => drop(refusal.get_or_insert(Verdict::NoAddress)),
+            }
+        }
+        match refusal {
+            Some(verdict) if given.is_empty() || request.require_every_family => Err(verdict),
+            _ => Ok(given),
+        }
+    }
+}
+
+/// A Service's port within its pool: the pool's directors and interface, and
+/// a forwarding method the pool allows. Its real servers are the Service's
+/// own endpoints, so no node selector is narrowed.
+pub(super) fn service_port_within(
+    service: &ObjectMeta,
+    spec: &VirtualServiceSpec,
+    pool: &VipPool,
+) -> Result<VirtualServiceSpec, Verdict> {
+    let port = VirtualService { metadata: service.clone(), spec: spec.clone(), status: None };
+    within(&port, pool, None).map(|(effective, _)| effective.spec)
+}
+
 /// The verdict on a VirtualService the allocation refused: an address held
 /// by an older VirtualService on the same key is the usual key conflict.
 fn refused_by_allocation(
@@ -175,9 +257,9 @@ fn refused_by_allocation(
     refusal: &Refusal,
     claims: &HashMap<&Owner, &Claim>,
 ) -> Verdict {
-    if let Refusal::InUse { address, holder, same_ports: true } = refusal
-        && holder.kind == VIRTUAL_SERVICE_KIND
-    {
+    if let Refusal::InUse { address, holder, same_ports: true } = refusal {
+        let winner_kind =
+            if holder.kind == SERVICE_KIND { OwnerKind::Service } else { OwnerKind::VirtualService };
         let key = IpvsServiceKey {
             family: AddressFamily::from(*address),
             address: Some(*address),
@@ -188,6 +270,7 @@ fn refused_by_allocation(
         if claims.get(holder).is_some_and(|c| c.ports.contains(&(key.port, key.protocol))) {
             return Verdict::Conflict {
                 winner: (holder.namespace.clone(), holder.name.clone()),
+                winner_kind,
                 key: describe_claim(&key),
             };
         }
