@@ -872,15 +872,22 @@ spec:
         assert_ne!(next.version(), desired.version());
     }
 
-    /// The watch against a mock API server: the list holds both chunks of one
-    /// revision (and nothing is sent before it is complete), then a watch event
-    /// deletes them, which is the empty state.
+    /// The watch against a mock API server: the version cached on disk goes
+    /// first, before the API server answers; then the list holds both chunks
+    /// of one revision (and nothing is sent before it is complete), then a
+    /// watch event deletes them, which is the empty state; the cache follows.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_watch_sends_each_version_of_the_node_state() {
         let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let api: Api<LvsNode> = Api::all(Client::new(mock, "default"));
         let (engine, versions) = mpsc::channel();
-        let watch = tokio::spawn(async move { watch_desired(api, "lvs1", engine).await });
+        let dir = std::env::temp_dir().join(format!("lvs-agent-watch-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        DesiredCache::new(&dir, "lvs1")
+            .write(&Desired::of("lvs1", vec![chunk(0, 1, "r0")]).unwrap())
+            .unwrap();
+        let cache = DesiredCache::new(&dir, "lvs1");
+        let watch = tokio::spawn(async move { watch_desired(api, "lvs1", cache, engine).await });
         let object = |chunk: &Arc<LvsNode>| {
             let mut value = serde_json::to_value(chunk.as_ref()).unwrap();
             value["metadata"]["resourceVersion"] = json!("5");
@@ -918,6 +925,8 @@ spec:
             Input::Desired(desired) => desired,
             other => panic!("not a version: {other:?}"),
         };
+        let cached = tokio::task::block_in_place(receive);
+        assert_eq!(cached.spec.revision, "r0", "the cached version, first");
         let listed = tokio::task::block_in_place(receive);
         assert_eq!(listed.spec.revision, "r1");
         assert_eq!(listed.objects.len(), 2);
@@ -926,7 +935,17 @@ spec:
         let deleted = tokio::task::block_in_place(receive);
         assert!(deleted.objects.is_empty());
         assert_eq!(*deleted.spec(), LvsNodeSpec { node: "lvs1".into(), chunks: 1, ..LvsNodeSpec::default() });
+        // The cache holds the last version sent.
+        let cache = DesiredCache::new(&dir, "lvs1");
+        for _ in 0..100 {
+            if cache.read().is_some_and(|d| d.objects.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(cache.read().expect("a cache").spec, deleted.spec);
         watch.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn time(at: &str) -> Time {
