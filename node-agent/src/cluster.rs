@@ -135,13 +135,14 @@ pub async fn run(options: RunOptions) -> Result<()> {
     })?;
 
     let api: Api<LvsNode> = Api::all(client);
+    let cache = DesiredCache::new(&options.state_dir, &options.node_name);
     let write_statuses = write_statuses(reports, StatusWriter::new(api.clone()));
     let listener = tokio::net::TcpListener::bind(options.metrics_address)
         .await
         .with_context(|| format!("listening on {}", options.metrics_address))?;
     info!(node = %options.node_name, metrics = %options.metrics_address, "started");
     let result = tokio::select! {
-        result = watch_desired(api, &options.node_name, inputs_tx.clone()) => result,
+        result = watch_desired(api, &options.node_name, cache, inputs_tx.clone()) => result,
         () = write_statuses => Err(anyhow::anyhow!("the engine thread stopped")),
         result = Endpoints::new(metrics, resync, options.metrics_destinations).serve(listener) => result.context("serving /metrics"),
         () = shutdown_signal() => Ok(()),
@@ -176,10 +177,31 @@ async fn shutdown_signal() {
 /// Watches the node's LvsNode objects and sends each new version of its desired
 /// state to the engine. Returns (an error) only when the engine or the watch
 /// is gone; watch errors are logged and retried with backoff.
-async fn watch_desired(api: Api<LvsNode>, node: &str, engine: InboxSender<Arc<Desired>>) -> Result<()> {
+///
+/// Each version is also cached on disk ([`DesiredCache`]), and the cached one
+/// goes to the engine first: an agent restarted while the API server is away
+/// applies it, runs its health checks and VRRP, until the watch's first version
+/// replaces it.
+async fn watch_desired(
+    api: Api<LvsNode>,
+    node: &str,
+    cache: DesiredCache,
+    engine: InboxSender<Arc<Desired>>,
+) -> Result<()> {
+    let cache = Arc::new(cache);
+    let reader = Arc::clone(&cache);
+    let cached = tokio::task::spawn_blocking(move || reader.read()).await?;
+    if let Some(cached) = cached {
+        info!(revision = %cached.spec.revision, "applying the desired state cached on disk until the API server answers");
+        if engine.send(Input::Desired(Arc::new(cached))).is_err() {
+            anyhow::bail!("the engine thread stopped");
+        }
+    }
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().labels(&format!("{NODE_LABEL}={node}"));
     let mut events = watcher(api, config).default_backoff().reflect(writer).boxed();
+    // Not the cached version: the API's first version always goes on (its
+    // objects carry the statuses the writer compares with).
     let mut sent: Option<Arc<Desired>> = None;
     while let Some(event) = events.next().await {
         match event {
@@ -201,9 +223,88 @@ async fn watch_desired(api: Api<LvsNode>, node: &str, engine: InboxSender<Arc<De
         if engine.send(Input::Desired(Arc::clone(&desired))).is_err() {
             anyhow::bail!("the engine thread stopped");
         }
+        let (writer, version) = (Arc::clone(&cache), Arc::clone(&desired));
+        if let Err(error) = tokio::task::spawn_blocking(move || writer.write(&version)).await? {
+            warn!(error = format!("{error:#}"), "caching the desired state on disk");
+        }
         sent = Some(desired);
     }
     anyhow::bail!("the LvsNode watch ended")
+}
+
+/// The most a desired-state cache file may hold; a larger one is ignored. A
+/// node's state is split into chunks of at most 1 MiB, so this is 64 chunks.
+const CACHE_MAX_BYTES: u64 = 64 << 20;
+
+/// The node's last desired state from the API server, in
+/// `<state-dir>/desired.json`: its LvsNode objects (without managedFields).
+/// Written durably like the state file at each new version; read at start.
+/// A file that cannot be used (unreadable, corrupt, too large, of another
+/// node, chunks of no one revision) is ignored with a warning: the agent
+/// then waits for the API server, as without a cache.
+pub struct DesiredCache {
+    file: PathBuf,
+    node: String,
+}
+
+/// The cache file's content.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedDesired {
+    node: String,
+    objects: Vec<LvsNode>,
+}
+
+impl DesiredCache {
+    pub fn new(state_dir: &std::path::Path, node: &str) -> Self {
+        DesiredCache { file: state_dir.join("desired.json"), node: node.into() }
+    }
+
+    /// The cached desired state, if there is a usable one.
+    pub fn read(&self) -> Option<Desired> {
+        use std::io::Read;
+        let file = match std::fs::File::open(&self.file) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => return self.unusable(format_args!("cannot be read: {e}")),
+        };
+        let mut bytes = Vec::new();
+        if let Err(e) = file.take(CACHE_MAX_BYTES + 1).read_to_end(&mut bytes) {
+            return self.unusable(format_args!("cannot be read: {e}"));
+        }
+        if bytes.len() as u64 > CACHE_MAX_BYTES {
+            return self.unusable(format_args!("is larger than {CACHE_MAX_BYTES} bytes"));
+        }
+        let cached: CachedDesired = match serde_json::from_slice(&bytes) {
+            Ok(cached) => cached,
+            Err(e) => return self.unusable(format_args!("is not a desired-state cache ({e})")),
+        };
+        if cached.node != self.node {
+            return self.unusable(format_args!("is node {}'s, not {}'s", cached.node, self.node));
+        }
+        let objects = cached.objects.into_iter().map(Arc::new).collect();
+        Desired::of(&self.node, objects)
+            .or_else(|| self.unusable(format_args!("holds no one revision's chunks")))
+    }
+
+    fn unusable(&self, why: std::fmt::Arguments<'_>) -> Option<Desired> {
+        warn!(file = %self.file.display(), "the desired-state cache {why}: ignored");
+        None
+    }
+
+    /// Replaces the cached state with `desired`.
+    pub fn write(&self, desired: &Desired) -> Result<()> {
+        let objects = desired
+            .objects
+            .iter()
+            .map(|o| {
+                let mut object = LvsNode::clone(o);
+                object.metadata.managed_fields = None;
+                object
+            })
+            .collect();
+        let cached = CachedDesired { node: self.node.clone(), objects };
+        crate::engine::write_durably(&self.file, &serde_json::to_vec(&cached)?)
+    }
 }
 
 /// The node's whole picture after a round, for the status writer: the desired
@@ -771,15 +872,27 @@ spec:
         assert_ne!(next.version(), desired.version());
     }
 
-    /// The watch against a mock API server: the list holds both chunks of one
-    /// revision (and nothing is sent before it is complete), then a watch event
-    /// deletes them, which is the empty state.
+    /// The watch against a mock API server: the version cached on disk goes
+    /// first, before the API server answers; then the list holds both chunks
+    /// of one revision (and nothing is sent before it is complete), then a
+    /// watch event deletes them, which is the empty state; the cache follows.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_watch_sends_each_version_of_the_node_state() {
         let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let api: Api<LvsNode> = Api::all(Client::new(mock, "default"));
         let (engine, versions) = inbox();
-        let watch = tokio::spawn(async move { watch_desired(api, "lvs1", engine).await });
+        let dir = std::env::temp_dir().join(format!("lvs-agent-watch-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        DesiredCache::new(&dir, "lvs1")
+            .write(&Desired::of("lvs1", vec![chunk(0, 1, "r0")]).unwrap())
+            .unwrap();
+        let cache = DesiredCache::new(&dir, "lvs1");
+        let watch = tokio::spawn(async move { watch_desired(api, "lvs1", cache, engine).await });
+        // The cached version comes first, alone (taken before the list is answered:
+        // versions not yet taken would be one, the newest).
+        let cached =
+            tokio::task::block_in_place(|| versions.take(Some(Duration::from_secs(5))).unwrap().desired);
+        assert_eq!(cached.expect("a version").spec.revision, "r0", "the cached version, first");
         let object = |chunk: &Arc<LvsNode>| {
             let mut value = serde_json::to_value(chunk.as_ref()).unwrap();
             value["metadata"]["resourceVersion"] = json!("5");
@@ -827,7 +940,17 @@ spec:
         let deleted = tokio::task::block_in_place(receive);
         assert!(deleted.objects.is_empty());
         assert_eq!(*deleted.spec(), LvsNodeSpec { node: "lvs1".into(), chunks: 1, ..LvsNodeSpec::default() });
+        // The cache holds the last version sent.
+        let cache = DesiredCache::new(&dir, "lvs1");
+        for _ in 0..100 {
+            if cache.read().is_some_and(|d| d.objects.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(cache.read().expect("a cache").spec, deleted.spec);
         watch.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn time(at: &str) -> Time {
@@ -884,6 +1007,37 @@ spec:
         assert_eq!(healthy, [false, true]);
         assert_eq!(status.vips[0].vrrp_state, VrrpState::Backup);
         assert!(!status.vips[0].held, "a backup does not hold the VIP");
+    }
+
+    /// The cache gives back the version written, whole; an unusable file
+    /// (corrupt, truncated, too large, another node's, half a revision) is
+    /// ignored, never an error.
+    #[test]
+    fn the_desired_state_cache_round_trips_and_ignores_what_it_cannot_use() {
+        let dir = std::env::temp_dir().join(format!("lvs-agent-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = DesiredCache::new(&dir, "lvs1");
+        assert!(cache.read().is_none(), "no file: no cache");
+        let desired = Desired::of("lvs1", vec![chunk(0, 2, "r1"), chunk(1, 2, "r1")]).unwrap();
+        cache.write(&desired).unwrap();
+        let read = cache.read().expect("the cached version");
+        assert_eq!(read.spec, desired.spec);
+        assert_eq!(read.version(), desired.version());
+
+        assert!(DesiredCache::new(&dir, "lvs2").read().is_none(), "another node's cache");
+        let file = dir.join("desired.json");
+        let whole = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &whole[..whole.len() / 2]).unwrap();
+        assert!(cache.read().is_none(), "truncated");
+        std::fs::write(&file, b"\x00garbage").unwrap();
+        assert!(cache.read().is_none(), "corrupt");
+        let half = Desired { objects: vec![chunk(0, 2, "r1")], spec: desired.spec.clone() };
+        cache.write(&half).unwrap();
+        assert!(cache.read().is_none(), "one chunk of two");
+        let large = std::fs::File::create(&file).unwrap();
+        large.set_len(CACHE_MAX_BYTES + 1).unwrap();
+        assert!(cache.read().is_none(), "too large");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     type ApiServerHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;

@@ -912,7 +912,7 @@ fn read_state(state_file: &Path) -> (AgentState, Option<String>) {
 /// old file or the new one, whole: a temporary file, synced, renamed over it,
 /// and the directory synced (which makes the rename durable). A failed write
 /// (a full disk) leaves the old file and removes the temporary one.
-fn write_durably(file: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_durably(file: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let partial = file.with_extension("json.partial");
     let written = std::fs::File::create(&partial).and_then(|mut f| {

@@ -1,0 +1,672 @@
+//! The cluster path run as processes: `lvs-controller` and `lvs-agent run` on
+//! the lab's routed topology, talking HTTP to the API server stand-in
+//! (tests/apiserver/apiserver.py), with real traffic through the VIPs.
+//!
+//! What is real: both binaries, started with the arguments and environment
+//! deploy/ gives them (the agents in the nodes' network namespaces as the
+//! DaemonSet runs them: no environment but theirs, an empty `PATH`, only
+//! `NET_ADMIN` and `NET_RAW`; the controller as user 65532 with no
+//! capability), the kernel's IPVS, addresses and sysctls, and the traffic.
+//! What stands in: the API server (see its header for what it does not do),
+//! reached through a kubeconfig (`KUBECONFIG`) instead of the in-cluster
+//! service account; `--sysctl-root=/proc/sys` in the node's namespace instead
+//! of the host's `/proc/sys/net` mounted at `/host/proc/sys/net`.
+//!
+//! The lab (`topology routed --router`): client 192.168.16.2 (and .3 for NAT),
+//! director1 .16.11/.17.11, director2 .16.12/.17.12, rs1 .17.21, rs2 .17.22,
+//! the router .16.1/.17.1; the stand-in on 192.168.17.250 (br1, where every
+//! node is). A DirectRouting VirtualService (VIP .16.100, director2, the real
+//! servers by address) and a NAT one (VIP .16.101, director1, VRRP, real
+//! servers from an EndpointSlice). DR replies go through the router; NAT
+//! replies to the client's .16.3 through director1 (a host route on the real
+//! servers), as NAT needs.
+//!
+//! One boot for all scenarios, in order: creation to traffic, statuses, a real
+//! server's removal, a deletion, and an agent restart while the API server is
+//! stopped. Set LAB_CLUSTER_LOGS=DIR (with `tests/lab/vm --rwdir DIR`) to keep
+//! the processes' logs.
+
+mod common;
+
+use std::{
+    fs::File,
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use common::{sh, sorted_lines};
+use serde_json::{Value, json};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_lvs-agent");
+const API_ADDRESS: &str = "192.168.17.250";
+const API_PORT: u16 = 6443;
+const DR_VIP: &str = "192.168.16.100";
+const NAT_VIP: &str = "192.168.16.101";
+/// The client's address for the NAT service: the real servers route it back
+/// through director1.
+const NAT_CLIENT: &str = "192.168.16.3";
+const VS_PATH: &str = "/apis/lvs.dev/v1alpha1/namespaces/default/virtualservices";
+const SLICE_PATH: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+const POOL_PATH: &str = "/apis/lvs.dev/v1alpha1/vippools";
+
+/// The nodes: name, InternalIPs, the address the agent's endpoints bind.
+const NODES: [(&str, &[&str], &str); 4] = [
+    ("director1", &["192.168.16.11", "192.168.17.11"], "192.168.17.11"),
+    ("director2", &["192.168.16.12", "192.168.17.12"], "192.168.17.12"),
+    ("rs1", &["192.168.17.21"], "192.168.17.21"),
+    ("rs2", &["192.168.17.22"], "192.168.17.22"),
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// lvs-controller, built beside lvs-agent (`cargo build -p lvs-controller`;
+/// `cargo test --workspace --no-run`, as tests/run does, builds it).
+fn controller_binary() -> PathBuf {
+    let path = Path::new(AGENT).with_file_name("lvs-controller");
+    assert!(path.exists(), "{} is missing: cargo build -p lvs-controller", path.display());
+    path
+}
+
+/// Where the processes' logs, state and kubeconfig go.
+fn work_dir() -> PathBuf {
+    std::env::var_os("LAB_CLUSTER_LOGS").map_or_else(|| PathBuf::from("/run/lvs-cluster-test"), PathBuf::from)
+}
+
+fn in_ns(ns: &str, command: &str) -> String {
+    sh(&format!("ip netns exec {ns} {command}"))
+}
+
+/// A process killed when dropped.
+struct Process {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Runs `command` (a shell command line) with its output to `log`.
+    fn start(command: &str, log: &Path) -> Self {
+        let file = File::options().create(true).append(true).open(log).unwrap();
+        let child = Command::new("sh")
+            .args(["-c", &format!("exec {command}")])
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{command}: {e}"));
+        Process { child, log: log.to_path_buf() }
+    }
+
+    fn signal(&mut self, signal: &str) {
+        let _ = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of {}:", self.log.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// --- the API server stand-in and requests to it ---------------------------------
+
+fn api_url(path: &str) -> String {
+    format!("http://{API_ADDRESS}:{API_PORT}{path}")
+}
+
+/// Starts the stand-in (with its saved objects, if any) and waits until it answers.
+fn start_api_server() -> Process {
+    let dir = work_dir();
+    let script = repo().join("tests/apiserver/apiserver.py");
+    let server = Process::start(
+        &format!(
+            "python3 {} --address {API_ADDRESS} --port {API_PORT} --log {} --state {}",
+            script.display(),
+            dir.join("apiserver-requests.log").display(),
+            dir.join("apiserver-state.json").display()
+        ),
+        &dir.join("apiserver.log"),
+    );
+    // Python starts in seconds under TCG on a busy machine.
+    wait_until("the API server stand-in answers", Duration::from_secs(120), || {
+        request("GET", "/healthz", None, "").0 == 200
+    });
+    server
+}
+
+/// One request with curl: (HTTP status, body as JSON or a string).
+fn request(method: &str, path: &str, body: Option<&Value>, content_type: &str) -> (u16, Value) {
+    let mut command = Command::new("curl");
+    command.args(["-sS", "--max-time", "5", "-X", method, "-w", "\n%{http_code}"]);
+    if let Some(body) = body {
+        command.args(["-H", &format!("Content-Type: {content_type}"), "--data-binary", &body.to_string()]);
+    }
+    let output = command.arg(api_url(path)).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let body = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
+    (code.trim().parse().unwrap_or(0), body)
+}
+
+/// A request that must succeed; its answer.
+fn api(method: &str, path: &str, body: Option<&Value>, content_type: &str) -> Value {
+    let (code, answer) = request(method, path, body, content_type);
+    assert!((200..300).contains(&code), "{method} {path}: {code} {answer}");
+    answer
+}
+
+fn create(collection: &str, object: &Value) -> Value {
+    api("POST", collection, Some(object), "application/json")
+}
+
+fn get(path: &str) -> Option<Value> {
+    let (code, answer) = request("GET", path, None, "");
+    match code {
+        200 => Some(answer),
+        404 => None,
+        _ => panic!("GET {path}: {code} {answer}"),
+    }
+}
+
+fn merge_patch(path: &str, patch: &Value) -> Value {
+    api("PATCH", path, Some(patch), "application/merge-patch+json")
+}
+
+fn node(name: &str, addresses: &[&str]) -> Value {
+    let addresses: Vec<Value> =
+        addresses.iter().map(|a| json!({"type": "InternalIP", "address": a})).collect();
+    let mut labels = json!({"kubernetes.io/hostname": name});
+    if name.starts_with("director") {
+        labels["lvs.dev/director"] = json!("true");
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "status": {"addresses": addresses},
+    })
+}
+
+/// The administrator's pool: the lab's VIPs for namespace `default`, directed
+/// by the director-labelled nodes, DirectRouting and NAT, real servers on any
+/// node. Without a pool the controller refuses every VirtualService.
+fn pool() -> Value {
+    json!({
+        "apiVersion": "lvs.dev/v1alpha1", "kind": "VipPool",
+        "metadata": {"name": "lab"},
+        "spec": {
+            "addresses": ["192.168.16.100-192.168.16.109"],
+            "namespaces": ["default"],
+            "forwardingMethods": ["DirectRouting", "NAT"],
+            "realServerNodeSelector": {},
+        },
+    })
+}
+
+fn endpoint_slice(addresses: &[&str]) -> Value {
+    let endpoints: Vec<Value> =
+        addresses.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-abcde", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    })
+}
+
+fn dr_service() -> Value {
+    json!({
+        "apiVersion": "lvs.dev/v1alpha1", "kind": "VirtualService",
+        "metadata": {"name": "web-dr", "namespace": "default"},
+        "spec": {
+            "vip": DR_VIP, "port": 80, "protocol": "TCP", "scheduler": "wrr", "forwarding": "DirectRouting",
+            "realServers": [{"address": "192.168.17.21", "weight": 2}, {"address": "192.168.17.22", "weight": 1}],
+            "directors": {"nodeSelector": {"kubernetes.io/hostname": "director2"}},
+            "healthCheck": {"type": "HTTP", "path": "/", "intervalSeconds": 1, "timeoutSeconds": 1, "rise": 1, "fall": 2},
+        },
+    })
+}
+
+fn nat_service() -> Value {
+    json!({
+        "apiVersion": "lvs.dev/v1alpha1", "kind": "VirtualService",
+        "metadata": {"name": "web-nat", "namespace": "default"},
+        "spec": {
+            "vip": NAT_VIP, "port": 80, "protocol": "TCP", "scheduler": "rr", "forwarding": "NAT",
+            "backendService": {"name": "web"},
+            "directors": {"nodeSelector": {"kubernetes.io/hostname": "director1"}},
+            "healthCheck": {"type": "TCP", "intervalSeconds": 1, "timeoutSeconds": 1, "rise": 1, "fall": 2},
+            "failover": {"vrrp": {"virtualRouterId": 61, "advertIntervalMs": 500}},
+        },
+    })
+}
+
+/// The condition `type_` of `object`'s status: (status, reason).
+fn condition(object: &Value, type_: &str) -> Option<(String, String)> {
+    object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
+        (
+            c["status"].as_str().unwrap_or_default().to_string(),
+            c["reason"].as_str().unwrap_or_default().to_string(),
+        )
+    })
+}
+
+// --- the binaries -----------------------------------------------------------------
+
+fn kubeconfig() -> PathBuf {
+    let path = work_dir().join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster: {{server: 'http://{API_ADDRESS}:{API_PORT}'}}\n\
+         users:\n- name: standin\n  user: {{}}\ncontexts:\n- name: standin\n  context: {{cluster: standin, user: standin, namespace: default}}\n\
+         current-context: standin\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// lvs-agent run on `node`, as deploy/agent.yaml runs it (KUBECONFIG for the
+/// service account, /proc/sys of the node's namespace for the host's).
+fn start_agent(node: &str) -> Process {
+    let (_, _, host_ip) = NODES.iter().find(|(name, _, _)| *name == node).unwrap();
+    let dir = work_dir();
+    let command = format!(
+        "ip netns exec {node} \
+         setpriv --inh-caps=-all,+net_admin,+net_raw --bounding-set=-all,+net_admin,+net_raw \
+         env -i PATH=/nonexistent NODE_NAME={node} HOST_IP={host_ip} KUBECONFIG={kubeconfig} \
+         {AGENT} run --log-format=json --state-dir={state} --sysctl-root=/proc/sys --metrics-address={host_ip}:9101",
+        kubeconfig = kubeconfig().display(),
+        state = dir.join(node).display(),
+    );
+    Process::start(&command, &dir.join(format!("agent-{node}.log")))
+}
+
+/// lvs-controller as deploy/controller.yaml runs it: user 65532, no
+/// capability, POD_NAME and LEASE_NAMESPACE from the pod.
+fn start_controller() -> Process {
+    let command = format!(
+        "setpriv --reuid=65532 --regid=65532 --clear-groups --inh-caps=-all --bounding-set=-all \
+         env -i POD_NAME=lvs-controller-0 LEASE_NAMESPACE=lvs-system KUBECONFIG={} {} --log-format=json",
+        kubeconfig().display(),
+        controller_binary().display()
+    );
+    Process::start(&command, &work_dir().join("controller.log"))
+}
+
+// --- the lab --------------------------------------------------------------------
+
+fn setup_lab() {
+    let topology = repo().join("tests/lab/topology");
+    let dir = work_dir();
+    sh(&format!(
+        "{0} down >/dev/null 2>&1; rm -rf {1}/director* {1}/rs* {1}/apiserver-state.json; mkdir -p {1} && chmod 755 {1}; \
+         {0} routed --router >/dev/null && {0} web >/dev/null",
+        topology.display(),
+        dir.display()
+    ));
+    // The stand-in's address on the back bridge, where every node is.
+    sh(&format!("ip addr add {API_ADDRESS}/24 dev br1"));
+    // NAT's replies must pass director1: for the client's .3 the real servers
+    // route through it (DR's replies to .2 take the router).
+    in_ns("client", &format!("ip addr add {NAT_CLIENT}/24 dev eth0"));
+    for rs in ["rs1", "rs2"] {
+        in_ns(rs, &format!("ip route add {NAT_CLIENT}/32 via 192.168.17.11"));
+    }
+}
+
+fn teardown_lab() {
+    let _ = Command::new("ip").args(["addr", "del", &format!("{API_ADDRESS}/24"), "dev", "br1"]).status();
+    let topology = repo().join("tests/lab/topology");
+    let _ = Command::new(topology).arg("down").stdout(Stdio::null()).stderr(Stdio::null()).status();
+}
+
+/// One request through `vip` from the client (from `source` if given): the
+/// answer ("web1", "web2") or the failure.
+fn fetch(vip: &str, source: Option<&str>) -> Result<String, String> {
+    let interface = source.map(|s| format!("--interface {s}")).unwrap_or_default();
+    let output = Command::new("ip")
+        .args(["netns", "exec", "client", "sh", "-c"])
+        .arg(format!("curl -sS --max-time 2 {interface} http://{vip}/"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if output.status.success() {
+        Ok(text)
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+fn rules(node: &str) -> Vec<String> {
+    sorted_lines(&in_ns(node, "ipvsadm -S -n"))
+}
+
+fn rules_of(node: &str, vip: &str) -> Vec<String> {
+    rules(node).into_iter().filter(|line| line.contains(&format!(" {vip}:"))).collect()
+}
+
+fn addresses(node: &str) -> String {
+    in_ns(node, "ip -br addr")
+}
+
+fn figure(text: &str) {
+    println!("FIGURE {text}");
+}
+
+fn millis(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn the_cluster_path_programs_reports_cleans_up_and_survives_an_api_outage() {
+    setup_lab();
+    let result = std::panic::catch_unwind(scenarios);
+    teardown_lab();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn scenarios() {
+    let mut api_server = start_api_server();
+    for (name, addresses, _) in NODES {
+        create("/api/v1/nodes", &node(name, addresses));
+    }
+    create(SLICE_PATH, &endpoint_slice(&["192.168.17.21", "192.168.17.22"]));
+    create(POOL_PATH, &pool());
+    let controller = start_controller();
+    let mut agents: Vec<(&str, Process)> =
+        NODES.iter().map(|(name, _, _)| (*name, start_agent(name))).collect();
+    wait_until("the controller holds its lease", Duration::from_secs(240), || {
+        get("/apis/coordination.k8s.io/v1/namespaces/lvs-system/leases/lvs-controller")
+            .is_some_and(|lease| lease["spec"]["holderIdentity"] == "lvs-controller-0")
+    });
+
+    // --- creation to traffic ----------------------------------------------------
+    create(VS_PATH, &nat_service());
+    let nat_time = wait_until("traffic through the NAT VIP", Duration::from_secs(240), || {
+        fetch(NAT_VIP, Some(NAT_CLIENT)).is_ok()
+    });
+    figure(&format!(
+        "cluster NAT VirtualService (VRRP) creation to traffic through its VIP: {} ms",
+        millis(nat_time)
+    ));
+    create(VS_PATH, &dr_service());
+    let dr_time =
+        wait_until("traffic through the DR VIP", Duration::from_secs(120), || fetch(DR_VIP, None).is_ok());
+    figure(&format!("cluster DR VirtualService creation to traffic through its VIP: {} ms", millis(dr_time)));
+
+    // The kernels, checked with ipvsadm: each director has its service only.
+    assert_eq!(
+        rules_of("director1", NAT_VIP),
+        [
+            format!("-A -t {NAT_VIP}:80 -s rr"),
+            format!("-a -t {NAT_VIP}:80 -r 192.168.17.21:80 -m -w 1"),
+            format!("-a -t {NAT_VIP}:80 -r 192.168.17.22:80 -m -w 1"),
+        ]
+    );
+    assert_eq!(
+        rules("director2"),
+        [
+            format!("-A -t {DR_VIP}:80 -s wrr"),
+            format!("-a -t {DR_VIP}:80 -r 192.168.17.21:80 -g -w 2"),
+            format!("-a -t {DR_VIP}:80 -r 192.168.17.22:80 -g -w 1"),
+        ]
+    );
+    assert_eq!(rules("director1").len(), 3, "director1 directs the NAT service only");
+    for node in ["rs1", "rs2"] {
+        assert!(rules(node).is_empty(), "{node} directs nothing");
+    }
+    // VIPs: each on its director's front interface, DR's on the real servers' lvs0.
+    let eth0 = |node: &str| in_ns(node, "ip -br addr show dev eth0");
+    assert!(eth0("director1").contains(&format!("{NAT_VIP}/32")), "{}", eth0("director1"));
+    assert!(!eth0("director1").contains(DR_VIP), "{}", eth0("director1"));
+    assert!(eth0("director2").contains(&format!("{DR_VIP}/32")), "{}", eth0("director2"));
+    assert!(!addresses("director2").contains(NAT_VIP), "{}", addresses("director2"));
+    for rs in ["rs1", "rs2"] {
+        let lvs0 = in_ns(rs, "ip -br addr show dev lvs0");
+        assert!(lvs0.contains(&format!("{DR_VIP}/32")), "{rs}: {lvs0}");
+        assert!(!addresses(rs).contains(NAT_VIP), "{rs}: {}", addresses(rs));
+        assert_eq!(in_ns(rs, "sysctl -n net.ipv4.conf.all.arp_ignore").trim(), "1");
+    }
+    assert_eq!(in_ns("director1", "sysctl -n net.ipv4.ip_forward").trim(), "1");
+    // Both real servers answer through each VIP.
+    for (vip, source) in [(DR_VIP, None), (NAT_VIP, Some(NAT_CLIENT))] {
+        let answers: Vec<String> = (0..6).map(|_| fetch(vip, source).unwrap()).collect();
+        assert!(
+            answers.iter().any(|a| a == "web1") && answers.iter().any(|a| a == "web2"),
+            "{vip}: {answers:?}"
+        );
+    }
+
+    // --- statuses ---------------------------------------------------------------
+    for name in ["web-nat", "web-dr"] {
+        wait_until(&format!("{name} Programmed and Healthy"), Duration::from_secs(120), || {
+            let service = get(&format!("{VS_PATH}/{name}")).unwrap();
+            condition(&service, "Programmed").is_some_and(|(s, _)| s == "True")
+                && condition(&service, "Healthy").is_some_and(|(s, _)| s == "True")
+        });
+        let service = get(&format!("{VS_PATH}/{name}")).unwrap();
+        assert_eq!(condition(&service, "Accepted").unwrap().0, "True", "{service}");
+        assert_eq!(service["status"]["realServerCount"], 2, "{service}");
+        assert_eq!(service["status"]["observedGeneration"], service["metadata"]["generation"]);
+        assert_eq!(service["metadata"]["finalizers"], json!(["lvs.dev/cleanup"]));
+    }
+    let director1 = get("/apis/lvs.dev/v1alpha1/lvsnodes/director1").expect("director1's LvsNode");
+    let status = &director1["status"];
+    assert_eq!(status["appliedRevision"], director1["spec"]["revision"], "{director1}");
+    assert_eq!(condition(&director1, "Applied").unwrap().0, "True", "{director1}");
+    assert_eq!(status["services"][0]["programmed"], true, "{director1}");
+    assert_eq!(
+        status["vips"],
+        json!([{"address": NAT_VIP, "vrrpState": "Master", "held": true}]),
+        "{director1}"
+    );
+    let healthy: Vec<&Value> =
+        status["services"][0]["destinations"].as_array().unwrap().iter().map(|d| &d["healthy"]).collect();
+    assert_eq!(healthy, [true, true], "{director1}");
+    for rs in ["rs1", "rs2"] {
+        let object = get(&format!("/apis/lvs.dev/v1alpha1/lvsnodes/{rs}")).expect("a real server's LvsNode");
+        assert_eq!(condition(&object, "Applied").unwrap().0, "True", "{object}");
+    }
+    let events = api("GET", "/apis/events.k8s.io/v1/namespaces/default/events", None, "");
+    let reasons: Vec<&str> =
+        events["items"].as_array().unwrap().iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert!(reasons.contains(&"Programmed"), "events: {reasons:?}");
+
+    // --- a real server's removal to the kernel --------------------------------------
+    let start = Instant::now();
+    merge_patch(
+        &format!("{SLICE_PATH}/web-abcde"),
+        &json!({"endpoints": [
+            {"addresses": ["192.168.17.21"], "conditions": {"ready": true}},
+        ]}),
+    );
+    wait_until("the removed endpoint leaves director1's kernel", Duration::from_secs(120), || {
+        !rules_of("director1", NAT_VIP).iter().any(|l| l.contains("192.168.17.22"))
+    });
+    figure(&format!(
+        "cluster endpoint removal (EndpointSlice) to the kernel: {} ms",
+        millis(start.elapsed())
+    ));
+    let start = Instant::now();
+    let mut dr = get(&format!("{VS_PATH}/web-dr")).unwrap();
+    dr["spec"]["realServers"] = json!([{"address": "192.168.17.21", "weight": 2}]);
+    merge_patch(&format!("{VS_PATH}/web-dr"), &json!({"spec": dr["spec"]}));
+    wait_until("the removed real server leaves director2's kernel", Duration::from_secs(120), || {
+        !rules("director2").iter().any(|l| l.contains("192.168.17.22"))
+    });
+    figure(&format!(
+        "cluster real server removal (VirtualService) to the kernel: {} ms",
+        millis(start.elapsed())
+    ));
+    // rs2 is no DR real server any more: its VIP goes.
+    wait_until("rs2 loses the DR VIP", Duration::from_secs(120), || !addresses("rs2").contains(DR_VIP));
+    assert!(addresses("rs1").contains(DR_VIP));
+
+    // --- deletion -----------------------------------------------------------------
+    let start = Instant::now();
+    api("DELETE", &format!("{VS_PATH}/web-dr"), None, "");
+    wait_until("the DR service leaves director2's kernel", Duration::from_secs(120), || {
+        rules("director2").is_empty()
+    });
+    let to_kernel = start.elapsed();
+    wait_until("the DR VIP leaves director2 and rs1", Duration::from_secs(120), || {
+        !addresses("director2").contains(DR_VIP) && !addresses("rs1").contains(DR_VIP)
+    });
+    wait_until("the finalizer is removed and web-dr is gone", Duration::from_secs(120), || {
+        get(&format!("{VS_PATH}/web-dr")).is_none()
+    });
+    figure(&format!(
+        "cluster deletion to the kernel: {} ms; to the object gone (finalizer removed): {} ms",
+        millis(to_kernel),
+        millis(start.elapsed())
+    ));
+    assert!(get("/apis/lvs.dev/v1alpha1/lvsnodes/director2").is_none(), "director2 directs nothing now");
+    assert_eq!(fetch(NAT_VIP, Some(NAT_CLIENT)).unwrap(), "web1", "the NAT service is untouched");
+
+    // --- an agent restart while the API server is stopped -----------------------------
+    assert!(work_dir().join("director1/desired.json").exists(), "director1 caches its desired state");
+    let nat_rules = rules_of("director1", NAT_VIP);
+    api_server.signal("TERM");
+    assert!(request("GET", "/healthz", None, "").0 == 0, "the API server is stopped");
+    // Traffic through the NAT VIP, sampled all along the restart.
+    let (stop, failures, samples) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let sampler = {
+        let (stop, failures, samples) = (Arc::clone(&stop), Arc::clone(&failures), Arc::clone(&samples));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if fetch(NAT_VIP, Some(NAT_CLIENT)).is_err() {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+                samples.fetch_add(1, Ordering::SeqCst);
+                sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let index = agents.iter().position(|(name, _)| *name == "director1").unwrap();
+    agents[index].1.signal("KILL");
+    agents[index].1 = start_agent("director1");
+    let metrics = || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                "director1",
+                "curl",
+                "-s",
+                "--max-time",
+                "2",
+                "http://192.168.17.11:9101/metrics",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    };
+    // Ready: its first round ran, from the cache (without it, the agent waits
+    // for the API server and is never ready).
+    let readyz = || {
+        in_ns("director1", "curl -s -o /dev/null -w %{http_code} http://192.168.17.11:9101/readyz || true")
+    };
+    let ready = wait_until("the restarted agent is ready", Duration::from_secs(120), || readyz() == "200");
+    figure(&format!(
+        "cluster agent restart with the API server stopped to its first round from the cached state: {} ms",
+        millis(ready)
+    ));
+    // VRRP master again (the metrics take VRRP's figures at each round, at
+    // the latest at the end of each resync, and keep a rendering for 5 s).
+    wait_until("the restarted agent is VRRP master", Duration::from_secs(120), || {
+        metrics().lines().any(|l| l.starts_with("lvs_agent_vrrp_master{") && l.ends_with(" 1"))
+    });
+    sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    sampler.join().unwrap();
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "requests failed during the restart (of {})",
+        samples.load(Ordering::SeqCst)
+    );
+    assert_eq!(rules_of("director1", NAT_VIP), nat_rules, "the restart changed the rules");
+    let log = std::fs::read_to_string(work_dir().join("agent-director1.log")).unwrap();
+    assert!(log.contains("cached on disk"), "the agent says it uses the cache");
+    // Health checks run: a real server that stops answering leaves the kernel.
+    let topology = repo().join("tests/lab/topology");
+    sh(&format!("{} stop-web rs1 >/dev/null", topology.display()));
+    wait_until(
+        "the failed real server leaves the kernel, API server stopped",
+        Duration::from_secs(120),
+        || !rules_of("director1", NAT_VIP).iter().any(|l| l.contains("192.168.17.21")),
+    );
+    let adverts = |text: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with("lvs_agent_vrrp_adverts_sent_total{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = adverts(&metrics());
+    wait_until("VRRP advertises while the API server is stopped", Duration::from_secs(120), || {
+        adverts(&metrics()) > before
+    });
+    assert!(agents[index].1.alive(), "the agent runs without the API server");
+
+    // --- the API server back: the restarted agent reports, the controller follows ---
+    api_server = start_api_server();
+    wait_until("director1's LvsNode reports the failed real server", Duration::from_secs(120), || {
+        get("/apis/lvs.dev/v1alpha1/lvsnodes/director1").is_some_and(|o| {
+            let destination = &o["status"]["services"][0]["destinations"][0];
+            destination["address"] == "192.168.17.21" && destination["healthy"] == false
+        })
+    });
+    wait_until("web-nat is Healthy=False", Duration::from_secs(120), || {
+        let service = get(&format!("{VS_PATH}/web-nat")).unwrap();
+        condition(&service, "Healthy").is_some_and(|(s, _)| s == "False")
+    });
+    sh(&format!("{} start-web rs1 >/dev/null", topology.display()));
+    wait_until("the real server is back in the kernel", Duration::from_secs(120), || {
+        rules_of("director1", NAT_VIP).iter().any(|l| l.contains("192.168.17.21"))
+    });
+    wait_until("traffic through the NAT VIP again", Duration::from_secs(10), || {
+        fetch(NAT_VIP, Some(NAT_CLIENT)).is_ok()
+    });
+    wait_until("web-nat is Healthy=True again", Duration::from_secs(120), || {
+        let service = get(&format!("{VS_PATH}/web-nat")).unwrap();
+        condition(&service, "Healthy").is_some_and(|(s, _)| s == "True")
+    });
+    drop(controller);
+    drop(agents);
+    drop(api_server);
+    let mut log = File::options().append(true).open(work_dir().join("apiserver.log")).unwrap();
+    let _ = writeln!(log, "test done");
+}
