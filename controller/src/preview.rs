@@ -2,13 +2,13 @@
 //! of objects read from files, with no cluster. A CI pipeline previews a change
 //! with it; a user debugs one.
 //!
-//! The objects are those the controller watches (VirtualServices, VipPools,
-//! Namespaces, Nodes, EndpointSlices) and, optionally, LvsNodes as the agents
+//! The objects are those the controller watches (VirtualServices, Services of
+//! type LoadBalancer, VipPools, Namespaces, Nodes, EndpointSlices) and, optionally, LvsNodes as the agents
 //! last reported on them (they stand for the existing objects: the plan deletes those no node
 //! needs, and the statuses read their reports). The output is the controller's
 //! own decisions, made by the functions it runs: [`translate`] (with the VIP
-//! allocations), [`plan::plan`], [`status::aggregate`] and
-//! [`status::pool_status`]. Documents of other kinds are skipped, and said so.
+//! allocations), [`plan::plan`], [`status::aggregate`],
+//! [`status::pool_status`] and [`load_balancer::status`]. Documents of other kinds are skipped, and said so.
 
 use std::{
     fmt::Write as _,
@@ -22,7 +22,7 @@ use anyhow::{Context as _, bail};
 use k8s_openapi::{
     Resource as _,
     api::{
-        core::v1::{Namespace, Node},
+        core::v1::{Namespace, Node, Service, ServiceStatus},
         discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -35,7 +35,7 @@ use lvs_crds::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::{plan, status};
+use crate::{load_balancer, plan, status};
 
 /// Largest file read: far above any real set of manifests, and a bound on what
 /// a wrong path (a device, a huge log) can make the preview hold.
@@ -60,6 +60,8 @@ pub struct Preview {
     pub statuses: Vec<(VirtualService, VirtualServiceStatus)>,
     /// Each VipPool's status (its counts), by name.
     pub pool_statuses: Vec<(VipPool, VipPoolStatus)>,
+    /// Each Service of ours: its status (ingress, condition), in (namespace, name) order.
+    pub service_statuses: Vec<(Service, ServiceStatus)>,
 }
 
 /// Reads every `*.yaml`, `*.yml` and `*.json` file under `path` (a file, or a
@@ -96,6 +98,8 @@ fn add(objects: &mut Objects, value: serde_yaml::Value) -> anyhow::Result<Option
         objects.state.vip_pools.get_or_insert_default().push(serde_yaml::from_value(value)?);
     } else if is(Namespace::API_VERSION, Namespace::KIND) {
         objects.state.namespaces.push(serde_yaml::from_value(value)?);
+    } else if is(Service::API_VERSION, Service::KIND) {
+        objects.state.services.push(serde_yaml::from_value(value)?);
     } else if is(Node::API_VERSION, Node::KIND) {
         objects.state.nodes.push(serde_yaml::from_value(value)?);
     } else if is(EndpointSlice::API_VERSION, EndpointSlice::KIND) {
@@ -154,6 +158,7 @@ pub fn preview(objects: &Objects, options: &TranslateOptions, now: &Time) -> Pre
     // left out of the translation (its status is not written either).
     let mut state = objects.state.clone();
     state.virtual_services.retain(|vs| vs.meta().deletion_timestamp.is_none());
+    state.services.retain(|service| service.meta().deletion_timestamp.is_none());
     let translation = translate(&state, options);
     let plan = plan::plan(&translation.lvs_nodes, &objects.lvs_nodes);
     let mut statuses: Vec<(VirtualService, VirtualServiceStatus)> = objects
@@ -178,12 +183,23 @@ pub fn preview(objects: &Objects, options: &TranslateOptions, now: &Time) -> Pre
         })
         .collect();
     pool_statuses.sort_by_key(|(pool, _)| pool.name_any());
-    Preview { translation, plan, statuses, pool_statuses }
+    let mut service_statuses: Vec<(Service, ServiceStatus)> = state
+        .services
+        .iter()
+        .filter_map(|service| {
+            let key = (service.namespace().unwrap_or_default(), service.name_any());
+            let outcome = translation.load_balancers.get(&key)?;
+            Some((service.clone(), load_balancer::status(service, outcome, now)))
+        })
+        .collect();
+    service_statuses.sort_by_key(|(service, _)| (service.namespace(), service.name_any()));
+    Preview { translation, plan, statuses, pool_statuses, service_statuses }
 }
 
 /// The preview as one YAML stream: the LvsNodes the controller would apply
 /// (every desired one, marked when unchanged), the names it would delete, each
-/// VirtualService's status (its VIP and pool among it), then each VipPool's.
+/// VirtualService's status (its VIP and pool among it), each Service's of
+/// ours (its ingress), then each VipPool's.
 pub fn render(preview: &Preview) -> anyhow::Result<String> {
     let mut out = String::new();
     let applied: Vec<String> = preview.plan.apply.iter().map(ResourceExt::name_any).collect();
@@ -200,6 +216,17 @@ pub fn render(preview: &Preview) -> anyhow::Result<String> {
         let (namespace, name) = object_id(vs);
         writeln!(out, "---\n# VirtualService {namespace}/{name}: status")?;
         out.push_str(&serde_yaml::to_string(&status_object(vs, status))?);
+    }
+    for (service, status) in &preview.service_statuses {
+        let name = format!("{}/{}", service.namespace().unwrap_or_default(), service.name_any());
+        writeln!(out, "---\n# Service {name}: status")?;
+        let object = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"namespace": service.namespace(), "name": service.name_any()},
+            "status": status,
+        });
+        out.push_str(&serde_yaml::to_string(&object)?);
     }
     for (pool, status) in &preview.pool_statuses {
         writeln!(out, "---\n# VipPool {}: status", pool.name_any())?;

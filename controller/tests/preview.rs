@@ -68,6 +68,18 @@ spec:
   forwarding: NAT
   realServers: [{address: 10.0.0.1}]
 ---
+apiVersion: v1
+kind: Service
+metadata:
+  name: shop-lb
+  namespace: shop
+  creationTimestamp: "2025-03-01T00:00:00Z"
+  annotations: {lvs.dev/forwarding: NAT}
+spec:
+  type: LoadBalancer
+  loadBalancerClass: lvs.dev/ipvs
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: reviews, namespace: shop}
@@ -124,8 +136,11 @@ fn the_preview_prints_the_controllers_decisions_the_same_on_every_run() {
     // shown in the status as the controller writes it, and the pool's counts.
     let api = stdout.split("# VirtualService shop/api: status").nth(1).unwrap();
     assert!(api.contains("vip: 192.168.16.101") && api.contains("pool: lab"), "{api}");
+    // A Service of type LoadBalancer of ours: the next free address, as its ingress.
+    let lb = stdout.split("# Service shop/shop-lb: status").nth(1).unwrap();
+    assert!(lb.contains("ip: 192.168.16.102"), "{lb}");
     let pool = stdout.split("# VipPool lab: status").nth(1).unwrap();
-    assert!(pool.contains("used: 2") && pool.contains("free: 8"), "{pool}");
+    assert!(pool.contains("used: 3") && pool.contains("free: 7"), "{pool}");
     // The Istio object is skipped, and said so; the README is not read.
     assert!(stderr.contains("skipped networking.istio.io/v1 VirtualService"), "{stderr}");
     assert!(!stderr.contains("README"), "{stderr}");
