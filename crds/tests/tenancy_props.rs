@@ -2,7 +2,9 @@
 //! VirtualService reaches a director, real-server node, VIP, forwarding
 //! method or fwmark its pool does not admit; allocation never hands out one
 //! address twice and is deterministic; accepted VRRP settings never
-//! contradict each other on a director.
+//! contradict each other on a director. Services of type LoadBalancer take
+//! their addresses from the same allocation: they too stay within their
+//! pools, and no key is held by two owners of any kind.
 
 mod cluster;
 
@@ -12,10 +14,14 @@ use std::{
 };
 
 use cluster::{json, node, states, with_meta};
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Node, Service},
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
 use lvs_crds::{
     ClusterState, TranslateOptions, Translation, Verdict, VipPool, VirtualService, VirtualServiceSpec,
-    VirtualServiceStatus, translate, validation::parse_ip,
+    VirtualServiceStatus, lvs_node::OwnerKind, translate, validation::parse_ip,
 };
 use proptest::{prelude::*, sample::select};
 use serde_json::json;
@@ -227,6 +233,49 @@ fn shuffled(cluster: ClusterState) -> impl Strategy<Value = ClusterState> {
         })
 }
 
+/// Services of type LoadBalancer of our class: an address asked for or not
+/// (some inside the pools, one a node's, one outside), a forwarding method, a
+/// pool asked for, one to three ports. No endpoints: the properties are about
+/// addresses and directors.
+fn load_balancers() -> impl Strategy<Value = Vec<Service>> {
+    let one = (
+        select(vec!["a", "b", "c"]),
+        0i64..4,
+        prop::option::weighted(0.5, select(vec!["192.168.1.1", "192.168.1.2", "10.0.0.1", "172.16.0.1"])),
+        select(vec!["NAT", "FullNAT", "DirectRouting"]),
+        prop::option::weighted(0.2, select(vec!["p0", "p1"])),
+        prop::sample::subsequence(vec![(80u16, "TCP"), (443, "TCP"), (53, "UDP")], 1..=3),
+    );
+    prop::collection::vec(one, 0..6).prop_map(|services| {
+        services
+            .into_iter()
+            .enumerate()
+            .map(|(i, (namespace, created, address, forwarding, pool, ports))| {
+                let mut annotations = json!({"lvs.dev/forwarding": forwarding});
+                if let Some(pool) = pool {
+                    annotations["lvs.dev/pool"] = json!(pool);
+                }
+                let ports: Vec<_> = ports
+                    .iter()
+                    .map(|(port, protocol)| json!({"name": format!("p{port}"), "port": port, "protocol": protocol}))
+                    .collect();
+                let mut spec = json!({"type": "LoadBalancer", "loadBalancerClass": "lvs.dev/ipvs", "ports": ports});
+                if let Some(address) = address {
+                    spec["loadBalancerIP"] = json!(address);
+                }
+                let mut service: Service = serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"namespace": namespace, "name": format!("lb{i}"), "annotations": annotations},
+                    "spec": spec,
+                }))
+                .expect("a Service");
+                service.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
+                service
+            })
+            .collect()
+    })
+}
+
 fn options() -> TranslateOptions {
     TranslateOptions { service_cidrs: vec!["192.168.2.0/31".parse().unwrap()], ..TranslateOptions::default() }
 }
@@ -395,6 +444,106 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A Service's addresses lie in a pool that admits its namespace, are no
+    /// node's and not in the Service CIDR, are the ones it asked for when it
+    /// asked; its directors are such a pool's; and no (address, port,
+    /// protocol) is held by two owners, whatever their kinds.
+    #[test]
+    fn services_stay_within_their_pools_and_share_no_key_with_anything(
+        (cluster, services) in (cluster(), load_balancers()),
+    ) {
+        let cluster = ClusterState { services, ..cluster };
+        let translation = translate(&cluster, &options());
+        let node_addresses: BTreeSet<IpAddr> = (0..NODES).map(|i| node_ip(i).parse().unwrap()).collect();
+        let service_cidr: ipnet::IpNet = "192.168.2.0/31".parse().unwrap();
+        let admitting = |namespace: &str, address: IpAddr| -> Vec<&VipPool> {
+            cluster.vip_pools.iter().flatten()
+                .filter(|p| admits(p, namespace, &cluster.namespaces))
+                .filter(|p| p.spec.ranges().unwrap().iter().any(|r| r.contains(address)))
+                .collect()
+        };
+        for service in &cluster.services {
+            let key = (service.metadata.namespace.clone().unwrap(), service.metadata.name.clone().unwrap());
+            let outcome = &translation.load_balancers[&key];
+            if outcome.verdict != Verdict::Accepted {
+                prop_assert!(outcome.addresses.is_empty());
+                continue;
+            }
+            let asked = service.spec.as_ref().and_then(|s| s.load_balancer_ip.as_deref()).and_then(parse_ip);
+            for &address in &outcome.addresses {
+                prop_assert!(!admitting(&key.0, address).is_empty(), "{} of {:?} in no admitting pool", address, key);
+                prop_assert!(!node_addresses.contains(&address), "{} is a node's", address);
+                prop_assert!(!service_cidr.contains(&address), "{} in the Service CIDR", address);
+                if let Some(asked) = asked {
+                    prop_assert_eq!(address, asked);
+                }
+            }
+        }
+        let nodes: BTreeMap<String, &Node> =
+            cluster.nodes.iter().map(|n| (n.metadata.name.clone().unwrap(), n)).collect();
+        let mut holders: BTreeMap<(IpAddr, u16, String), BTreeSet<(String, String, String)>> = BTreeMap::new();
+        for (node_name, state) in states(&translation) {
+            for service in state.director.iter().flat_map(|d| &d.services) {
+                let Some(address) = service.key.address else { continue };
+                let owner = &service.owner;
+                let kind = format!("{:?}", owner.kind);
+                holders
+                    .entry((address, service.key.port, format!("{:?}", service.key.protocol)))
+                    .or_default()
+                    .insert((kind, owner.namespace.clone(), owner.name.clone()));
+                if owner.kind == OwnerKind::Service {
+                    let selector_of = |pool: &VipPool| {
+                        pool.spec.directors.as_ref().map(|d| d.node_selector.clone()).filter(|s| !s.is_empty())
+                            .unwrap_or_else(|| [("lvs.dev/director".to_owned(), "true".to_owned())].into())
+                    };
+                    let pools = admitting(&owner.namespace, address);
+                    prop_assert!(
+                        pools.iter().any(|pool| labels_match(&selector_of(pool), nodes[&node_name])),
+                        "{} directs Service {}/{} outside its pools", node_name, owner.namespace, owner.name
+                    );
+                }
+            }
+        }
+        for (key, owners) in &holders {
+            prop_assert_eq!(owners.len(), 1, "{:?} held by {:?}", key, owners);
+        }
+    }
+}
+
+#[test]
+fn random_clusters_with_services_accept_and_refuse_them() {
+    // Guards the generator of the Services' property: some are accepted (with
+    // and without an address asked for), some refused for several reasons.
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let (mut accepted_asked, mut accepted_given) = (0, 0);
+    let mut reasons = BTreeSet::new();
+    for _ in 0..400 {
+        let cluster = cluster().new_tree(&mut runner).unwrap().current();
+        let services = load_balancers().new_tree(&mut runner).unwrap().current();
+        let cluster = ClusterState { services, ..cluster };
+        let translation = translate(&cluster, &options());
+        for service in &cluster.services {
+            let key = (service.metadata.namespace.clone().unwrap(), service.metadata.name.clone().unwrap());
+            let outcome = &translation.load_balancers[&key];
+            reasons.insert(outcome.verdict.reason());
+            if outcome.verdict == Verdict::Accepted {
+                match service.spec.as_ref().and_then(|s| s.load_balancer_ip.as_ref()) {
+                    Some(_) => accepted_asked += 1,
+                    None => accepted_given += 1,
+                }
+            }
+        }
+    }
+    assert!(accepted_asked > 10 && accepted_given > 10, "{accepted_asked} {accepted_given}");
+    for reason in ["NoPool", "VipNotInPool", "VipReserved", "ForwardingNotAllowed"] {
+        assert!(reasons.contains(reason), "no Service refused {reason}: {reasons:?}");
     }
 }
 
