@@ -35,7 +35,7 @@ use lvs_crds::{
     virtual_service::Forwarding,
 };
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
     desired::{DesiredService, Health, desired_service, desired_services_with, service_key, spec_key},
@@ -60,6 +60,12 @@ struct AgentState {
     /// Draining destinations and when each drain started (since the UNIX epoch).
     drains: Vec<(ServiceKey, SocketAddr, Duration)>,
     host: HostChanges,
+    /// Written (true) just before a round changes the host, and cleared by that
+    /// round's own write: found set at startup, the agent was stopped (killed)
+    /// between the two, so changes it made are missing from `host`, and what
+    /// is in place of the desired host part is adopted as its own.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    changing_host: bool,
 }
 
 /// What a round looks at.
@@ -336,6 +342,12 @@ impl Engine {
                 file = %state_file.display(),
                 reason = %why,
                 "the state file cannot be trusted: starting with nothing owned (what is desired is adopted, the rest left in place and reported)"
+            );
+            state.host.adopt = true;
+        }
+        if state.changing_host {
+            info!(
+                "the last run stopped while changing the host: what is in place of the desired host part is adopted"
             );
             state.host.adopt = true;
         }
@@ -620,9 +632,14 @@ impl Engine {
                 false => inputs.masquerades_as(spec),
             });
         if host_due {
+            // Written ahead: a kill during the changes leaves a mark that makes
+            // the next start adopt them (they are not recorded yet).
+            self.state.changing_host = true;
+            self.save(&mut round);
             self.configure_host(spec, &mut round);
+            self.state.changing_host = false;
         }
-        if untrusted.is_some() {
+        if untrusted.is_some() || host_due {
             // Adopted what the host had of the desired part; from now on, as recorded.
             self.state.host.adopt = false;
         }

@@ -21,9 +21,11 @@
 //! replies to the client's .16.3 through director1 (a host route on the real
 //! servers), as NAT needs.
 //!
-//! One boot for all scenarios, in order: creation to traffic, statuses, a real
-//! server's removal, a deletion, and an agent restart while the API server is
-//! stopped. Set LAB_CLUSTER_LOGS=DIR (with `tests/lab/vm --rwdir DIR`) to keep
+//! One boot for all scenarios, in order: creation to traffic, statuses, the
+//! tenants (another namespace contending for a VIP, another namespace's VRRP
+//! settings in conflict, a NAT Service of type LoadBalancer given its address
+//! by a pool), a real server's removal, a deletion, and an agent restart while
+//! the API server is stopped. Set LAB_CLUSTER_LOGS=DIR (with `tests/lab/vm --rwdir DIR`) to keep
 //! the processes' logs.
 
 mod common;
@@ -55,6 +57,10 @@ const NAT_CLIENT: &str = "192.168.16.3";
 const VS_PATH: &str = "/apis/lvs.dev/v1alpha1/namespaces/default/virtualservices";
 const SLICE_PATH: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
 const POOL_PATH: &str = "/apis/lvs.dev/v1alpha1/vippools";
+const OTHER_VS_PATH: &str = "/apis/lvs.dev/v1alpha1/namespaces/other/virtualservices";
+const K8S_SERVICE_PATH: &str = "/api/v1/namespaces/default/services";
+/// The first address of the pool `lab-d1`, which the Service is given.
+const LB_VIP: &str = "192.168.16.110";
 
 /// The nodes: name, InternalIPs, the address the agent's endpoints bind.
 const NODES: [(&str, &[&str], &str); 4] = [
@@ -260,6 +266,131 @@ fn nat_service() -> Value {
             "failover": {"vrrp": {"virtualRouterId": 61, "advertIntervalMs": 500}},
         },
     })
+}
+
+/// The reason and message of `object`'s `Accepted` condition, once it is False.
+fn refusal(path: &str) -> (String, String) {
+    let mut found = None;
+    wait_until(&format!("{path} refused"), Duration::from_secs(120), || {
+        let object = get(path).unwrap();
+        let accepted = object["status"]["conditions"].as_array().and_then(|conditions| {
+            conditions.iter().find(|c| c["type"] == "Accepted" && c["status"] == "False").cloned()
+        });
+        found = accepted
+            .map(|c| (c["reason"].as_str().unwrap().to_owned(), c["message"].as_str().unwrap().to_owned()));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// Another namespace contends for the DR VIP and clashes with the NAT VIP's
+/// VRRP router: each is refused alone and both VIPs keep working. Then a NAT
+/// Service of type LoadBalancer gets its address from a pool that directs with
+/// director1: traffic through it, its ingress, an endpoint's removal, its
+/// deletion.
+fn tenants_and_a_service() {
+    merge_patch(&format!("{POOL_PATH}/lab"), &json!({"spec": {"namespaces": ["default", "other"]}}));
+    let director2_rules = rules("director2");
+    let thief = json!({
+        "apiVersion": "lvs.dev/v1alpha1", "kind": "VirtualService",
+        "metadata": {"name": "thief", "namespace": "other"},
+        "spec": {
+            "vip": DR_VIP, "port": 80, "forwarding": "DirectRouting",
+            "realServers": [{"address": "192.168.17.21"}],
+            "directors": {"nodeSelector": {"kubernetes.io/hostname": "director2"}},
+        },
+    });
+    create(OTHER_VS_PATH, &thief);
+    let (reason, message) = refusal(&format!("{OTHER_VS_PATH}/thief"));
+    assert!(["Conflict", "VipInUse"].contains(&reason.as_str()), "{reason}: {message}");
+    assert!(message.contains("default/web-dr"), "{message}");
+    let rival = json!({
+        "apiVersion": "lvs.dev/v1alpha1", "kind": "VirtualService",
+        "metadata": {"name": "rival", "namespace": "other"},
+        "spec": {
+            "vip": "192.168.16.103", "port": 80, "forwarding": "NAT",
+            "realServers": [{"address": "192.168.17.21"}],
+            "directors": {"nodeSelector": {"kubernetes.io/hostname": "director1"}},
+            "failover": {"vrrp": {"virtualRouterId": 61, "advertIntervalMs": 1000}},
+        },
+    });
+    create(OTHER_VS_PATH, &rival);
+    let (reason, message) = refusal(&format!("{OTHER_VS_PATH}/rival"));
+    assert_eq!(reason, "VrrpConflict", "{message}");
+    // Every other VIP keeps working, its rules untouched.
+    assert_eq!(rules("director2"), director2_rules);
+    assert!(rules_of("director1", "192.168.16.103").is_empty());
+    assert!(fetch(DR_VIP, None).is_ok() && fetch(NAT_VIP, Some(NAT_CLIENT)).is_ok());
+
+    // A Service of type LoadBalancer, its address from the pool lab-d1.
+    create(
+        POOL_PATH,
+        &json!({
+            "apiVersion": "lvs.dev/v1alpha1", "kind": "VipPool",
+            "metadata": {"name": "lab-d1"},
+            "spec": {
+                "addresses": ["192.168.16.110-192.168.16.119"], "namespaces": ["default"],
+                "directors": {"nodeSelector": {"kubernetes.io/hostname": "director1"}},
+                "forwardingMethods": ["NAT"],
+            },
+        }),
+    );
+    let mut slice = endpoint_slice(&["192.168.17.21", "192.168.17.22"]);
+    slice["metadata"]["name"] = json!("web-lb-1");
+    slice["metadata"]["labels"]["kubernetes.io/service-name"] = json!("web-lb");
+    create(SLICE_PATH, &slice);
+    let start = Instant::now();
+    create(
+        K8S_SERVICE_PATH,
+        &json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web-lb", "namespace": "default",
+                         "annotations": {"lvs.dev/forwarding": "NAT", "lvs.dev/pool": "lab-d1"}},
+            "spec": {
+                "type": "LoadBalancer", "loadBalancerClass": "lvs.dev/ipvs",
+                "ports": [{"name": "http", "port": 80, "targetPort": 80, "protocol": "TCP"}],
+            },
+        }),
+    );
+    wait_until("traffic through the Service's VIP", Duration::from_secs(240), || {
+        fetch(LB_VIP, Some(NAT_CLIENT)).is_ok()
+    });
+    figure(&format!(
+        "cluster Service of type LoadBalancer creation to traffic through its VIP: {} ms",
+        millis(start.elapsed())
+    ));
+    let rules = rules_of("director1", LB_VIP);
+    for rs in ["192.168.17.21", "192.168.17.22"] {
+        assert!(rules.iter().any(|l| l.contains(&format!("-r {rs}:80 -m"))), "{rules:?}");
+    }
+    assert!(rules_of("director2", LB_VIP).is_empty(), "the pool directs with director1 only");
+    wait_until("the Service's ingress", Duration::from_secs(120), || {
+        get(&format!("{K8S_SERVICE_PATH}/web-lb")).unwrap()["status"]["loadBalancer"]["ingress"]
+            == json!([{"ip": LB_VIP, "ipMode": "Proxy"}])
+    });
+    let service = get(&format!("{K8S_SERVICE_PATH}/web-lb")).unwrap();
+    assert_eq!(service["metadata"]["finalizers"], json!(["lvs.dev/load-balancer-cleanup"]), "{service}");
+
+    let start = Instant::now();
+    merge_patch(
+        &format!("{SLICE_PATH}/web-lb-1"),
+        &json!({"endpoints": [{"addresses": ["192.168.17.21"], "conditions": {"ready": true}}]}),
+    );
+    wait_until("the Service's removed endpoint leaves the kernel", Duration::from_secs(120), || {
+        !rules_of("director1", LB_VIP).iter().any(|l| l.contains("192.168.17.22"))
+    });
+    figure(&format!("cluster Service endpoint removal to the kernel: {} ms", millis(start.elapsed())));
+
+    api("DELETE", &format!("{K8S_SERVICE_PATH}/web-lb"), None, "");
+    wait_until("the Service leaves the kernel and director1", Duration::from_secs(120), || {
+        rules_of("director1", LB_VIP).is_empty() && !addresses("director1").contains(LB_VIP)
+    });
+    wait_until("the Service's finalizer is removed", Duration::from_secs(120), || {
+        get(&format!("{K8S_SERVICE_PATH}/web-lb")).is_none()
+    });
+    for name in ["thief", "rival"] {
+        api("DELETE", &format!("{OTHER_VS_PATH}/{name}"), None, "");
+    }
 }
 
 /// The condition `type_` of `object`'s status: (status, reason).
@@ -503,6 +634,8 @@ fn scenarios() {
     let reasons: Vec<&str> =
         events["items"].as_array().unwrap().iter().filter_map(|e| e["reason"].as_str()).collect();
     assert!(reasons.contains(&"Programmed"), "events: {reasons:?}");
+
+    tenants_and_a_service();
 
     // --- a real server's removal to the kernel --------------------------------------
     let start = Instant::now();

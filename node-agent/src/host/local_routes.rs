@@ -101,6 +101,10 @@ pub fn add_routes(
         Ok(prepared) => prepared,
         Err(e) => return (Vec::new(), all_failed(routes.iter(), adding, &e)),
     };
+    if changes.adopt {
+        // The agent's own from before a lost record: adopted.
+        changes.routes.extend(routes.iter().filter(|route| present.contains(route)).cloned());
+    }
     let mut failures = Vec::new();
     let mut to_add = Vec::new();
     for route in routes.iter().filter(|route| !present.contains(route)) {

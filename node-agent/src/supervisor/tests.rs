@@ -728,3 +728,40 @@ fn a_state_file_that_cannot_be_trusted_is_set_aside_and_nothing_unproven_is_dele
         std::fs::remove_dir_all(&state_dir).unwrap();
     }
 }
+
+/// A round that changes the host writes a mark first and clears it with its
+/// own write: an agent killed in between (the chaos run's early kills) finds
+/// the mark at its next start and adopts what is in place of the desired host
+/// part, which it made but could not record; so emptying removes it. Without
+/// the mark, a VIP already in place is someone else's and stays.
+#[test]
+fn a_kill_while_changing_the_host_leaves_a_mark_that_makes_the_restart_adopt() {
+    let desired = spec(2, true, "");
+    for (case, marked) in [("marked", true), ("clean", false)] {
+        let state_dir = std::env::temp_dir().join(format!("lvs-agent-mark-{case}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let state_file = state_dir.join("state.json");
+        let mark = if marked { r#","changing_host":true"# } else { "" };
+        std::fs::write(&state_file, format!(r#"{{"version":1,"owned":[],"drains":[],"host":{{}}{mark}}}"#))
+            .unwrap();
+        // The host holds the VIP: the killed run had taken it.
+        let host = FakeHost::default();
+        let vip = DeviceAddress { device: "eth0".into(), address: "192.0.2.100".parse().unwrap() };
+        host.addresses.lock().unwrap().insert(vip);
+        let kernel = FakeKernel::default();
+        let mut engine =
+            Engine::with(Box::new(kernel.clone()), Box::new(host.clone()), &state_dir, false).unwrap();
+        let round = engine.reconcile(&desired, Scope::Full);
+        assert!(round.failures.is_empty(), "{case}: {:?}", round.failures);
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+        assert!(written.get("changing_host").is_none(), "{case}: the round's own write clears the mark");
+
+        host.ops();
+        engine.reconcile(&LvsNodeSpec::default(), Scope::Full);
+        let removed = host.ops().contains(&"remove 192.0.2.100 on eth0".to_string());
+        assert_eq!(removed, marked, "{case}");
+        std::fs::remove_dir_all(&state_dir).unwrap();
+    }
+}
