@@ -487,7 +487,10 @@ proptest! {
         }
         let nodes: BTreeMap<String, &Node> =
             cluster.nodes.iter().map(|n| (n.metadata.name.clone().unwrap(), n)).collect();
-        let mut holders: BTreeMap<(IpAddr, u16, String), BTreeSet<(String, String, String)>> = BTreeMap::new();
+        // (address, port, protocol) -> (kind, namespace, name) of each holder.
+        type Key = (IpAddr, u16, String);
+        type Holder = (String, String, String);
+        let mut holders: BTreeMap<Key, BTreeSet<Holder>> = BTreeMap::new();
         for (node_name, state) in states(&translation) {
             for service in state.director.iter().flat_map(|d| &d.services) {
                 let Some(address) = service.key.address else { continue };
