@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{By, ServerError, open_api_schema, openapi_errors};
+use common::{ApiServer, By, ServerError, open_api_schema, spec_json};
 use lvs_crds::{VipPool, VipPoolSpec};
 use serde_json::Value;
 
@@ -70,38 +70,12 @@ const BAD: &[(&str, &str, &str, By)] = &[
     ),
 ];
 
-fn spec_json(spec: &str) -> Value {
-    serde_yaml::from_str(spec).expect("a spec in YAML")
-}
-
-struct ApiServer {
-    schema: Value,
-    rules: kube_cel::CompiledSchema,
-    cel: kube_cel::Validator,
-}
-
 thread_local! {
-    static API_SERVER: ApiServer = {
-        let schema = open_api_schema::<VipPool>();
-        ApiServer { rules: kube_cel::compile_schema(&schema), schema, cel: kube_cel::Validator::new() }
-    };
+    static API_SERVER: ApiServer = ApiServer::of::<VipPool>();
 }
 
 fn server_errors(spec: &Value) -> Vec<ServerError> {
-    API_SERVER.with(|server| {
-        let mut errors = Vec::new();
-        openapi_errors(&server.schema["properties"]["spec"], spec, "spec", &mut errors);
-        let object = serde_json::json!({ "spec": spec });
-        if let Err(cel_errors) = server.cel.validate_compiled(&server.rules, &object, None) {
-            errors.extend(cel_errors.iter().map(|e| ServerError {
-                by: By::Cel,
-                path: e.field_path.clone(),
-                message: format!("{:?}: {}", e.kind, e.message),
-                rule: (e.kind == kube_cel::ErrorKind::ValidationFailure).then(|| e.rule.clone()),
-            }));
-        }
-        errors
-    })
+    API_SERVER.with(|server| server.errors(spec))
 }
 
 /// What the Rust side says: deserialization errors (unknown enum values),

@@ -44,27 +44,26 @@ pub fn open_api_schema<K: CustomResourceExt>() -> Value {
     serde_json::to_value(schema.expect("the CRD has an openAPIV3Schema")).unwrap()
 }
 
-struct ApiServer {
+/// The emulated API server's validation of one kind: its OpenAPI schema and
+/// its compiled CEL rules.
+pub struct ApiServer {
     schema: Value,
     rules: kube_cel::CompiledSchema,
     cel: kube_cel::Validator,
 }
 
-thread_local! {
-    // Compiling the rules takes far longer than evaluating them.
-    static API_SERVER: ApiServer = {
-        let schema = open_api_schema::<VirtualService>();
+impl ApiServer {
+    pub fn of<K: CustomResourceExt>() -> Self {
+        let schema = open_api_schema::<K>();
         ApiServer { rules: kube_cel::compile_schema(&schema), schema, cel: kube_cel::Validator::new() }
-    };
-}
+    }
 
-/// Everything the emulated API server refuses in a VirtualService `spec`.
-pub fn server_errors(spec: &Value) -> Vec<ServerError> {
-    API_SERVER.with(|server| {
+    /// Everything it refuses in `spec`.
+    pub fn errors(&self, spec: &Value) -> Vec<ServerError> {
         let mut errors = Vec::new();
-        openapi_errors(&server.schema["properties"]["spec"], spec, "spec", &mut errors);
+        openapi_errors(&self.schema["properties"]["spec"], spec, "spec", &mut errors);
         let object = serde_json::json!({ "spec": spec });
-        if let Err(cel_errors) = server.cel.validate_compiled(&server.rules, &object, None) {
+        if let Err(cel_errors) = self.cel.validate_compiled(&self.rules, &object, None) {
             errors.extend(cel_errors.iter().map(|e| ServerError {
                 by: Cel,
                 path: e.field_path.clone(),
@@ -73,7 +72,17 @@ pub fn server_errors(spec: &Value) -> Vec<ServerError> {
             }));
         }
         errors
-    })
+    }
+}
+
+thread_local! {
+    // Compiling the rules takes far longer than evaluating them.
+    static API_SERVER: ApiServer = ApiServer::of::<VirtualService>();
+}
+
+/// Everything the emulated API server refuses in a VirtualService `spec`.
+pub fn server_errors(spec: &Value) -> Vec<ServerError> {
+    API_SERVER.with(|server| server.errors(spec))
 }
 
 use By::{Cel, Schema};
