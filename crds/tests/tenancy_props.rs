@@ -204,16 +204,7 @@ fn namespaces() -> impl Strategy<Value = Vec<Namespace>> {
 }
 
 fn cluster() -> impl Strategy<Value = ClusterState> {
-    (virtual_services(), nodes(), pools(), namespaces()).prop_map(
-        |(virtual_services, nodes, pools, namespaces)| ClusterState {
-            virtual_services,
-            nodes,
-            endpoint_slices: Vec::new(),
-            vip_pools: Some(pools),
-            namespaces,
-            services: Vec::new(),
-        },
-    )
+    (virtual_services(), nodes(), pools(), namespaces()).prop_map(cluster_of)
 }
 
 fn shuffled(cluster: ClusterState) -> impl Strategy<Value = ClusterState> {
@@ -223,14 +214,18 @@ fn shuffled(cluster: ClusterState) -> impl Strategy<Value = ClusterState> {
         Just(cluster.vip_pools.unwrap()).prop_shuffle(),
         Just(cluster.namespaces).prop_shuffle(),
     )
-        .prop_map(|(virtual_services, nodes, pools, namespaces)| ClusterState {
-            virtual_services,
-            nodes,
-            endpoint_slices: Vec::new(),
-            vip_pools: Some(pools),
-            namespaces,
-            services: Vec::new(),
-        })
+        .prop_map(cluster_of)
+}
+
+fn cluster_of(
+    (virtual_services, nodes, pools, namespaces): (
+        Vec<VirtualService>,
+        Vec<Node>,
+        Vec<VipPool>,
+        Vec<Namespace>,
+    ),
+) -> ClusterState {
+    ClusterState { virtual_services, nodes, vip_pools: Some(pools), namespaces, ..ClusterState::default() }
 }
 
 /// Services of type LoadBalancer of our class: an address asked for or not
