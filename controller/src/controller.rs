@@ -500,7 +500,7 @@ pub async fn run(
         let (concerned, services) = (concerned.clone(), services.clone());
         move |change| {
             if change.is_ok() {
-                for service in triggers::services_for_node(&services.state(), default_class) {
+                for service in triggers::our_services(&services.state(), default_class) {
                     let _ = concerned.unbounded_send(service);
                 }
             }
@@ -529,7 +529,7 @@ pub async fn run(
         // A pool's change may give every Service of ours another address.
         move |change| {
             if change.is_ok() {
-                for service in triggers::services_for_node(&services.state(), default_class) {
+                for service in triggers::our_services(&services.state(), default_class) {
                     let _ = concerned.unbounded_send(service);
                 }
             }

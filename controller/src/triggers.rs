@@ -165,9 +165,10 @@ pub fn services_for_endpoint_slice(
         .collect()
 }
 
-/// The Services of type LoadBalancer a Node may matter to: all of ours (a
-/// director, a hostNetwork endpoint's node, or a VIP that is its address).
-pub fn services_for_node(services: &[Arc<Service>], default_class: bool) -> Vec<ObjectRef<Service>> {
+/// Every Service of type LoadBalancer that is or was ours: those a Node may
+/// matter to (a director, a hostNetwork endpoint's node, or a VIP that is its
+/// address), and those a VipPool's change may give another address.
+pub fn our_services(services: &[Arc<Service>], default_class: bool) -> Vec<ObjectRef<Service>> {
     services
         .iter()
         .filter(|service| is_or_was_ours(service, default_class))
@@ -454,8 +455,8 @@ mod tests {
             load_balancer("moved", Some("example.com/lb"), &[crate::SERVICE_FINALIZER]),
             load_balancer("theirs", Some("example.com/lb"), &[]),
         ];
-        assert_eq!(service_names(services_for_node(&services, false)), ["ours", "moved"]);
-        assert_eq!(service_names(services_for_node(&services, true)), ["ours", "classless", "moved"]);
+        assert_eq!(service_names(our_services(&services, false)), ["ours", "moved"]);
+        assert_eq!(service_names(our_services(&services, true)), ["ours", "classless", "moved"]);
 
         let mut slice = EndpointSlice::default();
         slice.metadata.namespace = Some("default".into());
