@@ -222,7 +222,7 @@ fn conditions() -> String {
             "Accepted",
             "False",
             "VrrpConflict",
-            "its VRRP settings contradict an older VirtualService's on a shared director",
+            "its VRRP settings contradict an older VirtualService's or Service's on a shared director",
         ),
         ("Accepted", "False", "NoVip", "standalone agent only: neither `vip` nor `fwmark`"),
         ("Programmed", "True", PROGRAMMED, "every director reports this generation applied without error"),

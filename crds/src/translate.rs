@@ -65,7 +65,7 @@ use crate::{
 
 mod tenancy;
 
-use tenancy::{RealServerNodes, Tenancy};
+use tenancy::{OwnerId, RealServerNodes, Tenancy};
 pub use tenancy::{SERVICE_KIND, VIRTUAL_SERVICE_KIND, claim_of, owner_of, reservations, service_claims};
 
 /// Largest serialized size of one LvsNode object by default: 1 MiB (etcd
@@ -294,22 +294,16 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translatio
     // `externalTrafficPolicy: Local`), kept here: the resolved services borrow them.
     let ports: Vec<(VirtualService, Option<usize>)> =
         judged.load_balancers.iter().flat_map(|lb| lb.virtual_services(&nodes)).collect();
-    let mut services: Vec<Resolved<'_>> =
-        judged.accepted.iter().map(|&vs| resolve(vs, OwnerKind::VirtualService, &nodes, &backends)).collect();
-    let (mut allocations, mut pools) = (BTreeMap::new(), BTreeMap::new());
-    if let Some(tenancy) = tenancy.as_ref() {
-        for resolved in &mut services {
-            resolved.real_server_nodes =
-                tenancy.real_server_nodes.get(&resolved.id()).cloned().unwrap_or(RealServerNodes::None);
-        }
-        verdicts.extend(tenancy.verdicts.clone());
-        let ages: HashMap<ObjectId, Age> = effective.iter().map(|vs| (object_id(vs), Age::of(vs))).collect();
-        let refused = tenancy::vrrp_conflicts(&services, &ages, &nodes);
-        services.retain(|resolved| !refused.contains_key(&resolved.id()));
-        verdicts.extend(refused);
-        allocations.clone_from(&tenancy.allocations);
-        pools.clone_from(&tenancy.allocation.pools);
-    }
+    let mut services: Vec<Resolved<'_>> = (judged.accepted.iter())
+        .map(|&vs| {
+            let mut resolved = resolve(vs, OwnerKind::VirtualService, &nodes, &backends);
+            if let Some(tenancy) = tenancy.as_ref() {
+                resolved.real_server_nodes =
+                    tenancy.real_server_nodes.get(&resolved.id()).cloned().unwrap_or(RealServerNodes::None);
+            }
+            resolved
+        })
+        .collect();
     // A Service's real servers are its own endpoints: the nodes among them
     // (host-network pods) are the only ones its ports may change.
     for (port, director) in &ports {
@@ -319,6 +313,28 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translatio
             resolved.directors = vec![*director];
         }
         services.push(resolved);
+    }
+    let mut load_balancers = judged.load_balancer_outcomes;
+    let (mut allocations, mut pools) = (BTreeMap::new(), BTreeMap::new());
+    if let Some(tenancy) = tenancy.as_ref() {
+        verdicts.extend(tenancy.verdicts.clone());
+        let ages: HashMap<OwnerId, Age> = (effective.iter())
+            .map(|vs| ((OwnerKind::VirtualService, object_id(vs)), Age::of(vs)))
+            .chain(judged.load_balancers.iter().map(|lb| {
+                ((OwnerKind::Service, service_lb::service_id(lb.service)), Age::of_meta(&lb.service.metadata))
+            }))
+            .collect();
+        let refused = tenancy::vrrp_conflicts(&services, &ages, &nodes);
+        services.retain(|resolved| !refused.contains_key(&resolved.owner()));
+        for ((kind, id), verdict) in refused {
+            if kind == OwnerKind::Service {
+                load_balancers.insert(id, LoadBalancerOutcome { verdict, addresses: Vec::new() });
+            } else {
+                verdicts.insert(id, verdict);
+            }
+        }
+        allocations.clone_from(&tenancy.allocations);
+        pools.clone_from(&tenancy.allocation.pools);
     }
     for resolved in &mut services {
         resolved.fingerprint = Fingerprint::of(&resolved.service);
@@ -350,7 +366,7 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translatio
         .flat_map(|(node, state)| state.into_objects(nodes.name(node), options.max_object_bytes, &names))
         .collect();
     lvs_nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    Translation { lvs_nodes, verdicts, allocations, pools, load_balancers: judged.load_balancer_outcomes }
+    Translation { lvs_nodes, verdicts, allocations, pools, load_balancers }
 }
 
 /// One VirtualService's part of one node's desired state, translated alone.
@@ -992,6 +1008,10 @@ fn director_vip_order(vip: &DirectorVip) -> impl Ord + '_ {
 impl Resolved<'_> {
     fn id(&self) -> ObjectId {
         (self.service.owner.namespace.clone(), self.service.owner.name.clone())
+    }
+
+    fn owner(&self) -> OwnerId {
+        (self.service.owner.kind, self.id())
     }
 
     /// The VIP a director with VRRP priority `priority` may hold.

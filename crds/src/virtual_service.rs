@@ -748,6 +748,6 @@ pub mod conditions {
     /// Reason of `Accepted=False`: the spec breaks a validation rule.
     pub const REASON_INVALID: &str = "Invalid";
     /// Reason of `Accepted=False`: its VRRP settings conflict with an older
-    /// VirtualService's on a shared director.
+    /// VirtualService's or Service's on a shared director.
     pub const REASON_VRRP_CONFLICT: &str = "VrrpConflict";
 }

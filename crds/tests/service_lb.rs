@@ -443,6 +443,74 @@ fn the_older_of_a_service_and_a_virtual_service_wins_a_key_and_the_loser_is_told
     );
 }
 
+/// VRRP settings are judged across kinds, per director and oldest first: a
+/// Service (its router ID from the annotation, advert interval 1000 ms)
+/// contradicting an older VirtualService is refused whole, with the
+/// VirtualService named; an older Service wins over a newer VirtualService.
+#[test]
+fn a_vrrp_conflict_between_a_service_and_a_virtual_service_refuses_the_newer_alone() {
+    let vs = |created, advert| {
+        virtual_service(
+            "default",
+            "vrrp",
+            created,
+            &format!(
+                "{{vip: 192.168.16.205, port: 80, forwarding: NAT, realServers: [{{address: 10.0.0.21}}],
+                   failover: {{vrrp: {{virtualRouterId: 51, advertIntervalMs: {advert}}}}}}}"
+            ),
+        )
+    };
+    let service = |name: &str, created, annotations: &str| {
+        let mut service = web(annotations, "");
+        service.metadata.name = Some(name.into());
+        service.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
+        service.spec.as_mut().unwrap().load_balancer_ip = None;
+        service
+    };
+    let mut cluster = ClusterState {
+        vip_pools: Some(vec![pool()]),
+        ..self::cluster(
+            vec![
+                // Router 51 at another interval than the older VirtualService's: refused.
+                service("clash", 10, "{lvs.dev/forwarding: NAT, lvs.dev/vrrp-router-id: '51'}"),
+                // Its own router: served.
+                service("own", 11, "{lvs.dev/forwarding: NAT, lvs.dev/vrrp-router-id: '52'}"),
+            ],
+            vec![pods()],
+        )
+    };
+    cluster.virtual_services = vec![vs(1, 500)];
+    let t = run(cluster.clone());
+    assert_eq!(t.verdicts[&id("vrrp")], Verdict::Accepted);
+    let clash = &outcome(&t, "clash").verdict;
+    assert_eq!(clash.reason(), "VrrpConflict");
+    assert!(
+        clash.message().contains(
+            "VRRP router 51 (the route's interface) is used by the older VirtualService default/vrrp"
+        ),
+        "{}",
+        clash.message()
+    );
+    assert!(outcome(&t, "clash").addresses.is_empty());
+    assert_eq!(outcome(&t, "own").verdict, Verdict::Accepted);
+    let own = outcome(&t, "own").addresses[0];
+    let vips: Vec<(IpAddr, Option<u8>)> = (state(&t, "lvs1").director.unwrap().vips.iter())
+        .map(|v| (v.address, v.vrrp.as_ref().map(|v| v.virtual_router_id)))
+        .collect();
+    assert_eq!(vips, [(own, Some(52)), (ip("192.168.16.205"), Some(51))]);
+    let owners: Vec<(OwnerKind, String)> =
+        services_of(&t, "lvs1").iter().map(|s| (s.owner.kind, s.owner.name.clone())).collect();
+    assert!(!owners.contains(&(OwnerKind::Service, "clash".into())), "{owners:?}");
+
+    // The Service older than the VirtualService: the VirtualService is refused.
+    cluster.virtual_services = vec![vs(20, 500)];
+    let t = run(cluster);
+    assert_eq!(outcome(&t, "clash").verdict, Verdict::Accepted);
+    let refused = &t.verdicts[&id("vrrp")];
+    assert_eq!(refused.reason(), "VrrpConflict");
+    assert!(refused.message().contains("older Service default/clash"), "{}", refused.message());
+}
+
 #[test]
 fn two_services_requesting_one_address_the_older_wins() {
     let mut newer = web("{}", "");

@@ -12,8 +12,8 @@
 //!   narrowed by the pool's `realServerNodeSelector` (refused without one).
 //!
 //! After resolving, [`vrrp_conflicts`] refuses, newer first, each
-//! VirtualService whose VRRP settings contradict an older one's on a shared
-//! director: every other VIP keeps working.
+//! VirtualService or Service whose VRRP settings contradict an older one's on
+//! a shared director: every other VIP keeps working.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -397,82 +397,100 @@ fn narrow(
     Some(both)
 }
 
-/// The VirtualServices whose VRRP settings contradict an older one's on a
-/// director both use, with their verdicts. Per director, the older holds:
+/// An object that owns services: its kind and (namespace, name).
+pub(super) type OwnerId = (OwnerKind, ObjectId);
+
+/// The VirtualServices and Services whose VRRP settings contradict an older
+/// one's on a director both use, with their verdicts. Per director, the older
+/// holds:
 /// - a VIP's interface and VRRP settings (router ID, interval, preemption,
 ///   or no VRRP);
 /// - a router ID's interval and preemption on an interface (the agent makes
 ///   one VRRP instance of the VIPs of one router ID), and, between
 ///   namespaces, its VIP: one namespace's router never carries another's VIP.
+///
+/// `ages` orders the owners (VirtualServices before Services of one age, as
+/// [`super::judge`] does); a service whose owner has no age is not judged.
 pub(super) fn vrrp_conflicts(
     services: &[Resolved<'_>],
-    ages: &HashMap<ObjectId, Age>,
+    ages: &HashMap<OwnerId, Age>,
     nodes: &NodeIndex<'_>,
-) -> BTreeMap<ObjectId, Verdict> {
+) -> BTreeMap<OwnerId, Verdict> {
     type Settings = (Option<String>, Option<(u8, u32, bool)>);
     let mut order: Vec<(&Age, &Resolved<'_>)> =
-        services.iter().filter_map(|r| Some((ages.get(&r.id())?, r))).collect();
-    order.sort_by(|a, b| a.0.cmp(b.0));
+        services.iter().filter_map(|r| Some((ages.get(&r.owner())?, r))).collect();
+    order.sort_by(|a, b| (a.0, a.1.service.owner.kind).cmp(&(b.0, b.1.service.owner.kind)));
 
-    let mut by_vip: HashMap<(usize, std::net::IpAddr), (Settings, ObjectId)> = HashMap::new();
+    let mut by_vip: HashMap<(usize, IpAddr), (Settings, OwnerId)> = HashMap::new();
     // (director, interface, family, router ID) -> (interval, preempt), VIP, holder.
     type Router = (usize, Option<String>, AddressFamily, u8);
-    let mut by_router: HashMap<Router, ((u32, bool), std::net::IpAddr, ObjectId)> = HashMap::new();
+    let mut by_router: HashMap<Router, ((u32, bool), IpAddr, OwnerId)> = HashMap::new();
     let mut refused = BTreeMap::new();
-    for (_, service) in order {
-        let Some(vip) = service.service.key.address else { continue };
-        let id = service.id();
-        let interface = service.spec.directors.as_ref().and_then(|d| d.interface.clone());
-        let vrrp = service.spec.failover.as_ref().map(|f| {
-            let v = &f.vrrp;
-            (v.virtual_router_id, v.advert_interval_ms, v.preempt)
-        });
-        let settings: Settings = (interface.clone(), vrrp);
-        let family = AddressFamily::from(vip);
+    // Each owner whole (a Service has a service per port, and per director
+    // under `externalTrafficPolicy: Local`): judged on all, then registered.
+    for group in order.chunk_by(|a, b| a.1.owner() == b.1.owner()) {
+        let owner = group[0].1.owner();
         let mut conflict = None;
-        for &node in &service.directors {
-            if let Some((theirs, winner)) = by_vip.get(&(node, vip))
-                && *theirs != settings
-            {
-                conflict = Some(format!(
-                    "on director {}, VIP {vip} has other interface or VRRP settings ({}) in the older VirtualService {}",
-                    nodes.name(node),
-                    describe(theirs),
-                    super::qualified_name(winner)
-                ));
-                break;
-            }
-            if let Some((router, advert, preempt)) = vrrp
-                && let Some((theirs, their_vip, winner)) =
-                    by_router.get(&(node, interface.clone(), family, router))
-                && (*theirs != (advert, preempt) || (*their_vip != vip && winner.0 != id.0))
-            {
-                conflict = Some(format!(
-                    "on director {}, VRRP router {router} ({}) is used by the older VirtualService {} \
-                     (VIP {their_vip}, advert interval {} ms, preempt {})",
-                    nodes.name(node),
-                    interface.as_deref().unwrap_or("the route's interface"),
-                    super::qualified_name(winner),
-                    theirs.0,
-                    theirs.1
-                ));
-                break;
+        let mut claims = Vec::new();
+        'group: for (_, service) in group {
+            let Some(vip) = service.service.key.address else { continue };
+            let interface = service.spec.directors.as_ref().and_then(|d| d.interface.clone());
+            let vrrp = service.spec.failover.as_ref().map(|f| {
+                let v = &f.vrrp;
+                (v.virtual_router_id, v.advert_interval_ms, v.preempt)
+            });
+            let settings: Settings = (interface.clone(), vrrp);
+            let family = AddressFamily::from(vip);
+            for &node in &service.directors {
+                if let Some((theirs, winner)) = by_vip.get(&(node, vip))
+                    && *theirs != settings
+                {
+                    conflict = Some(format!(
+                        "on director {}, VIP {vip} has other interface or VRRP settings ({}) in the older {}",
+                        nodes.name(node),
+                        describe(theirs),
+                        describe_owner(winner)
+                    ));
+                    break 'group;
+                }
+                if let Some((router, advert, preempt)) = vrrp
+                    && let Some((theirs, their_vip, winner)) =
+                        by_router.get(&(node, interface.clone(), family, router))
+                    && (*theirs != (advert, preempt) || (*their_vip != vip && winner.1.0 != owner.1.0))
+                {
+                    conflict = Some(format!(
+                        "on director {}, VRRP router {router} ({}) is used by the older {} \
+                         (VIP {their_vip}, advert interval {} ms, preempt {})",
+                        nodes.name(node),
+                        interface.as_deref().unwrap_or("the route's interface"),
+                        describe_owner(winner),
+                        theirs.0,
+                        theirs.1
+                    ));
+                    break 'group;
+                }
+                claims.push((node, vip, settings.clone(), family));
             }
         }
         if let Some(message) = conflict {
-            refused.insert(id, Verdict::Refused { reason: "VrrpConflict", message });
+            refused.insert(owner, Verdict::Refused { reason: "VrrpConflict", message });
             continue;
         }
-        for &node in &service.directors {
-            by_vip.entry((node, vip)).or_insert_with(|| (settings.clone(), id.clone()));
-            if let Some((router, advert, preempt)) = vrrp {
+        for (node, vip, settings, family) in claims {
+            if let (interface, Some((router, advert, preempt))) = &settings {
                 by_router
-                    .entry((node, interface.clone(), family, router))
-                    .or_insert_with(|| ((advert, preempt), vip, id.clone()));
+                    .entry((node, interface.clone(), family, *router))
+                    .or_insert_with(|| ((*advert, *preempt), vip, owner.clone()));
             }
+            by_vip.entry((node, vip)).or_insert_with(|| (settings, owner.clone()));
         }
     }
     refused
+}
+
+/// `VirtualService team-a/web`, `Service team-a/web`.
+fn describe_owner((kind, id): &OwnerId) -> String {
+    format!("{kind:?} {}", super::qualified_name(id))
 }
 
 fn describe((interface, vrrp): &(Option<String>, Option<(u8, u32, bool)>)) -> String {
