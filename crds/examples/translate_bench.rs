@@ -10,15 +10,25 @@
 //! services of one VRRP router ID share a namespace (20 namespaces): the
 //! cluster mode lets one namespace group VIPs under a router ID, not two.
 //!
-//! With `LVS_BENCH_POOLS=1`, the cluster mode: one VipPool (10.200.0.0/16,
-//! every namespace, every node a possible real server) and every other
-//! service without `vip`, so that the allocation assigns 5,000 addresses.
+//! The second argument picks the input:
+//! - `virtual-services` (default): as above, every VIP written in the spec
+//!   and no pools (the baseline);
+//! - `pools`: the cluster mode, one VipPool (10.200.0.0/16, every namespace,
+//!   every node a possible real server) and every other VirtualService
+//!   without `vip`, so that the allocation assigns 5,000 addresses;
+//! - `services`: 10,000 Services of type LoadBalancer of our class, none
+//!   asking for an address, so that the allocation assigns all 10,000 from one
+//!   VipPool, each with an EndpointSlice of 10 ready pods (plus one not
+//!   ready) spread over the workers: 60% FullNAT with
+//!   `externalTrafficPolicy: Cluster`, 20% NAT with `Local` (split per
+//!   director with local endpoints), 20% FullNAT with `sessionAffinity:
+//!   ClientIP`; half of them share their namespace's VRRP router.
 
 use std::{collections::BTreeMap, time::Instant};
 
 use k8s_openapi::{
     api::{
-        core::v1::{Node, NodeAddress, NodeStatus},
+        core::v1::{Node, NodeAddress, NodeStatus, Service},
         discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
@@ -33,10 +43,16 @@ const DIRECTORS: usize = 4;
 
 fn main() {
     let runs: usize = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(3);
-    let mut state = cluster();
-    if std::env::var("LVS_BENCH_POOLS").is_ok_and(|v| v == "1") {
-        with_pools(&mut state);
-    }
+    let mode = std::env::args().nth(2).unwrap_or_else(|| "virtual-services".to_owned());
+    let state = match mode.as_str() {
+        "virtual-services" => cluster(),
+        "pools" => with_pools(cluster()),
+        "services" => services(),
+        other => {
+            eprintln!("unknown mode {other}: virtual-services, pools or services");
+            std::process::exit(2);
+        }
+    };
     let options = TranslateOptions::default();
 
     let mut times = Vec::new();
@@ -49,13 +65,18 @@ fn main() {
     }
     let translation = translation.expect("at least one run");
 
-    let accepted = translation.verdicts.values().filter(|v| v.reason() == "Accepted").count();
+    let accepted = translation.verdicts.values().filter(|v| v.reason() == "Accepted").count()
+        + translation.load_balancers.values().filter(|o| o.verdict.reason() == "Accepted").count();
     let bytes: Vec<usize> =
         translation.lvs_nodes.iter().map(|o| serde_json::to_vec(o).unwrap().len()).collect();
     let nodes: std::collections::BTreeSet<&str> =
         translation.lvs_nodes.iter().map(|o| o.spec.node.as_str()).collect();
+    println!("mode: {mode}");
     println!(
-        "input: {SERVICES} VirtualServices x {REAL_SERVERS} real servers, {NODES} nodes ({DIRECTORS} directors), {} EndpointSlices",
+        "input: {} VirtualServices, {} Services, {} VipPools; {NODES} nodes ({DIRECTORS} directors), {} EndpointSlices",
+        state.virtual_services.len(),
+        state.services.len(),
+        state.vip_pools.as_ref().map_or(0, Vec::len),
         state.endpoint_slices.len()
     );
     println!(
@@ -70,26 +91,95 @@ fn main() {
     println!("translate_ms_each_run: {}", times_ms.join(" "));
     println!("translate_ms_best: {:.0}", best * 1e3);
     if state.vip_pools.is_some() {
-        println!("allocated: {} VIPs, pools {:?}", translation.allocations.len(), translation.pools);
+        let service_vips: usize = translation.load_balancers.values().map(|o| o.addresses.len()).sum();
+        println!(
+            "allocated: {} VIPs to VirtualServices, {service_vips} to Services, pools {:?}",
+            translation.allocations.len(),
+            translation.pools
+        );
     }
     println!("translate_ms_first: {:.0}", times[0] * 1e3);
     println!("peak_rss_mib: {:.1}", peak_rss_kib() as f64 / 1024.0);
 }
 
 /// The cluster mode: one pool for every namespace; odd services lose their `vip`.
-fn with_pools(state: &mut ClusterState) {
-    let pool: lvs_crds::VipPool = serde_yaml::from_str(
-        "apiVersion: lvs.dev/v1alpha1\nkind: VipPool\nmetadata: {name: bench}\n\
-         spec: {addresses: [10.200.0.0/16], namespaceSelector: {}, realServerNodeSelector: {},\
-         forwardingMethods: [DirectRouting, NAT, Tunnel]}",
-    )
-    .expect("a VipPool");
-    state.vip_pools = Some(vec![pool]);
+fn with_pools(mut state: ClusterState) -> ClusterState {
+    state.vip_pools = Some(vec![pool()]);
     for (i, vs) in state.virtual_services.iter_mut().enumerate() {
         if i % 2 == 1 {
             vs.spec.vip = None;
         }
     }
+    state
+}
+
+/// The administrator's one pool: every namespace, the director-labelled
+/// nodes directing, every node a possible real server.
+fn pool() -> lvs_crds::VipPool {
+    serde_yaml::from_str(
+        "apiVersion: lvs.dev/v1alpha1\nkind: VipPool\nmetadata: {name: bench}\n\
+         spec: {addresses: [10.200.0.0/16], namespaceSelector: {}, realServerNodeSelector: {},\
+         directors: {nodeSelector: {lvs.dev/director: 'true'}, interface: eth0},\
+         forwardingMethods: [DirectRouting, NAT, FullNAT, Tunnel]}",
+    )
+    .expect("a VipPool")
+}
+
+/// The Services mode: no VirtualService, 10,000 Services of type
+/// LoadBalancer and their EndpointSlices, one pool allocating every address.
+fn services() -> ClusterState {
+    ClusterState {
+        nodes: (0..NODES).map(node).collect(),
+        services: (0..SERVICES).map(load_balancer).collect(),
+        endpoint_slices: (0..SERVICES).map(pod_slice).collect(),
+        vip_pools: Some(vec![pool()]),
+        ..ClusterState::default()
+    }
+}
+
+fn namespace(i: usize) -> String {
+    format!("team-{}", i % 20)
+}
+
+/// Service `svc-{i}`: no address asked for, one TCP port.
+fn load_balancer(i: usize) -> Service {
+    let (policy, affinity, forwarding) = match i % 5 {
+        0..=2 => ("Cluster", "None", "FullNAT"),
+        3 => ("Local", "None", "NAT"),
+        _ => ("Cluster", "ClientIP", "FullNAT"),
+    };
+    let mut annotations = serde_json::json!({"lvs.dev/forwarding": forwarding, "lvs.dev/scheduler": "wrr"});
+    if i % 2 == 0 {
+        annotations["lvs.dev/vrrp-router-id"] = (i % 20 + 1).to_string().into();
+    }
+    let service = serde_json::json!({
+        "metadata": {
+            "name": format!("svc-{i}"), "namespace": namespace(i),
+            "uid": format!("00000000-0000-0000-0001-{i:012}"),
+            "annotations": annotations,
+        },
+        "spec": {
+            "type": "LoadBalancer", "loadBalancerClass": "lvs.dev/ipvs",
+            "externalTrafficPolicy": policy, "sessionAffinity": affinity,
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+            "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}],
+        },
+    });
+    let mut service: Service = serde_json::from_value(service).expect("a Service");
+    service.metadata.creation_timestamp =
+        Some(Time(Timestamp::from_second(1_700_000_000 + i as i64).unwrap()));
+    service
+}
+
+/// The EndpointSlice of `svc-{i}`: 10 ready pods and one not ready, each on
+/// a node (directors included, for `externalTrafficPolicy: Local`).
+fn pod_slice(i: usize) -> EndpointSlice {
+    let mut slice = endpoint_slice(i);
+    slice.metadata.namespace = Some(namespace(i));
+    for (e, endpoint) in slice.endpoints.iter_mut().flatten().enumerate() {
+        endpoint.node_name = Some(format!("node-{:03}", (i * 7 + e * 13) % NODES));
+    }
+    slice
 }
 
 /// VmHWM: the process's peak resident set, in KiB (0 where /proc is absent).
