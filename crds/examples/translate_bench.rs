@@ -149,7 +149,7 @@ fn load_balancer(i: usize) -> Service {
         _ => ("Cluster", "ClientIP", "FullNAT"),
     };
     let mut annotations = serde_json::json!({"lvs.dev/forwarding": forwarding, "lvs.dev/scheduler": "wrr"});
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         annotations["lvs.dev/vrrp-router-id"] = (i % 20 + 1).to_string().into();
     }
     let service = serde_json::json!({
