@@ -24,7 +24,8 @@
 //! One boot for all scenarios, in order: creation to traffic, statuses, the
 //! tenants (another namespace contending for a VIP, another namespace's VRRP
 //! settings in conflict, a NAT Service of type LoadBalancer given its address
-//! by a pool), a real server's removal, a deletion, and an agent restart while
+//! by a pool, a DirectRouting one to hostNetwork endpoints, a Service whose
+//! VRRP router contradicts a VirtualService's), a real server's removal, a deletion, and an agent restart while
 //! the API server is stopped. Set LAB_CLUSTER_LOGS=DIR (with `tests/lab/vm --rwdir DIR`) to keep
 //! the processes' logs.
 
@@ -61,6 +62,8 @@ const OTHER_VS_PATH: &str = "/apis/lvs.dev/v1alpha1/namespaces/other/virtualserv
 const K8S_SERVICE_PATH: &str = "/api/v1/namespaces/default/services";
 /// The first address of the pool `lab-d1`, which the Service is given.
 const LB_VIP: &str = "192.168.16.110";
+/// The first address of the pool `lab-d2` (DirectRouting, director2), which the DR Service is given.
+const LB_DR_VIP: &str = "192.168.16.120";
 
 /// The nodes: name, InternalIPs, the address the agent's endpoints bind.
 const NODES: [(&str, &[&str], &str); 4] = [
@@ -393,6 +396,125 @@ fn tenants_and_a_service() {
     }
 }
 
+/// A Service's `Accepted` condition (status, reason, message) and its ingress, once it has one.
+fn service_state(name: &str) -> (String, String, String, Value) {
+    let path = format!("{K8S_SERVICE_PATH}/{name}");
+    let mut found = None;
+    wait_until(&format!("{name}'s Accepted condition"), Duration::from_secs(120), || {
+        let service = get(&path).unwrap();
+        found = service["status"]["conditions"].as_array().and_then(|c| c.first()).map(|c| {
+            let text = |key: &str| c[key].as_str().unwrap_or_default().to_owned();
+            (text("status"), text("reason"), text("message"), service["status"]["loadBalancer"]["ingress"].clone())
+        });
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// A DirectRouting Service of type LoadBalancer whose endpoints are the real
+/// servers' own addresses (hostNetwork pods): its address from the pool
+/// `lab-d2` (director2), the VIP on director2 and on the real servers' lvs0,
+/// traffic through it, and its deletion. Then a Service whose VRRP router
+/// contradicts the NAT VirtualService's on director1: refused alone.
+fn a_dr_service_and_a_vrrp_conflicting_service() {
+    create(
+        POOL_PATH,
+        &json!({
+            "apiVersion": "lvs.dev/v1alpha1", "kind": "VipPool",
+            "metadata": {"name": "lab-d2"},
+            "spec": {
+                "addresses": ["192.168.16.120-192.168.16.129"], "namespaces": ["default"],
+                "directors": {"nodeSelector": {"kubernetes.io/hostname": "director2"}},
+                "forwardingMethods": ["DirectRouting"],
+            },
+        }),
+    );
+    let mut slice = endpoint_slice(&["192.168.17.21", "192.168.17.22"]);
+    slice["metadata"]["name"] = json!("web-dr-lb-1");
+    slice["metadata"]["labels"]["kubernetes.io/service-name"] = json!("web-dr-lb");
+    for (endpoint, node) in slice["endpoints"].as_array_mut().unwrap().iter_mut().zip(["rs1", "rs2"]) {
+        endpoint["nodeName"] = json!(node);
+    }
+    create(SLICE_PATH, &slice);
+    let director1_rules = rules("director1");
+    let start = Instant::now();
+    create(
+        K8S_SERVICE_PATH,
+        &json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web-dr-lb", "namespace": "default",
+                         "annotations": {"lvs.dev/forwarding": "DirectRouting", "lvs.dev/pool": "lab-d2",
+                                         "lvs.dev/scheduler": "rr"}},
+            "spec": {
+                "type": "LoadBalancer", "loadBalancerClass": "lvs.dev/ipvs",
+                "ports": [{"name": "http", "port": 80, "targetPort": 80, "protocol": "TCP"}],
+            },
+        }),
+    );
+    wait_until("traffic through the DR Service's VIP", Duration::from_secs(240), || {
+        fetch(LB_DR_VIP, None).is_ok()
+    });
+    figure(&format!(
+        "cluster DirectRouting Service of type LoadBalancer creation to traffic through its VIP: {} ms",
+        millis(start.elapsed())
+    ));
+    let (status, reason, message, ingress) = service_state("web-dr-lb");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Accepted"), "{message}");
+    assert_eq!(ingress, json!([{"ip": LB_DR_VIP, "ipMode": "Proxy"}]));
+    assert_eq!(
+        rules_of("director2", LB_DR_VIP),
+        [
+            // rr: wlc would favour the real server that got the VIP first
+            // (the other one's early attempts count as its connections).
+            format!("-A -t {LB_DR_VIP}:80 -s rr"),
+            format!("-a -t {LB_DR_VIP}:80 -r 192.168.17.21:80 -g -w 1"),
+            format!("-a -t {LB_DR_VIP}:80 -r 192.168.17.22:80 -g -w 1"),
+        ]
+    );
+    assert_eq!(rules("director1"), director1_rules, "the pool directs with director2 only");
+    for rs in ["rs1", "rs2"] {
+        let lvs0 = in_ns(rs, "ip -br addr show dev lvs0");
+        assert!(lvs0.contains(&format!("{LB_DR_VIP}/32")), "{rs}: {lvs0}");
+    }
+    let answers: Vec<String> = (0..6).map(|_| fetch(LB_DR_VIP, None).unwrap()).collect();
+    assert!(answers.iter().any(|a| a == "web1") && answers.iter().any(|a| a == "web2"), "{answers:?}");
+
+    api("DELETE", &format!("{K8S_SERVICE_PATH}/web-dr-lb"), None, "");
+    wait_until("the DR Service leaves director2 and the real servers", Duration::from_secs(120), || {
+        rules_of("director2", LB_DR_VIP).is_empty()
+            && !addresses("director2").contains(LB_DR_VIP)
+            && !addresses("rs1").contains(LB_DR_VIP)
+            && !addresses("rs2").contains(LB_DR_VIP)
+    });
+    assert!(addresses("rs1").contains(DR_VIP), "the DR VirtualService's VIP stays");
+    assert!(fetch(DR_VIP, None).is_ok());
+
+    // Router 61 on director1 at 1000 ms, where web-nat has it at 500 ms.
+    create(
+        K8S_SERVICE_PATH,
+        &json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web-vrrp", "namespace": "default",
+                         "annotations": {"lvs.dev/forwarding": "NAT", "lvs.dev/pool": "lab-d1",
+                                         "lvs.dev/vrrp-router-id": "61"}},
+            "spec": {
+                "type": "LoadBalancer", "loadBalancerClass": "lvs.dev/ipvs",
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            },
+        }),
+    );
+    let (status, reason, message, ingress) = service_state("web-vrrp");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "VrrpConflict"), "{message}");
+    assert!(message.contains("older VirtualService default/web-nat"), "{message}");
+    assert!(ingress.as_array().is_none_or(Vec::is_empty), "{ingress}");
+    assert_eq!(rules("director1"), director1_rules, "director1 keeps its rules");
+    assert!(fetch(NAT_VIP, Some(NAT_CLIENT)).is_ok());
+    api("DELETE", &format!("{K8S_SERVICE_PATH}/web-vrrp"), None, "");
+    wait_until("web-vrrp is gone", Duration::from_secs(120), || {
+        get(&format!("{K8S_SERVICE_PATH}/web-vrrp")).is_none()
+    });
+}
+
 /// The condition `type_` of `object`'s status: (status, reason).
 fn condition(object: &Value, type_: &str) -> Option<(String, String)> {
     object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
@@ -636,6 +758,7 @@ fn scenarios() {
     assert!(reasons.contains(&"Programmed"), "events: {reasons:?}");
 
     tenants_and_a_service();
+    a_dr_service_and_a_vrrp_conflicting_service();
 
     // --- a real server's removal to the kernel --------------------------------------
     let start = Instant::now();
