@@ -321,6 +321,52 @@ fn a_weight_change_and_a_removal_touch_nothing_else() {
     assert!(rules().contains(&"-A -t 10.99.0.1:80 -s rr".to_string()), "the foreign service is left alone");
 }
 
+/// A director beside kube-proxy's IPVS mode, as kube-proxy leaves it: its
+/// dummy device `kube-ipvs0` holding a ClusterIP, an IPVS service of its own
+/// for that ClusterIP, and `strictARP` (arp_ignore=1, arp_announce=2 on every
+/// interface). The agent leaves all of it alone and serves the VIP; when
+/// kube-proxy's sync deletes our service (its `--ipvs-exclude-cidrs` not
+/// listing the VIP range, see docs/architecture.md), the next resync brings
+/// it back. What kube-proxy itself does is read from its source, not run here.
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn beside_kube_proxys_ipvs_mode_each_keeps_its_own() {
+    topology("classic");
+    for node in ["rs1", "rs2"] {
+        apply_once(node, &example("dr.yaml"));
+    }
+    in_ns(
+        "director1",
+        "sh -c 'ip link add kube-ipvs0 type dummy && ip addr add 10.96.0.10/32 dev kube-ipvs0 \
+         && ipvsadm -A -u 10.96.0.10:53 -s rr && ipvsadm -a -u 10.96.0.10:53 -r 10.244.1.5:53 -m \
+         && sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2'",
+    );
+    let kube_proxys = ["-A -u 10.96.0.10:53 -s rr", "-a -u 10.96.0.10:53 -r 10.244.1.5:53 -m -w 1"];
+    let _agent = Agent::start("director1", &example("dr.yaml"), 2);
+    let ours = || in_ns("director1", "ipvsadm -S -n").contains("-A -t 192.168.16.100:80");
+    wait_until("first apply", Duration::from_secs(20), ours);
+    wait_until("the VIP served", Duration::from_secs(20), || {
+        requests(1).contains_key("web1") || requests(1).contains_key("web2")
+    });
+    let answers = requests(6);
+    only_real_servers_answer(&answers);
+    both_real_servers_answer(&answers);
+    let rules = sorted_lines(&in_ns("director1", "ipvsadm -S -n"));
+    for rule in kube_proxys {
+        assert!(rules.iter().any(|r| r == rule), "kube-proxy's {rule} is left alone: {rules:?}");
+    }
+    let kube_ipvs0 = in_ns("director1", "ip -br addr show dev kube-ipvs0");
+    assert!(kube_ipvs0.contains("10.96.0.10/32") && !kube_ipvs0.contains("192.168.16.100"), "{kube_ipvs0}");
+    assert_eq!(in_ns("director1", "sysctl -n net.ipv4.conf.all.arp_ignore").trim(), "1");
+
+    // kube-proxy's sync deletes the service it did not create.
+    in_ns("director1", "ipvsadm -D -t 192.168.16.100:80");
+    wait_until("the resync brings our service back", Duration::from_secs(2 + 3), ours);
+    only_real_servers_answer(&requests(3));
+    let rules = sorted_lines(&in_ns("director1", "ipvsadm -S -n"));
+    assert!(rules.iter().any(|r| r == kube_proxys[0]), "{rules:?}");
+}
+
 /// The DR example with other scheduling, written to a temporary file.
 fn dr_variant(name: &str, edit: impl Fn(String) -> String) -> String {
     let path = format!("/tmp/lvs-agent-{name}.yaml");
