@@ -10,6 +10,14 @@
 //!   generation applied without error.
 //! - `Healthy`: at least one real server passes its health check, as the
 //!   directors report it.
+//! - `Ready`: the three above in one, for `kubectl wait` and Argo CD: True
+//!   when each is, otherwise the first that is not (False before Unknown),
+//!   with its reason.
+//! - `Reconciling` and `Stalled`, kstatus' abnormal-true conditions (Flux's
+//!   health checks read them with `observedGeneration`): Reconciling while
+//!   the directors have not all applied or reported the current generation;
+//!   Stalled while only a person can help (not accepted, a programming error,
+//!   no director).
 //!
 //! `lastTransitionTime` moves only when a condition's status changes, so an
 //! unchanged cluster gives an identical status and the controller skips the
@@ -27,7 +35,7 @@ use lvs_crds::{
     vip_pool::{VipPoolStatus, conditions::VALID},
     virtual_service::{
         DirectorStatus, RealServerStatus,
-        conditions::{ACCEPTED, HEALTHY, PROGRAMMED},
+        conditions::{ACCEPTED, HEALTHY, PROGRAMMED, READY, RECONCILING, STALLED},
     },
 };
 
@@ -52,7 +60,16 @@ pub mod reasons {
     pub const NO_HEALTHY_REAL_SERVERS: &str = "NoHealthyRealServers";
     /// Healthy=False: the service resolved to no real server.
     pub const NO_REAL_SERVERS: &str = "NoRealServers";
+    /// Ready=True: accepted, programmed on every director, healthy.
+    pub const READY: &str = "Ready";
+    /// Reconciling=False: every director applied and reported the current generation.
+    pub const RECONCILED: &str = "Reconciled";
+    /// Stalled=False: nothing waits on a person.
+    pub const NOT_STALLED: &str = "NotStalled";
 }
+
+/// A condition's (status, reason, message).
+type Summary = (&'static str, &'static str, String);
 
 /// The status `service` should have. `desired` is the translation's output,
 /// `reported` the LvsNodes as the agents last reported on them.
@@ -96,6 +113,9 @@ pub fn aggregate(
         (("False", reasons::NOT_ACCEPTED, message.clone()), ("False", reasons::NOT_ACCEPTED, message))
     };
 
+    let ready = ready([(ACCEPTED, &accepted), (PROGRAMMED, &programmed), (HEALTHY, &healthy)]);
+    let reconciling = reconciling(&accepted, &programmed, &healthy);
+    let stalled = stalled(&accepted, &programmed);
     VirtualServiceStatus {
         observed_generation: generation,
         // The allocation's, see [`with_allocation`].
@@ -105,6 +125,9 @@ pub fn aggregate(
             condition(ACCEPTED, accepted),
             condition(PROGRAMMED, programmed),
             condition(HEALTHY, healthy),
+            condition(READY, ready),
+            condition(RECONCILING, reconciling),
+            condition(STALLED, stalled),
         ],
         real_server_count: Some(u32::try_from(real_servers.len()).unwrap_or(u32::MAX)),
         directors: observed.into_iter().map(|o| o.row).collect(),
@@ -231,7 +254,7 @@ fn real_server_rows(service: &IpvsService, observed: &[Observed<'_>]) -> Vec<Rea
         .collect()
 }
 
-fn programmed(observed: &[Observed<'_>]) -> (&'static str, &'static str, String) {
+fn programmed(observed: &[Observed<'_>]) -> Summary {
     let errors: Vec<String> =
         observed.iter().filter_map(|o| Some(format!("{}: {}", o.row.node, o.error.as_ref()?))).collect();
     let waiting: Vec<&str> =
@@ -257,7 +280,7 @@ fn programmed(observed: &[Observed<'_>]) -> (&'static str, &'static str, String)
     }
 }
 
-fn healthy(rows: &[RealServerStatus], observed: &[Observed<'_>]) -> (&'static str, &'static str, String) {
+fn healthy(rows: &[RealServerStatus], observed: &[Observed<'_>]) -> Summary {
     let healthy = rows.iter().filter(|r| r.healthy).count();
     if rows.is_empty() {
         ("False", reasons::NO_REAL_SERVERS, "the service resolved to no real server".into())
@@ -267,6 +290,38 @@ fn healthy(rows: &[RealServerStatus], observed: &[Observed<'_>]) -> (&'static st
         ("True", reasons::HEALTHY, format!("{healthy} of {} real servers healthy", rows.len()))
     } else {
         ("False", reasons::NO_HEALTHY_REAL_SERVERS, format!("none of {} real servers is healthy", rows.len()))
+    }
+}
+
+/// `Ready`: True when every part is; otherwise the first False part (else
+/// the first Unknown), named in the message.
+fn ready(parts: [(&str, &Summary); 3]) -> Summary {
+    let first = |status: &str| parts.iter().find(|(_, part)| part.0 == status);
+    match first("False").or_else(|| first("Unknown")) {
+        Some((type_, (status, reason, message))) => (status, reason, format!("{type_}: {message}")),
+        None => ("True", reasons::READY, "accepted, programmed on every director, and healthy".into()),
+    }
+}
+
+/// `Reconciling`: True while an accepted service waits for its directors.
+fn reconciling(accepted: &Summary, programmed: &Summary, healthy: &Summary) -> Summary {
+    let waiting = [programmed, healthy].into_iter().find(|part| part.1 == reasons::PENDING);
+    match waiting {
+        Some((_, reason, message)) if accepted.0 == "True" => ("True", reason, message.clone()),
+        _ => ("False", reasons::RECONCILED, "nothing waits for the directors".into()),
+    }
+}
+
+/// `Stalled`: True while only a person can help.
+fn stalled(accepted: &Summary, programmed: &Summary) -> Summary {
+    if accepted.0 != "True" {
+        return ("True", accepted.1, accepted.2.clone());
+    }
+    match programmed {
+        (_, reason @ (reasons::PROGRAMMING_FAILED | reasons::NO_DIRECTORS), message) => {
+            ("True", reason, message.clone())
+        }
+        _ => ("False", reasons::NOT_STALLED, "nothing waits on a person".into()),
     }
 }
 
@@ -289,10 +344,12 @@ pub fn transitions(old: Option<&VirtualServiceStatus>, new: &VirtualServiceStatu
         .iter()
         .filter(|c| !old.iter().any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason))
         .filter_map(|c| {
+            // Ready, Reconciling and Stalled repeat these three: no Events of their own.
             let action = match c.type_.as_str() {
                 ACCEPTED => "Accept",
                 PROGRAMMED => "Program",
-                _ => "CheckHealth",
+                HEALTHY => "CheckHealth",
+                _ => return None,
             };
             let type_ = match (c.status.as_str(), c.reason.as_str()) {
                 ("False", reasons::PENDING | reasons::NOT_ACCEPTED) => return None,
@@ -427,7 +484,7 @@ mod tests {
         status.conditions.iter().map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone())).collect()
     }
 
-    fn expect(conditions: [(&str, &str, &str); 3]) -> Vec<(String, String, String)> {
+    fn expect(conditions: [(&str, &str, &str); 6]) -> Vec<(String, String, String)> {
         conditions.iter().map(|(t, s, r)| ((*t).into(), (*s).into(), (*r).into())).collect()
     }
 
@@ -444,6 +501,9 @@ mod tests {
                 ("Accepted", "True", "Accepted"),
                 ("Programmed", "True", "Programmed"),
                 ("Healthy", "True", "Healthy"),
+                ("Ready", "True", "Ready"),
+                ("Reconciling", "False", "Reconciled"),
+                ("Stalled", "False", "NotStalled"),
             ])
         );
         assert_eq!(status.observed_generation, Some(3));
@@ -506,6 +566,9 @@ mod tests {
                 ("Accepted", "True", "Accepted"),
                 ("Programmed", "False", "ProgrammingFailed"),
                 ("Healthy", "False", "NoHealthyRealServers"),
+                ("Ready", "False", "ProgrammingFailed"),
+                ("Reconciling", "False", "Reconciled"),
+                ("Stalled", "True", "ProgrammingFailed"),
             ])
         );
         assert_eq!(status.conditions[1].message, "lvs1: EEXIST");
@@ -536,6 +599,9 @@ mod tests {
                 ("Accepted", "False", "Conflict"),
                 ("Programmed", "False", "NotAccepted"),
                 ("Healthy", "False", "NotAccepted"),
+                ("Ready", "False", "Conflict"),
+                ("Reconciling", "False", "Reconciled"),
+                ("Stalled", "True", "Conflict"),
             ])
         );
         assert_eq!(status.conditions[0].message, conflict.message());
@@ -564,7 +630,48 @@ mod tests {
             aggregate(&service, &Verdict::Accepted, &desired, &reported, &time("2026-01-01T00:10:00Z"));
         let times: Vec<String> =
             later.conditions.iter().map(|c| c.last_transition_time.0.to_string()).collect();
-        assert_eq!(times, ["2026-01-01T00:00:00Z", "2026-01-01T00:10:00Z", "2026-01-01T00:10:00Z"]);
+        // Ready, Reconciling (Pending -> Reconciled) flip too; Stalled stays False.
+        assert_eq!(
+            times,
+            [
+                "2026-01-01T00:00:00Z",
+                "2026-01-01T00:10:00Z",
+                "2026-01-01T00:10:00Z",
+                "2026-01-01T00:10:00Z",
+                "2026-01-01T00:10:00Z",
+                "2026-01-01T00:00:00Z"
+            ]
+        );
+    }
+
+    /// Before the agents report: Ready False by the first part that is not
+    /// True, Reconciling True; no director at all: Stalled.
+    #[test]
+    fn ready_sums_up_and_reconciling_waits_for_the_directors() {
+        let desired = desired(&["lvs1"], 1);
+        let status = aggregate(&web(1), &Verdict::Accepted, &desired, &[], &time("2026-01-01T00:00:00Z"));
+        assert_eq!(
+            summary(&status),
+            expect([
+                ("Accepted", "True", "Accepted"),
+                ("Programmed", "False", "Pending"),
+                ("Healthy", "Unknown", "Pending"),
+                ("Ready", "False", "Pending"),
+                ("Reconciling", "True", "Pending"),
+                ("Stalled", "False", "NotStalled"),
+            ])
+        );
+        assert_eq!(
+            status.conditions[3].message,
+            "Programmed: programmed on 0 of 1 directors; waiting for lvs1"
+        );
+        let nowhere = aggregate(&web(1), &Verdict::Accepted, &[], &[], &time("2026-01-01T00:00:00Z"));
+        let stalled = &nowhere.conditions[5];
+        assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "NoDirectors"));
+        // Only the three conditions they sum up give Events.
+        let notices: Vec<(&str, String)> =
+            transitions(None, &nowhere).into_iter().map(|n| (n.action, n.reason)).collect();
+        assert_eq!(notices, [("Program", "NoDirectors".into()), ("CheckHealth", "NoRealServers".into())]);
     }
 
     #[test]

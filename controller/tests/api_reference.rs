@@ -249,6 +249,27 @@ fn conditions() -> String {
         ("Healthy", "False", NO_HEALTHY_REAL_SERVERS, "every real server fails its health check"),
         ("Healthy", "False", NO_REAL_SERVERS, "the service resolved to no real server"),
         ("Healthy", "Unknown", PENDING, "no director has reported on the real servers yet"),
+        ("Ready", "True", "Ready", "Accepted, Programmed and Healthy are all True"),
+        (
+            "Ready",
+            "False, Unknown",
+            "the first part's",
+            "the first of Accepted, Programmed, Healthy that is False (else Unknown), with its reason; the message names it",
+        ),
+        (
+            "Reconciling",
+            "True",
+            PENDING,
+            "accepted, and some director has not applied or reported this generation yet (kstatus: InProgress)",
+        ),
+        ("Reconciling", "False", "Reconciled", "nothing waits for the directors"),
+        (
+            "Stalled",
+            "True",
+            "Accepted's reason, ProgrammingFailed, NoDirectors",
+            "only a person can help: not accepted, an agent's error, no director (kstatus: Failed)",
+        ),
+        ("Stalled", "False", "NotStalled", "nothing waits on a person"),
     ];
     let mut out = String::from(
         "\n## Conditions\n\n\
@@ -266,7 +287,7 @@ fn conditions() -> String {
          A Service of type LoadBalancer of class `lvs.dev/ipvs` is no VirtualService, but its\n\
          ports are judged with them (the older wins a key either way); its outcome is its\n\
          condition `lvs.dev/Accepted` (reasons `Accepted`, `NoAddress`, `Conflict`, `Invalid`,\n\
-         `VipNotAllowed`) and its `status.loadBalancer.ingress`. Its annotations are listed in\n\
+         `VipNotAllowed`, `VrrpConflict` and the pools' refusals) and its `status.loadBalancer.ingress`. Its annotations are listed in\n\
          [architecture.md](architecture.md#services-of-type-loadbalancer).\n",
     );
     out

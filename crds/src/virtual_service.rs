@@ -45,7 +45,7 @@ pub const MAX_REAL_SERVERS: usize = 1000;
     printcolumn = r#"{"name":"MODE","type":"string","jsonPath":".spec.forwarding"}"#,
     printcolumn = r#"{"name":"SCHED","type":"string","jsonPath":".spec.scheduler"}"#,
     printcolumn = r#"{"name":"REAL SERVERS","type":"integer","jsonPath":".status.realServerCount"}"#,
-    printcolumn = r#"{"name":"READY","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+    printcolumn = r#"{"name":"READY","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(
@@ -742,6 +742,15 @@ pub mod conditions {
     pub const PROGRAMMED: &str = "Programmed";
     /// At least one real server passes its health check.
     pub const HEALTHY: &str = "Healthy";
+    /// The sum of the three above: True when each is (`kubectl wait
+    /// --for=condition=Ready`, Argo CD's health).
+    pub const READY: &str = "Ready";
+    /// kstatus' abnormal-true condition: the directors have not all applied
+    /// the current generation, or not yet reported on it.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus' abnormal-true condition: nothing will change without a
+    /// person (refused, a programming error, no director).
+    pub const STALLED: &str = "Stalled";
 
     /// Reason of `Accepted=False`: an older VirtualService has the same key.
     pub const REASON_CONFLICT: &str = "Conflict";

@@ -59,6 +59,9 @@ async fn create_applies_the_lvs_nodes_then_patches_the_status() {
             ("Accepted", "True", "Accepted"),
             ("Programmed", "False", "Pending"),
             ("Healthy", "Unknown", "Pending"),
+            ("Ready", "False", "Pending"),
+            ("Reconciling", "True", "Pending"),
+            ("Stalled", "False", "NotStalled"),
         ]
     );
 }
@@ -123,6 +126,9 @@ async fn a_conflict_is_refused_with_a_warning_event() {
             ("Accepted", "False", "Conflict"),
             ("Programmed", "False", "NotAccepted"),
             ("Healthy", "False", "NotAccepted"),
+            ("Ready", "False", "Conflict"),
+            ("Reconciling", "False", "Reconciled"),
+            ("Stalled", "True", "Conflict"),
         ]
     );
     assert!(status.conditions[0].message.contains("default/older"), "{}", status.conditions[0].message);
@@ -144,6 +150,9 @@ async fn status_aggregates_the_agents_reports() {
             ("Accepted", "True", "Accepted"),
             ("Programmed", "True", "Programmed"),
             ("Healthy", "True", "Healthy"),
+            ("Ready", "True", "Ready"),
+            ("Reconciling", "False", "Reconciled"),
+            ("Stalled", "False", "NotStalled"),
         ]
     );
     let directors: Vec<(&str, bool)> =
