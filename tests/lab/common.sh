@@ -24,6 +24,7 @@ LAB_APT_PACKAGES=(
 	curl             # the lab's HTTP client
 	nftables         # FullNAT's masquerade
 	procps           # sysctl, pkill for the guest-side helpers
+	lua5.1           # runs deploy/argocd's health checks (Argo CD's Lua 5.1) in controller/tests/gitops.rs
 )
 
 # Exit status of the lab scripts when the lab itself cannot run (as opposed
