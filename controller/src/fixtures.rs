@@ -227,8 +227,6 @@ pub(crate) fn reported(objects: Vec<LvsNode>, healthy: bool) -> Vec<LvsNode> {
                             port: d.port,
                             healthy,
                             weight: d.weight,
-                            active_connections: 3,
-                            inactive_connections: 0,
                         })
                         .collect(),
                 })

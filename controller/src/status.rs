@@ -231,8 +231,7 @@ fn observe<'a>(
 }
 
 /// One row per destination of the service: healthy when every director that
-/// reports it says so, the lowest weight any director holds, connections
-/// summed over the directors.
+/// reports it says so, the lowest weight any director holds.
 fn real_server_rows(service: &IpvsService, observed: &[Observed<'_>]) -> Vec<RealServerStatus> {
     service
         .destinations
@@ -248,7 +247,6 @@ fn real_server_rows(service: &IpvsService, observed: &[Observed<'_>]) -> Vec<Rea
                 port: (destination.port != 0).then_some(destination.port),
                 healthy: !seen.is_empty() && seen.iter().all(|r| r.healthy),
                 weight: seen.iter().map(|r| r.weight).min().unwrap_or(destination.weight),
-                active_connections: seen.iter().map(|r| r.active_connections).sum(),
             }
         })
         .collect()
@@ -456,8 +454,6 @@ mod tests {
                 port: d.port,
                 healthy,
                 weight: if healthy { d.weight } else { 0 },
-                active_connections: 5,
-                inactive_connections: 0,
             })
             .collect();
         let mut object = object.clone();
@@ -518,7 +514,7 @@ mod tests {
                 })
                 .to_vec()
         );
-        // .2 is unhealthy on lvs1: not healthy, weight 0; connections summed.
+        // .2 is unhealthy on lvs1: not healthy, weight 0.
         assert_eq!(
             status.real_servers,
             vec![
@@ -527,14 +523,12 @@ mod tests {
                     port: Some(80),
                     healthy: true,
                     weight: 1,
-                    active_connections: 10
                 },
                 RealServerStatus {
                     address: REAL_SERVERS[1].into(),
                     port: Some(80),
                     healthy: false,
                     weight: 0,
-                    active_connections: 10
                 },
             ]
         );

@@ -286,7 +286,6 @@ mod tests {
                         port: Some(80),
                         healthy: true,
                         weight: 1,
-                        active_connections: 0,
                     }],
                     ..Default::default()
                 });

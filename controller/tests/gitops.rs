@@ -102,8 +102,6 @@ fn reported(desired: &[LvsNode], healthy: bool) -> Vec<Arc<LvsNode>> {
             port: d.port,
             healthy,
             weight: if healthy { d.weight } else { 0 },
-            active_connections: 0,
-            inactive_connections: 0,
         })
         .collect();
     let report = ServiceReport {

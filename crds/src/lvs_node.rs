@@ -425,13 +425,9 @@ pub struct DestinationReport {
     pub healthy: bool,
 
     /// Weight in the kernel now.
+    // No connection counts: they change with every connection, and a status
+    // is written when it changes (counts are in the agent's metrics).
     pub weight: u16,
-
-    /// Active connections.
-    pub active_connections: u64,
-
-    /// Inactive connections (e.g. TIME_WAIT).
-    pub inactive_connections: u64,
 }
 
 /// The VRRP state of one VIP on this node.

@@ -727,10 +727,10 @@ pub struct RealServerStatus {
     pub healthy: bool,
 
     /// Weight in the kernel (0 while quiesced or draining).
+    // No connection counts: a status changes only when something meaningful
+    // does (the counts are the agents' metrics
+    // `lvs_agent_destination_active_connections` and `..._inactive_connections`).
     pub weight: u16,
-
-    /// Active connections, summed over the directors.
-    pub active_connections: u64,
 }
 
 /// Condition types and reasons of `VirtualService.status.conditions`.

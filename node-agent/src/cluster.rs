@@ -45,6 +45,7 @@ use serde_json::json;
 use crate::{
     endpoints::{AgentMetrics, Endpoints},
     engine::{Changed, Engine, Round, Subject},
+    reconcile::KernelTable,
     supervisor::{DesiredState, InboxSender, Input, Sink, Supervisor, Why, inbox},
 };
 use lvs_health::HealthMap;
@@ -457,36 +458,38 @@ impl Sink<Arc<Desired>> for StatusSink {
 }
 
 /// What the agent sees besides a round's result: health verdicts, the kernel's
-/// weights and connections, VRRP states.
+/// weights, VRRP states.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub health: HealthMap,
-    /// (service, destination) -> (weight, active, inactive connections) in the
-    /// kernel as the engine last saw it; `None` when it has not seen the table.
-    pub kernel: Option<HashMap<(ServiceKey, SocketAddr), KernelDestination>>,
+    /// (service, destination) -> weight in the kernel as the engine last saw
+    /// it; `None` when it has not seen the table.
+    pub kernel: Option<HashMap<(ServiceKey, SocketAddr), u16>>,
     /// The VRRP state of each VIP with a VRRP instance.
     pub vips: HashMap<IpAddr, VrrpState>,
 }
 
-/// A destination in the kernel: weight, active and inactive connections.
-pub type KernelDestination = (u16, u64, u64);
-
 impl Observed {
     pub fn of(agent: &Supervisor) -> Self {
-        let kernel = agent.table().map(|table| {
-            table
-                .iter()
-                .flat_map(|(key, observed)| {
-                    observed.destinations.iter().map(move |d| {
-                        let weight = u16::try_from(d.destination.weight).unwrap_or(u16::MAX);
-                        let connections = (d.active_connections.into(), d.inactive_connections.into());
-                        ((*key, d.destination.address), (weight, connections.0, connections.1))
-                    })
-                })
-                .collect()
-        });
-        Observed { health: agent.health(), kernel, vips: agent.vip_states() }
+        Observed {
+            health: agent.health(),
+            kernel: agent.table().map(kernel_weights),
+            vips: agent.vip_states(),
+        }
     }
+}
+
+/// The weight of each destination of `table`. Not its connection counts: they
+/// change with every connection, and a status is written when it changes
+/// (the counts are in `/metrics`).
+pub fn kernel_weights(table: &KernelTable) -> HashMap<(ServiceKey, SocketAddr), u16> {
+    (table.iter())
+        .flat_map(|(key, observed)| {
+            observed.destinations.iter().map(move |d| {
+                ((*key, d.destination.address), u16::try_from(d.destination.weight).unwrap_or(u16::MAX))
+            })
+        })
+        .collect()
 }
 
 fn log_round(round: &Round, revision: &str) {
@@ -636,21 +639,13 @@ pub fn statuses<'a>(
                                     service_key.is_none_or(|key| observed.health.is_healthy(key, address));
                                 // Absent from the kernel: removed (failed check) or not
                                 // programmed; without a table, as specified.
-                                let (weight, active_connections, inactive_connections) =
-                                    match (&observed.kernel, service_key) {
-                                        (Some(kernel), Some(key)) => {
-                                            kernel.get(&(key, address)).copied().unwrap_or_default()
-                                        }
-                                        _ => (d.weight, 0, 0),
-                                    };
-                                DestinationReport {
-                                    address: d.address,
-                                    port: d.port,
-                                    healthy,
-                                    weight,
-                                    active_connections,
-                                    inactive_connections,
-                                }
+                                let weight = match (&observed.kernel, service_key) {
+                                    (Some(kernel), Some(key)) => {
+                                        kernel.get(&(key, address)).copied().unwrap_or_default()
+                                    }
+                                    _ => d.weight,
+                                };
+                                DestinationReport { address: d.address, port: d.port, healthy, weight }
                             })
                             .collect(),
                     }
@@ -993,16 +988,12 @@ spec:
         let health = [((service, rs1), false)].into_iter().collect();
         let observed = Observed {
             health,
-            kernel: Some([((service, rs1), (0, 0, 1)), ((service, rs2), (2, 2, 0))].into()),
+            kernel: Some([((service, rs1), 0), ((service, rs2), 2)].into()),
             vips: [("192.0.2.10".parse().unwrap(), VrrpState::Backup)].into(),
         };
         let status = statuses(&desired, &Standing::default(), &observed).remove(0).1;
-        let rows: Vec<(u16, u64, u64)> = status.services[0]
-            .destinations
-            .iter()
-            .map(|d| (d.weight, d.active_connections, d.inactive_connections))
-            .collect();
-        assert_eq!(rows, [(0, 0, 1), (2, 2, 0)]);
+        let weights: Vec<u16> = status.services[0].destinations.iter().map(|d| d.weight).collect();
+        assert_eq!(weights, [0, 2]);
         let healthy: Vec<bool> = status.services[0].destinations.iter().map(|d| d.healthy).collect();
         assert_eq!(healthy, [false, true]);
         assert_eq!(status.vips[0].vrrp_state, VrrpState::Backup);
@@ -1104,6 +1095,46 @@ spec:
         assert!(writer.write(&report).await);
         drop(writer);
         assert!(handle.next_request().await.is_none(), "no second write");
+    }
+
+    /// A steady minute on a busy director: a report a second (rounds,
+    /// resyncs), each with the kernel's connection counts moved on, and
+    /// nothing else changed. The status is written once, not sixty times:
+    /// counts belong in `/metrics`.
+    #[tokio::test]
+    async fn a_steady_minute_of_traffic_writes_the_status_once() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let mut writer = StatusWriter::new(Api::all(Client::new(mock, "default")));
+        let desired = Arc::new(Desired::of("lvs1", vec![chunk(0, 1, "r1")]).unwrap());
+        let wanted = crate::desired::desired_services(desired.spec.director.as_ref().unwrap());
+        let report_at = |second: u32| {
+            let table: KernelTable = (wanted.iter())
+                .map(|service| {
+                    let destinations = (service.destinations.iter())
+                        .map(|&destination| crate::reconcile::ObservedDestination {
+                            destination,
+                            active_connections: 100 + second * 7,
+                            inactive_connections: 1000 + second * 13,
+                        })
+                        .collect();
+                    let observed =
+                        crate::reconcile::ObservedService { service: service.service.clone(), destinations };
+                    (service.service.key, observed)
+                })
+                .collect();
+            let observed = Observed { kernel: Some(kernel_weights(&table)), ..Observed::default() };
+            Report { desired: Arc::clone(&desired), standing: Standing::default(), observed }
+        };
+        let server = tokio::spawn(async move {
+            expect_status_patch(&mut handle, "lvs1").await;
+            handle
+        });
+        for second in 0..60 {
+            assert!(writer.write(&report_at(second)).await, "second {second}");
+        }
+        let mut handle = server.await.unwrap();
+        drop(writer);
+        assert!(handle.next_request().await.is_none(), "one write in a steady minute");
     }
 
     /// A round that looked at `looked_at` and failed `services` (by VIP, port 80).

@@ -103,11 +103,11 @@ fn observed(services: usize, round: u16) -> Observed {
         for d in 1..=DESTINATIONS {
             let destination =
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, d.try_into().unwrap())), 80);
-            kernel.insert((key, destination), (1, 3, 1));
+            kernel.insert((key, destination), 1);
         }
     }
     let first = (ServiceKey::tcp(SocketAddr::new(vip(0), 80)), "198.51.100.1:80".parse().unwrap());
-    kernel.insert(first, (round, 3, 1));
+    kernel.insert(first, round);
     Observed { kernel: Some(kernel), ..Observed::default() }
 }
 

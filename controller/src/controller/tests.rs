@@ -158,9 +158,9 @@ async fn status_aggregates_the_agents_reports() {
     let directors: Vec<(&str, bool)> =
         status.directors.iter().map(|d| (d.node.as_str(), d.programmed)).collect();
     assert_eq!(directors, [("lvs1", true), ("lvs2", true)]);
-    let real_servers: Vec<(&str, bool, u64)> =
-        status.real_servers.iter().map(|r| (r.address.as_str(), r.healthy, r.active_connections)).collect();
-    assert_eq!(real_servers, [("198.51.100.1", true, 6), ("198.51.100.2", true, 6)]);
+    let real_servers: Vec<(&str, bool, u16)> =
+        status.real_servers.iter().map(|r| (r.address.as_str(), r.healthy, r.weight)).collect();
+    assert_eq!(real_servers, [("198.51.100.1", true, 1), ("198.51.100.2", true, 1)]);
     assert_eq!(status.real_server_count, Some(2));
 }
 
