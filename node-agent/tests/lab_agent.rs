@@ -367,6 +367,84 @@ fn beside_kube_proxys_ipvs_mode_each_keeps_its_own() {
     assert!(rules.iter().any(|r| r == kube_proxys[0]), "{rules:?}");
 }
 
+/// The value of `key=` in the systemd unit (its one line).
+fn unit_setting<'a>(unit: &'a str, key: &str) -> &'a str {
+    let prefix = format!("{key}=");
+    let mut values = unit.lines().filter_map(|line| line.strip_prefix(prefix.as_str()));
+    let value = values.next().unwrap_or_else(|| panic!("the unit has no {key}="));
+    assert!(values.next().is_none(), "the unit sets {key}= twice");
+    value
+}
+
+/// deploy/systemd/lvs-agent.service's command run on a director as the unit
+/// runs it: a user of its own (DynamicUser), only the unit's capabilities
+/// (bounding, ambient), no new privileges, no environment, the lab's root
+/// read-only but for the state directory (ProtectSystem), the package's paths
+/// mapped to the build's. The lab has no systemd: the namespace and seccomp
+/// directives are not exercised here.
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn the_systemd_units_command_serves_as_the_unit_runs_it() {
+    topology("classic");
+    let unit = std::fs::read_to_string(repo().join("deploy/systemd/lvs-agent.service")).unwrap();
+    for (key, value) in [("DynamicUser", "yes"), ("NoNewPrivileges", "yes"), ("StateDirectory", "lvs-agent")]
+    {
+        assert_eq!(unit_setting(&unit, key), value, "{key}");
+    }
+    let capabilities = unit_setting(&unit, "AmbientCapabilities");
+    assert_eq!(unit_setting(&unit, "CapabilityBoundingSet"), capabilities);
+    let caps: Vec<String> = capabilities
+        .split_whitespace()
+        .map(|c| format!("+{}", c.strip_prefix("CAP_").unwrap().to_lowercase()))
+        .collect();
+    let caps = format!("-all,{}", caps.join(","));
+
+    // The package's paths: the binary, /etc/lvs/ with the DR example, the state directory.
+    let root = "/run/lvs-unit-test";
+    sh(&format!("rm -rf {root} && mkdir -p {root}/etc-lvs {root}/state && chmod 755 {root}"));
+    std::fs::copy(example("dr.yaml"), format!("{root}/etc-lvs/dr.yaml")).unwrap();
+    // systemd gives the dynamic user an unused uid and chowns StateDirectory to it.
+    let uid = 61_234;
+    sh(&format!("chown {uid}:{uid} {root}/state"));
+    let command = unit_setting(&unit, "ExecStart")
+        .replace("/usr/bin/lvs-agent", AGENT)
+        .replace("/etc/lvs/", &format!("{root}/etc-lvs/"))
+        .replace("/var/lib/lvs-agent", &format!("{root}/state"));
+    for node in ["rs1", "rs2"] {
+        apply_once(node, &example("dr.yaml"));
+    }
+    let mut agent = Command::new("ip")
+        .args(["netns", "exec", "director1", "setpriv"])
+        .args([&format!("--reuid={uid}"), &format!("--regid={uid}"), "--clear-groups", "--no-new-privs"])
+        .args([
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+            &format!("--bounding-set={caps}"),
+        ])
+        .args(["env", "-i", "sh", "-c", &format!("exec {command}")])
+        .spawn()
+        .unwrap();
+    let served = || {
+        let answers = requests(3);
+        answers.contains_key("web1") || answers.contains_key("web2")
+    };
+    let result = std::panic::catch_unwind(|| {
+        wait_until("the VIP served", Duration::from_secs(30), served);
+        let answers = requests(6);
+        only_real_servers_answer(&answers);
+        both_real_servers_answer(&answers);
+        let metrics = in_ns("director1", "curl -sS --max-time 5 http://127.0.0.1:9101/metrics");
+        assert!(metrics.lines().any(|l| l == "lvs_agent_ipvs_up 1"), "{metrics}");
+        let state = sh(&format!("ls -n {root}/state"));
+        assert!(state.contains(&format!(" {uid} {uid} ")), "the state is the unit user's: {state}");
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// The DR example with other scheduling, written to a temporary file.
 fn dr_variant(name: &str, edit: impl Fn(String) -> String) -> String {
     let path = format!("/tmp/lvs-agent-{name}.yaml");
