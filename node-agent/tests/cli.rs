@@ -65,3 +65,51 @@ fn exit_codes_tell_failure_usage_and_success_apart() {
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The README's shell examples stay true: each `lvs-agent` command line in a
+/// ```sh block parses (its command and flags exist: clap reads them before
+/// `--help`), and each file of this repository it names exists.
+#[test]
+fn the_readmes_command_lines_parse_and_its_paths_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut in_sh = false;
+    let mut checked = 0;
+    for line in readme.lines() {
+        match line.trim() {
+            "```sh" => in_sh = true,
+            "```" => in_sh = false,
+            _ if in_sh => {
+                let command = line.split(" #").next().unwrap().trim();
+                // The command inside `kubectl exec ... --`, and no placeholders.
+                let command = command.rsplit(" -- ").next().unwrap();
+                if let Some(args) = command.strip_prefix("lvs-agent ")
+                    && !args.contains(['[', '|', '<'])
+                {
+                    let mut args: Vec<&str> = args.split_whitespace().collect();
+                    args.push("--help");
+                    let output = agent(&args);
+                    assert!(
+                        output.status.success(),
+                        "README: {line}: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                    checked += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(checked >= 5, "only {checked} lvs-agent lines found in the README");
+    for word in readme.split(|c: char| c.is_whitespace() || "`()[],:;".contains(c)) {
+        let path = word.trim_end_matches('.');
+        if ["deploy/", "docs/", "tests/", "node-agent/", "controller/", "crds/"]
+            .iter()
+            .any(|p| path.starts_with(p))
+            && !path.contains('*')
+        {
+            let path = path.split('#').next().unwrap();
+            assert!(root.join(path).exists(), "README names {path}, which does not exist");
+        }
+    }
+}
