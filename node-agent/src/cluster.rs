@@ -138,14 +138,16 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let api: Api<LvsNode> = Api::all(client);
     let cache = DesiredCache::new(&options.state_dir, &options.node_name);
     let write_statuses = write_statuses(reports, StatusWriter::new(api.clone()));
-    let listener = tokio::net::TcpListener::bind(options.metrics_address)
-        .await
+    let listener = std::net::TcpListener::bind(options.metrics_address)
         .with_context(|| format!("listening on {}", options.metrics_address))?;
+    let endpoints_ended = Endpoints::new(metrics, resync, options.metrics_destinations)
+        .spawn(listener)
+        .context("serving /metrics")?;
     info!(node = %options.node_name, metrics = %options.metrics_address, "started");
     let result = tokio::select! {
         result = watch_desired(api, &options.node_name, cache, inputs_tx.clone()) => result,
         () = write_statuses => Err(anyhow::anyhow!("the engine thread stopped")),
-        result = Endpoints::new(metrics, resync, options.metrics_destinations).serve(listener) => result.context("serving /metrics"),
+        Ok(error) = endpoints_ended => Err(anyhow::Error::new(error).context("serving /metrics")),
         () = shutdown_signal() => Ok(()),
     };
     // A graceful exit: VRRP masters hand their VIPs over at once.

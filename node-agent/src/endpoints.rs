@@ -2,12 +2,14 @@
 //! engine loop's liveness) and `/readyz` (its first round has ended).
 //!
 //! `/metrics` is served from a snapshot: the kernel's table is read and
-//! rendered by one scrape at a time, off the async threads, and the rendering
-//! is shared by every scrape for [`FRESH_FOR`]. A storm of scrapes costs one
-//! reading per [`FRESH_FOR`] and one rendering in memory, whatever its size;
-//! scrapes beyond [`SCRAPES_IN_FLIGHT`] are refused at once. The engine keeps
-//! no whole table of its own (it reads the kernel in slices when it resyncs),
-//! so the snapshot is the endpoint's.
+//! rendered in the background, one rendering at a time, on a thread below the
+//! engine loop's priority, and the latest rendering answers every scrape. One
+//! older than [`FRESH_FOR`] is still served while the next is made: a storm of
+//! scrapes costs one reading per [`FRESH_FOR`] and at most two renderings in
+//! memory, whatever its size, and only the scrapes before the first rendering
+//! wait for the table. Scrapes beyond [`SCRAPES_IN_FLIGHT`] are refused at
+//! once. The engine keeps no whole table of its own (it reads the kernel in
+//! slices when it resyncs), so the snapshot is the endpoint's.
 //!
 //! Series per real server (traffic, connections, weight, health) are opt-in
 //! (`--metrics-destinations`): at 10,000 services of 10 real servers they are
@@ -16,7 +18,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -26,6 +31,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
+use tokio::sync::oneshot;
 use tracing::warn;
 
 use crate::{engine::Round, supervisor::Supervisor};
@@ -85,8 +91,10 @@ pub struct AgentMetrics {
     rounds: Family<RoundLabels, Counter>,
     operations: Counter,
     failures: Counter,
-    health: Mutex<Option<CheckerStats>>,
-    vrrp: Mutex<Option<lvs_vrrp::Stats>>,
+    /// Shared snapshots: a rendering clones the `Arc` and lets the lock go at
+    /// once, so the engine thread never waits for a scrape.
+    health: Mutex<Option<Arc<CheckerStats>>>,
+    vrrp: Mutex<Option<Arc<lvs_vrrp::Stats>>>,
 }
 
 impl AgentMetrics {
@@ -116,13 +124,21 @@ impl AgentMetrics {
 
     /// Takes the health checks' and VRRP's figures from `agent`.
     pub fn observe(&self, agent: &Supervisor) {
-        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = Some(agent.health_stats());
-        *self.vrrp.lock().unwrap_or_else(PoisonError::into_inner) = Some(agent.vrrp_stats());
+        let (health, vrrp) = (Arc::new(agent.health_stats()), Arc::new(agent.vrrp_stats()));
+        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = Some(health);
+        *self.vrrp.lock().unwrap_or_else(PoisonError::into_inner) = Some(vrrp);
+    }
+
+    fn health(&self) -> Option<Arc<CheckerStats>> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn vrrp(&self) -> Option<Arc<lvs_vrrp::Stats>> {
+        self.vrrp.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn register_health(&self, registry: &mut Registry, per_destination: bool) {
-        let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(health) = health.as_ref() else { return };
+        let Some(health) = self.health() else { return };
         let checks = Family::<CheckLabels, Counter>::default();
         checks.get_or_create(&CheckLabels { result: "success" }).inc_by(health.successes);
         for (kind, count) in &health.failures {
@@ -160,8 +176,7 @@ impl AgentMetrics {
     }
 
     fn register_vrrp(&self, registry: &mut Registry) {
-        let vrrp = self.vrrp.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(vrrp) = vrrp.as_ref() else { return };
+        let Some(vrrp) = self.vrrp() else { return };
         let master = Family::<VrrpLabels, Gauge>::default();
         let counters: [VrrpCounter; 4] = [
             ("vrrp_transitions", "VRRP state transitions", |i| i.transitions),
@@ -309,18 +324,25 @@ where
     }
 }
 
-/// Scrapes in flight at once; more are answered 503 at once. They wait for
-/// the one reading the table, then share its rendering.
+/// Scrapes in flight at once; more are answered 503 at once.
 const SCRAPES_IN_FLIGHT: usize = 16;
 
-/// How long a rendering of the table serves every scrape. Prometheus scrapes
-/// every 15 s or more: within that, a second reading tells nothing new.
+/// How long a rendering of the table is fresh. Prometheus scrapes every 15 s
+/// or more: within that, a second reading tells nothing new.
 const FRESH_FOR: Duration = Duration::from_secs(5);
+
+/// How long the scrapes before the first rendering wait for it.
+const FIRST_RENDERING_WAIT: Duration = Duration::from_secs(60);
+
+/// How far below the engine loop the endpoints and their renderings run (nice
+/// +10 weighs a tenth of nice 0 when both want the CPU).
+const ENDPOINTS_NICENESS: i32 = 10;
 
 /// Reads the kernel's IPVS table (`None` when it cannot be read).
 type DumpTable = Arc<dyn Fn() -> Option<Vec<TableEntry>> + Send + Sync>;
 
 /// A rendering of `/metrics`, and when its table was read.
+#[derive(Clone)]
 struct Snapshot {
     read_at: Instant,
     text: Bytes,
@@ -337,8 +359,10 @@ pub struct Endpoints {
     fresh_for: Duration,
     /// Admission of scrapes ([`SCRAPES_IN_FLIGHT`]).
     scrapes: Arc<tokio::sync::Semaphore>,
-    /// The latest rendering; its lock is the turn to read the table.
-    latest: Arc<tokio::sync::Mutex<Option<Snapshot>>>,
+    /// The latest rendering (`None` before the first).
+    latest: Arc<tokio::sync::watch::Sender<Option<Snapshot>>>,
+    /// Set while a rendering is under way: one at a time.
+    rendering: Arc<AtomicBool>,
 }
 
 impl Endpoints {
@@ -358,13 +382,46 @@ impl Endpoints {
             dump,
             fresh_for: FRESH_FOR,
             scrapes: Arc::new(tokio::sync::Semaphore::new(SCRAPES_IN_FLIGHT)),
-            latest: Arc::default(),
+            latest: Arc::new(tokio::sync::watch::Sender::new(None)),
+            rendering: Arc::default(),
         }
     }
 
     /// Serves the endpoints on `listener` until the runtime ends.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         axum::serve(listener, router(self)).await
+    }
+
+    /// Serves the endpoints on a thread and runtime of their own, below the
+    /// priority of the engine loop and of the VRRP and health-check tasks: a
+    /// storm of scrapes (each a copy of a large rendering) takes what CPU they
+    /// leave. The receiver gets the error that ends the serving.
+    pub fn spawn(
+        self,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<oneshot::Receiver<std::io::Error>> {
+        listener.set_nonblocking(true)?;
+        let (failed, ended) = oneshot::channel();
+        let serve = move || {
+            lower_priority();
+            let served =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|runtime| {
+                    runtime.block_on(async { self.serve(tokio::net::TcpListener::from_std(listener)?).await })
+                });
+            if let Err(error) = served {
+                let _ = failed.send(error);
+            }
+        };
+        std::thread::Builder::new().name("endpoints".into()).spawn(serve)?;
+        Ok(ended)
+    }
+}
+
+/// Puts the calling thread at [`ENDPOINTS_NICENESS`] (Linux's nice is per
+/// thread; a thread may always lower its own priority).
+fn lower_priority() {
+    if let Err(error) = rustix::process::setpriority_process(None, ENDPOINTS_NICENESS) {
+        warn!(%error, "metrics: lowering the endpoints' priority");
     }
 }
 
@@ -407,30 +464,63 @@ async fn readyz(State(endpoints): State<Endpoints>) -> (StatusCode, &'static str
 async fn scrape(
     State(endpoints): State<Endpoints>,
 ) -> (StatusCode, [(&'static str, &'static str); 1], Bytes) {
+    let text_plain = |status, message: String| (status, [("content-type", "text/plain")], message.into());
     let Ok(_admitted) = endpoints.scrapes.try_acquire() else {
         let busy = format!("{SCRAPES_IN_FLIGHT} scrapes are in flight; try again later\n");
-        return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "text/plain")], busy.into());
+        return text_plain(StatusCode::SERVICE_UNAVAILABLE, busy);
     };
-    let mut latest = endpoints.latest.lock().await;
-    if let Some(snapshot) = latest.as_ref().filter(|s| s.read_at.elapsed() < endpoints.fresh_for) {
-        return (StatusCode::OK, [("content-type", OPENMETRICS)], snapshot.text.clone());
+    let latest = endpoints.latest.borrow().clone();
+    if latest.as_ref().is_none_or(|s| s.read_at.elapsed() >= endpoints.fresh_for) {
+        endpoints.start_rendering();
     }
-    // The old rendering goes before the new one is made: one in memory.
-    *latest = None;
-    let read_at = Instant::now();
-    let Endpoints { dump, metrics, per_destination, .. } = endpoints.clone();
-    // Reading and rendering a large table take a while: off the async threads.
-    let text =
-        tokio::task::spawn_blocking(move || metrics_text(&metrics, dump().as_deref(), per_destination));
-    match text.await {
-        Ok(text) => {
-            let text = Bytes::from(text);
-            *latest = Some(Snapshot { read_at, text: text.clone() });
-            (StatusCode::OK, [("content-type", OPENMETRICS)], text)
+    // A stale rendering is served while the next one is made: no scrape waits
+    // for the kernel's table, but the first.
+    let snapshot = match latest {
+        Some(snapshot) => snapshot,
+        None => {
+            let mut first = endpoints.latest.subscribe();
+            match tokio::time::timeout(FIRST_RENDERING_WAIT, first.wait_for(Option::is_some)).await {
+                Ok(Ok(snapshot)) => snapshot.clone().expect("waited for Some"),
+                _ => {
+                    let late = "the first rendering of the metrics has not ended\n".to_string();
+                    return text_plain(StatusCode::SERVICE_UNAVAILABLE, late);
+                }
+            }
         }
-        Err(e) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], format!("{e}\n").into())
+    };
+    (StatusCode::OK, [("content-type", OPENMETRICS)], snapshot.text)
+}
+
+impl Endpoints {
+    /// Reads and renders the table unless a rendering is under way. Reading
+    /// and rendering a large table take a while: on a thread of its own, below
+    /// the engine loop's priority, so that scrapes never slow a round.
+    fn start_rendering(&self) {
+        if self.rendering.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let Endpoints { dump, metrics, per_destination, latest, rendering, .. } = self.clone();
+        let render = move || {
+            // Cleared however the rendering ends, a panic too.
+            let _done = ClearOnDrop(rendering);
+            lower_priority();
+            let read_at = Instant::now();
+            let text = metrics_text(&metrics, dump().as_deref(), per_destination);
+            latest.send_replace(Some(Snapshot { read_at, text: text.into() }));
+        };
+        if let Err(error) = std::thread::Builder::new().name("metrics".into()).spawn(render) {
+            warn!(%error, "metrics: starting a rendering");
+            self.rendering.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Clears its flag when dropped.
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -523,21 +613,22 @@ mod tests {
     }
 
     /// A scrape storm: a bounded number in flight (the rest refused at once),
-    /// one reading of the table for all of them while it is fresh, and a new
-    /// reading once it is not.
+    /// one reading of the table for all of them while it is fresh; once it is
+    /// stale, it is served while the next reading is made.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_scrape_storm_reads_the_table_once() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::atomic::AtomicUsize;
         let (reading, most, reads) =
-            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::default());
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::<AtomicUsize>::default());
         let mut endpoints = Endpoints::new(Arc::default(), Duration::from_secs(10), false);
         endpoints.fresh_for = Duration::from_secs(2);
         let (now, peak, count) = (Arc::clone(&reading), Arc::clone(&most), Arc::clone(&reads));
         endpoints.dump = Arc::new(move || {
             peak.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-            AtomicUsize::fetch_add(&count, 1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(300));
             now.fetch_sub(1, Ordering::SeqCst);
+            // Counted once read: the rendering that follows holds this reading.
+            count.fetch_add(1, Ordering::SeqCst);
             None
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -545,27 +636,34 @@ mod tests {
         tokio::spawn(endpoints.serve(listener));
         let scrape = move || async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let started = Instant::now();
             let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
             let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
             stream.write_all(request.as_bytes()).await.unwrap();
             let mut response = String::new();
             stream.read_to_string(&mut response).await.unwrap();
-            (response.get(9..12).unwrap_or_default().to_string(), response.contains("lvs_agent_ipvs_up 0"))
+            let status = response.get(9..12).unwrap_or_default().to_string();
+            (status, response.contains("lvs_agent_ipvs_up 0"), started.elapsed())
         };
         let storm = (0..40).map(|_| tokio::spawn(scrape()));
         let answers: Vec<_> =
             futures::future::join_all(storm).await.into_iter().map(Result::unwrap).collect();
-        let served = answers.iter().filter(|(status, text)| status == "200" && *text).count();
-        let refused = answers.iter().filter(|(status, _)| status == "503").count();
+        let served = answers.iter().filter(|(status, text, _)| status == "200" && *text).count();
+        let refused = answers.iter().filter(|(status, ..)| status == "503").count();
         assert_eq!((served + refused, most.load(Ordering::SeqCst)), (40, 1), "{answers:?}");
         assert!((1..=SCRAPES_IN_FLIGHT).contains(&served), "{answers:?}");
         assert_eq!(reads.load(Ordering::SeqCst), 1, "one reading for the whole storm");
-        // Fresh: served from the snapshot, at once. Stale: read again.
+        // Fresh: served from the snapshot, at once.
         assert_eq!(scrape().await.0, "200");
         assert_eq!(reads.load(Ordering::SeqCst), 1);
+        // Stale: still served at once (no wait for the reading), and read again.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(scrape().await.0, "200");
+        let (status, _, took) = scrape().await;
+        assert_eq!(status, "200");
+        assert!(took < Duration::from_millis(250), "a stale scrape waited {took:?} for the reading");
+        tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(reads.load(Ordering::SeqCst), 2);
+        assert_eq!(most.load(Ordering::SeqCst), 1, "one reading at a time");
     }
 
     #[test]
@@ -616,7 +714,7 @@ mod tests {
         use lvs_health::{FailureKind, TargetStatus};
         let metrics = AgentMetrics::default();
         let service = ServiceKey::tcp("192.0.2.10:80".parse().unwrap());
-        *metrics.health.lock().unwrap() = Some(CheckerStats {
+        *metrics.health.lock().unwrap() = Some(Arc::new(CheckerStats {
             checks: 7,
             successes: 5,
             failures: [(FailureKind::Timeout, 2)].into(),
@@ -630,8 +728,8 @@ mod tests {
                 reason: Some("timeout after 1 s".into()),
                 checks: 7,
             }],
-        });
-        *metrics.vrrp.lock().unwrap() = Some(lvs_vrrp::Stats {
+        }));
+        *metrics.vrrp.lock().unwrap() = Some(Arc::new(lvs_vrrp::Stats {
             instances: vec![lvs_vrrp::InstanceStats {
                 key: lvs_vrrp::InstanceKey {
                     interface: "eth0".into(),
@@ -645,7 +743,7 @@ mod tests {
                 transitions: 2,
             }],
             drops: lvs_vrrp::Drops { bad_checksum: 4, ..Default::default() },
-        });
+        }));
         let text = metrics_text(&metrics, None, true);
         let instance = r#"interface="eth0",vrid="51",family="IPv4""#;
         has_lines(

@@ -1002,11 +1002,11 @@ pub fn apply(options: &ApplyOptions) -> Result<Outcome> {
     let metrics = Arc::new(AgentMetrics::default());
     if let Some(address) = options.metrics_address {
         let endpoints = Endpoints::new(Arc::clone(&metrics), options.resync, options.metrics_destinations);
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(address))
-            .with_context(|| format!("listening on {address}"))?;
+        let listener =
+            std::net::TcpListener::bind(address).with_context(|| format!("listening on {address}"))?;
+        let ended = endpoints.spawn(listener).context("serving /metrics")?;
         runtime.spawn(async move {
-            if let Err(error) = endpoints.serve(listener).await {
+            if let Ok(error) = ended.await {
                 warn!(%error, "serving /metrics");
             }
         });
