@@ -26,6 +26,11 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
 /// Every metric, registered under the prefix `lvs_controller`.
 pub struct Metrics {
     registry: Registry,
@@ -54,6 +59,9 @@ impl Default for Metrics {
             managed.clone(),
         );
         registry.register("leader", "1 while this replica holds the lease and writes", leader.clone());
+        let build = Family::<BuildLabels, Gauge>::default();
+        build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register("build_info", "The controller's version (always 1)", build);
         Self { registry, reconciles, errors, duration, managed, leader }
     }
 }
@@ -120,8 +128,43 @@ mod tests {
             r#"lvs_controller_managed_objects{kind="LvsNode"} 2"#,
             r#"lvs_controller_managed_objects{kind="VirtualService"} 3"#,
             "lvs_controller_leader 1",
+            &format!(r#"lvs_controller_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION")),
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from\n{text}");
         }
+    }
+
+    /// Every `lvs_controller_` metric that the monitoring kit (alerts,
+    /// dashboard) and the docs use is one the controller serves.
+    #[test]
+    fn the_monitoring_kit_and_the_docs_use_metrics_that_exist() {
+        let metrics = Metrics::default();
+        drop(metrics.reconcile());
+        metrics.reconcile_failed(&Error::CleanupPending(vec!["lvs1".into()]));
+        metrics.set_managed(3, 2);
+        metrics.set_leader(true);
+        let text = metrics.encode();
+        let served: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split(['{', ' ']).next())
+            .collect();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut checked = 0;
+        for file in ["deploy/monitoring/alerts.yaml", "deploy/monitoring/dashboard.json", "docs/metrics.md"] {
+            let content = std::fs::read_to_string(root.join(file)).unwrap();
+            for (at, _) in content.match_indices("lvs_controller_") {
+                let name: String =
+                    content[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                // A histogram is served as its _bucket, _sum and _count.
+                let histogram = format!("{name}_bucket");
+                assert!(
+                    served.contains(name.as_str()) || served.contains(histogram.as_str()),
+                    "{file} uses {name}, which the controller does not serve"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 5, "only {checked} uses found");
     }
 }

@@ -729,7 +729,7 @@ pub struct RealServerStatus {
     /// Weight in the kernel (0 while quiesced or draining).
     // No connection counts: a status changes only when something meaningful
     // does (the counts are the agents' metrics
-    // `lvs_agent_destination_active_connections` and `..._inactive_connections`).
+    // `lvs_agent_real_server_active_connections` and `..._inactive_connections`).
     pub weight: u16,
 }
 

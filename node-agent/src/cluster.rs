@@ -43,7 +43,7 @@ use lvs_crds::{
 use serde_json::json;
 
 use crate::{
-    endpoints::{AgentMetrics, Endpoints},
+    endpoints::{AgentMetrics, Endpoints, IpvsMetrics},
     engine::{Changed, Engine, Round, Subject},
     reconcile::KernelTable,
     supervisor::{DesiredState, InboxSender, Input, Sink, Supervisor, Why, inbox},
@@ -65,7 +65,7 @@ pub struct RunOptions {
     pub resync: Duration,
     pub metrics_address: SocketAddr,
     /// Series for each real server on /metrics (see [`crate::endpoints`]).
-    pub metrics_destinations: bool,
+    pub metrics_ipvs: IpvsMetrics,
     /// Absent: `KUBECONFIG`, `~/.kube/config`, or the in-cluster configuration.
     pub kubeconfig: Option<PathBuf>,
 }
@@ -140,9 +140,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let write_statuses = write_statuses(reports, StatusWriter::new(api.clone()));
     let listener = std::net::TcpListener::bind(options.metrics_address)
         .with_context(|| format!("listening on {}", options.metrics_address))?;
-    let endpoints_ended = Endpoints::new(metrics, resync, options.metrics_destinations)
-        .spawn(listener)
-        .context("serving /metrics")?;
+    let endpoints_ended =
+        Endpoints::new(metrics, resync, options.metrics_ipvs).spawn(listener).context("serving /metrics")?;
     info!(node = %options.node_name, metrics = %options.metrics_address, "started");
     let result = tokio::select! {
         result = watch_desired(api, &options.node_name, cache, inputs_tx.clone()) => result,
@@ -442,6 +441,9 @@ struct StatusSink {
 impl Sink<Arc<Desired>> for StatusSink {
     fn round(&mut self, why: Why, desired: &Arc<Desired>, round: Round, agent: &Supervisor) -> bool {
         self.metrics.heartbeat();
+        if matches!(why, Why::Startup | Why::Applied) {
+            self.metrics.desired(&desired.spec);
+        }
         let full = matches!(why, Why::Startup | Why::Repaired { finished: true });
         // A step that clears an earlier failure changes the status too.
         let standing_changed = self.reporter.take_in(&round);

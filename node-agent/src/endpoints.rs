@@ -11,32 +11,55 @@
 //! once. The engine keeps no whole table of its own (it reads the kernel in
 //! slices when it resyncs), so the snapshot is the endpoint's.
 //!
-//! Series per real server (traffic, connections, weight, health) are opt-in
-//! (`--metrics-destinations`): at 10,000 services of 10 real servers they are
-//! over a million lines a scrape. Per service, the counters and how many real
-//! servers are in the kernel and healthy are always there.
+//! Names follow Prometheus' conventions: units last (`_bytes_total`), counters
+//! rather than the kernel's rate estimates, a service's protocol, address,
+//! port and firewall mark as labels of their own (as node_exporter's ipvs
+//! collector has them) with the namespace and name of its owner. What is read
+//! of the kernel's table is `--metrics-ipvs`: each service's series (the
+//! default), each real server's too (over a million lines a scrape at 10,000
+//! services of 10 real servers), or none.
 
 use std::{
     collections::HashMap,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::get};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
+    registry::{Registry, Unit},
 };
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use crate::{engine::Round, supervisor::Supervisor};
+use crate::{desired, engine::Round, supervisor::Supervisor};
+use lvs_crds::{
+    lvs_node::{IpvsService, LvsNodeSpec},
+    virtual_service::VrrpState,
+};
 use lvs_health::CheckerStats;
-use lvs_ipvs::{DestinationEntry, IpvsHandle, Stats, ipvsadm::TableEntry};
+use lvs_ipvs::{DestinationEntry, IpvsHandle, ServiceKey, Stats, ipvsadm::TableEntry};
+
+/// What `/metrics` reads of the kernel's IPVS table (`--metrics-ipvs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum IpvsMetrics {
+    /// Nothing: the agent's own figures only (node_exporter's ipvs collector
+    /// has the kernel's counters)
+    None,
+    /// Each service's counters, and how many real servers it has and how many
+    /// pass their health check
+    #[default]
+    Services,
+    /// Each real server's counters, connections, weight and health too (over a
+    /// million lines a scrape at 10,000 services of 10 real servers)
+    Destinations,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoundLabels {
@@ -44,15 +67,31 @@ struct RoundLabels {
     kind: &'static str,
 }
 
+/// A virtual service: its key in the kernel, each part a label of its own as
+/// node_exporter's collector has them, and the object that asked for it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
-    service: String,
+    /// `tcp`, `udp`, `sctp`; empty for a firewall-mark service.
+    protocol: String,
+    /// The VIP; empty for a firewall-mark service.
+    address: String,
+    port: String,
+    /// The firewall mark; empty for a VIP service.
+    fwmark: String,
+    /// `ipv4` or `ipv6`.
+    family: &'static str,
+    /// The owning VirtualService (or Service), empty when the agent did not
+    /// ask for the service (it is not in the desired state).
+    namespace: String,
+    name: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DestinationLabels {
-    service: String,
-    destination: String,
+struct RealServerLabels {
+    #[prometheus(flatten)]
+    service: ServiceLabels,
+    real_server_address: String,
+    real_server_port: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +113,16 @@ struct VrrpLabels {
     family: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VipLabels {
+    address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
 /// A VRRP instance's counter: name, help, value.
 type VrrpCounter = (&'static str, &'static str, fn(&lvs_vrrp::InstanceStats) -> u64);
 
@@ -81,6 +130,9 @@ type VrrpCounter = (&'static str, &'static str, fn(&lvs_vrrp::InstanceStats) -> 
 struct DropLabels {
     reason: &'static str,
 }
+
+/// The object that asked for a service: (namespace, name).
+type Owners = HashMap<ServiceKey, (String, String)>;
 
 /// The agent's own counters, and the latest health-check and VRRP figures the
 /// engine thread saw; the IPVS figures are read at scrape time.
@@ -95,6 +147,10 @@ pub struct AgentMetrics {
     /// once, so the engine thread never waits for a scrape.
     health: Mutex<Option<Arc<CheckerStats>>>,
     vrrp: Mutex<Option<Arc<lvs_vrrp::Stats>>>,
+    vips: Mutex<Arc<HashMap<IpAddr, VrrpState>>>,
+    /// The desired services, for their owners: shared, not copied (a
+    /// rendering makes the map of owners, below the engine loop's priority).
+    services: Mutex<Arc<Vec<Arc<IpvsService>>>>,
 }
 
 impl AgentMetrics {
@@ -125,8 +181,16 @@ impl AgentMetrics {
     /// Takes the health checks' and VRRP's figures from `agent`.
     pub fn observe(&self, agent: &Supervisor) {
         let (health, vrrp) = (Arc::new(agent.health_stats()), Arc::new(agent.vrrp_stats()));
+        let vips = Arc::new(agent.vip_states());
         *self.health.lock().unwrap_or_else(PoisonError::into_inner) = Some(health);
         *self.vrrp.lock().unwrap_or_else(PoisonError::into_inner) = Some(vrrp);
+        *self.vips.lock().unwrap_or_else(PoisonError::into_inner) = vips;
+    }
+
+    /// Takes the services of a new desired state (for their owners).
+    pub fn desired(&self, spec: &LvsNodeSpec) {
+        let services = spec.director.iter().flat_map(|director| director.services.iter().cloned()).collect();
+        *self.services.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(services);
     }
 
     fn health(&self) -> Option<Arc<CheckerStats>> {
@@ -137,7 +201,22 @@ impl AgentMetrics {
         self.vrrp.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    fn register_health(&self, registry: &mut Registry, per_destination: bool) {
+    fn vips(&self) -> Arc<HashMap<IpAddr, VrrpState>> {
+        Arc::clone(&self.vips.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn owners(&self) -> Owners {
+        let services = Arc::clone(&self.services.lock().unwrap_or_else(PoisonError::into_inner));
+        services
+            .iter()
+            .filter_map(|service| {
+                let owner = (service.owner.namespace.clone(), service.owner.name.clone());
+                Some((desired::service_key(&service.key)?, owner))
+            })
+            .collect()
+    }
+
+    fn register_health(&self, registry: &mut Registry, labels: &Labeller, ipvs: IpvsMetrics) {
         let Some(health) = self.health() else { return };
         let checks = Family::<CheckLabels, Counter>::default();
         checks.get_or_create(&CheckLabels { result: "success" }).inc_by(health.successes);
@@ -149,26 +228,31 @@ impl AgentMetrics {
         transitions.get_or_create(&HealthTransitionLabels { to: "healthy" }).inc_by(health.ups);
         transitions.get_or_create(&HealthTransitionLabels { to: "unhealthy" }).inc_by(health.downs);
         registry.register("health_transitions", "Real servers turning healthy or unhealthy", transitions);
+        if ipvs == IpvsMetrics::None {
+            return;
+        }
         let mut by_service = HashMap::<_, i64>::new();
         for target in &health.targets {
             *by_service.entry(target.service).or_default() += i64::from(target.healthy);
         }
         let healthy = Family::<ServiceLabels, Gauge>::default();
         for (service, count) in by_service {
-            healthy.get_or_create(&ServiceLabels { service: service.to_string() }).set(count);
+            healthy.get_or_create(&labels.service(&service)).set(count);
         }
-        registry.register("service_healthy_destinations", "Real servers passing their health check", healthy);
-        if per_destination {
-            let healthy = Family::<DestinationLabels, Gauge>::default();
+        registry.register(
+            "service_healthy_real_servers",
+            "Real servers of the service passing their health check",
+            healthy,
+        );
+        if ipvs == IpvsMetrics::Destinations {
+            let healthy = Family::<RealServerLabels, Gauge>::default();
             for target in &health.targets {
-                let labels = DestinationLabels {
-                    service: target.service.to_string(),
-                    destination: target.destination.to_string(),
-                };
-                healthy.get_or_create(&labels).set(i64::from(target.healthy));
+                healthy
+                    .get_or_create(&labels.real_server(&target.service, target.destination))
+                    .set(target.healthy.into());
             }
             registry.register(
-                "destination_healthy",
+                "real_server_healthy",
                 "1 while the real server passes its health check",
                 healthy,
             );
@@ -190,8 +274,8 @@ impl AgentMetrics {
                 interface: instance.key.interface.clone(),
                 vrid: instance.key.vrid,
                 family: match instance.key.family {
-                    lvs_vrrp::AddressFamily::IPv4 => "IPv4",
-                    lvs_vrrp::AddressFamily::IPv6 => "IPv6",
+                    lvs_vrrp::AddressFamily::IPv4 => "ipv4",
+                    lvs_vrrp::AddressFamily::IPv6 => "ipv6",
                 },
             };
             master.get_or_create(&labels).set(i64::from(instance.state == lvs_vrrp::VrrpState::Master));
@@ -208,119 +292,165 @@ impl AgentMetrics {
             drops.get_or_create(&DropLabels { reason }).inc_by(count);
         }
         registry.register("vrrp_dropped", "Received VRRP packets ignored, by reason", drops);
+        // By VIP: what an alert on two masters for one address counts across directors.
+        let vip_master = Family::<VipLabels, Gauge>::default();
+        for (address, state) in self.vips().iter() {
+            let labels = VipLabels { address: address.to_string() };
+            vip_master.get_or_create(&labels).set(i64::from(*state == VrrpState::Master));
+        }
+        registry.register("vip_master", "1 while this node holds the VIP as VRRP master", vip_master);
     }
 }
 
-/// One IPVS counter or rate: its metric name (after `service_`/`destination_`),
-/// help, and where it is in [`Stats`].
-type StatField = (&'static str, &'static str, fn(&Stats) -> u64);
+/// The labels of services and real servers, with their owners.
+struct Labeller {
+    owners: Owners,
+}
+
+impl Labeller {
+    fn service(&self, key: &ServiceKey) -> ServiceLabels {
+        let (namespace, name) = self.owners.get(key).cloned().unwrap_or_default();
+        let family = |ipv4: bool| if ipv4 { "ipv4" } else { "ipv6" };
+        match *key {
+            ServiceKey::Address { protocol, address } => ServiceLabels {
+                protocol: protocol.to_string().to_lowercase().replace(' ', "_"),
+                address: address.ip().to_string(),
+                port: address.port().to_string(),
+                fwmark: String::new(),
+                family: family(address.is_ipv4()),
+                namespace,
+                name,
+            },
+            ServiceKey::Fwmark { family: f, mark } => ServiceLabels {
+                protocol: String::new(),
+                address: String::new(),
+                port: String::new(),
+                fwmark: mark.to_string(),
+                family: family(f == lvs_ipvs::AddressFamily::Ipv4),
+                namespace,
+                name,
+            },
+        }
+    }
+
+    fn real_server(&self, key: &ServiceKey, address: SocketAddr) -> RealServerLabels {
+        RealServerLabels {
+            service: self.service(key),
+            real_server_address: address.ip().to_string(),
+            real_server_port: address.port().to_string(),
+        }
+    }
+}
+
+/// One IPVS counter: its metric name (after `service_`/`real_server_`), unit,
+/// help, and where it is in [`Stats`]. The kernel's rate estimates are left
+/// out: Prometheus' `rate()` of the counters says the same, over any window.
+type StatField = (&'static str, Option<Unit>, &'static str, fn(&Stats) -> u64);
 
 const COUNTERS: [StatField; 5] = [
-    ("connections", "Connections scheduled", |s| s.connections),
-    ("packets_in", "Packets received", |s| s.packets_in),
-    ("packets_out", "Packets sent", |s| s.packets_out),
-    ("bytes_in", "Bytes received", |s| s.bytes_in),
-    ("bytes_out", "Bytes sent", |s| s.bytes_out),
+    ("connections", None, "Connections scheduled", |s| s.connections),
+    ("incoming_packets", None, "Packets received", |s| s.packets_in),
+    ("outgoing_packets", None, "Packets sent", |s| s.packets_out),
+    ("incoming", Some(Unit::Bytes), "Bytes received", |s| s.bytes_in),
+    ("outgoing", Some(Unit::Bytes), "Bytes sent", |s| s.bytes_out),
 ];
 
-const RATES: [StatField; 5] = [
-    ("connections_per_second", "Connections per second (kernel estimate, 2 s)", |s| s.connections_rate),
-    ("packets_in_per_second", "Packets received per second", |s| s.packets_in_rate),
-    ("packets_out_per_second", "Packets sent per second", |s| s.packets_out_rate),
-    ("bytes_in_per_second", "Bytes received per second", |s| s.bytes_in_rate),
-    ("bytes_out_per_second", "Bytes sent per second", |s| s.bytes_out_rate),
-];
+/// A real server's gauge: name (after `real_server_`), help, value.
+type RealServerField = (&'static str, &'static str, fn(&DestinationEntry) -> u32);
 
-/// A destination's gauge: name (after `destination_`), help, value.
-type DestinationField = (&'static str, &'static str, fn(&DestinationEntry) -> u32);
-
-const DESTINATION_GAUGES: [DestinationField; 3] = [
+const REAL_SERVER_GAUGES: [RealServerField; 3] = [
     ("active_connections", "Active connections", |d| d.active_connections),
     ("inactive_connections", "Inactive connections (e.g. TIME_WAIT)", |d| d.inactive_connections),
     ("weight", "Weight in the kernel", |d| d.destination.weight),
 ];
 
-/// The OpenMetrics text of the agent's counters and of `table` (the kernel's
-/// IPVS table; `None` when it could not be read, which `lvs_agent_ipvs_up`
-/// tells); the series of each real server only with `per_destination`.
-pub fn metrics_text(metrics: &AgentMetrics, table: Option<&[TableEntry]>, per_destination: bool) -> String {
+/// The OpenMetrics text of the agent's figures and, as `ipvs` says, of
+/// `table` (the kernel's IPVS table; `None` when it could not be read, which
+/// `lvs_agent_ipvs_up` tells).
+pub fn metrics_text(metrics: &AgentMetrics, table: Option<&[TableEntry]>, ipvs: IpvsMetrics) -> String {
     let mut registry = Registry::with_prefix("lvs_agent");
+    let build = Family::<BuildLabels, Gauge>::default();
+    build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+    registry.register("build_info", "The agent's version (always 1)", build);
     registry.register("reconciles", "Reconcile rounds, by kind", metrics.rounds.clone());
     registry.register("operations", "IPVS operations applied", metrics.operations.clone());
     registry.register("failures", "Failures of reconcile rounds", metrics.failures.clone());
-    let up = Gauge::<i64>::default();
-    up.set(i64::from(table.is_some()));
-    registry.register("ipvs_up", "1 when the kernel's IPVS table could be read", up);
-    metrics.register_health(&mut registry, per_destination);
+    if let Some(age) = metrics.since_last_round() {
+        let at = SystemTime::now().checked_sub(age).and_then(|at| at.duration_since(UNIX_EPOCH).ok());
+        let last = Gauge::<f64, AtomicU64>::default();
+        last.set(at.unwrap_or_default().as_secs_f64());
+        registry.register_with_unit(
+            "last_round_timestamp",
+            "When the engine loop's last round ended (Unix time)",
+            Unit::Seconds,
+            last,
+        );
+    }
+    let labels = Labeller { owners: metrics.owners() };
+    metrics.register_health(&mut registry, &labels, ipvs);
     metrics.register_vrrp(&mut registry);
-
-    let table = table.unwrap_or_default();
-    let services = table
-        .iter()
-        .map(|(service, _)| (ServiceLabels { service: service.service.key.to_string() }, &service.stats));
-    register_stats(&mut registry, "service", services.collect());
-    let in_kernel = Family::<ServiceLabels, Gauge>::default();
-    for (service, destinations) in table {
-        let labels = ServiceLabels { service: service.service.key.to_string() };
-        in_kernel.get_or_create(&labels).set(i64::try_from(destinations.len()).unwrap_or(i64::MAX));
+    if ipvs != IpvsMetrics::None {
+        register_table(&mut registry, &labels, table, ipvs);
     }
-    registry.register("service_destinations", "Real servers in the kernel's table", in_kernel);
-    if per_destination {
-        register_destinations(&mut registry, table);
-    }
-
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");
     text
 }
 
-/// The gauges, counters and rates of each real server in `table`.
-fn register_destinations(registry: &mut Registry, table: &[TableEntry]) {
-    let destinations: Vec<_> = table
+/// Each service's counters and real servers in `table`, and each real
+/// server's with [`IpvsMetrics::Destinations`].
+fn register_table(
+    registry: &mut Registry,
+    labels: &Labeller,
+    table: Option<&[TableEntry]>,
+    ipvs: IpvsMetrics,
+) {
+    let up = Gauge::<i64>::default();
+    up.set(i64::from(table.is_some()));
+    registry.register("ipvs_up", "1 when the kernel's IPVS table could be read", up);
+    let table = table.unwrap_or_default();
+    let services: Vec<_> =
+        table.iter().map(|(service, _)| (labels.service(&service.service.key), &service.stats)).collect();
+    register_counters(registry, "service", &services);
+    let in_kernel = Family::<ServiceLabels, Gauge>::default();
+    for ((labels, _), (_, destinations)) in services.iter().zip(table) {
+        in_kernel.get_or_create(labels).set(i64::try_from(destinations.len()).unwrap_or(i64::MAX));
+    }
+    registry.register("service_real_servers", "Real servers of the service in the kernel's table", in_kernel);
+    if ipvs != IpvsMetrics::Destinations {
+        return;
+    }
+    let real_servers: Vec<_> = table
         .iter()
         .flat_map(|(service, destinations)| {
-            let service = service.service.key.to_string();
-            destinations.iter().map(move |d| {
-                let labels = DestinationLabels {
-                    service: service.clone(),
-                    destination: d.destination.address.to_string(),
-                };
-                (labels, d)
-            })
+            destinations.iter().map(|d| (labels.real_server(&service.service.key, d.destination.address), d))
         })
         .collect();
-    for (name, help, value) in DESTINATION_GAUGES {
-        let family = Family::<DestinationLabels, Gauge>::default();
-        for (labels, destination) in &destinations {
+    for (name, help, value) in REAL_SERVER_GAUGES {
+        let family = Family::<RealServerLabels, Gauge>::default();
+        for (labels, destination) in &real_servers {
             family.get_or_create(labels).set(value(destination).into());
         }
-        registry.register(format!("destination_{name}"), help, family);
+        registry.register(format!("real_server_{name}"), help, family);
     }
-    register_stats(
-        registry,
-        "destination",
-        destinations.iter().map(|(l, d)| (l.clone(), &d.stats)).collect(),
-    );
+    let stats: Vec<_> = real_servers.into_iter().map(|(labels, d)| (labels, &d.stats)).collect();
+    register_counters(registry, "real_server", &stats);
 }
 
-/// The counters and rates of `rows` as `<what>_<field>` families.
-fn register_stats<L>(registry: &mut Registry, what: &str, rows: Vec<(L, &Stats)>)
+/// The counters of `rows` as `<what>_<field>_total` families.
+fn register_counters<L>(registry: &mut Registry, what: &str, rows: &[(L, &Stats)])
 where
     L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
 {
-    for (name, help, value) in COUNTERS {
+    for (name, unit, help, value) in COUNTERS {
         let family = Family::<L, Counter>::default();
-        for (labels, stats) in &rows {
+        for (labels, stats) in rows {
             family.get_or_create(labels).inc_by(value(stats));
         }
-        registry.register(format!("{what}_{name}"), help, family);
-    }
-    for (name, help, value) in RATES {
-        let family = Family::<L, Gauge>::default();
-        for (labels, stats) in &rows {
-            family.get_or_create(labels).set(i64::try_from(value(stats)).unwrap_or(i64::MAX));
+        match unit {
+            Some(unit) => registry.register_with_unit(format!("{what}_{name}"), help, unit, family),
+            None => registry.register(format!("{what}_{name}"), help, family),
         }
-        registry.register(format!("{what}_{name}"), help, family);
     }
 }
 
@@ -354,7 +484,7 @@ struct Snapshot {
 pub struct Endpoints {
     metrics: Arc<AgentMetrics>,
     stuck_after: Duration,
-    per_destination: bool,
+    ipvs: IpvsMetrics,
     dump: DumpTable,
     fresh_for: Duration,
     /// Admission of scrapes ([`SCRAPES_IN_FLIGHT`]).
@@ -368,7 +498,7 @@ pub struct Endpoints {
 impl Endpoints {
     /// The loop rounds at least once per resync (its steps are rounds): three
     /// resyncs without one, and a minute to spare, is a loop that is stuck.
-    pub fn new(metrics: Arc<AgentMetrics>, resync: Duration, per_destination: bool) -> Self {
+    pub fn new(metrics: Arc<AgentMetrics>, resync: Duration, ipvs: IpvsMetrics) -> Self {
         let dump: DumpTable = Arc::new(|| {
             IpvsHandle::connect()
                 .and_then(|handle| handle.table())
@@ -378,7 +508,7 @@ impl Endpoints {
         Endpoints {
             metrics,
             stuck_after: resync * 3 + Duration::from_secs(60),
-            per_destination,
+            ipvs,
             dump,
             fresh_for: FRESH_FOR,
             scrapes: Arc::new(tokio::sync::Semaphore::new(SCRAPES_IN_FLIGHT)),
@@ -499,13 +629,15 @@ impl Endpoints {
         if self.rendering.swap(true, Ordering::AcqRel) {
             return;
         }
-        let Endpoints { dump, metrics, per_destination, latest, rendering, .. } = self.clone();
+        let Endpoints { dump, metrics, ipvs, latest, rendering, .. } = self.clone();
         let render = move || {
             // Cleared however the rendering ends, a panic too.
             let _done = ClearOnDrop(rendering);
             lower_priority();
             let read_at = Instant::now();
-            let text = metrics_text(&metrics, dump().as_deref(), per_destination);
+            // With `--metrics-ipvs none` the table is not read at all.
+            let table = if ipvs == IpvsMetrics::None { None } else { dump() };
+            let text = metrics_text(&metrics, table.as_deref(), ipvs);
             latest.send_replace(Some(Snapshot { read_at, text: text.into() }));
         };
         if let Err(error) = std::thread::Builder::new().name("metrics".into()).spawn(render) {
@@ -555,7 +687,7 @@ mod tests {
     }
 
     /// A table of one service with one real server, in OpenMetrics text.
-    fn one_service_text(metrics: &AgentMetrics, per_destination: bool) -> String {
+    fn one_service_text(metrics: &AgentMetrics, ipvs: IpvsMetrics) -> String {
         let key = ServiceKey::tcp("192.0.2.10:80".parse().unwrap());
         let stats = Stats { connections: 5, bytes_in: 1000, bytes_in_rate: 40, ..Stats::default() };
         let destination = DestinationEntry {
@@ -566,7 +698,24 @@ mod tests {
             stats: Stats { connections: 4, packets_out: 9, ..Stats::default() },
         };
         let table = vec![(ServiceEntry { service: Service::new(key, "rr"), stats }, vec![destination])];
-        metrics_text(metrics, Some(&table), per_destination)
+        metrics_text(metrics, Some(&table), ipvs)
+    }
+
+    /// Metrics whose desired state has the service of [`one_service_text`],
+    /// owned by the VirtualService shop/web.
+    fn metrics_of_shop_web() -> AgentMetrics {
+        let vs = serde_json::from_value(serde_json::json!({
+            "apiVersion": "lvs.dev/v1alpha1", "kind": "VirtualService",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"vip": "192.0.2.10", "port": 80, "forwarding": "DirectRouting",
+                     "realServers": [{"address": "198.51.100.1"}]},
+        }))
+        .unwrap();
+        let (spec, _) =
+            crate::standalone::local_state(&[vs], "director1", &[], crate::standalone::Role::Director);
+        let metrics = AgentMetrics::default();
+        metrics.desired(&spec);
+        metrics
     }
 
     fn has_lines(text: &str, lines: &[String]) {
@@ -581,7 +730,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let metrics = Arc::new(AgentMetrics::default());
-        let endpoints = Endpoints::new(Arc::clone(&metrics), Duration::from_secs(10), false);
+        let endpoints = Endpoints::new(Arc::clone(&metrics), Duration::from_secs(10), IpvsMetrics::Services);
         assert_eq!(endpoints.stuck_after, Duration::from_secs(90));
         tokio::spawn(async move { axum::serve(listener, router(endpoints)).await.unwrap() });
         let get = |path: &'static str| async move {
@@ -620,7 +769,7 @@ mod tests {
         use std::sync::atomic::AtomicUsize;
         let (reading, most, reads) =
             (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::<AtomicUsize>::default());
-        let mut endpoints = Endpoints::new(Arc::default(), Duration::from_secs(10), false);
+        let mut endpoints = Endpoints::new(Arc::default(), Duration::from_secs(10), IpvsMetrics::Services);
         endpoints.fresh_for = Duration::from_secs(2);
         let (now, peak, count) = (Arc::clone(&reading), Arc::clone(&most), Arc::clone(&reads));
         endpoints.dump = Arc::new(move || {
@@ -666,53 +815,87 @@ mod tests {
         assert_eq!(most.load(Ordering::SeqCst), 1, "one reading at a time");
     }
 
+    /// Prometheus' conventions: units last (`_bytes_total`), the service's
+    /// key in labels of their own with its owner, counters and no rates.
     #[test]
-    fn metrics_carry_each_service_and_destination() {
-        let metrics = AgentMetrics::default();
+    fn metrics_carry_each_service_and_real_server() {
+        let metrics = metrics_of_shop_web();
         metrics.record(&failing_round(), true);
-        let text = one_service_text(&metrics, true);
-        let service = r#"service="TCP 192.0.2.10:80""#;
-        let both = r#"service="TCP 192.0.2.10:80",destination="198.51.100.1:80""#;
+        metrics.heartbeat();
+        let text = one_service_text(&metrics, IpvsMetrics::Destinations);
+        let service = r#"protocol="tcp",address="192.0.2.10",port="80",fwmark="",family="ipv4",namespace="shop",name="web""#;
+        let both = format!(r#"{service},real_server_address="198.51.100.1",real_server_port="80""#);
         has_lines(
             &text,
             &[
+                format!(r#"lvs_agent_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION")),
                 r#"lvs_agent_reconciles_total{kind="resync"} 1"#.to_string(),
                 "lvs_agent_operations_total 1".into(),
                 "lvs_agent_failures_total 2".into(),
                 "lvs_agent_ipvs_up 1".into(),
+                "# UNIT lvs_agent_service_incoming_bytes bytes".into(),
                 format!("lvs_agent_service_connections_total{{{service}}} 5"),
-                format!("lvs_agent_service_bytes_in_total{{{service}}} 1000"),
-                format!("lvs_agent_service_bytes_in_per_second{{{service}}} 40"),
-                format!("lvs_agent_service_destinations{{{service}}} 1"),
-                format!("lvs_agent_destination_connections_total{{{both}}} 4"),
-                format!("lvs_agent_destination_packets_out_total{{{both}}} 9"),
-                format!("lvs_agent_destination_active_connections{{{both}}} 3"),
-                format!("lvs_agent_destination_inactive_connections{{{both}}} 1"),
-                format!("lvs_agent_destination_weight{{{both}}} 2"),
+                format!("lvs_agent_service_incoming_bytes_total{{{service}}} 1000"),
+                format!("lvs_agent_service_real_servers{{{service}}} 1"),
+                format!("lvs_agent_real_server_connections_total{{{both}}} 4"),
+                format!("lvs_agent_real_server_outgoing_packets_total{{{both}}} 9"),
+                format!("lvs_agent_real_server_active_connections{{{both}}} 3"),
+                format!("lvs_agent_real_server_inactive_connections{{{both}}} 1"),
+                format!("lvs_agent_real_server_weight{{{both}}} 2"),
             ],
         );
-        assert!(metrics_text(&metrics, None, true).contains("lvs_agent_ipvs_up 0"));
+        assert!(!text.contains("per_second"), "no rate gauges: {text}");
+        let last = text.lines().find_map(|l| l.strip_prefix("lvs_agent_last_round_timestamp_seconds "));
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!(last.is_some_and(|at| (now - at.parse::<f64>().unwrap()).abs() < 60.0), "{text}");
+        assert!(metrics_text(&metrics, None, IpvsMetrics::Services).contains("lvs_agent_ipvs_up 0"));
     }
 
-    /// Without --metrics-destinations: the services' series, none per real server.
+    /// A service the desired state does not have (another tool's) and a
+    /// firewall-mark service: empty labels where they have no value.
+    #[test]
+    fn services_without_owner_or_address_have_empty_labels() {
+        let fwmark = ServiceKey::Fwmark { family: lvs_ipvs::AddressFamily::Ipv6, mark: 7 };
+        let labels = Labeller { owners: Owners::new() };
+        assert_eq!(
+            labels.service(&fwmark),
+            ServiceLabels {
+                protocol: String::new(),
+                address: String::new(),
+                port: String::new(),
+                fwmark: "7".into(),
+                family: "ipv6",
+                namespace: String::new(),
+                name: String::new(),
+            }
+        );
+        let text = one_service_text(&AgentMetrics::default(), IpvsMetrics::Services);
+        assert!(text.contains(r#"port="80",fwmark="",family="ipv4",namespace="",name=""} 5"#), "{text}");
+    }
+
+    /// By default the services' series, none per real server; `none` reads
+    /// no table at all.
     #[test]
     fn series_per_real_server_are_opt_in() {
-        let text = one_service_text(&AgentMetrics::default(), false);
-        let service = r#"service="TCP 192.0.2.10:80""#;
+        let text = one_service_text(&metrics_of_shop_web(), IpvsMetrics::Services);
+        let service = r#"protocol="tcp",address="192.0.2.10",port="80",fwmark="",family="ipv4",namespace="shop",name="web""#;
         has_lines(
             &text,
             &[
                 format!("lvs_agent_service_connections_total{{{service}}} 5"),
-                format!("lvs_agent_service_destinations{{{service}}} 1"),
+                format!("lvs_agent_service_real_servers{{{service}}} 1"),
             ],
         );
-        assert!(!text.contains("lvs_agent_destination_"), "{text}");
+        assert!(!text.contains("lvs_agent_real_server_"), "{text}");
+        let text = one_service_text(&metrics_of_shop_web(), IpvsMetrics::None);
+        assert!(!text.contains("lvs_agent_service_") && !text.contains("ipvs_up"), "{text}");
+        assert!(text.contains("lvs_agent_build_info"), "{text}");
     }
 
-    #[test]
-    fn metrics_carry_health_checks_and_vrrp() {
+    /// Metrics with a health check's and a VRRP instance's figures.
+    fn metrics_with_health_and_vrrp() -> AgentMetrics {
         use lvs_health::{FailureKind, TargetStatus};
-        let metrics = AgentMetrics::default();
+        let metrics = metrics_of_shop_web();
         let service = ServiceKey::tcp("192.0.2.10:80".parse().unwrap());
         *metrics.health.lock().unwrap() = Some(Arc::new(CheckerStats {
             checks: 7,
@@ -744,25 +927,71 @@ mod tests {
             }],
             drops: lvs_vrrp::Drops { bad_checksum: 4, ..Default::default() },
         }));
-        let text = metrics_text(&metrics, None, true);
-        let instance = r#"interface="eth0",vrid="51",family="IPv4""#;
+        *metrics.vips.lock().unwrap() = Arc::new([("192.0.2.10".parse().unwrap(), VrrpState::Master)].into());
+        metrics
+    }
+
+    #[test]
+    fn metrics_carry_health_checks_and_vrrp() {
+        let metrics = metrics_with_health_and_vrrp();
+        let text = metrics_text(&metrics, None, IpvsMetrics::Destinations);
+        let instance = r#"interface="eth0",vrid="51",family="ipv4""#;
+        let service = r#"protocol="tcp",address="192.0.2.10",port="80",fwmark="",family="ipv4",namespace="shop",name="web""#;
+        let real_server = format!(r#"{service},real_server_address="198.51.100.1",real_server_port="80""#);
         has_lines(
             &text,
             &[
                 r#"lvs_agent_health_checks_total{result="success"} 5"#.to_string(),
                 r#"lvs_agent_health_checks_total{result="timeout"} 2"#.into(),
                 r#"lvs_agent_health_transitions_total{to="unhealthy"} 2"#.into(),
-                r#"lvs_agent_service_healthy_destinations{service="TCP 192.0.2.10:80"} 0"#.into(),
-                r#"lvs_agent_destination_healthy{service="TCP 192.0.2.10:80",destination="198.51.100.1:80"} 0"#
-                    .into(),
+                format!("lvs_agent_service_healthy_real_servers{{{service}}} 0"),
+                format!("lvs_agent_real_server_healthy{{{real_server}}} 0"),
                 format!("lvs_agent_vrrp_master{{{instance}}} 1"),
                 format!("lvs_agent_vrrp_transitions_total{{{instance}}} 2"),
                 format!("lvs_agent_vrrp_adverts_sent_total{{{instance}}} 10"),
                 r#"lvs_agent_vrrp_dropped_total{reason="bad_checksum"} 4"#.into(),
+                r#"lvs_agent_vip_master{address="192.0.2.10"} 1"#.into(),
             ],
         );
-        let text = metrics_text(&metrics, None, false);
-        assert!(text.contains("lvs_agent_service_healthy_destinations"), "{text}");
-        assert!(!text.contains("lvs_agent_destination_healthy"), "{text}");
+        let text = metrics_text(&metrics, None, IpvsMetrics::Services);
+        assert!(text.contains("lvs_agent_service_healthy_real_servers"), "{text}");
+        assert!(!text.contains("lvs_agent_real_server_healthy"), "{text}");
+    }
+
+    /// The metric names of `text`: each sample's, without its labels.
+    fn metric_names(text: &str) -> std::collections::BTreeSet<&str> {
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split(['{', ' ']).next())
+            .collect()
+    }
+
+    /// Every `lvs_agent_` metric that the monitoring kit (alerts, dashboard)
+    /// and the docs use is one the agent serves, all series on.
+    #[test]
+    fn the_monitoring_kit_and_the_docs_use_metrics_that_exist() {
+        let metrics = metrics_with_health_and_vrrp();
+        metrics.record(&failing_round(), true);
+        metrics.heartbeat();
+        let text = one_service_text(&metrics, IpvsMetrics::Destinations);
+        let served = metric_names(&text);
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let used = [
+            "deploy/monitoring/alerts.yaml",
+            "deploy/monitoring/dashboard.json",
+            "docs/metrics.md",
+            "README.md",
+        ];
+        let mut checked = 0;
+        for file in used {
+            let content = std::fs::read_to_string(root.join(file)).unwrap();
+            for (at, _) in content.match_indices("lvs_agent_") {
+                let name: String =
+                    content[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                assert!(served.contains(name.as_str()), "{file} uses {name}, which the agent does not serve");
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "only {checked} uses found");
     }
 }

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use lvs_agent::{
     cluster::{self, RunOptions},
+    endpoints::IpvsMetrics,
     import,
     listing::Listing,
     standalone::{self, ApplyOptions, Outcome, Role},
@@ -98,10 +99,9 @@ enum Command {
         /// reachable through them (the DaemonSet binds the node's address).
         #[arg(long, env = "METRICS_ADDRESS", default_value = "127.0.0.1:9101")]
         metrics_address: SocketAddr,
-        /// Series for each real server on /metrics (a million lines at 10,000
-        /// services of 10 real servers), besides those of each service.
-        #[arg(long)]
-        metrics_destinations: bool,
+        /// What /metrics reads of the kernel's IPVS table.
+        #[arg(long, value_enum, default_value_t)]
+        metrics_ipvs: IpvsMetrics,
         /// Kubeconfig file; without it KUBECONFIG, ~/.kube/config or the
         /// in-cluster configuration.
         #[arg(long)]
@@ -159,9 +159,9 @@ enum Command {
         /// Serve /metrics, /healthz and /readyz on this address (not with --once).
         #[arg(long, conflicts_with_all = ["once", "dry_run"])]
         metrics_address: Option<SocketAddr>,
-        /// Series for each real server on /metrics, besides those of each service.
-        #[arg(long, requires = "metrics_address")]
-        metrics_destinations: bool,
+        /// What /metrics reads of the kernel's IPVS table.
+        #[arg(long, value_enum, default_value_t, requires = "metrics_address")]
+        metrics_ipvs: IpvsMetrics,
     },
     /// Convert ipvsadm rules (`ipvsadm -S`) or a keepalived.conf's
     /// `virtual_server` blocks from FILE or standard input into VirtualService
@@ -202,7 +202,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { node_name, engine, metrics_address, metrics_destinations, kubeconfig } => {
+        Command::Run { node_name, engine, metrics_address, metrics_ipvs, kubeconfig } => {
             let options = RunOptions {
                 node_name,
                 resync: engine.resync(),
@@ -210,7 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sysctl_root: engine.sysctl_root,
                 exclusive: engine.exclusive,
                 metrics_address,
-                metrics_destinations,
+                metrics_ipvs,
                 kubeconfig,
             };
             tokio::runtime::Runtime::new()?.block_on(cluster::run(options))?;
@@ -272,7 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             engine,
             vrrp_priority,
             metrics_address,
-            metrics_destinations,
+            metrics_ipvs,
         } => {
             let options = ApplyOptions {
                 path,
@@ -285,7 +285,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 exclusive: engine.exclusive,
                 vrrp_priority,
                 metrics_address,
-                metrics_destinations,
+                metrics_ipvs,
             };
             match standalone::apply(&options)? {
                 Outcome::Applied => {}

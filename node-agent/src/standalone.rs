@@ -49,7 +49,7 @@ use lvs_crds::{
 
 use crate::{
     desired::{desired_services, service_key},
-    endpoints::{AgentMetrics, Endpoints},
+    endpoints::{AgentMetrics, Endpoints, IpvsMetrics},
     engine::{self, Changed, Engine, Round, Scope},
     host::address,
     reconcile::{Drains, Ownership, plan},
@@ -905,7 +905,7 @@ pub struct ApplyOptions {
     /// Where to serve /metrics, /healthz and /readyz, if anywhere.
     pub metrics_address: Option<SocketAddr>,
     /// Series for each real server on /metrics.
-    pub metrics_destinations: bool,
+    pub metrics_ipvs: IpvsMetrics,
 }
 
 /// What wakes the manifests' reader.
@@ -1001,7 +1001,7 @@ pub fn apply(options: &ApplyOptions) -> Result<Outcome> {
         .build()?;
     let metrics = Arc::new(AgentMetrics::default());
     if let Some(address) = options.metrics_address {
-        let endpoints = Endpoints::new(Arc::clone(&metrics), options.resync, options.metrics_destinations);
+        let endpoints = Endpoints::new(Arc::clone(&metrics), options.resync, options.metrics_ipvs);
         let listener =
             std::net::TcpListener::bind(address).with_context(|| format!("listening on {address}"))?;
         let ended = endpoints.spawn(listener).context("serving /metrics")?;
@@ -1067,7 +1067,10 @@ struct LogSink {
 }
 
 impl Sink<LocalState> for LogSink {
-    fn round(&mut self, why: Why, _: &LocalState, round: Round, agent: &Supervisor) -> bool {
+    fn round(&mut self, why: Why, desired: &LocalState, round: Round, agent: &Supervisor) -> bool {
+        if matches!(why, Why::Startup | Why::Applied) {
+            self.metrics.desired(desired.spec());
+        }
         self.metrics.round(&round, matches!(why, Why::Startup | Why::Repaired { finished: true }), agent);
         let verb = match why {
             Why::Startup | Why::Applied => "applied",
