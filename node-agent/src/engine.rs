@@ -294,6 +294,8 @@ pub struct Engine {
     /// Why the state file read at start could not be trusted, until the first
     /// full round has reported what it leaves.
     untrusted: Option<String>,
+    /// A dry run's engine: the state file is read, never written.
+    read_only: bool,
 }
 
 /// The periodic resync, in steps between the rounds of changes, so that no
@@ -336,7 +338,38 @@ impl Engine {
     ) -> Result<Self> {
         std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
         let state_file = state_dir.join("state.json");
-        let (mut state, untrusted) = read_state(&state_file);
+        let (state, untrusted) = read_state(&state_file);
+        Ok(Self::from_state(kernel, host, state_file, state, untrusted, exclusive))
+    }
+
+    /// An engine that changes nothing of its own: for a dry run, on seams that
+    /// only record what they are asked. The state file under `state_dir` is
+    /// read (what the agent owns, to plan its removals) when it can be, and
+    /// neither moved aside nor written.
+    pub fn read_only(
+        kernel: Box<dyn Kernel>,
+        host: Box<dyn Host>,
+        state_dir: &Path,
+        exclusive: bool,
+    ) -> Self {
+        let state_file = state_dir.join("state.json");
+        let state = parse_state(&state_file).unwrap_or_else(|why| {
+            warn!(file = %state_file.display(), reason = %why, "planning as if the agent owned nothing");
+            AgentState::default()
+        });
+        let mut engine = Self::from_state(kernel, host, state_file, state, None, exclusive);
+        engine.read_only = true;
+        engine
+    }
+
+    fn from_state(
+        kernel: Box<dyn Kernel>,
+        host: Box<dyn Host>,
+        state_file: PathBuf,
+        mut state: AgentState,
+        untrusted: Option<String>,
+        exclusive: bool,
+    ) -> Self {
         if let Some(why) = &untrusted {
             warn!(
                 file = %state_file.display(),
@@ -353,7 +386,7 @@ impl Engine {
         }
         let owned = Ownership(state.owned.iter().copied().collect());
         let drains = Drains(state.drains.iter().map(|(k, a, t)| ((*k, *a), *t)).collect());
-        Ok(Engine {
+        Engine {
             kernel,
             system: host,
             state_file,
@@ -368,7 +401,8 @@ impl Engine {
             resync: None,
             dumper: None,
             untrusted,
-        })
+            read_only: false,
+        }
     }
 
     /// The health checks' latest verdicts, for the next rounds. A round whose
@@ -892,6 +926,9 @@ impl Engine {
     }
 
     fn write_state(&mut self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
         self.state.version = Some(STATE_VERSION);
         self.state.owned = self.owned.0.iter().map(|(k, d)| (*k, *d)).collect();
         self.state.drains = self.drains.0.iter().map(|((k, a), t)| (*k, *a, *t)).collect();
@@ -905,17 +942,9 @@ impl Engine {
 /// agent then starts owning nothing, so it deletes nothing it cannot prove is
 /// its own.
 fn read_state(state_file: &Path) -> (AgentState, Option<String>) {
-    let why = match std::fs::read(state_file) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (AgentState::default(), None),
-        Err(e) => format!("could not be read: {e}"),
-        Ok(bytes) => match serde_json::from_slice::<AgentState>(&bytes) {
-            Ok(state) if state.version.unwrap_or(1) <= STATE_VERSION => return (state, None),
-            Ok(state) => format!(
-                "is of a later format (version {}, this agent reads {STATE_VERSION})",
-                state.version.unwrap_or_default()
-            ),
-            Err(e) => format!("is not a state file ({e})"),
-        },
+    let why = match parse_state(state_file) {
+        Ok(state) => return (state, None),
+        Err(why) => why,
     };
     let aside = state_file.with_extension("json.untrusted");
     let why = match std::fs::rename(state_file, &aside) {
@@ -923,6 +952,23 @@ fn read_state(state_file: &Path) -> (AgentState, Option<String>) {
         Err(e) => format!("{why}; could not be moved aside: {e}"),
     };
     (AgentState::default(), Some(why))
+}
+
+/// The state file as it is (none: the default state), or why it cannot be
+/// trusted: unreadable, not a state file, or of a later format.
+fn parse_state(state_file: &Path) -> Result<AgentState, String> {
+    match std::fs::read(state_file) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AgentState::default()),
+        Err(e) => Err(format!("could not be read: {e}")),
+        Ok(bytes) => match serde_json::from_slice::<AgentState>(&bytes) {
+            Ok(state) if state.version.unwrap_or(1) <= STATE_VERSION => Ok(state),
+            Ok(state) => Err(format!(
+                "is of a later format (version {}, this agent reads {STATE_VERSION})",
+                state.version.unwrap_or_default()
+            )),
+            Err(e) => Err(format!("is not a state file ({e})")),
+        },
+    }
 }
 
 /// Writes `bytes` to `file` so that a crash or a power loss leaves either the

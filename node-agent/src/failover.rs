@@ -15,9 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lvs_crds::lvs_node::ConnectionSync;
+use lvs_crds::lvs_node::{ConnectionSync, DirectorState, DirectorVip};
 
 use crate::{
+    convert,
     host::{DeviceAddress, HostChanges},
     seams::{Host, Kernel},
 };
@@ -130,6 +131,34 @@ impl Failover {
         }
         kernel.apply(&ops).into_result().map(drop).map_err(|e| e.to_string())
     }
+}
+
+/// The VRRP instances of `director` and its connection sync: VIPs without an
+/// interface go where `host` routes them, and a sync daemon without one uses
+/// the first instance's.
+pub fn settings(
+    director: &DirectorState,
+    host: &dyn Host,
+) -> Result<(Vec<InstanceConfig>, Option<ConnectionSync>), String> {
+    let unrouted: Vec<&DirectorVip> =
+        director.vips.iter().filter(|v| v.vrrp.is_some() && v.interface.is_none()).collect();
+    let routes = if unrouted.is_empty() {
+        Vec::new()
+    } else {
+        host.route_devices(&unrouted.iter().map(|v| v.address).collect::<Vec<_>>())
+    };
+    let interface_of = |vip: &DirectorVip| {
+        let index = unrouted.iter().position(|v| *v == vip)?;
+        routes.get(index)?.as_ref().ok().cloned()
+    };
+    let instances = convert::vrrp_instances(director, interface_of).map_err(|e| format!("VRRP: {e}"))?;
+    let sync = director.connection_sync.clone().and_then(|mut sync| {
+        if sync.interface.is_empty() {
+            sync.interface = instances.first()?.interface.clone();
+        }
+        Some(sync)
+    });
+    Ok((instances, sync))
 }
 
 /// RFC 5798's Master_Down_Interval for an instance that has heard no master yet.

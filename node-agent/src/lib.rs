@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod convert;
 pub mod desired;
+pub mod dry_run;
 pub mod endpoints;
 pub mod engine;
 pub mod failover;

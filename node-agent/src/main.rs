@@ -144,8 +144,15 @@ enum Command {
         /// (the rest applied), 1 when the manifests do not load (nothing changed).
         #[arg(long)]
         once: bool,
-        /// Print the planned operations as ipvsadm lines; changes nothing and needs
-        /// no privileges.
+        /// Print everything applying would change on this host; change nothing.
+        ///
+        /// Sysctls (now -> wanted), devices, addresses, the nftables table, the
+        /// VRRP instances, sync daemon and health checks (those three not with
+        /// --once), then the IPVS operations as ipvsadm rules: one change per
+        /// line under `## <section>` headings, every line but the rules starting
+        /// with `#` (the output is `ipvsadm -R` input). It reads the host and the
+        /// state file; without CAP_NET_ADMIN it cannot read the IPVS table or
+        /// nftables and plans from an empty table.
         #[arg(long)]
         dry_run: bool,
         /// What this host is for the manifests.

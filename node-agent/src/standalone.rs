@@ -35,8 +35,7 @@ use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lvs_crds::{
     lvs_node::{
-        DirectorState, DirectorVip, IpvsService, IpvsServiceKey, LvsNodeSpec, RealServerMode,
-        RealServerState, RealServerVip,
+        DirectorState, DirectorVip, IpvsService, IpvsServiceKey, LvsNodeSpec, RealServerState, RealServerVip,
     },
     translate::{
         Age, DEFAULT_VRRP_PRIORITY, DIRECTOR_LABEL, NodePart, ObjectId, TranslateOptions,
@@ -48,15 +47,14 @@ use lvs_crds::{
 };
 
 use crate::{
-    desired::{desired_services, service_key},
+    desired::service_key,
+    dry_run::{self, DryRunOptions},
     endpoints::{AgentMetrics, Endpoints, IpvsMetrics},
-    engine::{self, Changed, Engine, Round, Scope},
+    engine::{Changed, Engine, Round, Scope},
     host::address,
-    reconcile::{Drains, Ownership, plan},
     supervisor::{Coalesce, DesiredState, InboxSender, Input, Sink, Supervisor, Why, inbox},
 };
 use kube::Resource;
-use lvs_ipvs::{IpvsHandle, ipvsadm::op_rule};
 use serde::Deserialize;
 use tracing::{error, info, warn};
 
@@ -1204,39 +1202,16 @@ fn watch_manifests(path: &Path, events: mpsc::Sender<Event>) {
     }
 }
 
-/// `--dry-run`: the IPVS operations as ipvsadm lines (against the kernel's table
-/// when it can be read, else against an empty one), and the host changes as comments.
+/// `--dry-run`: everything applying would change on this host (see
+/// [`crate::dry_run`]), printed; nothing is changed.
 fn print_plan(spec: &LvsNodeSpec, options: &ApplyOptions) {
-    let observed = IpvsHandle::connect().and_then(|handle| handle.table()).unwrap_or_else(|e| {
-        warn!(error = %e, "the kernel's table cannot be read; planning from an empty one");
-        vec![]
-    });
-    let desired = spec.director.as_ref().map(desired_services).unwrap_or_default();
-    let plan = plan(
-        &desired,
-        &observed,
-        &Ownership::default(),
-        &Drains::default(),
-        engine::now(),
-        options.exclusive,
-    );
-    for op in &plan.ops {
-        println!("{}", op_rule(op));
-    }
-    for vip in spec.director.iter().flat_map(|d| &d.vips) {
-        println!(
-            "# director: hold VIP {} on {}",
-            vip.address,
-            vip.interface.as_deref().unwrap_or("the interface routing to it")
-        );
-    }
-    for vip in spec.real_server.iter().flat_map(|r| &r.vips) {
-        let device = match vip.mode {
-            RealServerMode::DirectRouting => "lvs0 (arp_ignore=1, arp_announce=2)",
-            RealServerMode::Tunnel => "tunl0 (ipip; rp_filter=0, arp_ignore=1, arp_announce=2)",
-        };
-        println!("# real server: VIP {} on {device}", vip.address);
-    }
+    let options = DryRunOptions {
+        state_dir: &options.state_dir,
+        sysctl_root: &options.sysctl_root,
+        exclusive: options.exclusive,
+        once: options.once,
+    };
+    print!("{}", dry_run::plan(spec, options).render());
 }
 
 fn log_round(round: &Round, verb: &str) {

@@ -30,7 +30,7 @@ use std::{
 };
 
 use lvs_crds::{
-    lvs_node::{DirectorState, DirectorVip, LvsNodeSpec},
+    lvs_node::{DirectorState, LvsNodeSpec},
     virtual_service::VrrpState,
 };
 use tokio::runtime::Handle;
@@ -39,7 +39,7 @@ use tracing::{info, warn};
 use crate::{
     convert,
     engine::{self, Changed, Engine, Failure, Round, Scope, Subject},
-    failover::{Failover, FailoverHooks, Transition},
+    failover::{self, Failover, FailoverHooks, Transition},
     reconcile::KernelTable,
 };
 use lvs_health::{Checker, CheckerStats, HealthChange, HealthMap};
@@ -311,26 +311,7 @@ impl Supervisor {
 
     /// The VRRP instances and the sync daemon for `director`.
     fn follow_vrrp(&mut self, director: &DirectorState) -> Result<(), String> {
-        // VIPs without an interface go where the route towards them goes.
-        let unrouted: Vec<&DirectorVip> =
-            director.vips.iter().filter(|v| v.vrrp.is_some() && v.interface.is_none()).collect();
-        let routes = if unrouted.is_empty() {
-            Vec::new()
-        } else {
-            self.engine.host().route_devices(&unrouted.iter().map(|v| v.address).collect::<Vec<_>>())
-        };
-        let interface_of = |vip: &DirectorVip| {
-            let index = unrouted.iter().position(|v| *v == vip)?;
-            routes.get(index)?.as_ref().ok().cloned()
-        };
-        let instances = convert::vrrp_instances(director, interface_of).map_err(|e| format!("VRRP: {e}"))?;
-        let sync = director.connection_sync.clone().and_then(|mut sync| {
-            // No interface named: the first VRRP instance's.
-            if sync.interface.is_empty() {
-                sync.interface = instances.first()?.interface.clone();
-            }
-            Some(sync)
-        });
+        let (instances, sync) = failover::settings(director, self.engine.host())?;
         self.instances.clone_from(&instances);
         self.router.set_instances(instances);
         if self.sync.as_ref() != Some(&sync) {

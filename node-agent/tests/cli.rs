@@ -57,7 +57,14 @@ fn exit_codes_tell_failure_usage_and_success_apart() {
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, "apiVersion: lvs.dev/v1alpha1\nkind: VirtualService\nmetadata: {name: x}\nspec: {vip: 192.0.2.1, port: 70000}\n").unwrap();
     let output = agent(&["apply", "--dry-run", "--role", "director", "-f", bad.to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // The error names the file, the field and its value; nothing is planned.
+    assert!(
+        stderr.contains("bad.yaml") && stderr.contains("spec.port") && stderr.contains("70000"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "{}", String::from_utf8_lossy(&output.stdout));
     // Good ones: 0.
     let good = dir.join("good.yaml");
     std::fs::write(&good, "apiVersion: lvs.dev/v1alpha1\nkind: VirtualService\nmetadata: {name: x}\nspec: {vip: 192.0.2.1, port: 80, realServers: [{address: 10.0.0.1}]}\n").unwrap();

@@ -671,3 +671,239 @@ fn a_block_of_vips_is_one_local_route_that_serves_and_answers_arp_for_each() {
     assert!(["web1", "web2"].contains(&answer.trim()), "{answer}");
     assert!(in_ns("director1", "ip -4 -br addr show dev eth0").contains("192.168.16.110/32"));
 }
+
+/// Services of every forwarding method on one director (Tunnel with IPIP and
+/// GUE), with VRRP, connection sync and health checks on the first
+/// (tests/lab/topology routed --router).
+const EVERY_KIND: &str = "\
+apiVersion: lvs.dev/v1alpha1
+kind: VirtualService
+metadata: {name: web-dr, namespace: default}
+spec:
+  vip: 192.168.16.100
+  port: 80
+  scheduler: wrr
+  forwarding: DirectRouting
+  realServers: [{address: 192.168.17.21, weight: 2}]
+  healthCheck: {type: HTTP, path: /, intervalSeconds: 2, timeoutSeconds: 1, rise: 2, fall: 3}
+  failover:
+    vrrp: {virtualRouterId: 51, advertIntervalMs: 1000, preempt: true}
+  connectionSync: true
+---
+apiVersion: lvs.dev/v1alpha1
+kind: VirtualService
+metadata: {name: web-nat, namespace: default}
+spec:
+  vip: 192.168.16.101
+  port: 80
+  forwarding: NAT
+  realServers: [{address: 192.168.17.21, port: 8080}]
+  healthCheck: {type: TCP, intervalSeconds: 3, timeoutSeconds: 1}
+---
+apiVersion: lvs.dev/v1alpha1
+kind: VirtualService
+metadata: {name: web-tun, namespace: default}
+spec:
+  vip: 192.168.16.102
+  port: 80
+  forwarding: Tunnel
+  tunnel: {encapsulation: IPIP}
+  realServers: [{address: 192.168.17.21}]
+---
+apiVersion: lvs.dev/v1alpha1
+kind: VirtualService
+metadata: {name: web-fullnat, namespace: default}
+spec:
+  vip: 192.168.16.103
+  port: 80
+  forwarding: FullNAT
+  realServers: [{address: 192.168.17.22, port: 80}]
+---
+apiVersion: lvs.dev/v1alpha1
+kind: VirtualService
+metadata: {name: web-gue, namespace: default}
+spec:
+  vip: 192.168.16.104
+  port: 80
+  forwarding: Tunnel
+  tunnel: {encapsulation: GUE, port: 5555}
+  realServers: [{address: 192.168.17.21}]
+";
+
+/// What a dry run must leave as it is in `node`: the IPVS table and sync
+/// daemons, links, addresses, local routes, nftables and the IPv4 sysctls.
+fn host_state(node: &str) -> String {
+    [
+        "ipvsadm-save -n",
+        "ipvsadm -L -n --daemon",
+        "ip -d link show",
+        "ip -br addr show",
+        "ip route show table local",
+        "ip fou show",
+        "nft list ruleset",
+        "grep -r . /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf /proc/sys/net/ipv4/vs",
+    ]
+    .iter()
+    .map(|command| format!("$ {command}\n{}", in_ns(node, &format!("sh -c '{command} 2>&1 || true'"))))
+    .collect()
+}
+
+/// The lines of `section` (`## <section>` to the next heading) of a dry run's output.
+fn dry_run_section<'a>(output: &'a str, section: &str) -> Vec<&'a str> {
+    let heading = format!("## {section}");
+    let mut lines = output.lines().skip_while(|line| *line != heading);
+    assert!(lines.next().is_some(), "no {heading} in:\n{output}");
+    lines.take_while(|line| !line.starts_with("## ")).collect()
+}
+
+fn assert_lists(output: &str, section: &str, expected: &[&str]) {
+    let lines = dry_run_section(output, section);
+    for line in expected {
+        assert!(lines.iter().any(|l| l.starts_with(line)), "## {section} lacks {line:?}:\n{output}");
+    }
+}
+
+/// `apply --dry-run` lists every change of each kind, on a director (as the
+/// DaemonSet runs it) and on a real server (as the systemd unit's user runs
+/// it), and changes nothing; after a real apply, the same dry run finds
+/// nothing left to change.
+#[test]
+#[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
+fn a_dry_run_lists_every_change_and_makes_none() {
+    topology("routed --router");
+    // fou has no autoload alias: loaded as the host's configuration would.
+    sh("modprobe fou");
+    let manifest = "/tmp/lvs-agent-dry-run.yaml";
+    std::fs::write(manifest, EVERY_KIND).unwrap();
+    let state = "/run/lvs-agent-test/director1";
+    let dry_run = |extra: &str| {
+        in_ns(
+            "director1",
+            &format!(
+                "{AS_DEPLOYED} {AGENT} apply --dry-run {extra} -f {manifest} --role director --state-dir {state}"
+            ),
+        )
+    };
+
+    let before = host_state("director1");
+    let output = dry_run("");
+    assert_eq!(host_state("director1"), before, "the director changed; the dry run said:\n{output}");
+    assert_lists(
+        &output,
+        "sysctls",
+        &[
+            "# sysctl net.ipv4.ip_forward: 0 -> 1",
+            "# sysctl net.ipv4.conf.all.send_redirects: 1 -> 0",
+            "# sysctl net.ipv4.conf.eth0.send_redirects: 1 -> 0",
+            "# sysctl net.ipv4.vs.conntrack: ",
+        ],
+    );
+    assert_eq!(dry_run_section(&output, "devices"), ["# (no change)"], "{output}");
+    assert_lists(
+        &output,
+        "addresses",
+        &[
+            "# ip addr add 192.168.16.101/32 dev eth0",
+            "# ip addr add 192.168.16.102/32 dev eth0",
+            "# ip addr add 192.168.16.103/32 dev eth0",
+            "# ip addr add 192.168.16.104/32 dev eth0",
+            "# announce 192.168.16.101 dev eth0 (gratuitous ARP)",
+        ],
+    );
+    // The VRRP VIP is VRRP's to take.
+    assert!(!output.contains("192.168.16.100/32"), "{output}");
+    assert_lists(
+        &output,
+        "nftables",
+        &["# nft load table inet lvs_agent (new):", "# nft |         ip daddr 192.168.17.22 masquerade"],
+    );
+    assert_lists(
+        &output,
+        "vrrp",
+        &["# vrrp instance eth0 vrid 51 IPv4: priority 100, advert 1000 ms, preempt, vips 192.168.16.100"],
+    );
+    assert_lists(
+        &output,
+        "sync daemon",
+        &["# ipvsadm --start-daemon backup --mcast-interface eth0 --syncid 51"],
+    );
+    assert_lists(
+        &output,
+        "health checks",
+        &[
+            "# health check HTTP 192.168.17.21:80 path / of TCP 192.168.16.100:80: every 2 s, timeout 1 s, rise 2, fall 3",
+            "# health check TCP 192.168.17.21:8080 of TCP 192.168.16.101:80: every 3 s",
+        ],
+    );
+    assert_lists(
+        &output,
+        "ipvs",
+        &[
+            "-A -t 192.168.16.100:80 -s wrr",
+            "-a -t 192.168.16.100:80 -r 192.168.17.21:80 -g -w 2",
+            "-a -t 192.168.16.101:80 -r 192.168.17.21:8080 -m -w 1",
+            "-a -t 192.168.16.102:80 -r 192.168.17.21:80 -i",
+            "-a -t 192.168.16.103:80 -r 192.168.17.22:80 -m",
+            "-a -t 192.168.16.104:80 -r 192.168.17.21:80 -i",
+        ],
+    );
+    assert!(!output.contains("## problems"), "{output}");
+
+    // A real server, as the systemd unit's user (its own uid, NET_ADMIN and
+    // NET_RAW as ambient capabilities), without a state directory.
+    let before = host_state("rs1");
+    let caps = "-all,+net_admin,+net_raw";
+    let output = in_ns(
+        "rs1",
+        &format!(
+            "setpriv --reuid=61234 --regid=61234 --clear-groups --inh-caps={caps} --ambient-caps={caps} \
+             --bounding-set={caps} env -i {AGENT} apply --dry-run -f {manifest} --role real-server \
+             --state-dir /run/lvs-agent-test/none"
+        ),
+    );
+    assert_eq!(host_state("rs1"), before, "rs1 changed; the dry run said:\n{output}");
+    assert_lists(
+        &output,
+        "sysctls",
+        &[
+            "# sysctl net.ipv4.conf.all.arp_ignore: 0 -> 1",
+            "# sysctl net.ipv4.conf.all.arp_announce: 0 -> 2",
+            "# sysctl net.ipv4.conf.lvs0.arp_ignore: (absent) -> 1",
+            "# sysctl net.ipv4.conf.lvs0.arp_announce: (absent) -> 2",
+            "# sysctl net.ipv4.conf.tunl0.arp_ignore: ",
+        ],
+    );
+    assert_lists(
+        &output,
+        "devices",
+        &[
+            "# ip link add lvs0 type dummy",
+            "# ip link set lvs0 up",
+            "# ip link set tunl0 up",
+            "# ip fou add port 5555 gue",
+        ],
+    );
+    assert_lists(
+        &output,
+        "addresses",
+        &[
+            "# ip addr add 192.168.16.100/32 dev lvs0",
+            "# ip addr add 192.168.16.102/32 dev tunl0",
+            "# ip addr add 192.168.16.104/32 dev tunl0",
+        ],
+    );
+    assert!(!output.contains("## problems"), "{output}");
+    for section in ["nftables", "vrrp", "sync daemon", "health checks", "ipvs"] {
+        assert_eq!(dry_run_section(&output, section), ["# (no change)"], "{section}: {output}");
+    }
+
+    // Applied for real: the same dry run finds nothing left to change, and the
+    // table loaded as it would load it.
+    apply_once("director1", manifest);
+    let output = dry_run("--once");
+    for section in ["sysctls", "devices", "addresses", "ipvs"] {
+        assert_eq!(dry_run_section(&output, section), ["# (no change)"], "{section}: {output}");
+    }
+    assert_eq!(dry_run_section(&output, "nftables"), ["# nft table inet lvs_agent: unchanged"], "{output}");
+    assert_eq!(dry_run_section(&output, "vrrp"), ["# (none with --once)"], "{output}");
+}

@@ -28,6 +28,10 @@ pub struct HostChanges {
     pub routes: BTreeSet<DeviceRoute>,
     /// Whether the agent's nftables table exists (see [`super::nat`]).
     pub nft_table: bool,
+    /// The real servers that table masquerades to, as last loaded (what a dry
+    /// run compares with).
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub masqueraded: BTreeSet<IpAddr>,
     /// GUE ports the agent opened on a real server (see [`super::fou`]).
     pub gue_ports: BTreeSet<GuePort>,
     /// Whether what is already in place of the desired host part is recorded
@@ -67,6 +71,7 @@ impl HostChanges {
             addresses,
             routes,
             nft_table,
+            masqueraded: _,
             gue_ports,
             adopt: _,
         } = self;

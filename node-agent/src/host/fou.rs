@@ -170,6 +170,16 @@ pub(super) fn open_gue_port(changes: &mut HostChanges, port: GuePort) -> Result<
     }
 }
 
+/// Whether the GUE port `port` is open (a dry run's look; nothing changes).
+/// Without the fou module, the error says that the host must load it.
+pub(super) fn gue_port_open(port: GuePort) -> Result<bool> {
+    match request(FouMessage::for_port(FOU_CMD_GET, &port)) {
+        Ok(()) => Ok(true),
+        Err(Failure::Refused(Errno::ESRCH | Errno::ENOENT)) => Ok(false),
+        Err(failure) => Err(failure.into_error(format!("looking up GUE port {port}"))),
+    }
+}
+
 /// Closes a GUE port the agent opened, and forgets it.
 pub(super) fn close_gue_port(changes: &mut HostChanges, port: GuePort) -> Result<()> {
     if changes.gue_ports.contains(&port) {

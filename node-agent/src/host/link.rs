@@ -65,6 +65,38 @@ pub fn device_exists(device: &str) -> bool {
     Rtnl::connect().and_then(|mut rtnl| find(&mut rtnl, device)).is_ok_and(|link| link.is_some())
 }
 
+/// Whether the device `name` is up, or `None` when there is no such device.
+pub fn device_state(name: &str) -> Result<Option<bool>> {
+    let mut rtnl = Rtnl::connect()?;
+    Ok(find(&mut rtnl, name)?.map(|link| link.up))
+}
+
+/// A change of a device, as a dry run lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkChange {
+    /// Made, of this kind (`dummy`, `ipip`, ...).
+    Create {
+        name: String,
+        kind: String,
+    },
+    Up(String),
+    Down(String),
+    Delete(String),
+}
+
+/// What making sure `name` exists (of `kind`) and is up changes, given its
+/// state now (`None`: absent; else whether it is up).
+pub fn ensure_changes(name: &str, kind: &InfoKind, state: Option<bool>) -> Vec<LinkChange> {
+    match state {
+        None => vec![
+            LinkChange::Create { name: name.into(), kind: kind.to_string() },
+            LinkChange::Up(name.into()),
+        ],
+        Some(false) => vec![LinkChange::Up(name.into())],
+        Some(true) => vec![],
+    }
+}
+
 /// One request that wants only an acknowledgement. The kernel's refusal is
 /// [`Cause::Refused`]; a failure of the socket keeps its own cause, so that lost
 /// answers (`ENOBUFS`) read as an unknown outcome rather than as a refusal.
@@ -190,6 +222,17 @@ pub fn delete_device(changes: &mut HostChanges, device: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_is_made_when_absent_and_raised_when_down() {
+        let create = LinkChange::Create { name: "lvs0".into(), kind: "dummy".into() };
+        let up = LinkChange::Up("lvs0".into());
+        assert_eq!(ensure_changes("lvs0", &InfoKind::Dummy, None), [create, up.clone()]);
+        assert_eq!(ensure_changes("lvs0", &InfoKind::Dummy, Some(false)), [up]);
+        assert_eq!(ensure_changes("lvs0", &InfoKind::Dummy, Some(true)), []);
+        let ipip = ensure_changes("tunl0", &InfoKind::IpIp, None);
+        assert_eq!(ipip[0], LinkChange::Create { name: "tunl0".into(), kind: "ipip".into() });
+    }
 
     /// A single request's answers lost to an overrun receive buffer is an unknown
     /// outcome (the engine reads the host again), not the kernel's refusal.

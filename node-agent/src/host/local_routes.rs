@@ -79,6 +79,13 @@ pub fn holdings<'a>(vips: impl IntoIterator<Item = &'a DeviceAddress>) -> Holdin
     holdings
 }
 
+/// The local routes in the local table, by device (read only).
+pub fn present_routes() -> Result<BTreeSet<DeviceRoute>> {
+    let mut rtnl = Rtnl::connect()?;
+    let names = link_names(&mut rtnl)?;
+    local_routes(&mut rtnl, &names)
+}
+
 /// The device of the recorded route that covers `address`, if one does.
 pub fn routed_device(changes: &HostChanges, address: IpAddr) -> Option<&str> {
     changes.routes.iter().find(|route| route.block.contains(&address)).map(|route| route.device.as_str())

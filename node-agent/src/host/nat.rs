@@ -24,7 +24,7 @@ use std::net::IpAddr;
 use super::{
     changes::HostChanges,
     error::Result,
-    nftables::{Attr, FAMILY_INET, Kind, NFPROTO_IPV4, NFPROTO_IPV6, Request, commit},
+    nftables::{Attr, FAMILY_INET, Kind, NFPROTO_IPV4, NFPROTO_IPV6, Request, commit, table_exists},
 };
 
 /// The agent's nftables table (family `inet`: one table for IPv4 and IPv6).
@@ -84,6 +84,7 @@ pub fn set_masquerade(changes: &mut HostChanges, real_servers: &[IpAddr]) -> Res
     }
     commit(&masquerade_table(real_servers))?;
     changes.nft_table = true;
+    changes.masqueraded = real_servers.iter().copied().collect();
     Ok(())
 }
 
@@ -92,8 +93,40 @@ pub fn remove_masquerade(changes: &mut HostChanges) -> Result<()> {
     if changes.nft_table {
         commit(&replace_table())?;
         changes.nft_table = false;
+        changes.masqueraded.clear();
     }
     Ok(())
+}
+
+/// Whether the agent's table is in the kernel (read only). Without nf_tables
+/// loaded there is none, and asking would load it.
+pub fn table_present() -> Result<bool> {
+    if !std::path::Path::new("/sys/module/nf_tables").exists() {
+        return Ok(false);
+    }
+    table_exists(FAMILY_INET, TABLE)
+}
+
+/// The table [`set_masquerade`] loads for `real_servers`, as `nft list table`
+/// shows it (a dry run prints it).
+pub fn ruleset(real_servers: &[IpAddr]) -> String {
+    let mut rules = String::new();
+    for (v4, family) in [(true, "ip"), (false, "ip6")] {
+        let mut addresses: Vec<IpAddr> = real_servers.iter().filter(|a| a.is_ipv4() == v4).copied().collect();
+        addresses.sort();
+        addresses.dedup();
+        let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        match addresses.as_slice() {
+            [] => {}
+            [address] => rules.push_str(&format!("        {family} daddr {address} masquerade\n")),
+            several => {
+                rules.push_str(&format!("        {family} daddr {{ {} }} masquerade\n", several.join(", ")))
+            }
+        }
+    }
+    format!(
+        "table inet {TABLE} {{\n    chain {CHAIN} {{\n        type nat hook postrouting priority srcnat; policy accept;\n{rules}    }}\n}}\n"
+    )
 }
 
 /// Deletes the table, declaring it first so that the deletion succeeds when it
@@ -285,6 +318,16 @@ mod tests {
                 Kind::NewRule,
             ],
             "IPv4: a set of two (deduplicated); IPv6: one comparison"
+        );
+    }
+
+    #[test]
+    fn the_ruleset_is_the_tables_listing() {
+        let addresses: Vec<IpAddr> =
+            ["10.0.2.2", "2001:db8::5", "10.0.2.1", "10.0.2.1"].iter().map(|a| a.parse().unwrap()).collect();
+        assert_eq!(
+            ruleset(&addresses),
+            "table inet lvs_agent {\n    chain postrouting {\n        type nat hook postrouting priority srcnat; policy accept;\n        ip daddr { 10.0.2.1, 10.0.2.2 } masquerade\n        ip6 daddr 2001:db8::5 masquerade\n    }\n}\n"
         );
     }
 

@@ -40,6 +40,10 @@ pub(crate) const FAMILY_INET: u8 = 1;
 pub(crate) const NFPROTO_IPV4: u8 = 2;
 pub(crate) const NFPROTO_IPV6: u8 = 10;
 
+/// `NFT_MSG_GETTABLE`, a question outside any batch.
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFTA_TABLE_NAME: u16 = 1;
+
 /// `NFT_MSG_*` message kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -219,6 +223,56 @@ pub(crate) fn commit(requests: &[Request]) -> Result<(), HostError> {
     })
 }
 
+/// Whether the table `name` of `family` exists: one `NFT_MSG_GETTABLE`, which
+/// changes nothing (a dry run's look). Needs CAP_NET_ADMIN, as every nf_tables
+/// request does.
+pub(crate) fn table_exists(family: u8, name: &str) -> Result<bool, HostError> {
+    let action = format!("looking up nf_tables table {name}");
+    let failed = |e: io::Error| HostError::io(action.as_str(), e);
+    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(failed)?;
+    socket.bind_auto().map_err(failed)?;
+    socket.connect(&SocketAddr::new(0, 0)).map_err(failed)?;
+    let question = Message {
+        message_type: NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE,
+        family,
+        resource_id: 0,
+        attrs: vec![Attr::string(NFTA_TABLE_NAME, name)],
+    }
+    .with_header(NLM_F_REQUEST | NLM_F_ACK, 1);
+    let mut bytes = vec![0; question.buffer_len()];
+    question.serialize(&mut bytes);
+    socket.send(&bytes, 0).map_err(failed)?;
+    let mut datagram = Vec::with_capacity(16 << 10);
+    // The table's description (when it exists), then the acknowledgement.
+    loop {
+        datagram.clear();
+        socket.recv(&mut datagram, 0).map_err(failed)?;
+        match answer(&datagram) {
+            Some(0) => return Ok(true),
+            Some(code) if Errno::from_raw(code) == Errno::ENOENT => return Ok(false),
+            Some(code) => return Err(HostError::refused(action.clone(), Errno::from_raw(code))),
+            None => continue,
+        }
+    }
+}
+
+/// The error code (0: an acknowledgement) of the datagram's `NLMSG_ERROR`, if it has one.
+fn answer(datagram: &[u8]) -> Option<i32> {
+    let mut offset = 0;
+    while offset + 20 <= datagram.len() {
+        let field = |at: usize| u32::from_ne_bytes(datagram[at..at + 4].try_into().expect("4 bytes"));
+        let length = field(offset) as usize;
+        if length < 16 || offset + length > datagram.len() {
+            break;
+        }
+        if u16::from_ne_bytes([datagram[offset + 4], datagram[offset + 5]]) == 2 {
+            return Some(-(field(offset + 16) as i32));
+        }
+        offset += length.div_ceil(4) * 4;
+    }
+    None
+}
+
 enum Failed {
     Socket(io::Error),
     Refused { what: String, errno: Errno },
@@ -309,6 +363,23 @@ mod tests {
         let end = &table[28..];
         assert_eq!(u16::from_ne_bytes([end[4], end[5]]), NFNL_MSG_BATCH_END);
         assert_eq!(end.len(), 20);
+    }
+
+    #[test]
+    fn an_answer_is_the_error_message_and_a_description_is_not_one() {
+        let message = |kind: u16, code: i32| {
+            let mut bytes = Vec::new();
+            bytes.extend_from_slice(&36u32.to_ne_bytes());
+            bytes.extend_from_slice(&kind.to_ne_bytes());
+            bytes.extend_from_slice(&[0; 10]);
+            bytes.extend_from_slice(&code.to_ne_bytes());
+            bytes.extend_from_slice(&[0; 16]);
+            bytes
+        };
+        let table = message(NFNL_SUBSYS_NFTABLES << 8, 0);
+        assert_eq!(answer(&table), None);
+        assert_eq!(answer(&[table, message(2, 0)].concat()), Some(0));
+        assert_eq!(answer(&message(2, -2)), Some(Errno::ENOENT as i32));
     }
 
     #[test]

@@ -19,9 +19,10 @@ use super::{
     changes::{DeviceAddress, GuePort, HostChanges},
     error::{Cause, HostError},
     fou, link,
-    sysctl::{self, Sysctls},
+    sysctl::{self, Setting, Sysctls},
     tunnel,
 };
+use netlink_packet_route::link::InfoKind;
 
 /// The dummy device that holds a real server's DirectRouting VIPs: dummy devices
 /// are NOARP, so the VIP is never announced from it.
@@ -43,6 +44,47 @@ fn tunnel_device(vip: &RealServerVip) -> tunnel::TunnelDevice {
     tunnel::device_for(vip.tunnel.as_ref().map(|t| t.encapsulation).unwrap_or_default(), vip.address)
 }
 
+/// One device of a real server, as [`configure`] prepares it: made if absent
+/// (the dummy `lvs0`, or a tunnel module's device) and up, its sysctls, then
+/// its VIPs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RealServerDevice<'a> {
+    pub name: &'static str,
+    /// The tunnel device; `None` for the dummy device of DirectRouting VIPs.
+    pub tunnel: Option<tunnel::TunnelDevice>,
+    pub sysctls: Vec<Setting>,
+    pub vips: Vec<&'a RealServerVip>,
+}
+
+impl RealServerDevice<'_> {
+    /// The device's kind, as it is made.
+    pub fn kind(&self) -> InfoKind {
+        self.tunnel.as_ref().map_or(InfoKind::Dummy, |t| t.kind().clone())
+    }
+}
+
+/// The devices that `vips` need, by name, each with its VIPs.
+pub fn devices(vips: &[RealServerVip]) -> Vec<RealServerDevice<'_>> {
+    let mut by_device: BTreeMap<&'static str, Vec<&RealServerVip>> = BTreeMap::new();
+    for vip in vips {
+        by_device.entry(device_name(vip)).or_default().push(vip);
+    }
+    by_device
+        .into_iter()
+        .map(|(name, vips)| match vips[0].mode {
+            RealServerMode::DirectRouting => {
+                RealServerDevice { name, tunnel: None, sysctls: sysctl::real_server_dr(name), vips }
+            }
+            RealServerMode::Tunnel => RealServerDevice {
+                name,
+                tunnel: Some(tunnel_device(vips[0])),
+                sysctls: sysctl::real_server_tun(name),
+                vips,
+            },
+        })
+        .collect()
+}
+
 /// Configures this host as a real server of `vips`: each device with its
 /// settings, then its VIPs in one batch. Returns the VIPs that could not be
 /// configured, each with why; the others are in place.
@@ -51,27 +93,22 @@ pub fn configure(
     sysctls: &Sysctls,
     vips: &[RealServerVip],
 ) -> Vec<(IpAddr, HostError)> {
-    let mut by_device: BTreeMap<&'static str, Vec<&RealServerVip>> = BTreeMap::new();
-    for vip in vips {
-        by_device.entry(device_name(vip)).or_default().push(vip);
-    }
     let mut failures = Vec::new();
     // Ports a VIP uses and that are open; a port that failed to open is retried
     // for its next VIP, which then reports its own failure.
     let mut open_ports = BTreeSet::new();
-    for (device, vips) in by_device {
-        let prepared = match vips[0].mode {
-            RealServerMode::DirectRouting => link::ensure_dummy(changes, device)
-                .and_then(|()| sysctls.apply(changes, &sysctl::real_server_dr(device))),
-            RealServerMode::Tunnel => tunnel::ensure(changes, &tunnel_device(vips[0]))
-                .and_then(|()| sysctls.apply(changes, &sysctl::real_server_tun(device))),
+    for device in devices(vips) {
+        let made = match &device.tunnel {
+            None => link::ensure_dummy(changes, device.name),
+            Some(tunnel) => tunnel::ensure(changes, tunnel),
         };
-        if let Err(e) = prepared {
-            failures.extend(vips.iter().map(|vip| (vip.address, e.clone())));
+        if let Err(e) = made.and_then(|()| sysctls.apply(changes, &device.sysctls)) {
+            failures.extend(device.vips.iter().map(|vip| (vip.address, e.clone())));
             continue;
         }
         let mut ready = Vec::new();
-        for vip in vips {
+        for vip in device.vips {
+            let address = DeviceAddress { device: device.name.into(), address: vip.address };
             // GUE arrives on a UDP port that the fou module must open; without
             // it the VIP would receive nothing, so it is not taken.
             match gue_port(vip) {
@@ -79,16 +116,21 @@ pub fn configure(
                 Some(Ok(port)) if !open_ports.contains(&port) => match fou::open_gue_port(changes, port) {
                     Ok(()) => {
                         open_ports.insert(port);
-                        ready.push(DeviceAddress { device: device.into(), address: vip.address });
+                        ready.push(address);
                     }
                     Err(e) => failures.push((vip.address, e)),
                 },
-                _ => ready.push(DeviceAddress { device: device.into(), address: vip.address }),
+                _ => ready.push(address),
             }
         }
         failures.extend(address::add_addresses(changes, &ready).into_iter().map(|(a, e)| (a.address, e)));
     }
     failures
+}
+
+/// Whether the GUE port `port` is open (read only).
+pub fn gue_port_open(port: GuePort) -> Result<bool, HostError> {
+    fou::gue_port_open(port)
 }
 
 /// Closes the GUE ports the agent opened that no VIP of `vips` uses any more.
@@ -106,7 +148,7 @@ pub fn close_unused_gue_ports(
 }
 
 /// The GUE port a VIP receives on, if it is a GUE VIP; an error if it has none.
-fn gue_port(vip: &RealServerVip) -> Option<Result<GuePort, HostError>> {
+pub fn gue_port(vip: &RealServerVip) -> Option<Result<GuePort, HostError>> {
     let tunnel = vip.tunnel.as_ref().filter(|t| t.encapsulation == TunnelEncapsulation::Gue)?;
     Some(match tunnel.port {
         Some(port) => Ok(GuePort { port, ipv6: vip.address.is_ipv6() }),
@@ -115,4 +157,46 @@ fn gue_port(vip: &RealServerVip) -> Option<Result<GuePort, HostError>> {
             Cause::Unsupported("tunnel.port is not set: GUE needs the UDP port it arrives on".into()),
         )),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vip(address: &str, mode: RealServerMode) -> RealServerVip {
+        let yaml = format!(
+            "{{address: '{address}', mode: {mode:?}, owner: {{namespace: default, name: web, uid: u1, generation: 1}}}}"
+        );
+        serde_yaml::from_str(&yaml).unwrap()
+    }
+
+    #[test]
+    fn each_device_gets_its_kind_its_sysctls_and_its_vips() {
+        let vips = [
+            vip("192.168.16.100", RealServerMode::DirectRouting),
+            vip("192.168.16.101", RealServerMode::Tunnel),
+            vip("192.168.16.102", RealServerMode::DirectRouting),
+        ];
+        let devices = devices(&vips);
+        let summary: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                (d.name, d.kind(), d.sysctls.len(), d.vips.iter().map(|v| v.address.to_string()).collect())
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "lvs0",
+                    InfoKind::Dummy,
+                    4,
+                    vec!["192.168.16.100".to_string(), "192.168.16.102".to_string()]
+                ),
+                ("tunl0", InfoKind::IpIp, 6, vec!["192.168.16.101".to_string()]),
+            ]
+        );
+        assert_eq!(devices[1].sysctls, sysctl::real_server_tun("tunl0"));
+        assert_eq!(devices[1].tunnel, Some(tunnel::device_for(TunnelEncapsulation::Ipip, vips[1].address)));
+    }
 }

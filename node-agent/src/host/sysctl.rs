@@ -123,6 +123,33 @@ fn same_value(current: &str, wanted: &str) -> bool {
     current.split_whitespace().eq(wanted.split_whitespace())
 }
 
+/// A sysctl that applying a profile would change: its value now (`None`: no
+/// such key yet, e.g. of a device not made yet, or IPVS's before the module
+/// loads) and the value wanted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysctlChange {
+    pub key: String,
+    pub current: Option<String>,
+    pub wanted: String,
+}
+
+/// The settings of `profile` whose current value (`current(key)`) differs from
+/// the wanted one: what [`Sysctls::apply`] would change, in its order.
+pub fn changes(profile: &[Setting], current: impl Fn(&str) -> Option<String>) -> Vec<SysctlChange> {
+    profile
+        .iter()
+        .filter_map(|setting| {
+            let now = current(&setting.key);
+            let same = now.as_deref().is_some_and(|now| same_value(now, &setting.value));
+            (!same).then(|| SysctlChange {
+                key: setting.key.clone(),
+                current: now,
+                wanted: setting.value.clone(),
+            })
+        })
+        .collect()
+}
+
 /// One sysctl setting of a profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Setting {
@@ -358,6 +385,37 @@ mod tests {
         let mut changes = HostChanges::default();
         sysctls.set(&mut changes, "net.ipv4.vs.sync_threshold", "3 50").unwrap();
         assert!(changes.is_empty());
+    }
+
+    #[test]
+    fn changes_are_the_settings_that_differ_with_their_values_now() {
+        let now = |key: &str| match key {
+            "net.ipv4.conf.all.arp_ignore" => Some("0".to_string()),
+            "net.ipv4.conf.all.arp_announce" => Some("2".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            changes(&real_server_dr("lvs0"), now),
+            [
+                SysctlChange {
+                    key: "net.ipv4.conf.all.arp_ignore".into(),
+                    current: Some("0".into()),
+                    wanted: "1".into()
+                },
+                SysctlChange {
+                    key: "net.ipv4.conf.lvs0.arp_ignore".into(),
+                    current: None,
+                    wanted: "1".into()
+                },
+                SysctlChange {
+                    key: "net.ipv4.conf.lvs0.arp_announce".into(),
+                    current: None,
+                    wanted: "2".into()
+                },
+            ]
+        );
+        let multi = [setting("net.ipv4.vs.sync_threshold".into(), "3 50")];
+        assert!(changes(&multi, |_| Some("3\t50".into())).is_empty(), "compared by fields");
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub struct TunnelDevice {
     kind: InfoKind,
 }
 
+impl TunnelDevice {
+    pub fn kind(&self) -> &InfoKind {
+        &self.kind
+    }
+}
+
 /// The fallback device of the ipip module, which IPv4 IPIP tunnels end on.
 pub const TUNNEL_DEVICE: &str = "tunl0";
 
