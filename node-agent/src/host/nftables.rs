@@ -229,9 +229,7 @@ pub(crate) fn commit(requests: &[Request]) -> Result<(), HostError> {
 pub(crate) fn table_exists(family: u8, name: &str) -> Result<bool, HostError> {
     let action = format!("looking up nf_tables table {name}");
     let failed = |e: io::Error| HostError::io(action.as_str(), e);
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(failed)?;
-    socket.bind_auto().map_err(failed)?;
-    socket.connect(&SocketAddr::new(0, 0)).map_err(failed)?;
+    let socket = nfnetlink_socket().map_err(failed)?;
     let question = Message {
         message_type: NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE,
         family,
@@ -256,21 +254,9 @@ pub(crate) fn table_exists(family: u8, name: &str) -> Result<bool, HostError> {
     }
 }
 
-/// The error code (0: an acknowledgement) of the datagram's `NLMSG_ERROR`, if it has one.
+/// The errno (0: an acknowledgement) of the datagram's first `NLMSG_ERROR`, if it has one.
 fn answer(datagram: &[u8]) -> Option<i32> {
-    let mut offset = 0;
-    while offset + 20 <= datagram.len() {
-        let field = |at: usize| u32::from_ne_bytes(datagram[at..at + 4].try_into().expect("4 bytes"));
-        let length = field(offset) as usize;
-        if length < 16 || offset + length > datagram.len() {
-            break;
-        }
-        if u16::from_ne_bytes([datagram[offset + 4], datagram[offset + 5]]) == 2 {
-            return Some(-(field(offset + 16) as i32));
-        }
-        offset += length.div_ceil(4) * 4;
-    }
-    None
+    answers(datagram).first().map(|&(_, code)| -code)
 }
 
 enum Failed {
@@ -284,10 +270,16 @@ impl From<io::Error> for Failed {
     }
 }
 
-fn send_batch(requests: &[Request]) -> Result<(), Failed> {
+/// A netfilter netlink socket, bound and connected to the kernel.
+fn nfnetlink_socket() -> io::Result<Socket> {
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
+    Ok(socket)
+}
+
+fn send_batch(requests: &[Request]) -> Result<(), Failed> {
+    let socket = nfnetlink_socket()?;
     let first_sequence = 1;
     let batch = encode(requests, first_sequence);
     // A batch is one datagram: room for it, and for the acknowledgements.
@@ -317,6 +309,17 @@ fn send_batch(requests: &[Request]) -> Result<(), Failed> {
 
 /// The errors among a datagram's messages (acknowledgements carry error 0).
 fn errors(datagram: &[u8]) -> Vec<(u32, Errno)> {
+    answers(datagram)
+        .into_iter()
+        .filter(|&(_, code)| code != 0)
+        .map(|(sequence, code)| (sequence, Errno::from_raw(-code)))
+        .collect()
+}
+
+/// The datagram's `NLMSG_ERROR` messages: each one's sequence number and
+/// error code (negative; 0 for an acknowledgement). A truncated message ends
+/// the reading.
+fn answers(datagram: &[u8]) -> Vec<(u32, i32)> {
     let mut found = Vec::new();
     let mut offset = 0;
     while offset + 20 <= datagram.len() {
@@ -328,10 +331,7 @@ fn errors(datagram: &[u8]) -> Vec<(u32, Errno)> {
         let message_type = u16::from_ne_bytes([datagram[offset + 4], datagram[offset + 5]]);
         // NLMSG_ERROR: an i32 error, then the request's header.
         if message_type == 2 {
-            let code = field(offset + 16) as i32;
-            if code != 0 {
-                found.push((field(offset + 8), Errno::from_raw(-code)));
-            }
+            found.push((field(offset + 8), field(offset + 16) as i32));
         }
         offset += length.div_ceil(4) * 4;
     }
