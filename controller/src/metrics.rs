@@ -113,14 +113,19 @@ impl Drop for ReconcileTimer<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn metrics_are_exposed_with_their_labels() {
+    /// The text of metrics with a series in every family.
+    fn every_series() -> String {
         let metrics = Metrics::default();
         drop(metrics.reconcile());
         metrics.reconcile_failed(&Error::CleanupPending(vec!["lvs1".into()]));
         metrics.set_managed(3, 2);
         metrics.set_leader(true);
-        let text = metrics.encode();
+        metrics.encode()
+    }
+
+    #[test]
+    fn metrics_are_exposed_with_their_labels() {
+        let text = every_series();
         for line in [
             "lvs_controller_reconciles_total 1",
             r#"lvs_controller_reconcile_errors_total{reason="cleanup_pending"} 1"#,
@@ -138,12 +143,7 @@ mod tests {
     /// dashboard) and the docs use is one the controller serves.
     #[test]
     fn the_monitoring_kit_and_the_docs_use_metrics_that_exist() {
-        let metrics = Metrics::default();
-        drop(metrics.reconcile());
-        metrics.reconcile_failed(&Error::CleanupPending(vec!["lvs1".into()]));
-        metrics.set_managed(3, 2);
-        metrics.set_leader(true);
-        let text = metrics.encode();
+        let text = every_series();
         let served: std::collections::BTreeSet<&str> = text
             .lines()
             .filter(|line| !line.starts_with('#'))

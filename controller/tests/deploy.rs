@@ -1,31 +1,15 @@
 //! `kubectl kustomize deploy` renders, with the objects and the settings the
-//! operator relies on. kubectl is required (tests/lab/install provides it): a
-//! missing one fails, so that these checks never pass unseen.
+//! operator relies on.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
-use serde::Deserialize;
 use serde_yaml::Value;
 
-fn render() -> Vec<Value> {
-    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-    let output = Command::new("kubectl").arg("kustomize").arg(&deploy).output().unwrap_or_else(|error| {
-        panic!("kubectl not runnable ({error}): run tests/lab/install (Debian's kubernetes-client)")
-    });
-    assert!(
-        output.status.success(),
-        "kubectl kustomize failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text).map(|doc| Value::deserialize(doc).unwrap()).collect()
-}
+mod kustomize;
+use kustomize::find;
 
-fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    objects
-        .iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("{kind} {name} not rendered"))
+fn render() -> Vec<Value> {
+    kustomize::render(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy"))
 }
 
 fn strings(value: &Value) -> Vec<&str> {

@@ -6,7 +6,6 @@
 use std::{
     collections::BTreeSet,
     path::Path,
-    process::Command,
     sync::atomic::{AtomicUsize, Ordering},
 };
 
@@ -14,8 +13,10 @@ use promql_parser::{
     parser::{Expr, parse},
     util::{ExprVisitor, walk_expr},
 };
-use serde::Deserialize;
 use serde_yaml::Value;
+
+mod kustomize;
+use kustomize::find;
 
 fn repo() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
@@ -38,24 +39,9 @@ fn render() -> Vec<Value> {
          resources: [{up}{repo}/deploy]\ncomponents: [{up}{repo}/deploy/monitoring]\n"
     );
     std::fs::write(dir.join("kustomization.yaml"), kustomization).unwrap();
-    let output = Command::new("kubectl").arg("kustomize").arg(&dir).output().unwrap_or_else(|error| {
-        panic!("kubectl not runnable ({error}): run tests/lab/install (Debian's kubernetes-client)")
-    });
+    let objects = kustomize::render(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(
-        output.status.success(),
-        "kubectl kustomize failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text).map(|doc| Value::deserialize(doc).unwrap()).collect()
-}
-
-fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
     objects
-        .iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("{kind} {name} not rendered"))
 }
 
 /// The metric names an expression reads.
