@@ -44,7 +44,7 @@ use lvs_crds::{
     virtual_service::VrrpState,
 };
 use lvs_health::CheckerStats;
-use lvs_ipvs::{DestinationEntry, IpvsHandle, ServiceKey, Stats, ipvsadm::TableEntry};
+use lvs_ipvs::{DestinationEntry, IpvsHandle, Protocol, ServiceKey, Stats, ipvsadm::TableEntry};
 
 /// What `/metrics` reads of the kernel's IPVS table (`--metrics-ipvs`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -71,7 +71,8 @@ struct RoundLabels {
 /// node_exporter's collector has them, and the object that asked for it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
-    /// `tcp`, `udp`, `sctp`; empty for a firewall-mark service.
+    /// `tcp`, `udp`, `sctp` (another protocol's number); empty for a
+    /// firewall-mark service.
     protocol: String,
     /// The VIP; empty for a firewall-mark service.
     address: String,
@@ -313,7 +314,12 @@ impl Labeller {
         let family = |ipv4: bool| if ipv4 { "ipv4" } else { "ipv6" };
         match *key {
             ServiceKey::Address { protocol, address } => ServiceLabels {
-                protocol: protocol.to_string().to_lowercase().replace(' ', "_"),
+                protocol: match protocol {
+                    Protocol::Tcp => "tcp".into(),
+                    Protocol::Udp => "udp".into(),
+                    Protocol::Sctp => "sctp".into(),
+                    Protocol::Other(number) => number.to_string(),
+                },
                 address: address.ip().to_string(),
                 port: address.port().to_string(),
                 fwmark: String::new(),
@@ -547,8 +553,9 @@ impl Endpoints {
     }
 }
 
-/// Puts the calling thread at [`ENDPOINTS_NICENESS`] (Linux's nice is per
-/// thread; a thread may always lower its own priority).
+/// Puts the calling thread, and the threads it starts, at
+/// [`ENDPOINTS_NICENESS`] (Linux's nice is per thread and inherited; a thread
+/// may always lower its own priority).
 fn lower_priority() {
     if let Err(error) = rustix::process::setpriority_process(None, ENDPOINTS_NICENESS) {
         warn!(%error, "metrics: lowering the endpoints' priority");
@@ -623,8 +630,9 @@ async fn scrape(
 
 impl Endpoints {
     /// Reads and renders the table unless a rendering is under way. Reading
-    /// and rendering a large table take a while: on a thread of its own, below
-    /// the engine loop's priority, so that scrapes never slow a round.
+    /// and rendering a large table take a while: on a thread of its own, which
+    /// has the endpoints' thread's nice value (a new thread inherits its
+    /// creator's), so that scrapes never slow a round.
     fn start_rendering(&self) {
         if self.rendering.swap(true, Ordering::AcqRel) {
             return;
@@ -633,7 +641,6 @@ impl Endpoints {
         let render = move || {
             // Cleared however the rendering ends, a panic too.
             let _done = ClearOnDrop(rendering);
-            lower_priority();
             let read_at = Instant::now();
             // With `--metrics-ipvs none` the table is not read at all.
             let table = if ipvs == IpvsMetrics::None { None } else { dump() };
