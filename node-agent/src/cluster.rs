@@ -64,7 +64,7 @@ pub struct RunOptions {
     pub exclusive: bool,
     pub resync: Duration,
     pub metrics_address: SocketAddr,
-    /// Series for each real server on /metrics (see [`crate::endpoints`]).
+    /// What /metrics reads of the kernel's IPVS table: nothing, services, or real servers too.
     pub metrics_ipvs: IpvsMetrics,
     /// Absent: `KUBECONFIG`, `~/.kube/config`, or the in-cluster configuration.
     pub kubeconfig: Option<PathBuf>,

@@ -902,7 +902,7 @@ pub struct ApplyOptions {
     pub vrrp_priority: u8,
     /// Where to serve /metrics, /healthz and /readyz, if anywhere.
     pub metrics_address: Option<SocketAddr>,
-    /// Series for each real server on /metrics.
+    /// What /metrics reads of the kernel's IPVS table: nothing, services, or real servers too.
     pub metrics_ipvs: IpvsMetrics,
 }
 
