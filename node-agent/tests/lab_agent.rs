@@ -376,17 +376,23 @@ fn unit_setting<'a>(unit: &'a str, key: &str) -> &'a str {
     value
 }
 
-/// deploy/systemd/lvs-agent.service's command run on a director as the unit
-/// runs it: a user of its own (DynamicUser), only the unit's capabilities
-/// (bounding, ambient), no new privileges, no environment, the lab's root
-/// read-only but for the state directory (ProtectSystem), the package's paths
-/// mapped to the build's. The lab has no systemd: the namespace and seccomp
-/// directives are not exercised here.
+/// The Debian package's unit (deploy/debian/build, deploy/systemd) run on a
+/// director as systemd runs it: the packaged binary, a user of its own
+/// (DynamicUser), only the unit's capabilities (bounding, ambient), no new
+/// privileges, no environment, the lab's root read-only but for the state
+/// directory (ProtectSystem), the package's paths under a directory of the
+/// test's. The lab has no systemd: the namespace and seccomp directives are not
+/// exercised here.
 #[test]
 #[ignore = "needs the lab kernel with IPVS: run tests/run (or tests/lab/vm)"]
 fn the_systemd_units_command_serves_as_the_unit_runs_it() {
     topology("classic");
-    let unit = std::fs::read_to_string(repo().join("deploy/systemd/lvs-agent.service")).unwrap();
+    let root = "/run/lvs-unit-test";
+    sh(&format!("rm -rf {root} && mkdir -p {root}/etc-lvs {root}/state && chmod 755 {root}"));
+    let build = repo().join("deploy/debian/build");
+    let package = sh(&format!("{} --binary {AGENT} --compression none --out {root}/deb", build.display()));
+    sh(&format!("dpkg-deb --extract {} {root}/package", package.trim()));
+    let unit = std::fs::read_to_string(format!("{root}/package/usr/lib/systemd/system/lvs-agent.service")).unwrap();
     for (key, value) in [("DynamicUser", "yes"), ("NoNewPrivileges", "yes"), ("StateDirectory", "lvs-agent")]
     {
         assert_eq!(unit_setting(&unit, key), value, "{key}");
@@ -400,14 +406,12 @@ fn the_systemd_units_command_serves_as_the_unit_runs_it() {
     let caps = format!("-all,{}", caps.join(","));
 
     // The package's paths: the binary, /etc/lvs/ with the DR example, the state directory.
-    let root = "/run/lvs-unit-test";
-    sh(&format!("rm -rf {root} && mkdir -p {root}/etc-lvs {root}/state && chmod 755 {root}"));
     std::fs::copy(example("dr.yaml"), format!("{root}/etc-lvs/dr.yaml")).unwrap();
     // systemd gives the dynamic user an unused uid and chowns StateDirectory to it.
     let uid = 61_234;
     sh(&format!("chown {uid}:{uid} {root}/state"));
     let command = unit_setting(&unit, "ExecStart")
-        .replace("/usr/bin/lvs-agent", AGENT)
+        .replace("/usr/bin/lvs-agent", &format!("{root}/package/usr/bin/lvs-agent"))
         .replace("/etc/lvs/", &format!("{root}/etc-lvs/"))
         .replace("/var/lib/lvs-agent", &format!("{root}/state"));
     for node in ["rs1", "rs2"] {
