@@ -25,7 +25,8 @@ fn the_debian_package_carries_the_agent_its_unit_and_its_documentation() {
     let deb = PathBuf::from(deb.trim());
     assert!(deb.ends_with(format!("lvs-agent_{}_{}.deb", env!("CARGO_PKG_VERSION"), architecture())));
 
-    let field = |name: &str| run(Command::new("dpkg-deb").arg("--field").arg(&deb).arg(name)).trim().to_owned();
+    let field =
+        |name: &str| run(Command::new("dpkg-deb").arg("--field").arg(&deb).arg(name)).trim().to_owned();
     assert_eq!(field("Package"), "lvs-agent");
     assert_eq!(field("Version"), env!("CARGO_PKG_VERSION"));
     assert!(field("Depends").starts_with("libc6 (>= 2."), "{}", field("Depends"));
@@ -49,7 +50,12 @@ fn the_debian_package_carries_the_agent_its_unit_and_its_documentation() {
     ] {
         assert!(files.contains(&path), "{path} is not in the package:\n{listing}");
     }
-    assert!(listing.lines().any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with("./usr/bin/lvs-agent")), "{listing}");
+    assert!(
+        listing.lines().any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with("./usr/bin/lvs-agent")),
+        "{listing}"
+    );
+    let directories = listing.lines().filter(|l| l.starts_with('d'));
+    assert!(directories.clone().all(|l| l.starts_with("drwxr-xr-x")), "{listing}");
 
     let root = dir.join("root");
     run(Command::new("dpkg-deb").arg("--extract").arg(&deb).arg(&root));

@@ -392,7 +392,8 @@ fn the_systemd_units_command_serves_as_the_unit_runs_it() {
     let build = repo().join("deploy/debian/build");
     let package = sh(&format!("{} --binary {AGENT} --compression none --out {root}/deb", build.display()));
     sh(&format!("dpkg-deb --extract {} {root}/package", package.trim()));
-    let unit = std::fs::read_to_string(format!("{root}/package/usr/lib/systemd/system/lvs-agent.service")).unwrap();
+    let unit =
+        std::fs::read_to_string(format!("{root}/package/usr/lib/systemd/system/lvs-agent.service")).unwrap();
     for (key, value) in [("DynamicUser", "yes"), ("NoNewPrivileges", "yes"), ("StateDirectory", "lvs-agent")]
     {
         assert_eq!(unit_setting(&unit, key), value, "{key}");
