@@ -13,6 +13,10 @@
 //! EndpointSlice to the kernel without it (`ipvsadm -S -n` polled). Each
 //! object is deleted, and gone from the kernel, before the next round. Prints
 //! the samples and a table of median, min and max (BENCH_ROUNDS, default 5).
+//!
+//! `status_writes_in_a_steady_minute`, run by `tests/bench/status-writes`:
+//! the status writes the API server receives over one steady minute with
+//! traffic through every VirtualService (see its doc).
 
 mod cluster_lab;
 mod common;
@@ -174,3 +178,115 @@ fn row(what: &str, samples: &[u128]) {
         (sorted.first().copied().unwrap_or_default(), sorted.last().copied().unwrap_or_default());
     println!("{what:<56} {median:>8} {min:>8} {max:>8}");
 }
+
+/// The status writes (PATCHes of a status subresource, in the stand-in's
+/// request log) over one minute at BENCH_SERVICES VirtualServices (default
+/// and most 1,000: 50 NAT VIPs of the pool × 20 ports, rs1 and rs2, director1
+/// directing), all programmed and their statuses settled, while the client
+/// opens connections through every one of them in turn, so that connection
+/// counts keep moving. The binaries are this build's, or LAB_BIN_DIR's (the
+/// baseline that tests/bench/status-writes builds).
+#[test]
+#[ignore = "a benchmark: run tests/bench/status-writes"]
+fn status_writes_in_a_steady_minute() {
+    setup_lab();
+    let result = std::panic::catch_unwind(steady_minute);
+    teardown_lab();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn steady_minute() {
+    let services: usize =
+        std::env::var("BENCH_SERVICES").ok().and_then(|n| n.parse().ok()).unwrap_or(1000).clamp(1, 1000);
+    let target = |i: usize| (format!("192.168.16.{}", VIP_BASE as usize + i / 20), 8000 + i % 20);
+    let _api_server = start_api_server();
+    for (name, addresses, _) in NODES {
+        create("/api/v1/nodes", &node(name, addresses));
+    }
+    create(
+        POOL_PATH,
+        &json!({
+            "apiVersion": "lvs.dev/v1alpha1", "kind": "VipPool",
+            "metadata": {"name": "bench"},
+            "spec": {
+                "addresses": ["192.168.16.100-192.168.16.149"], "namespaces": ["default"],
+                "directors": {"nodeSelector": {"kubernetes.io/hostname": "director1"}},
+                "forwardingMethods": ["NAT"], "allowSharedVip": true,
+            },
+        }),
+    );
+    let _controller = start_controller();
+    let _agents: Vec<Process> = NODES.iter().map(|(name, _, _)| start_agent(name)).collect();
+    for i in 0..services {
+        let (vip, port) = target(i);
+        create(
+            VS_PATH,
+            &json!({
+                "apiVersion": "lvs.dev/v1alpha1", "kind": "VirtualService",
+                "metadata": {"name": format!("vs-{i}"), "namespace": "default"},
+                "spec": {
+                    "vip": vip, "port": port, "forwarding": "NAT", "scheduler": "rr",
+                    "realServers": [{"address": "192.168.17.21", "port": 80}, {"address": "192.168.17.22", "port": 80}],
+                    "directors": {"nodeSelector": {"kubernetes.io/hostname": "director1"}},
+                },
+            }),
+        );
+    }
+    let took = wait_until("every service programmed on director1", Duration::from_secs(600), || {
+        rules("director1").iter().filter(|rule| rule.starts_with("-A ")).count() == services
+    });
+    println!("{services} services programmed {} s after the last creation", took.as_secs());
+    wait_until("every VirtualService's status says Programmed", Duration::from_secs(600), || {
+        let list = get(VS_PATH).unwrap_or_default();
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        items.len() == services
+            && items.iter().all(|vs| condition(vs, "Programmed").is_some_and(|(status, _)| status == "True"))
+    });
+    // Two resyncs (10 s each) for the statuses to settle.
+    std::thread::sleep(Duration::from_secs(20));
+
+    let targets: Vec<String> = (0..services).map(|i| format!("{}:{}", target(i).0, target(i).1)).collect();
+    let traffic = Process::start(
+        &format!("ip netns exec client python3 -c '{TRAFFIC}' {NAT_CLIENT} {}", targets.join(" ")),
+        &work_dir().join("traffic.log"),
+    );
+    let log = work_dir().join("apiserver-requests.log");
+    let before = std::fs::read_to_string(&log).unwrap().lines().count();
+    std::thread::sleep(Duration::from_secs(60));
+    let minute: Vec<String> =
+        std::fs::read_to_string(&log).unwrap().lines().skip(before).map(str::to_owned).collect();
+    drop(traffic);
+    let traffic_log = std::fs::read_to_string(work_dir().join("traffic.log")).unwrap_or_default();
+    let writes = |plural: &str| {
+        let status = |l: &&String| l.contains(" PATCH ") && l.contains("/status ");
+        minute.iter().filter(status).filter(|l| l.contains(&format!("/{plural}/"))).count()
+    };
+    figure(&format!(
+        "status writes in a steady minute at {services} VirtualServices: {} in all, LvsNode {}, VirtualService {} ({})",
+        writes(""),
+        writes("lvsnodes"),
+        writes("virtualservices"),
+        traffic_log.lines().last().unwrap_or("no traffic report"),
+    ));
+}
+
+/// The client's traffic: a connection through each `address:port` in turn,
+/// from the first argument's address, until killed; prints how many answered.
+const TRAFFIC: &str = r#"
+import socket, sys, time
+source, targets, answered, failed, last = sys.argv[1], sys.argv[2:], 0, 0, time.time()
+while True:
+    for target in targets:
+        host, port = target.rsplit(":", 1)
+        try:
+            with socket.create_connection((host, int(port)), timeout=1, source_address=(source, 0)) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                answered += bool(s.recv(64))
+        except OSError:
+            failed += 1
+        if time.time() - last > 5:
+            print(f"{answered} connections answered, {failed} failed", flush=True)
+            last = time.time()
+"#;

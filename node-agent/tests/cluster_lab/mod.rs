@@ -47,10 +47,17 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The lvs-agent under test: this build's, or the one in LAB_BIN_DIR (a
+/// benchmark's baseline, built from an earlier commit).
+pub fn agent_binary() -> PathBuf {
+    std::env::var_os("LAB_BIN_DIR")
+        .map_or_else(|| PathBuf::from(AGENT), |dir| Path::new(&dir).join("lvs-agent"))
+}
+
 /// lvs-controller, built beside lvs-agent (`cargo build -p lvs-controller`;
 /// `cargo test --workspace --no-run`, as tests/run does, builds it).
 pub fn controller_binary() -> PathBuf {
-    let path = Path::new(AGENT).with_file_name("lvs-controller");
+    let path = agent_binary().with_file_name("lvs-controller");
     assert!(path.exists(), "{} is missing: cargo build -p lvs-controller", path.display());
     path
 }
@@ -226,7 +233,8 @@ pub fn start_agent(node: &str) -> Process {
         "ip netns exec {node} \
          setpriv --inh-caps=-all,+net_admin,+net_raw --bounding-set=-all,+net_admin,+net_raw \
          env -i PATH=/nonexistent NODE_NAME={node} HOST_IP={host_ip} KUBECONFIG={kubeconfig} \
-         {AGENT} run --log-format=json --state-dir={state} --sysctl-root=/proc/sys --metrics-address={host_ip}:9101",
+         {agent} run --log-format=json --state-dir={state} --sysctl-root=/proc/sys --metrics-address={host_ip}:9101",
+        agent = agent_binary().display(),
         kubeconfig = kubeconfig().display(),
         state = dir.join(node).display(),
     );
