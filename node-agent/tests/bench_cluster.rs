@@ -181,7 +181,7 @@ fn row(what: &str, samples: &[u128]) {
 
 /// The status writes (PATCHes of a status subresource, in the stand-in's
 /// request log) over one minute at BENCH_SERVICES VirtualServices (default
-/// and most 1,000: 50 NAT VIPs of the pool × 20 ports, rs1 and rs2, director1
+/// 1,000, the most: 50 NAT VIPs of the pool × 20 ports, rs1 and rs2, director1
 /// directing), all programmed and their statuses settled, while the client
 /// opens connections through every one of them in turn, so that connection
 /// counts keep moving. The binaries are this build's, or LAB_BIN_DIR's (the
@@ -259,13 +259,19 @@ fn steady_minute() {
         std::fs::read_to_string(&log).unwrap().lines().skip(before).map(str::to_owned).collect();
     drop(traffic);
     let traffic_log = std::fs::read_to_string(work_dir().join("traffic.log")).unwrap_or_default();
-    let writes = |plural: &str| {
-        let status = |l: &&String| l.contains(" PATCH ") && l.contains("/status ");
-        minute.iter().filter(status).filter(|l| l.contains(&format!("/{plural}/"))).count()
-    };
+    // The paths of status writes; a log line is `HH:MM:SS METHOD PATH?QUERY -> CODE`.
+    let status_writes: Vec<&str> = minute
+        .iter()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace().skip(1);
+            let (method, path) = (words.next()?, words.next()?.split('?').next()?);
+            (method == "PATCH" && path.ends_with("/status")).then_some(path)
+        })
+        .collect();
+    let writes = |plural: &str| status_writes.iter().filter(|p| p.contains(&format!("/{plural}/"))).count();
     figure(&format!(
         "status writes in a steady minute at {services} VirtualServices: {} in all, LvsNode {}, VirtualService {} ({})",
-        writes(""),
+        status_writes.len(),
         writes("lvsnodes"),
         writes("virtualservices"),
         traffic_log.lines().last().unwrap_or("no traffic report"),
