@@ -43,7 +43,11 @@ fn main() {
         ("serde-saphyr 2, typed", serde_saphyr),
         ("granit-parser, events only", granit),
     ] {
-        println!("  {what:<28} {:>7.1} ms  {:.2}x", time.as_secs_f64() * 1e3, time.as_secs_f64() / serde_yaml.as_secs_f64());
+        println!(
+            "  {what:<28} {:>7.1} ms  {:.2}x",
+            time.as_secs_f64() * 1e3,
+            time.as_secs_f64() / serde_yaml.as_secs_f64()
+        );
     }
 }
 
