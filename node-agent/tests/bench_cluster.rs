@@ -35,24 +35,25 @@ const VIP_BASE: u8 = 100;
 #[test]
 #[ignore = "a benchmark: run tests/bench/cluster-path"]
 fn cluster_path_latencies() {
+    in_lab(run);
+}
+
+/// `bench` in the routed lab, torn down whatever happens.
+fn in_lab(bench: fn()) {
     setup_lab();
-    let result = std::panic::catch_unwind(run);
+    let result = std::panic::catch_unwind(bench);
     teardown_lab();
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
 }
 
-/// The samples of one kind of object, in ms.
-#[derive(Default)]
-struct Samples {
-    to_traffic: Vec<u128>,
-    removal_to_kernel: Vec<u128>,
-}
-
-fn run() {
-    let rounds: u8 = std::env::var("BENCH_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(5).min(20);
-    let _api_server = start_api_server();
+/// The stand-in with the lab's nodes and a NAT pool of .16.100-149 directed
+/// by director1 (its addresses shared between services on other ports if
+/// `shared`), the controller and an agent on every node: the processes, kept
+/// running until dropped.
+fn start_cluster(shared: bool) -> Vec<Process> {
+    let mut processes = vec![start_api_server()];
     for (name, addresses, _) in NODES {
         create("/api/v1/nodes", &node(name, addresses));
     }
@@ -64,12 +65,25 @@ fn run() {
             "spec": {
                 "addresses": ["192.168.16.100-192.168.16.149"], "namespaces": ["default"],
                 "directors": {"nodeSelector": {"kubernetes.io/hostname": "director1"}},
-                "forwardingMethods": ["NAT"],
+                "forwardingMethods": ["NAT"], "allowSharedVip": shared,
             },
         }),
     );
-    let _controller = start_controller();
-    let _agents: Vec<Process> = NODES.iter().map(|(name, _, _)| start_agent(name)).collect();
+    processes.push(start_controller());
+    processes.extend(NODES.iter().map(|(name, _, _)| start_agent(name)));
+    processes
+}
+
+/// The samples of one kind of object, in ms.
+#[derive(Default)]
+struct Samples {
+    to_traffic: Vec<u128>,
+    removal_to_kernel: Vec<u128>,
+}
+
+fn run() {
+    let rounds: u8 = std::env::var("BENCH_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(5).min(20);
+    let _processes = start_cluster(false);
     wait_until("the controller holds its lease", Duration::from_secs(240), || {
         get("/apis/coordination.k8s.io/v1/namespaces/lvs-system/leases/lvs-controller")
             .is_some_and(|lease| lease["spec"]["holderIdentity"] == "lvs-controller-0")
@@ -181,7 +195,7 @@ fn row(what: &str, samples: &[u128]) {
 
 /// The status writes (PATCHes of a status subresource, in the stand-in's
 /// request log) over one minute at BENCH_SERVICES VirtualServices (default
-/// 1,000, the most: 50 NAT VIPs of the pool × 20 ports, rs1 and rs2, director1
+/// 200; 1,000 at most: 50 NAT VIPs of the pool × 20 ports, rs1 and rs2, director1
 /// directing), all programmed and their statuses settled, while the client
 /// opens connections through every one of them in turn, so that connection
 /// counts keep moving. The binaries are this build's, or LAB_BIN_DIR's (the
@@ -189,36 +203,14 @@ fn row(what: &str, samples: &[u128]) {
 #[test]
 #[ignore = "a benchmark: run tests/bench/status-writes"]
 fn status_writes_in_a_steady_minute() {
-    setup_lab();
-    let result = std::panic::catch_unwind(steady_minute);
-    teardown_lab();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    in_lab(steady_minute);
 }
 
 fn steady_minute() {
     let services: usize =
-        std::env::var("BENCH_SERVICES").ok().and_then(|n| n.parse().ok()).unwrap_or(1000).clamp(1, 1000);
+        std::env::var("BENCH_SERVICES").ok().and_then(|n| n.parse().ok()).unwrap_or(200).clamp(1, 1000);
     let target = |i: usize| (format!("192.168.16.{}", VIP_BASE as usize + i / 20), 8000 + i % 20);
-    let _api_server = start_api_server();
-    for (name, addresses, _) in NODES {
-        create("/api/v1/nodes", &node(name, addresses));
-    }
-    create(
-        POOL_PATH,
-        &json!({
-            "apiVersion": "lvs.dev/v1alpha1", "kind": "VipPool",
-            "metadata": {"name": "bench"},
-            "spec": {
-                "addresses": ["192.168.16.100-192.168.16.149"], "namespaces": ["default"],
-                "directors": {"nodeSelector": {"kubernetes.io/hostname": "director1"}},
-                "forwardingMethods": ["NAT"], "allowSharedVip": true,
-            },
-        }),
-    );
-    let _controller = start_controller();
-    let _agents: Vec<Process> = NODES.iter().map(|(name, _, _)| start_agent(name)).collect();
+    let _processes = start_cluster(true);
     for i in 0..services {
         let (vip, port) = target(i);
         create(
