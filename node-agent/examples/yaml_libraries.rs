@@ -1,14 +1,15 @@
 //! serde_yaml against serde-saphyr (the YAML library kube brings) on a
-//! manifest directory, one thread, each document parsed into the typed
-//! VirtualService as `lvs-agent apply` parses it; and granit-parser, the
+//! manifest directory, one thread: each document, split as `lvs-agent apply`
+//! splits a file, parsed into the typed VirtualService; and granit-parser, the
 //! parser under serde-saphyr, producing events only (no deserialization).
 //!
 //!   yaml_libraries DIR        (e.g. tests/bench/gen-manifests DIR 10000 10 100)
 //!
 //! Prints each one's median of 5 rounds. Why the agent still parses with
-//! serde_yaml: docs/architecture.md, "One YAML stack".
+//! serde_yaml: docs/architecture.md, "The agent inside".
 use std::time::{Duration, Instant};
 
+use lvs_agent::standalone::split_documents;
 use lvs_crds::VirtualService;
 
 fn main() {
@@ -18,7 +19,7 @@ fn main() {
     files.sort();
     for file in files {
         let text = std::fs::read_to_string(&file).expect("a manifest file");
-        documents.extend(text.split("\n---\n").map(str::to_owned));
+        documents.extend(split_documents(&text).map(str::to_owned));
     }
     let serde_yaml = median(|| {
         for document in &documents {

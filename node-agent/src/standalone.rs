@@ -425,7 +425,7 @@ fn text_hash(text: &str) -> u64 {
 /// A file's documents: the text from each `---` line (at the start of a line,
 /// followed by a space or the line's end, as YAML's document marker) to the next;
 /// the text before the first marker is a document when it holds anything.
-fn split_documents(text: &str) -> impl Iterator<Item = &str> {
+pub fn split_documents(text: &str) -> impl Iterator<Item = &str> {
     let mut starts = vec![0];
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
