@@ -44,7 +44,7 @@ pub(crate) fn web() -> VirtualService {
 
 /// A VirtualService like [`web`] named `name`, created at `created`.
 pub(crate) fn service(name: &str, created: &str) -> VirtualService {
-    let mut service: VirtualService = serde_yaml::from_str(&format!(
+    let mut service: VirtualService = lvs_crds::yaml::from_str(&format!(
         "apiVersion: lvs.dev/v1alpha1
 kind: VirtualService
 metadata: {{name: {name}, namespace: default, uid: uid-{name}, generation: 1, creationTimestamp: '{created}'}}
@@ -113,7 +113,7 @@ pub(crate) fn director(name: &str, address: &str) -> Node {
 /// `default`, directed by the nodes labelled `lvs.dev/director=true`,
 /// addresses shared on different ports.
 pub(crate) fn lab_pool() -> VipPool {
-    serde_yaml::from_str(
+    lvs_crds::yaml::from_str(
         "apiVersion: lvs.dev/v1alpha1
 kind: VipPool
 metadata: {name: lab, generation: 1}
@@ -458,7 +458,7 @@ pub(crate) fn now() -> Time {
 /// `created`, asking for `vip` (if any), port 80 (named http) to the pods' 8080.
 pub(crate) fn load_balancer(name: &str, created: &str, vip: Option<&str>) -> Service {
     let vip = vip.map(|vip| format!("loadBalancerIP: {vip},")).unwrap_or_default();
-    let mut service: Service = serde_yaml::from_str(&format!(
+    let mut service: Service = lvs_crds::yaml::from_str(&format!(
         "apiVersion: v1
 kind: Service
 metadata: {{name: {name}, namespace: default, uid: uid-{name}, creationTimestamp: '{created}'}}
@@ -476,7 +476,7 @@ pub(crate) fn pods(service: &str, addresses: &[&str]) -> EndpointSlice {
         .iter()
         .map(|a| format!("{{addresses: [{a}], nodeName: web1, conditions: {{ready: true}}}}"))
         .collect();
-    serde_yaml::from_str(&format!(
+    lvs_crds::yaml::from_str(&format!(
         "metadata: {{name: {service}-1, namespace: default, labels: {{kubernetes.io/service-name: {service}}}, resourceVersion: '1'}}
 addressType: IPv4
 endpoints: [{}]

@@ -32,8 +32,8 @@ use lvs_crds::{
     LvsNode, VipPool, VipPoolStatus, VirtualService, VirtualServiceStatus,
     translate::{ClusterState, TranslateOptions, Translation, object_id, translate},
 };
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde::Serialize;
+use serde_json::{Value, json};
 
 use crate::{load_balancer, plan, status};
 
@@ -73,9 +73,10 @@ pub fn load(path: &Path) -> anyhow::Result<Objects> {
     objects.state.vip_pools = Some(Vec::new());
     for file in files(path)? {
         let text = read_bounded(&file)?;
-        for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let documents: Vec<Value> =
+            lvs_crds::yaml::from_str_multiple(&text).with_context(|| file.display().to_string())?;
+        for (index, value) in documents.into_iter().enumerate() {
             let source = format!("{} (document {})", file.display(), index + 1);
-            let value = serde_yaml::Value::deserialize(document).with_context(|| source.clone())?;
             if let Some(skipped) = add(&mut objects, value).with_context(|| source.clone())? {
                 objects.skipped.push(format!("{source}: {skipped}"));
             }
@@ -85,29 +86,29 @@ pub fn load(path: &Path) -> anyhow::Result<Objects> {
 }
 
 /// Adds one document; returns what it was when it is of no kind the preview reads.
-fn add(objects: &mut Objects, value: serde_yaml::Value) -> anyhow::Result<Option<String>> {
+fn add(objects: &mut Objects, value: Value) -> anyhow::Result<Option<String>> {
     if value.is_null() {
         return Ok(None);
     }
-    let field = |name: &str| value.get(name).and_then(serde_yaml::Value::as_str).unwrap_or("").to_owned();
+    let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or("").to_owned();
     let (api_version, kind) = (field("apiVersion"), field("kind"));
     let is = |version: &str, name: &str| api_version == version && kind == name;
     if is(&VirtualService::api_version(&()), &VirtualService::kind(&())) {
-        objects.state.virtual_services.push(serde_yaml::from_value(value)?);
+        objects.state.virtual_services.push(serde_json::from_value(value)?);
     } else if is(&VipPool::api_version(&()), &VipPool::kind(&())) {
-        objects.state.vip_pools.get_or_insert_default().push(serde_yaml::from_value(value)?);
+        objects.state.vip_pools.get_or_insert_default().push(serde_json::from_value(value)?);
     } else if is(Namespace::API_VERSION, Namespace::KIND) {
-        objects.state.namespaces.push(serde_yaml::from_value(value)?);
+        objects.state.namespaces.push(serde_json::from_value(value)?);
     } else if is(Service::API_VERSION, Service::KIND) {
-        objects.state.services.push(serde_yaml::from_value(value)?);
+        objects.state.services.push(serde_json::from_value(value)?);
     } else if is(Node::API_VERSION, Node::KIND) {
-        objects.state.nodes.push(serde_yaml::from_value(value)?);
+        objects.state.nodes.push(serde_json::from_value(value)?);
     } else if is(EndpointSlice::API_VERSION, EndpointSlice::KIND) {
-        objects.state.endpoint_slices.push(serde_yaml::from_value(value)?);
+        objects.state.endpoint_slices.push(serde_json::from_value(value)?);
     } else if is(&LvsNode::api_version(&()), &LvsNode::kind(&())) {
-        objects.lvs_nodes.push(Arc::new(serde_yaml::from_value(value)?));
+        objects.lvs_nodes.push(Arc::new(serde_json::from_value(value)?));
     } else if api_version == "v1" && kind == "List" {
-        let items = value.get("items").and_then(serde_yaml::Value::as_sequence).cloned().unwrap_or_default();
+        let items = value.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
         let mut skipped = Vec::new();
         for item in items {
             skipped.extend(add(objects, item)?);
@@ -207,7 +208,7 @@ pub fn render(preview: &Preview) -> anyhow::Result<String> {
         let name = object.name_any();
         let change = if applied.contains(&name) { "apply" } else { "unchanged" };
         writeln!(out, "---\n# LvsNode {name}: {change}")?;
-        out.push_str(&serde_yaml::to_string(&plan::apply_body(object))?);
+        out.push_str(&lvs_crds::yaml::to_string(&plan::apply_body(object))?);
     }
     for name in &preview.plan.delete {
         writeln!(out, "---\n# LvsNode {name}: delete (no node needs it)")?;
@@ -215,7 +216,7 @@ pub fn render(preview: &Preview) -> anyhow::Result<String> {
     for (vs, status) in &preview.statuses {
         let (namespace, name) = object_id(vs);
         writeln!(out, "---\n# VirtualService {namespace}/{name}: status")?;
-        out.push_str(&serde_yaml::to_string(&status_object(vs, status))?);
+        out.push_str(&lvs_crds::yaml::to_string(&status_object(vs, status))?);
     }
     for (service, status) in &preview.service_statuses {
         let name = format!("{}/{}", service.namespace().unwrap_or_default(), service.name_any());
@@ -226,7 +227,7 @@ pub fn render(preview: &Preview) -> anyhow::Result<String> {
             "metadata": {"namespace": service.namespace(), "name": service.name_any()},
             "status": status,
         });
-        out.push_str(&serde_yaml::to_string(&object)?);
+        out.push_str(&lvs_crds::yaml::to_string(&object)?);
     }
     for (pool, status) in &preview.pool_statuses {
         writeln!(out, "---\n# VipPool {}: status", pool.name_any())?;
@@ -236,7 +237,7 @@ pub fn render(preview: &Preview) -> anyhow::Result<String> {
             "metadata": {"name": pool.name_any(), "generation": pool.meta().generation},
             "status": status,
         });
-        out.push_str(&serde_yaml::to_string(&object)?);
+        out.push_str(&lvs_crds::yaml::to_string(&object)?);
     }
     Ok(out)
 }

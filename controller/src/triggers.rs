@@ -308,7 +308,7 @@ mod tests {
             let text = format!(
                 "apiVersion: lvs.dev/v1alpha1\nkind: VipPool\nmetadata: {{name: {name}}}\nspec: {yaml}"
             );
-            Arc::new(serde_yaml::from_str(&text).unwrap())
+            Arc::new(lvs_crds::yaml::from_str(&text).unwrap())
         };
         let pools = vec![
             pool(
@@ -345,7 +345,7 @@ mod tests {
     fn pools_concern_every_service_and_namespaces_their_own() {
         let services =
             vec![service("a", |_| {}), service("b", |s| s.metadata.namespace = Some("other".into()))];
-        let pool: VipPool = serde_yaml::from_str(
+        let pool: VipPool = lvs_crds::yaml::from_str(
             "apiVersion: lvs.dev/v1alpha1\nkind: VipPool\nmetadata: {name: p}\nspec: {addresses: [192.0.2.0/28], namespaces: [x]}",
         )
         .unwrap();

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use serde_yaml::Value;
+use serde_json::Value;
 
 mod kustomize;
 use kustomize::find;
@@ -13,7 +13,7 @@ fn render() -> Vec<Value> {
 }
 
 fn strings(value: &Value) -> Vec<&str> {
-    value.as_sequence().into_iter().flatten().filter_map(Value::as_str).collect()
+    value.as_array().into_iter().flatten().filter_map(Value::as_str).collect()
 }
 
 #[test]
@@ -63,7 +63,7 @@ fn the_controller_runs_two_probed_replicas() {
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["image"], "ghcr.io/lvs-operator/lvs-operator:0.1.0");
-    let env = container["env"].as_sequence().unwrap();
+    let env = container["env"].as_array().unwrap();
     let from_field = |name: &str| {
         env.iter().find(|e| e["name"] == name).map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone())
     };
@@ -86,14 +86,13 @@ fn the_agent_has_the_host_network_and_net_admin_and_net_raw_only() {
     // set has no NET_RAW, which VRRP and gratuitous ARP need).
     assert_eq!(strings(&security["capabilities"]["drop"]), ["ALL"]);
     assert_eq!(strings(&security["capabilities"]["add"]), ["NET_ADMIN", "NET_RAW"]);
-    let node_name =
-        container["env"].as_sequence().unwrap().iter().find(|e| e["name"] == "NODE_NAME").unwrap();
+    let node_name = container["env"].as_array().unwrap().iter().find(|e| e["name"] == "NODE_NAME").unwrap();
     assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
     let args = strings(&container["args"]);
     assert_eq!(args[0], "run");
     // The endpoints on the node's address only (not through a VIP), probed.
     assert!(args.contains(&"--metrics-address=$(HOST_IP):9101"), "{args:?}");
-    let host_ip = container["env"].as_sequence().unwrap().iter().find(|e| e["name"] == "HOST_IP").unwrap();
+    let host_ip = container["env"].as_array().unwrap().iter().find(|e| e["name"] == "HOST_IP").unwrap();
     assert_eq!(host_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIP");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
@@ -107,7 +106,7 @@ fn rbac_grants_what_each_binary_uses_and_no_more() {
     let rules = |name: &str| -> Vec<(String, Vec<String>)> {
         let role = find(&objects, "ClusterRole", name);
         let mut rules = vec![];
-        for rule in role["rules"].as_sequence().unwrap() {
+        for rule in role["rules"].as_array().unwrap() {
             for resource in strings(&rule["resources"]) {
                 assert!(!resource.contains('*') && resource != "secrets", "{name}: {resource}");
                 let verbs: Vec<String> = strings(&rule["verbs"]).into_iter().map(Into::into).collect();
@@ -148,7 +147,7 @@ fn rbac_grants_what_each_binary_uses_and_no_more() {
 
     let lease = find(&objects, "Role", "lvs-controller-lease");
     let resources: Vec<&str> =
-        lease["rules"].as_sequence().unwrap().iter().flat_map(|r| strings(&r["resources"])).collect();
+        lease["rules"].as_array().unwrap().iter().flat_map(|r| strings(&r["resources"])).collect();
     assert_eq!(resources, ["leases", "leases"]);
 }
 
@@ -168,7 +167,7 @@ fn tenants_get_virtual_services_and_nothing_cluster_scoped() {
         "true"
     );
     for name in ["lvs-tenant-edit", "lvs-tenant-view"] {
-        for rule in role(name)["rules"].as_sequence().unwrap() {
+        for rule in role(name)["rules"].as_array().unwrap() {
             assert_eq!(strings(&rule["apiGroups"]), ["lvs.dev"], "{name}");
             for resource in strings(&rule["resources"]) {
                 assert!(resource.starts_with("virtualservices"), "{name}: {resource}");

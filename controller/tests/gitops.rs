@@ -68,7 +68,7 @@ fn now() -> Time {
 /// A NAT VirtualService `default/web` on the director lvs1, generation 2, and
 /// what the translation makes of it.
 fn web() -> (VirtualService, Vec<LvsNode>) {
-    let mut service: VirtualService = serde_yaml::from_str(
+    let mut service: VirtualService = lvs_crds::yaml::from_str(
         "apiVersion: lvs.dev/v1alpha1\nkind: VirtualService\nmetadata: {name: web, namespace: default}\n\
          spec: {vip: 192.168.16.100, port: 80, forwarding: NAT, realServers: [{address: 10.0.0.21}]}",
     )
@@ -172,7 +172,7 @@ fn argo_cd_health_of_a_virtual_service_follows_its_status() {
 #[test]
 fn argo_cd_health_of_a_pool_follows_valid() {
     let script = "vippool-health.lua";
-    let mut pool: VipPool = serde_yaml::from_str(
+    let mut pool: VipPool = lvs_crds::yaml::from_str(
         "apiVersion: lvs.dev/v1alpha1\nkind: VipPool\nmetadata: {name: lab}\nspec: {addresses: [192.168.16.100/30]}",
     )
     .unwrap();
@@ -221,7 +221,7 @@ fn the_argocd_configmap_carries_the_scripts() {
         path.display()
     );
     // It is a ConfigMap whose values are the scripts, byte for byte.
-    let map: k8s_openapi::api::core::v1::ConfigMap = serde_yaml::from_str(&committed).unwrap();
+    let map: k8s_openapi::api::core::v1::ConfigMap = lvs_crds::yaml::from_str(&committed).unwrap();
     let data = map.data.unwrap();
     for (kind, file) in SCRIPTS {
         let script = std::fs::read_to_string(argocd_dir().join(file)).unwrap();

@@ -13,7 +13,7 @@ use promql_parser::{
     parser::{Expr, parse},
     util::{ExprVisitor, walk_expr},
 };
-use serde_yaml::Value;
+use serde_json::Value;
 
 mod kustomize;
 use kustomize::find;
@@ -75,20 +75,20 @@ fn the_pod_monitors_select_each_binarys_pods_on_a_declared_port() {
         let workload = find(&objects, workload_kind, workload);
         assert_eq!(monitor["metadata"]["namespace"], "lvs-system");
         let pod = &workload["spec"]["template"];
-        let Value::Mapping(selector) = &monitor["spec"]["selector"]["matchLabels"] else {
+        let Value::Object(selector) = &monitor["spec"]["selector"]["matchLabels"] else {
             panic!("{monitor:?} has no matchLabels")
         };
         for (key, value) in selector {
-            assert_eq!(&pod["metadata"]["labels"][key], value, "the pod's label {key:?}");
+            assert_eq!(&pod["metadata"]["labels"][key.as_str()], value, "the pod's label {key:?}");
         }
         let ports: Vec<&Value> = pod["spec"]["containers"]
-            .as_sequence()
+            .as_array()
             .unwrap()
             .iter()
-            .flat_map(|c| c["ports"].as_sequence().into_iter().flatten())
+            .flat_map(|c| c["ports"].as_array().into_iter().flatten())
             .map(|p| &p["name"])
             .collect();
-        for endpoint in monitor["spec"]["podMetricsEndpoints"].as_sequence().unwrap() {
+        for endpoint in monitor["spec"]["podMetricsEndpoints"].as_array().unwrap() {
             assert!(
                 ports.contains(&&endpoint["port"]),
                 "port {:?} not declared: {ports:?}",
@@ -107,10 +107,10 @@ fn the_alerts_parse_and_cover_what_docs_promise() {
     let rule = find(&objects, "PrometheusRule", "lvs-operator");
     assert_eq!(rule["metadata"]["namespace"], "lvs-system");
     let rules: Vec<&Value> = rule["spec"]["groups"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
-        .flat_map(|g| g["rules"].as_sequence().unwrap())
+        .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
     let mut alerts = BTreeSet::new();
     for rule in rules {

@@ -125,20 +125,20 @@ fn the_preview_prints_the_controllers_decisions_the_same_on_every_run() {
     // The director gets the winner's service; rs1 binds the VIP (DirectRouting).
     assert!(stdout.contains("# LvsNode director1: apply"), "{stdout}");
     assert!(stdout.contains("# LvsNode rs1: apply"), "{stdout}");
-    assert!(stdout.contains("address: 192.168.16.100"), "{stdout}");
+    assert!(stdout.contains("address: \"192.168.16.100\""), "{stdout}");
     // Statuses: the older accepted, the newer refused by name.
     assert!(stdout.contains("# VirtualService shop/web: status"), "{stdout}");
     assert!(stdout.contains("# VirtualService blog/late: status"), "{stdout}");
     assert!(stdout.contains("reason: Conflict"), "{stdout}");
     assert!(stdout.contains("already claimed by the older VirtualService shop/web"), "{stdout}");
-    assert!(stdout.contains("lastTransitionTime: 2026-01-01T00:00:00Z"), "{stdout}");
+    assert!(stdout.contains("lastTransitionTime: \"2026-01-01T00:00:00Z\""), "{stdout}");
     // The allocation: the pool's lowest free address (.100 is held by shop/web),
     // shown in the status as the controller writes it, and the pool's counts.
     let api = stdout.split("# VirtualService shop/api: status").nth(1).unwrap();
-    assert!(api.contains("vip: 192.168.16.101") && api.contains("pool: lab"), "{api}");
+    assert!(api.contains("vip: \"192.168.16.101\"") && api.contains("pool: lab"), "{api}");
     // A Service of type LoadBalancer of ours: the next free address, as its ingress.
     let lb = stdout.split("# Service shop/shop-lb: status").nth(1).unwrap();
-    assert!(lb.contains("ip: 192.168.16.102"), "{lb}");
+    assert!(lb.contains("ip: \"192.168.16.102\""), "{lb}");
     let pool = stdout.split("# VipPool lab: status").nth(1).unwrap();
     assert!(pool.contains("used: 3") && pool.contains("free: 7"), "{pool}");
     // The Istio object is skipped, and said so; the README is not read.

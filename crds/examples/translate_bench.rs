@@ -116,7 +116,7 @@ fn with_pools(mut state: ClusterState) -> ClusterState {
 /// The administrator's one pool: every namespace, the director-labelled
 /// nodes directing, every node a possible real server.
 fn pool() -> lvs_crds::VipPool {
-    serde_yaml::from_str(
+    lvs_crds::yaml::from_str(
         "apiVersion: lvs.dev/v1alpha1\nkind: VipPool\nmetadata: {name: bench}\n\
          spec: {addresses: [10.200.0.0/16], namespaceSelector: {}, realServerNodeSelector: {},\
          directors: {nodeSelector: {lvs.dev/director: 'true'}, interface: eth0},\
@@ -252,7 +252,7 @@ fn virtual_service(i: usize) -> VirtualService {
         3 => format!("forwarding: Tunnel\nrealServerSelector: {{nodeSelector: {{pool: p{}}}}}\n", i % 9),
         _ => format!("forwarding: NAT\nbackendService: {{name: svc-{i}, port: 8080}}\n"),
     };
-    let spec = serde_yaml::from_str(&(common + &sources)).expect("a valid spec");
+    let spec = lvs_crds::yaml::from_str(&(common + &sources)).expect("a valid spec");
     let mut vs = VirtualService::new(&format!("vs-{i}"), spec);
     vs.metadata.namespace = Some(format!("team-{}", i % 255 % 20));
     vs.metadata.uid = Some(format!("00000000-0000-0000-0000-{i:012}"));

@@ -8,7 +8,7 @@
 //! ```
 //! use lvs_crds::VirtualService;
 //!
-//! let service: VirtualService = serde_yaml::from_str(
+//! let service: VirtualService = lvs_crds::yaml::from_str(
 //!     "apiVersion: lvs.dev/v1alpha1
 //! kind: VirtualService
 //! metadata: {name: web, namespace: default}
@@ -22,7 +22,7 @@
 //!     errors[0].to_string(),
 //!     "spec.realServers[1].port: 8080: DirectRouting cannot map ports (must equal spec.port 80)"
 //! );
-//! # Ok::<(), serde_yaml::Error>(())
+//! # Ok::<(), lvs_crds::yaml::Error>(())
 //! ```
 
 pub mod allocation;
@@ -32,6 +32,7 @@ pub mod translate;
 pub mod validation;
 pub mod vip_pool;
 pub mod virtual_service;
+pub mod yaml;
 
 pub use lvs_node::{LvsNode, LvsNodeSpec, LvsNodeStatus, NODE_LABEL};
 pub use translate::{ClusterState, TranslateOptions, Translation, Verdict, assemble, translate};
@@ -48,7 +49,7 @@ pub fn crd_files() -> [(&'static str, String); 3] {
     use kube::CustomResourceExt;
     const HEADER: &str = "# Generated from crds/ by `cargo run -p lvs-crds --bin crdgen -- --write`; do not edit.\n\
                           # Needs Kubernetes 1.31 or newer: the CEL rules use the IP library (isIP).\n";
-    let yaml = |crd| HEADER.to_owned() + &serde_yaml::to_string(&crd).expect("a CRD serializes to YAML");
+    let yaml = |crd| HEADER.to_owned() + &yaml::to_string(&crd).expect("a CRD serializes to YAML");
     [
         ("virtualservices.lvs.dev.yaml", yaml(VirtualService::crd())),
         ("lvsnodes.lvs.dev.yaml", yaml(LvsNode::crd())),

@@ -3,7 +3,7 @@
 //! standalone agent reading manifests, the controller double-checking, tests).
 //!
 //! Values out of a Rust type's range (a port of 70000, weight -1, an unknown
-//! scheduler) never get here: deserialization refuses them, and serde_yaml's
+//! scheduler) never get here: deserialization refuses them, and the YAML reader's
 //! error names the field. Everything else is checked below, and each error
 //! names the field path and the offending value.
 //!
@@ -479,7 +479,7 @@ mod tests {
     use super::*;
 
     fn spec(yaml: &str) -> VirtualServiceSpec {
-        serde_yaml::from_str(yaml).unwrap()
+        crate::yaml::from_str(yaml).unwrap()
     }
 
     /// The errors of the spec `yaml`, as people read them (none when valid).

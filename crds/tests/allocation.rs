@@ -12,7 +12,7 @@ use lvs_crds::{
 };
 
 fn pool(name: &str, spec: &str) -> VipPool {
-    serde_yaml::from_str(&format!(
+    lvs_crds::yaml::from_str(&format!(
         "apiVersion: lvs.dev/v1alpha1\nkind: VipPool\nmetadata: {{name: {name}}}\nspec: {spec}"
     ))
     .expect("a VipPool")

@@ -27,7 +27,8 @@ fn examples_pass_both_sides() {
     let examples = examples();
     assert!(examples.len() >= 4, "expected the NAT, DR, TUN and FullNAT labs");
     for (file, text) in examples {
-        let service: VirtualService = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let service: VirtualService =
+            lvs_crds::yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
         if let Err(errors) = service.spec.validate() {
             let errors: Vec<_> = errors.iter().map(ToString::to_string).collect();
             panic!("{file}:\n{}", errors.join("\n"));
@@ -46,7 +47,7 @@ fn examples_pass_both_sides() {
 fn examples_use_the_lab_addressing() {
     let mut modes = Vec::new();
     for (file, text) in examples() {
-        let service: VirtualService = serde_yaml::from_str(&text).unwrap();
+        let service: VirtualService = lvs_crds::yaml::from_str(&text).unwrap();
         let spec = &service.spec;
         assert_eq!(spec.vip.as_deref(), Some("192.168.16.100"), "{file}");
         assert_eq!(spec.port, Some(80), "{file}");

@@ -81,8 +81,8 @@ fn server_errors(spec: &Value) -> Vec<ServerError> {
 /// What the Rust side says: deserialization errors (unknown enum values),
 /// else `validate`'s.
 fn rust_errors(spec: &str) -> Vec<String> {
-    match serde_yaml::from_str::<VipPoolSpec>(spec) {
-        // serde_yaml's error starts with the field's path.
+    match lvs_crds::yaml::from_str::<VipPoolSpec>(spec) {
+        // lvs_crds::yaml's error starts with the field's path.
         Err(error) => vec![format!("spec.{error}")],
         Ok(spec) => spec.validate().err().unwrap_or_default().iter().map(ToString::to_string).collect(),
     }

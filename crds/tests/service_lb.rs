@@ -31,7 +31,7 @@ fn id(name: &str) -> (String, String) {
 /// A Service `default/name` created at second `created`, from YAML of its
 /// `metadata.annotations` (a flow map, may be `{}`) and `spec`.
 fn service(name: &str, created: i64, annotations: &str, spec: &str) -> Service {
-    let mut service: Service = serde_yaml::from_str(&format!(
+    let mut service: Service = lvs_crds::yaml::from_str(&format!(
         "metadata: {{name: {name}, namespace: default, uid: uid-{name}, annotations: {annotations}}}\nspec: {spec}"
     ))
     .expect("a Service in YAML");
@@ -56,7 +56,7 @@ fn web(annotations: &str, extra: &str) -> Service {
 /// An EndpointSlice of `default/web` from YAML of its endpoints, with the ports
 /// http 8080/TCP and dns 53/UDP.
 fn slice(name: &str, address_type: &str, endpoints: &str) -> EndpointSlice {
-    serde_yaml::from_str(&format!(
+    lvs_crds::yaml::from_str(&format!(
         "metadata: {{name: {name}, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
 addressType: {address_type}
 endpoints: {endpoints}
@@ -308,7 +308,7 @@ fn direct_routing_reaches_host_network_endpoints_only() {
     );
 
     // hostNetwork pods: their addresses are their nodes', serving the Service's own ports.
-    let host_network = serde_yaml::from_str::<EndpointSlice>(
+    let host_network = lvs_crds::yaml::from_str::<EndpointSlice>(
         "metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
 addressType: IPv4
 endpoints: [{addresses: [10.0.0.21], nodeName: web1}, {addresses: [10.0.0.22], nodeName: web2}]
@@ -354,7 +354,7 @@ fn a_node_address_never_becomes_a_vip() {
 /// The administrator's pool for namespace `default`: 192.168.16.200-209,
 /// directors by label, NAT and FullNAT.
 fn pool() -> VipPool {
-    serde_yaml::from_str(
+    lvs_crds::yaml::from_str(
         "apiVersion: lvs.dev/v1alpha1\nkind: VipPool\nmetadata: {name: lab}\n\
          spec: {addresses: [192.168.16.200-192.168.16.209], namespaces: [default], forwardingMethods: [NAT, FullNAT]}",
     )
@@ -570,7 +570,7 @@ fn arb_cluster() -> impl Strategy<Value = ClusterState> {
             .map(|s| {
                 let name = s.metadata.name.clone().unwrap();
                 let ports = s.spec.as_ref().unwrap().ports.iter().flatten().map(|p| format!("{{name: p{0}, port: {0}}}", p.port)).collect::<Vec<_>>().join(", ");
-                serde_yaml::from_str(&format!(
+                lvs_crds::yaml::from_str(&format!(
                     "metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
 addressType: IPv4
 endpoints: [{{addresses: [10.244.1.5], nodeName: lvs1}}, {{addresses: [10.0.0.22], nodeName: web2}}]
@@ -673,8 +673,9 @@ fn the_request_tells_an_allocator_everything_it_needs() {
         "{lvs.dev/pool: public, lvs.dev/vip: '2001:db8::200'}",
         "ipFamilies: [IPv6, IPv4], ipFamilyPolicy: RequireDualStack,",
     );
-    service.status =
-        Some(serde_yaml::from_str("loadBalancer: {ingress: [{ip: 192.168.16.7, ipMode: Proxy}]}").unwrap());
+    service.status = Some(
+        lvs_crds::yaml::from_str("loadBalancer: {ingress: [{ip: 192.168.16.7, ipMode: Proxy}]}").unwrap(),
+    );
     let request = service_lb::request(&service).unwrap();
     assert_eq!(request.id, id("web"));
     assert_eq!(request.families, [AddressFamily::IPv6, AddressFamily::IPv4]);

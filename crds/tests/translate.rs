@@ -260,7 +260,7 @@ fn invalid_specs_are_refused_and_not_programmed() {
 /// `web`'s cluster in the cluster mode, with pool `lab`: 192.168.16.96/28
 /// for namespace `default`, and these extra spec fields.
 fn pooled(spec: &str, pool: &str) -> ClusterState {
-    let pool: VipPool = serde_yaml::from_str(&format!(
+    let pool: VipPool = lvs_crds::yaml::from_str(&format!(
         "apiVersion: lvs.dev/v1alpha1\nkind: VipPool\nmetadata: {{name: lab}}\n\
          spec: {{addresses: [192.168.16.96/28, 'fd00::100/126'], namespaces: [default], {pool}}}"
     ))

@@ -26,7 +26,7 @@ fn main() {
     let dir = Path::new(args.first().expect("usage: apply_phases DIR [--kernel]"));
     let kernel = args.iter().any(|a| a == "--kernel");
 
-    // The YAML parse alone (to a generic value, as load_manifests does first).
+    // The YAML parse alone, to a generic value.
     let documents = phase("yaml-parse-only", || {
         let mut files: Vec<_> =
             std::fs::read_dir(dir).expect("DIR").filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -34,10 +34,8 @@ fn main() {
         let mut n = 0;
         for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "yaml" || e == "yml")) {
             let text = std::fs::read_to_string(file).expect("read");
-            for document in serde_yaml::Deserializer::from_str(&text) {
-                let value = <serde_yaml::Value as serde::Deserialize>::deserialize(document).expect("yaml");
-                n += usize::from(!value.is_null());
-            }
+            let documents: Vec<serde_json::Value> = lvs_crds::yaml::from_str_multiple(&text).expect("yaml");
+            n += documents.iter().filter(|value| !value.is_null()).count();
         }
         n
     });

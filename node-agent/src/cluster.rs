@@ -745,7 +745,7 @@ mod tests {
         let name = LvsNode::object_name("lvs1", chunk);
         let vip = format!("192.0.2.{}", chunk + 10);
         let vips = if chunk == 0 { format!("vips: [{{address: '{vip}'}}]") } else { String::new() };
-        let object: LvsNode = serde_yaml::from_str(&format!(
+        let object: LvsNode = lvs_crds::yaml::from_str(&format!(
             "apiVersion: lvs.dev/v1alpha1
 kind: LvsNode
 metadata: {{name: {name}, generation: 3, labels: {{lvs.dev/node: lvs1}}}}

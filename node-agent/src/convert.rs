@@ -303,7 +303,7 @@ services:
 
     #[test]
     fn targets_of_a_director() {
-        let director: DirectorState = serde_yaml::from_str(DIRECTOR).unwrap();
+        let director: DirectorState = lvs_crds::yaml::from_str(DIRECTOR).unwrap();
         let targets = health_targets(&director);
         let summary: Vec<_> =
             targets.iter().map(|t| (t.service, t.destination.to_string(), t.check.kind)).collect();

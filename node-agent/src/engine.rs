@@ -1098,7 +1098,7 @@ mod tests {
             .collect();
         let vips: Vec<String> = vips.iter().map(|vip| format!("{{address: '{vip}'}}")).collect();
         let yaml = format!("node: lvs1\ndirector:\n  vips: [{}]\n  services:{services}", vips.join(", "));
-        serde_yaml::from_str(&yaml).expect("a valid spec")
+        lvs_crds::yaml::from_str(&yaml).expect("a valid spec")
     }
 
     fn key(vip: &str) -> ServiceKey {

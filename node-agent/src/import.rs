@@ -73,7 +73,7 @@ impl Imported {
     pub fn to_yaml(&self) -> String {
         self.services
             .iter()
-            .map(|service| serde_yaml::to_string(service).expect("a VirtualService serializes to YAML"))
+            .map(|service| lvs_crds::yaml::to_string(service).expect("a VirtualService serializes to YAML"))
             .collect::<Vec<_>>()
             .join("---\n")
     }
@@ -142,7 +142,7 @@ fn finish(
 }
 
 fn scheduler(name: &str) -> Option<Scheduler> {
-    serde_yaml::from_str(name).ok()
+    lvs_crds::yaml::from_str(name).ok()
 }
 
 /// A spec's key fields for a kernel key: vip and port, or fwmark.
@@ -324,11 +324,11 @@ fn describe((forwarding, tunnel): &(Forwarding, Option<Tunnel>)) -> String {
         Some(tunnel) => {
             format!(
                 "{} {}",
-                name(serde_yaml::to_string(forwarding)),
-                name(serde_yaml::to_string(&tunnel.encapsulation))
+                name(lvs_crds::yaml::to_string(forwarding)),
+                name(lvs_crds::yaml::to_string(&tunnel.encapsulation))
             )
         }
-        None => name(serde_yaml::to_string(forwarding)),
+        None => name(lvs_crds::yaml::to_string(forwarding)),
     }
 }
 

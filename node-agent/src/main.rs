@@ -237,7 +237,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&listing)?);
         }
         Command::List { output: ListOutput::Yaml, .. } => {
-            print!("{}", serde_yaml::to_string(&Listing::of(&IpvsHandle::connect()?.table()?))?);
+            print!("{}", lvs_crds::yaml::to_string(&Listing::of(&IpvsHandle::connect()?.table()?))?);
         }
         Command::List { stats, rate, .. } => {
             let handle = IpvsHandle::connect()?;

@@ -44,6 +44,7 @@ use lvs_crds::{
     },
     validation::validate,
     virtual_service::{Protocol, VirtualService},
+    yaml,
 };
 
 use crate::{
@@ -55,7 +56,6 @@ use crate::{
     supervisor::{Coalesce, DesiredState, InboxSender, Input, Sink, Supervisor, Why, inbox},
 };
 use kube::Resource;
-use serde::Deserialize;
 use tracing::{error, info, warn};
 
 /// What this host does with the manifests (`--role`).
@@ -477,9 +477,10 @@ fn parse_document(text: &str) -> Parsed {
         && top("kind:") == Some(&*VirtualService::kind(&()));
     let typed = ours.then(|| {
         let mut unknown = false;
-        let document = serde_yaml::Deserializer::from_str(text);
-        let vs: Option<VirtualService> =
-            serde_ignored::deserialize(document, |path| unknown |= is_unknown(&path)).ok();
+        let vs: Option<VirtualService> = yaml::with_deserializer(text, |document| {
+            serde_ignored::deserialize(document, |path| unknown |= is_unknown(&path))
+        })
+        .ok();
         vs.filter(|_| !unknown)
     });
     let mut vs = match typed.flatten() {
@@ -507,9 +508,9 @@ fn parse_document(text: &str) -> Parsed {
 fn parse_generic(text: &str) -> Result<Result<VirtualService, Document>, Vec<String>> {
     let mut found = None;
     let mut other = Document::Empty;
-    for document in serde_yaml::Deserializer::from_str(text) {
-        let value = serde_yaml::Value::deserialize(document).map_err(|e| vec![e.to_string()])?;
-        if value.is_null() || value.as_mapping().is_some_and(|m| m.is_empty()) {
+    let documents: Vec<serde_json::Value> = yaml::from_str_multiple(text).map_err(|e| vec![e.to_string()])?;
+    for value in documents {
+        if value.is_null() || value.as_object().is_some_and(|m| m.is_empty()) {
             continue;
         }
         let field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_owned);
@@ -1247,7 +1248,7 @@ mod tests {
                  spec: {{vip: {vip}, port: 80, forwarding: DirectRouting, \
                  realServers: [{{address: 198.51.100.1, weight: {weight}}}]}}\n"
             );
-            Arc::new(serde_yaml::from_str(&yaml).unwrap())
+            Arc::new(lvs_crds::yaml::from_str(&yaml).unwrap())
         };
         let mut state = LocalState::new("director1", Role::Director);
         let mut replace = |old: Option<Arc<VirtualService>>, new: &Arc<VirtualService>| {

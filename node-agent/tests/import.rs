@@ -229,7 +229,7 @@ fn imported_yaml_reads_back_and_validates() {
     assert!(yaml.starts_with("apiVersion: lvs.dev/v1alpha1\nkind: VirtualService\nmetadata:\n"), "{yaml}");
     assert!(!yaml.contains("status"), "{yaml}");
     let documents: Vec<VirtualService> =
-        yaml.split("---\n").map(|document| serde_yaml::from_str(document).unwrap()).collect();
+        yaml.split("---\n").map(|document| lvs_crds::yaml::from_str(document).unwrap()).collect();
     assert_eq!(documents, imported.services);
     for service in &documents {
         assert_eq!(service.metadata.namespace.as_deref(), Some("lb"));
@@ -574,7 +574,7 @@ fn cli_reads_standard_input_and_names_the_bad_line() {
     );
     assert!(output.status.success());
     let yaml = String::from_utf8(output.stdout).unwrap();
-    let service: VirtualService = serde_yaml::from_str(&yaml).unwrap();
+    let service: VirtualService = lvs_crds::yaml::from_str(&yaml).unwrap();
     assert_eq!(service.metadata.name.as_deref(), Some("tcp-10-0-0-1-80"));
     assert_eq!(service.metadata.namespace.as_deref(), Some("lb"));
     assert!(String::from_utf8(output.stderr).unwrap().contains("warning: line 3: not imported"));

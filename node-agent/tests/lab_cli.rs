@@ -144,7 +144,7 @@ fn list_as_json_and_yaml_names_every_service_and_real_server() {
         }
     }
     let yaml = ns.sh(concat!(env!("CARGO_BIN_EXE_lvs-agent"), " list -o yaml"));
-    let from_yaml: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+    let from_yaml: serde_json::Value = lvs_crds::yaml::from_str(&yaml).unwrap();
     assert_eq!(from_yaml, listing);
 }
 

@@ -49,7 +49,7 @@ fn virtual_service(name: &'static str) -> impl Strategy<Value = VirtualService> 
                  {failover}  realServers:\n    - {{address: 192.168.16.21, weight: {weight}}}\n\
                  \x20   - {{address: {second}, weight: 1}}\n"
             );
-            serde_yaml::from_str(&text).expect("a VirtualService")
+            lvs_crds::yaml::from_str(&text).expect("a VirtualService")
         })
 }
 

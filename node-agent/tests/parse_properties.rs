@@ -535,14 +535,14 @@ proptest! {
     fn broken_manifests_load_or_are_refused(text in broken_manifest()) {
         if let Ok(services) = load(&text) {
             // What loads is valid: loading it again (from its YAML) gives the same.
-            let yaml = services.iter().map(|s| serde_yaml::to_string(s).unwrap()).collect::<Vec<_>>().join("---\n");
+            let yaml = services.iter().map(|s| lvs_crds::yaml::to_string(s).unwrap()).collect::<Vec<_>>().join("---\n");
             prop_assert_eq!(load(&yaml), Ok(services));
         }
     }
 
     #[test]
     fn deep_yaml_is_refused_not_a_crash(depth in prop_oneof![3 => 1usize..130, 1 => 130usize..1000], flow in any::<bool>()) {
-        // Past serde_yaml's limit (128) is enough; deeper only costs time
+        // Past the YAML reader's limit (64, lvs_crds::yaml) is enough; deeper only costs time
         // (block style indents one more column a level: at most 200 deep).
         let nested = if flow {
             format!("{}{}", "[".repeat(depth), "]".repeat(depth))

@@ -4,8 +4,7 @@
 
 use std::{path::Path, process::Command};
 
-use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
 
 /// The objects `kubectl kustomize dir` renders.
 pub(crate) fn render(dir: &Path) -> Vec<Value> {
@@ -18,7 +17,7 @@ pub(crate) fn render(dir: &Path) -> Vec<Value> {
         String::from_utf8_lossy(&output.stderr)
     );
     let text = String::from_utf8(output.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text).map(|doc| Value::deserialize(doc).unwrap()).collect()
+    lvs_crds::yaml::from_str_multiple(&text).unwrap()
 }
 
 /// The rendered object of `kind` named `name`.

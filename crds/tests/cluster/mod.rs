@@ -17,7 +17,7 @@ use lvs_crds::{LvsNodeSpec, Translation, VirtualService, VirtualServiceSpec, ass
 /// A VirtualService `namespace/name` created at second `created` of the epoch,
 /// with the spec written in YAML.
 pub fn virtual_service(namespace: &str, name: &str, created: i64, spec: &str) -> VirtualService {
-    let spec: VirtualServiceSpec = serde_yaml::from_str(spec).expect("a spec in YAML");
+    let spec: VirtualServiceSpec = lvs_crds::yaml::from_str(spec).expect("a spec in YAML");
     with_meta(namespace, name, created, spec)
 }
 

@@ -217,7 +217,7 @@ pub fn rust_errors(spec_yaml: &str) -> Vec<String> {
 
 /// What the Rust side says about a whole VirtualService manifest.
 pub fn rust_manifest_errors(manifest: &str) -> Vec<String> {
-    match serde_yaml::from_str::<VirtualService>(manifest) {
+    match lvs_crds::yaml::from_str::<VirtualService>(manifest) {
         Err(error) => vec![error.to_string()],
         Ok(service) => match validate(&service.spec) {
             Ok(()) => vec![],
@@ -228,5 +228,5 @@ pub fn rust_manifest_errors(manifest: &str) -> Vec<String> {
 
 /// A VirtualService `spec` written in YAML, as JSON.
 pub fn spec_json(spec_yaml: &str) -> Value {
-    serde_yaml::from_str(spec_yaml).unwrap_or_else(|e| panic!("sample is not YAML: {e}\n{spec_yaml}"))
+    lvs_crds::yaml::from_str(spec_yaml).unwrap_or_else(|e| panic!("sample is not YAML: {e}\n{spec_yaml}"))
 }

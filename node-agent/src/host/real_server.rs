@@ -167,7 +167,7 @@ mod tests {
         let yaml = format!(
             "{{address: '{address}', mode: {mode:?}, owner: {{namespace: default, name: web, uid: u1, generation: 1}}}}"
         );
-        serde_yaml::from_str(&yaml).unwrap()
+        lvs_crds::yaml::from_str(&yaml).unwrap()
     }
 
     #[test]

@@ -293,7 +293,7 @@ fn spec(weight: u32, both: bool, extra: &str) -> Arc<LvsNodeSpec> {
          spec:\n  vip: 192.0.2.100\n  port: 80\n  scheduler: wrr\n  forwarding: DirectRouting\n  \
          realServers: [{{address: 198.51.100.1, weight: {weight}}}{second}]\n{extra}"
     );
-    let vs = serde_yaml::from_str(&yaml).unwrap();
+    let vs = lvs_crds::yaml::from_str(&yaml).unwrap();
     let (spec, _) = local_state(&[vs], "director1", &[], Role::Director);
     Arc::new(spec)
 }
