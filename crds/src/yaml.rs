@@ -11,6 +11,12 @@
 //!   what its size does. Counts of documents, nodes and scalar bytes are not
 //!   limits of their own: the callers bound the text they read.
 //! - Duplicate keys are errors; merge keys (`<<: *defaults`) are expanded.
+//!
+//! [`quick`] reads the plain subset manifests are made of at the parser's
+//! speed, and declines the rest to these functions (the standalone agent's
+//! cold start reads 10,000 documents).
+pub mod quick;
+
 use serde::{Serialize, de::DeserializeOwned};
 pub use serde_saphyr::{Error, SerializeError};
 

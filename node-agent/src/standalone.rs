@@ -477,7 +477,7 @@ fn parse_document(text: &str) -> Parsed {
         && top("kind:") == Some(&*VirtualService::kind(&()));
     let typed = ours.then(|| {
         let mut unknown = false;
-        let vs: Option<VirtualService> = yaml::with_deserializer(text, |document| {
+        let vs: Option<VirtualService> = yaml::quick::read(text, |document| {
             serde_ignored::deserialize(document, |path| unknown |= is_unknown(&path))
         })
         .ok();

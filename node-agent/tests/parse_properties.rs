@@ -9,7 +9,8 @@
 //! - standalone manifests (strict YAML of VirtualServices): arbitrary text,
 //!   a valid manifest broken by line, nested deep, aliases that multiply.
 //!
-//! What parses must mean what it says: a decoded reply encodes to bytes that
+//! What parses must mean what it says: what the quick YAML reader reads, the
+//! full one reads the same; a decoded reply encodes to bytes that
 //! decode to it again, and whatever `import` accepts loads back from its YAML
 //! as the same VirtualServices (the manifests' emitter is `Imported::to_yaml`).
 //! Cases per property: proptest's default (256), or PROPTEST_CASES (tests/fuzz
@@ -31,6 +32,7 @@ use netlink_packet_route::{
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
 };
 use proptest::{collection::vec, prelude::*, sample::Index};
+use serde::Deserialize;
 
 // Route netlink.
 
@@ -414,6 +416,16 @@ fn broken_manifest() -> impl Strategy<Value = String> {
             "|",
             ">-",
             "{a: [b, {c: d}]}",
+            "010",
+            "0x1F",
+            "1e3",
+            "-0",
+            "+80",
+            "True",
+            "NULL",
+            "yes",
+            "'80'",
+            "<<: {weight: 1}",
         ])
         .prop_map(str::to_string),
     ];
@@ -537,6 +549,16 @@ proptest! {
             // What loads is valid: loading it again (from its YAML) gives the same.
             let yaml = services.iter().map(|s| lvs_crds::yaml::to_string(s).unwrap()).collect::<Vec<_>>().join("---\n");
             prop_assert_eq!(load(&yaml), Ok(services));
+        }
+    }
+
+    /// The agent reads manifests with the quick reader and falls back to the
+    /// full one: whatever the quick one reads, the full one reads the same.
+    #[test]
+    fn the_quick_yaml_reader_agrees_with_the_full_one(text in broken_manifest()) {
+        let quick = lvs_crds::yaml::quick::read(&text, |reader| VirtualService::deserialize(reader));
+        if let Ok(quick) = quick {
+            prop_assert_eq!(lvs_crds::yaml::from_str::<VirtualService>(&text).ok(), Some(quick), "{}", text);
         }
     }
 
