@@ -106,6 +106,15 @@ mod tests {
     }
 
     #[test]
+    fn an_error_names_the_field_the_value_and_the_line() {
+        let text =
+            "apiVersion: lvs.dev/v1alpha1\nkind: VirtualService\nspec: {vip: 192.0.2.1, port: 70000}\n";
+        let error = from_str::<crate::VirtualService>(text).unwrap_err().to_string();
+        assert!(error.starts_with("spec.port: "), "{error}");
+        assert!(error.contains("70000") && error.contains("line 3"), "{error}");
+    }
+
+    #[test]
     fn duplicate_keys_are_errors_and_merge_keys_are_expanded() {
         assert!(from_str::<Value>("a: 1\na: 2\n").is_err());
         let merged: BTreeMap<String, BTreeMap<String, u8>> =

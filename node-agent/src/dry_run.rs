@@ -6,7 +6,9 @@
 //! the nftables table, the IPVS table and sync daemons) but only record what
 //! they are asked to change: [`PlanningKernel`] and [`PlanningHost`], whose
 //! decisions are the host modules' pure ones ([`sysctl::changes`],
-//! [`link::ensure_changes`], [`real_server::devices`], [`nat::ruleset`]). The
+//! [`link::ensure_changes`], [`real_server::devices`], [`nat::ruleset`]), and
+//! whose order is the host's own: the planning host takes the steps of
+//! [`real_server::configure_with`] and [`HostChanges::undo_with`]. The
 //! long-running agent's other parts (VRRP instances, the sync daemon, health
 //! checks) come from the settings its supervisor gives them. [`DryRun::render`]
 //! is the one place that prints it all.
@@ -30,9 +32,10 @@ use crate::{
     engine::{Engine, Scope},
     failover,
     host::{
-        DeviceAddress, DeviceRoute, GuePort, HostChanges, HostError, Sysctls, address,
+        DeviceAddress, DeviceRoute, GuePort, HostChanges, HostError, Sysctls, UndoSteps, address,
         link::{self, LinkChange},
-        local_routes, nat, real_server,
+        local_routes, nat,
+        real_server::{self, RealServerDevice, RealServerSteps},
         sysctl::{self, Forwarding, Setting, SysctlChange},
     },
     reconcile::{KernelTable, ObservedService},
@@ -366,7 +369,7 @@ impl PlanningHost {
     }
 
     /// The profile's settings that differ from the values now (or planned).
-    fn set_sysctls(&self, changes: &mut HostChanges, profile: &[Setting]) {
+    fn plan_sysctls(&self, changes: &mut HostChanges, profile: &[Setting]) {
         let mut planned = self.planned.lock().expect("not poisoned");
         let found =
             sysctl::changes(profile, |key| planned.get(key).cloned().or_else(|| self.sysctls.get(key).ok()));
@@ -398,63 +401,7 @@ impl Host for PlanningHost {
         changes: &mut HostChanges,
         vips: &[RealServerVip],
     ) -> Vec<(IpAddr, HostError)> {
-        if vips.is_empty() {
-            return Vec::new();
-        }
-        let present = match self.present_addresses() {
-            Ok(present) => present,
-            Err(e) => return vips.iter().map(|vip| (vip.address, e.clone())).collect(),
-        };
-        let mut failures = Vec::new();
-        let mut ports = BTreeSet::new();
-        for device in real_server::devices(vips) {
-            let state = match link::device_state(device.name) {
-                Ok(state) => state,
-                Err(e) => {
-                    failures.extend(device.vips.iter().map(|vip| (vip.address, e.clone())));
-                    continue;
-                }
-            };
-            // Recorded as the change would be, for the undo of a later look.
-            let recorded = match state {
-                None => Some(&mut changes.created_devices),
-                Some(false) => Some(&mut changes.raised_devices),
-                Some(true) => None,
-            };
-            if let Some(recorded) = recorded {
-                recorded.insert(device.name.into());
-            }
-            let made = link::ensure_changes(device.name, &device.kind(), state);
-            self.record(|plan| plan.devices.extend(made.into_iter().map(DeviceChange::Link)));
-            self.set_sysctls(changes, &device.sysctls);
-            for vip in &device.vips {
-                match real_server::gue_port(vip) {
-                    Some(Err(e)) => {
-                        failures.push((vip.address, e));
-                        continue;
-                    }
-                    Some(Ok(port)) if ports.insert(port) && !changes.gue_ports.contains(&port) => {
-                        match real_server::gue_port_open(port) {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                changes.gue_ports.insert(port);
-                                self.record(|plan| plan.devices.push(DeviceChange::OpenGuePort(port)));
-                            }
-                            Err(e) => {
-                                failures.push((vip.address, e));
-                                continue;
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                let address = DeviceAddress { device: device.name.into(), address: vip.address };
-                if !present.contains(&address) && changes.addresses.insert(address.clone()) {
-                    self.record(|plan| plan.addresses.push(AddressChange::Add(address)));
-                }
-            }
-        }
-        failures
+        real_server::configure_with(self, changes, vips)
     }
 
     fn close_unused_gue_ports(
@@ -479,7 +426,7 @@ impl Host for PlanningHost {
         interface: &str,
     ) -> Result<(), HostError> {
         let profile = sysctl::director(forwarding, interface, self.sysctls.kernel_version()?);
-        self.set_sysctls(changes, &profile);
+        self.plan_sysctls(changes, &profile);
         Ok(())
     }
 
@@ -571,21 +518,108 @@ impl Host for PlanningHost {
         Ok(())
     }
 
-    /// Undoing, as [`HostChanges::undo`] does it: the table, GUE ports, routes,
-    /// addresses, devices, then the sysctls back to their recorded values.
     fn restore(&self, changes: &mut HostChanges) -> Result<(), HostError> {
-        self.masquerade(changes, &[])?;
-        self.close_unused_gue_ports(changes, &[]);
-        let routes: Vec<DeviceRoute> = changes.routes.iter().cloned().collect();
-        self.remove_routes(changes, &routes);
-        let addresses: Vec<DeviceAddress> = changes.addresses.iter().cloned().collect();
-        self.remove_addresses(changes, &addresses);
-        let lowered = std::mem::take(&mut changes.raised_devices);
-        let deleted = std::mem::take(&mut changes.created_devices);
-        self.record(|plan| {
-            plan.devices.extend(lowered.into_iter().map(|d| DeviceChange::Link(LinkChange::Down(d))));
-            plan.devices.extend(deleted.into_iter().map(|d| DeviceChange::Link(LinkChange::Delete(d))));
-        });
+        changes.undo_with(self)
+    }
+}
+
+/// A real server's steps, recorded: the device, its sysctls, GUE's port and
+/// the VIPs as they would be made, with the undo record as they would leave it.
+impl RealServerSteps for PlanningHost {
+    fn ensure_device(
+        &self,
+        changes: &mut HostChanges,
+        device: &RealServerDevice<'_>,
+    ) -> Result<(), HostError> {
+        let state = link::device_state(device.name)?;
+        let recorded = match state {
+            None => Some(&mut changes.created_devices),
+            Some(false) => Some(&mut changes.raised_devices),
+            Some(true) => None,
+        };
+        if let Some(recorded) = recorded {
+            recorded.insert(device.name.into());
+        }
+        let made = link::ensure_changes(device.name, &device.kind(), state);
+        self.record(|plan| plan.devices.extend(made.into_iter().map(DeviceChange::Link)));
+        Ok(())
+    }
+
+    fn set_sysctls(&self, changes: &mut HostChanges, settings: &[Setting]) -> Result<(), HostError> {
+        self.plan_sysctls(changes, settings);
+        Ok(())
+    }
+
+    fn open_gue_port(&self, changes: &mut HostChanges, port: GuePort) -> Result<(), HostError> {
+        if !changes.gue_ports.contains(&port) && !real_server::gue_port_open(port)? {
+            changes.gue_ports.insert(port);
+            self.record(|plan| plan.devices.push(DeviceChange::OpenGuePort(port)));
+        }
+        Ok(())
+    }
+
+    fn add_addresses(
+        &self,
+        changes: &mut HostChanges,
+        addresses: &[DeviceAddress],
+    ) -> Vec<(DeviceAddress, HostError)> {
+        let present = match self.present_addresses() {
+            Ok(present) => present,
+            Err(e) => return addresses.iter().map(|a| (a.clone(), e.clone())).collect(),
+        };
+        for address in addresses.iter().filter(|a| !present.contains(*a)) {
+            if changes.addresses.insert(address.clone()) {
+                self.record(|plan| plan.addresses.push(AddressChange::Add(address.clone())));
+            }
+        }
+        Vec::new()
+    }
+}
+
+/// Undoing, recorded: what [`HostChanges::undo_with`] would take away.
+impl UndoSteps for PlanningHost {
+    fn remove_masquerade(&self, changes: &mut HostChanges) -> Result<(), HostError> {
+        self.masquerade(changes, &[])
+    }
+
+    fn close_gue_port(&self, changes: &mut HostChanges, port: GuePort) -> Result<(), HostError> {
+        if changes.gue_ports.remove(&port) {
+            self.record(|plan| plan.devices.push(DeviceChange::CloseGuePort(port)));
+        }
+        Ok(())
+    }
+
+    fn remove_routes(
+        &self,
+        changes: &mut HostChanges,
+        routes: &[DeviceRoute],
+    ) -> Vec<(DeviceRoute, HostError)> {
+        Host::remove_routes(self, changes, routes)
+    }
+
+    fn remove_addresses(
+        &self,
+        changes: &mut HostChanges,
+        addresses: &[DeviceAddress],
+    ) -> Vec<(DeviceAddress, HostError)> {
+        Host::remove_addresses(self, changes, addresses)
+    }
+
+    fn lower_device(&self, changes: &mut HostChanges, device: &str) -> Result<(), HostError> {
+        if changes.raised_devices.remove(device) {
+            self.record(|plan| plan.devices.push(DeviceChange::Link(LinkChange::Down(device.into()))));
+        }
+        Ok(())
+    }
+
+    fn delete_device(&self, changes: &mut HostChanges, device: &str) -> Result<(), HostError> {
+        if changes.created_devices.remove(device) {
+            self.record(|plan| plan.devices.push(DeviceChange::Link(LinkChange::Delete(device.into()))));
+        }
+        Ok(())
+    }
+
+    fn restore_sysctls(&self, changes: &mut HostChanges) -> Result<(), HostError> {
         for (key, previous) in std::mem::take(&mut changes.sysctls) {
             // A device's keys go with the device.
             if let Ok(current) = self.sysctls.get(&key) {
@@ -854,7 +888,7 @@ mod tests {
         let mut changes =
             HostChanges { addresses: [device("eth0", "192.168.16.100")].into(), ..HostChanges::default() };
         let asked = [device("eth0", "192.168.16.100"), device("eth0", "192.168.16.200")];
-        assert!(host.remove_addresses(&mut changes, &asked).is_empty());
+        assert!(Host::remove_addresses(&host, &mut changes, &asked).is_empty());
         assert!(changes.addresses.is_empty());
         host.masquerade(&mut changes, &[]).unwrap();
         let plan = plan.lock().unwrap();

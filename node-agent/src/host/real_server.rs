@@ -85,6 +85,27 @@ pub fn devices(vips: &[RealServerVip]) -> Vec<RealServerDevice<'_>> {
         .collect()
 }
 
+/// The steps of a real server's configuration, each one change: taken on
+/// the host by [`super::OnHost`], recorded by a dry run. [`configure_with`]
+/// is their one order.
+pub trait RealServerSteps {
+    /// Makes `device` if it is absent, and raises it.
+    fn ensure_device(
+        &self,
+        changes: &mut HostChanges,
+        device: &RealServerDevice<'_>,
+    ) -> Result<(), HostError>;
+    fn set_sysctls(&self, changes: &mut HostChanges, settings: &[Setting]) -> Result<(), HostError>;
+    /// Opens GUE's UDP port `port`, unless fou holds it already.
+    fn open_gue_port(&self, changes: &mut HostChanges, port: GuePort) -> Result<(), HostError>;
+    /// Adds the addresses that are absent.
+    fn add_addresses(
+        &self,
+        changes: &mut HostChanges,
+        addresses: &[DeviceAddress],
+    ) -> Vec<(DeviceAddress, HostError)>;
+}
+
 /// Configures this host as a real server of `vips`: each device with its
 /// settings, then its VIPs in one batch. Returns the VIPs that could not be
 /// configured, each with why; the others are in place.
@@ -93,27 +114,33 @@ pub fn configure(
     sysctls: &Sysctls,
     vips: &[RealServerVip],
 ) -> Vec<(IpAddr, HostError)> {
+    configure_with(&super::OnHost(sysctls), changes, vips)
+}
+
+/// [`configure`]'s order, with `steps` taking each step.
+pub fn configure_with(
+    steps: &impl RealServerSteps,
+    changes: &mut HostChanges,
+    vips: &[RealServerVip],
+) -> Vec<(IpAddr, HostError)> {
     let mut failures = Vec::new();
     // Ports a VIP uses and that are open; a port that failed to open is retried
     // for its next VIP, which then reports its own failure.
     let mut open_ports = BTreeSet::new();
     for device in devices(vips) {
-        let made = match &device.tunnel {
-            None => link::ensure_dummy(changes, device.name),
-            Some(tunnel) => tunnel::ensure(changes, tunnel),
-        };
-        if let Err(e) = made.and_then(|()| sysctls.apply(changes, &device.sysctls)) {
+        let made = steps.ensure_device(changes, &device);
+        if let Err(e) = made.and_then(|()| steps.set_sysctls(changes, &device.sysctls)) {
             failures.extend(device.vips.iter().map(|vip| (vip.address, e.clone())));
             continue;
         }
         let mut ready = Vec::new();
-        for vip in device.vips {
+        for vip in &device.vips {
             let address = DeviceAddress { device: device.name.into(), address: vip.address };
             // GUE arrives on a UDP port that the fou module must open; without
             // it the VIP would receive nothing, so it is not taken.
             match gue_port(vip) {
                 Some(Err(e)) => failures.push((vip.address, e)),
-                Some(Ok(port)) if !open_ports.contains(&port) => match fou::open_gue_port(changes, port) {
+                Some(Ok(port)) if !open_ports.contains(&port) => match steps.open_gue_port(changes, port) {
                     Ok(()) => {
                         open_ports.insert(port);
                         ready.push(address);
@@ -123,9 +150,38 @@ pub fn configure(
                 _ => ready.push(address),
             }
         }
-        failures.extend(address::add_addresses(changes, &ready).into_iter().map(|(a, e)| (a.address, e)));
+        failures.extend(steps.add_addresses(changes, &ready).into_iter().map(|(a, e)| (a.address, e)));
     }
     failures
+}
+
+impl RealServerSteps for super::OnHost<'_> {
+    fn ensure_device(
+        &self,
+        changes: &mut HostChanges,
+        device: &RealServerDevice<'_>,
+    ) -> Result<(), HostError> {
+        match &device.tunnel {
+            None => link::ensure_dummy(changes, device.name),
+            Some(tunnel) => tunnel::ensure(changes, tunnel),
+        }
+    }
+
+    fn set_sysctls(&self, changes: &mut HostChanges, settings: &[Setting]) -> Result<(), HostError> {
+        self.0.apply(changes, settings)
+    }
+
+    fn open_gue_port(&self, changes: &mut HostChanges, port: GuePort) -> Result<(), HostError> {
+        fou::open_gue_port(changes, port)
+    }
+
+    fn add_addresses(
+        &self,
+        changes: &mut HostChanges,
+        addresses: &[DeviceAddress],
+    ) -> Vec<(DeviceAddress, HostError)> {
+        address::add_addresses(changes, addresses)
+    }
 }
 
 /// Whether the GUE port `port` is open (read only).
