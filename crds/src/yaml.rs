@@ -20,15 +20,30 @@ pub mod quick;
 use serde::{Serialize, de::DeserializeOwned};
 pub use serde_saphyr::{Error, SerializeError};
 
-/// One document's value. An error names the field it is about
-/// (`spec.port: invalid value: integer 70000, expected u16`), then its place.
+/// One document's value. An error names the field and the value it is about,
+/// then what is wrong and where (`spec.port: 70000: invalid u16 at line 3,
+/// column 9`), as the validation's errors do.
 pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, Error> {
     with_deserializer(text, |document| {
-        serde_path_to_error::deserialize(document).map_err(|error| match error.path().to_string() {
-            path if path == "." => error.into_inner(),
-            path => serde::de::Error::custom(format_args!("{path}: {}", error.into_inner())),
+        serde_path_to_error::deserialize(document).map_err(|error| {
+            let path = Some(error.path().to_string()).filter(|path| path != ".");
+            let error = error.into_inner();
+            let value = source_of(text, &error);
+            match path.into_iter().chain(value.map(str::to_owned)).collect::<Vec<_>>() {
+                named if named.is_empty() => error,
+                named => serde::de::Error::custom(format_args!("{}: {error}", named.join(": "))),
+            }
         })
     })
+}
+
+/// The text an error points at, when it is short enough to quote.
+fn source_of<'t>(text: &'t str, error: &Error) -> Option<&'t str> {
+    let span = error.location()?.span();
+    let start = usize::try_from(span.byte_offset()?).ok()?;
+    let end = start.checked_add(usize::try_from(span.byte_len()?).ok()?)?;
+    let source = text.get(start..end)?.trim();
+    (!source.is_empty() && source.len() <= 64 && !source.contains('\n')).then_some(source)
 }
 
 /// Every document's value, in order; empty documents are skipped.
@@ -101,7 +116,7 @@ mod tests {
     fn an_error_is_one_line_with_its_place() {
         let error = from_str::<BTreeMap<String, u16>>("a: 1\nb: 70000\n").unwrap_err().to_string();
         assert!(!error.trim_end().contains('\n'), "{error}");
-        assert!(error.starts_with("b: "), "{error}");
+        assert!(error.starts_with("b: 70000: "), "{error}");
         assert!(error.contains("line 2"), "{error}");
     }
 
@@ -110,8 +125,8 @@ mod tests {
         let text =
             "apiVersion: lvs.dev/v1alpha1\nkind: VirtualService\nspec: {vip: 192.0.2.1, port: 70000}\n";
         let error = from_str::<crate::VirtualService>(text).unwrap_err().to_string();
-        assert!(error.starts_with("spec.port: "), "{error}");
-        assert!(error.contains("70000") && error.contains("line 3"), "{error}");
+        assert!(error.starts_with("spec.port: 70000: "), "{error}");
+        assert!(error.contains("line 3"), "{error}");
     }
 
     #[test]
