@@ -51,9 +51,8 @@ pub fn from_str_multiple<T: DeserializeOwned>(text: &str) -> Result<Vec<T>, Erro
     serde_saphyr::from_multiple_with_options(text, options(text))
 }
 
-/// Runs `read` with a deserializer of `text`'s one document, for callers that
-/// wrap it (serde_ignored, serde_path_to_error).
-pub fn with_deserializer<R>(
+/// Runs `read` with a deserializer of `text`'s one document.
+fn with_deserializer<R>(
     text: &str,
     read: impl for<'de, 'e> FnOnce(serde_saphyr::Deserializer<'de, 'e>) -> Result<R, Error>,
 ) -> Result<R, Error> {

@@ -35,7 +35,7 @@ fn main() {
         for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "yaml" || e == "yml")) {
             let text = std::fs::read_to_string(file).expect("read");
             let documents: Vec<serde_json::Value> = lvs_crds::yaml::from_str_multiple(&text).expect("yaml");
-            n += documents.iter().filter(|value| !value.is_null()).count();
+            n += documents.len();
         }
         n
     });

@@ -510,7 +510,8 @@ fn parse_generic(text: &str) -> Result<Result<VirtualService, Document>, Vec<Str
     let mut other = Document::Empty;
     let documents: Vec<serde_json::Value> = yaml::from_str_multiple(text).map_err(|e| vec![e.to_string()])?;
     for value in documents {
-        if value.is_null() || value.as_object().is_some_and(|m| m.is_empty()) {
+        // Null documents are skipped by the reader already; `{}` is as empty.
+        if value.as_object().is_some_and(|m| m.is_empty()) {
             continue;
         }
         let field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_owned);
